@@ -1,0 +1,158 @@
+"""Manifests: the subset a trainer should read (DESIGN.md, "Manifest").
+
+A manifest is a Parquet table ``uid, shard, key, position, weight`` sorted by (shard, position) with a
+JSON header. The header is stored twice: as ``<name>.json`` beside the Parquet file (for people and
+shell tools) and in the Parquet schema metadata (so the Parquet file is self-contained).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.errors import InputError
+from curate.io.tables import read_parquet
+from curate.run import atomic_path, write_json
+
+MANIFEST_FORMAT_VERSION = 1
+HEADER_KEY = b"curate.manifest"
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("weight", pa.float32(), nullable=False),
+    ]
+)
+
+
+@dataclass
+class Manifest:
+    """A manifest table plus its header."""
+
+    table: pa.Table
+    header: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def uids(self) -> np.ndarray:
+        return self.table.column("uid").to_numpy(zero_copy_only=False)
+
+
+def content_hash(table: pa.Table) -> str:
+    """sha256 over the sorted manifest rows (uid, weight): equal hash means the same subset."""
+    h = hashlib.sha256()
+    for batch in table.select(["uid", "weight"]).to_batches(max_chunksize=1 << 16):
+        uids = batch.column(0).to_pylist()
+        h.update("\n".join(uids).encode())
+        h.update(batch.column(1).to_numpy(zero_copy_only=False).astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+def build_manifest(
+    rows: pa.Table,
+    *,
+    kind: str,
+    command: str,
+    params: dict[str, Any] | None = None,
+    seed: int | None = None,
+    round: int | None = None,
+    phase: str | None = None,
+    parent: str | None = None,
+    pool_size: int | None = None,
+    pruned_by_reason: dict[str, int] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """Validate, sort and describe a set of kept rows.
+
+    ``rows`` needs ``uid, shard, key, position`` and may carry ``weight`` (default 1.0). ``pool_size``
+    is the number of samples the subset was chosen from (to count pruned samples).
+    """
+    missing = {"uid", "shard", "key", "position"} - set(rows.column_names)
+    if missing:
+        raise ValueError(f"manifest rows lack columns {sorted(missing)}")
+    if "weight" not in rows.column_names:
+        rows = rows.append_column("weight", pa.array(np.ones(rows.num_rows, np.float32)))
+    table = rows.select(["uid", "shard", "key", "position", "weight"]).cast(MANIFEST_SCHEMA)
+    table = table.sort_by([("shard", "ascending"), ("position", "ascending")])
+    if pc.count_distinct(table.column("uid")).as_py() != table.num_rows:
+        raise InputError("manifest has duplicate uids")
+    w = table.column("weight").to_numpy()
+    if len(w) and (not np.all(np.isfinite(w)) or np.any(w <= 0)):
+        raise InputError("manifest weights must be finite and positive")
+    per_shard = table.group_by("shard").aggregate([("uid", "count")]).sort_by("shard")
+    kept = table.num_rows
+    pruned = (pool_size - kept) if pool_size is not None else None
+    header: dict[str, Any] = {
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "kind": kind,
+        "command": command,
+        "params": params or {},
+        "seed": seed,
+        "round": round,
+        "phase": phase,
+        "parent": parent,
+        "counts": {
+            "pool": pool_size,
+            "kept": kept,
+            "pruned": pruned,
+            "pruned_by_reason": dict(sorted((pruned_by_reason or {}).items())),
+        },
+        "shards": [
+            {"shard": s, "kept": int(c)}
+            for s, c in zip(
+                per_shard.column("shard").to_pylist(), per_shard.column("uid_count").to_pylist(), strict=True
+            )
+        ],
+        "weighted": bool(len(w) and np.any(w != 1.0)),
+        "content_hash": content_hash(table),
+    }
+    if extra:
+        header.update(extra)
+    return Manifest(table, header)
+
+
+def header_path(path: str | os.PathLike[str]) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> Path:
+    """Write ``path`` (.parquet) and its ``.json`` header atomically; return the Parquet path."""
+    path = Path(path)
+    if path.suffix != ".parquet":
+        raise ValueError(f"manifest path must end in .parquet: {path}")
+    meta = {HEADER_KEY: json.dumps(manifest.header, sort_keys=True).encode()}
+    table = manifest.table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    write_json(header_path(path), manifest.header)
+    return path
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read a manifest (.parquet, or its .json header next to it)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        path = path.with_suffix(".parquet")
+    table = read_parquet(path)
+    missing = {"uid", "shard", "key", "weight"} - set(table.column_names)
+    if missing:
+        raise InputError(f"{path} is not a curate manifest (missing columns {sorted(missing)})")
+    raw = (table.schema.metadata or {}).get(HEADER_KEY)
+    header = json.loads(raw) if raw else {}
+    if "position" not in table.column_names:
+        table = table.append_column("position", pa.array(np.zeros(table.num_rows, np.int32)))
+    return Manifest(table.replace_schema_metadata(None), header)

@@ -1,0 +1,395 @@
+"""Reading WebDataset shards: shard specs, sample identity, and the error policy.
+
+Why not ``webdataset.tarfile_to_samples``: its grouping stage can only skip or raise on a bad sample,
+while curate must count every dropped sample under a named reason (truncated tar, duplicate key, unsafe
+member name, ...). So this module streams tar members itself, groups them by ``__key__`` with the
+webdataset naming convention, and yields samples in the same dict-like shape; the trainer kit's
+``ManifestFilter`` plugs into ordinary webdataset pipelines.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from braceexpand import braceexpand
+from PIL import Image
+
+from curate.errors import InputError, StrictModeError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+CAPTION_EXT = "txt"
+DEFAULT_MAX_PIXELS = 64_000_000
+
+#: Every reason a sample or a shard can be dropped, with what it means (README, "Drop reasons").
+DROP_REASONS: dict[str, str] = {
+    "corrupt_image": "the image bytes could not be decoded",
+    "decompression_bomb": "the image has more pixels than the limit (--max-pixels)",
+    "missing_image": "no jpg/jpeg/png/webp member in the sample",
+    "missing_caption": "no txt member in a shard that has captions",
+    "caption_not_utf8": "the caption is not valid UTF-8",
+    "bad_json": "the json member is not valid JSON",
+    "duplicate_key": "the key appeared earlier in the shard (duplicate sample or non-contiguous members)",
+    "duplicate_member": "the same extension appears twice in one sample",
+    "unsafe_member": "a member name is absolute or contains '..'",
+    "non_file_member": "a member is a symlink, hardlink, directory or device",
+    "truncated_sample": "the shard ended inside this sample (truncated or corrupt tar)",
+}
+#: Problems that concern a whole shard rather than one sample.
+SHARD_PROBLEMS: dict[str, str] = {
+    "truncated_tar": "the tar ends early or is corrupt; samples before the damage are kept",
+    "unreadable_shard": "the shard could not be opened",
+    "empty_shard": "the shard holds no samples",
+}
+
+_KEY_RE = re.compile(r"^((?:.*/|)[^./][^/]*?)\.([^/]*)$")
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+# --- shard specs ------------------------------------------------------------------------------
+def _is_url(s: str) -> bool:
+    return s.startswith("pipe:") or "://" in s
+
+
+def shard_name(url: str) -> str:
+    """Shard name used in tables and file names: the basename without ``.tar`` (and ``.tgz`` etc.)."""
+    s = str(url)
+    if s.startswith("pipe:"):
+        toks = [t for t in re.split(r"[\s'\"]+", s[5:]) if ".tar" in t or ".tgz" in t]
+        s = toks[-1] if toks else s[5:].strip()
+    base = s.rstrip("/").rsplit("/", 1)[-1]
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def _dir_shards(d: Path) -> list[str]:
+    tars = sorted(str(p) for p in d.glob("*.tar"))
+    if tars:
+        return tars
+    train = d / "train"
+    if train.is_dir() and any(train.glob("*.tar")):  # a curate sample world: its training split
+        return sorted(str(p) for p in train.glob("*.tar"))
+    raise InputError(f"no .tar shards in folder {d}")
+
+
+def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Expand a shard spec into a list of shard URLs/paths.
+
+    Accepts brace expansion (``data/{00000..00099}.tar``), globs, folders (their ``*.tar``), ``::``-joined
+    or Python lists, ``@list.txt`` files with one spec per line, and ``pipe:``/fsspec URLs (passed through).
+    """
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    out: list[str] = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        if item.startswith("@"):
+            lines = Path(item[1:]).read_text().splitlines() if Path(item[1:]).exists() else None
+            if lines is None:
+                raise InputError(f"shard list file not found: {item[1:]}")
+            out.extend(expand_shards([ln for ln in lines if ln.strip() and not ln.startswith("#")]))
+            continue
+        for part in item.split("::"):
+            for x in braceexpand(part):
+                if _is_url(x):
+                    out.append(x)
+                elif any(c in x for c in "*?["):
+                    matches = sorted(glob.glob(x))
+                    if not matches:
+                        raise InputError(f"no shards match {x!r}")
+                    out.extend(matches)
+                elif Path(x).is_dir():
+                    out.extend(_dir_shards(Path(x)))
+                elif Path(x).exists():
+                    out.append(x)
+                else:
+                    raise InputError(f"shard not found: {x}")
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise InputError("the shard list is empty")
+    names = Counter(shard_name(u) for u in out)
+    clash = [n for n, c in names.items() if c > 1]
+    if clash:
+        raise InputError(f"two shards share the name {clash[0]!r}; shard basenames must be unique in a run")
+    return out
+
+
+def fingerprint(url: str) -> dict[str, Any]:
+    """Cheap identity of a shard's bytes: size and mtime (local) or size and etag (fsspec), if known."""
+    if url.startswith("pipe:"):
+        return {"url": url}
+    if "://" not in url or url.startswith("file://"):
+        path = url[7:] if url.startswith("file://") else url
+        st = os.stat(path)
+        return {"url": url, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(url)
+        info = fs.info(p)
+        return {"url": url, "size": info.get("size"), "etag": info.get("ETag") or info.get("etag")}
+    except Exception as exc:  # remote metadata is best-effort
+        return {"url": url, "error": type(exc).__name__}
+
+
+def open_shard(url: str) -> IO[bytes]:
+    """Open a shard for streaming reads: local path, ``pipe:command`` or any fsspec URL."""
+    if url.startswith("pipe:"):
+        from webdataset.gopen import gopen
+
+        return gopen(url, "rb")
+    if "://" in url and not url.startswith("file://"):
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(url[7:] if url.startswith("file://") else url, "rb")
+
+
+# --- identity ---------------------------------------------------------------------------------
+def _h128(*parts: bytes) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()
+
+
+def make_uid(shard: str, key: str, meta: dict[str, Any] | None = None) -> str:
+    """The sample's ``uid``: the json's 32-hex ``uid`` when present, else a 128-bit hash of (shard, key)."""
+    if meta:
+        u = meta.get("uid")
+        if isinstance(u, str) and _HEX32.match(u.lower()):
+            return u.lower()
+    return _h128(shard.encode(), key.encode())
+
+
+def make_content_hash(image: bytes | None, caption: str | None) -> str:
+    """128-bit hash of image bytes + caption: equal for exact duplicates."""
+    return _h128(image or b"", (caption or "").encode())
+
+
+# --- samples ----------------------------------------------------------------------------------
+@dataclass
+class RawSample:
+    """One sample of a shard, before decoding."""
+
+    shard: str
+    url: str
+    key: str
+    position: int
+    uid: str
+    content_hash: str
+    image_bytes: bytes | None
+    image_ext: str | None
+    caption: str | None
+    meta: dict[str, Any] | None
+    members: dict[str, bytes] = field(repr=False, default_factory=dict)
+
+
+@dataclass
+class ErrorPolicy:
+    """What to do with bad samples: skip and count (default), or fail on the first (``strict``)."""
+
+    strict: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+class SampleError(Exception):
+    """A sample-level problem with a named reason (a key of ``DROP_REASONS``)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def _drop(stats: Counter[str], reason: str, shard: str, key: str, policy: ErrorPolicy, detail: str = "") -> None:
+    stats[f"dropped_{reason}"] += 1
+    if policy.strict:
+        extra = f" ({detail})" if detail else ""
+        raise StrictModeError(f"{shard}: sample {key!r}: {reason}{extra} [--strict]")
+
+
+def _shard_problem(stats: Counter[str], problem: str, shard: str, policy: ErrorPolicy, detail: str = "") -> None:
+    stats[f"shard_{problem}"] += 1
+    if policy.strict:
+        raise StrictModeError(f"{shard}: {problem}{f' ({detail})' if detail else ''} [--strict]")
+
+
+def _finish_group(
+    shard: str, url: str, key: str, position: int, members: list[tuple[str, tarfile.TarInfo, bytes | None]],
+    stats: Counter[str], policy: ErrorPolicy,
+) -> RawSample | None:
+    """Validate one group of members; return a sample or count the drop and return None."""
+    stats["seen"] += 1
+    exts: dict[str, bytes] = {}
+    for ext, info, data in members:
+        name = info.name
+        if name.startswith("/") or ".." in Path(name).parts:
+            _drop(stats, "unsafe_member", shard, key, policy, name)
+            return None
+        if not info.isfile() or data is None:
+            _drop(stats, "non_file_member", shard, key, policy, name)
+            return None
+        if ext in exts:
+            _drop(stats, "duplicate_member", shard, key, policy, name)
+            return None
+        exts[ext] = data
+    image_ext = next((e for e in IMAGE_EXTS if e in exts), None)
+    caption = None
+    if CAPTION_EXT in exts:
+        try:
+            caption = exts[CAPTION_EXT].decode("utf-8")
+        except UnicodeDecodeError:
+            _drop(stats, "caption_not_utf8", shard, key, policy)
+            return None
+    meta = None
+    if "json" in exts:
+        try:
+            meta = json.loads(exts["json"])
+            if not isinstance(meta, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError):
+            _drop(stats, "bad_json", shard, key, policy)
+            return None
+    if image_ext is None:
+        _drop(stats, "missing_image", shard, key, policy)
+        return None
+    image = exts[image_ext]
+    return RawSample(
+        shard=shard, url=url, key=key, position=position, uid=make_uid(shard, key, meta),
+        content_hash=make_content_hash(image, caption), image_bytes=image, image_ext=image_ext,
+        caption=caption, meta=meta, members=exts,
+    )
+
+
+def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] | None = None) -> Iterator[RawSample]:
+    """Stream the valid samples of one shard in tar order; bad ones are counted in ``stats``."""
+    policy = policy or ErrorPolicy()
+    stats = stats if stats is not None else Counter()
+    shard = shard_name(url)
+    try:
+        stream = open_shard(url)
+    except (OSError, ValueError) as exc:
+        _shard_problem(stats, "unreadable_shard", shard, policy, str(exc).splitlines()[0] if str(exc) else "")
+        return
+    seen_keys: set[str] = set()
+    group: list[tuple[str, tarfile.TarInfo, bytes | None]] = []
+    cur_key: str | None = None
+    position = 0
+    n_groups = 0
+
+    def flush() -> RawSample | None:
+        nonlocal position, n_groups
+        if cur_key is None:
+            return None
+        n_groups += 1
+        pos = position
+        position += 1
+        if cur_key in seen_keys:
+            stats["seen"] += 1
+            _drop(stats, "duplicate_key", shard, cur_key, policy)
+            return None
+        seen_keys.add(cur_key)
+        return _finish_group(shard, url, cur_key, pos, group, stats, policy)
+
+    try:
+        with stream, tarfile.open(fileobj=stream, mode="r|*") as tf:
+            for info in tf:
+                m = _KEY_RE.match(info.name.lstrip("./") if info.name.startswith("./") else info.name)
+                if info.isdir():
+                    continue
+                if m is None:
+                    stats["skipped_member_without_extension"] += 1
+                    continue
+                key, ext = m.group(1), m.group(2).lower()
+                data = tf.extractfile(info).read() if info.isfile() else None
+                if key != cur_key:
+                    sample = flush()
+                    if sample is not None:
+                        yield sample
+                    cur_key, group = key, []
+                group.append((ext, info, data))
+    except (tarfile.TarError, EOFError, OSError, zlib_error()) as exc:
+        _shard_problem(stats, "truncated_tar", shard, policy, str(exc).splitlines()[0] if str(exc) else "")
+        if cur_key is not None:  # the group being read when the damage hit is incomplete
+            n_groups += 1
+            stats["seen"] += 1
+            _drop(stats, "truncated_sample", shard, cur_key, policy)
+            cur_key = None
+    sample = flush()
+    if sample is not None:
+        yield sample
+    if n_groups == 0 and not stats.get("shard_truncated_tar") and not stats.get("shard_unreadable_shard"):
+        _shard_problem(stats, "empty_shard", shard, policy)
+
+
+def zlib_error() -> type[Exception]:
+    import zlib
+
+    return zlib.error
+
+
+def iter_shards(urls: Iterable[str], policy: ErrorPolicy | None = None, stats: Counter[str] | None = None
+                ) -> Iterator[RawSample]:
+    """Stream the valid samples of several shards in order."""
+    for url in urls:
+        yield from iter_shard(url, policy, stats)
+
+
+# --- decoding ---------------------------------------------------------------------------------
+def decode_image(data: bytes, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode image bytes to an RGB PIL image; raise ``SampleError`` with a reason on failure.
+
+    ``draft_size``: for JPEG, let libjpeg decode at a reduced scale that is still >= this size on the
+    short side (much faster for large images feeding a small model input).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise SampleError("decompression_bomb", f"{w}x{h} pixels")
+            if draft_size and img.format == "JPEG":
+                scale = min(w, h) / draft_size
+                if scale >= 2:
+                    img.draft("RGB", (max(1, int(w / scale)) + 1, max(1, int(h / scale)) + 1))
+            img.load()
+    except SampleError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise SampleError("decompression_bomb", str(exc).splitlines()[0]) from None
+    except Exception as exc:  # PIL raises many types on corrupt data
+        raise SampleError("corrupt_image", f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode (CMYK, 16-bit, palette, alpha, grayscale) to 8-bit RGB."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 1.0
+        arr = (arr / (hi if hi > 0 else 1.0) * 255.0).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")

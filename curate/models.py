@@ -1,0 +1,226 @@
+"""Model loading: the only module that imports open_clip.
+
+Offline-first. A model is named by an open_clip architecture (``ViT-B-32``), ``local-dir:/path``, an
+``hf-hub:`` id, or ``sample`` (the tiny CLIP committed in ``shards/tiny-clip``). Weights come from an
+open_clip ``pretrained`` tag (downloaded by open_clip where the machine can reach the hub) or a local
+checkpoint file (``.safetensors``, ``.pt``, ``.bin``), always loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from curate.errors import CurateError, UsageError
+
+_logger = logging.getLogger(__name__)
+
+SAMPLE_MODEL = "sample"
+SAMPLE_ARCH = "curate-tiny"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def sample_dir() -> Path:
+    """Folder of the embedded sample shards and tiny model (``$CURATE_SAMPLE_DIR`` or repo ``shards/``)."""
+    env = os.environ.get("CURATE_SAMPLE_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "shards"
+
+
+def sample_model_paths() -> tuple[Path, Path]:
+    """(config json, weights) of the built-in ``sample`` model."""
+    d = sample_dir() / "tiny-clip"
+    return d / f"{SAMPLE_ARCH}.json", d / "model.safetensors"
+
+
+def register_model_config(name: str, config: dict[str, Any]) -> None:
+    """Register an open_clip architecture config under ``name`` at run time (e.g. a tiny test model)."""
+    import open_clip
+
+    if name in open_clip.list_models():
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if device.type != "cuda":
+        return None  # CPU: fp32 (fp16 matmuls are slow or unsupported on CPU)
+    return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model with its preprocessing, tokenizer and provenance."""
+
+    model: torch.nn.Module
+    preprocess: Callable[[Any], torch.Tensor]
+    tokenizer: Callable[..., torch.Tensor]
+    device: torch.device
+    info: dict[str, Any] = field(default_factory=dict)
+    autocast_dtype: torch.dtype | None = None
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.info["embed_dim"])
+
+    def _autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float32 image embeddings of a preprocessed batch."""
+        images = images.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            feats = self.model.encode_image(images)
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float32 text embeddings of a token batch."""
+        with self._autocast():
+            feats = self.model.encode_text(tokens.to(self.device, non_blocking=True))
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised float32 text embeddings of strings."""
+        outs = [
+            self.encode_tokens(self.tokenizer(list(texts[i : i + batch_size])))
+            for i in range(0, len(texts), batch_size)
+        ]
+        return torch.cat(outs) if outs else torch.empty(0, self.embed_dim)
+
+    def zeroshot_classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Class text embeddings [C, d]: each class's prompts averaged and re-normalised."""
+        rows = []
+        for name in classnames:
+            emb = self.encode_texts([t.format(name) for t in templates]).mean(0)
+            rows.append(torch.nn.functional.normalize(emb, dim=-1))
+        return torch.stack(rows)
+
+
+def imagenet_zeroshot_metadata() -> tuple[list[str], list[str]]:
+    """ImageNet-1k class names and the 80 OpenAI prompt templates shipped inside open_clip."""
+    import open_clip
+
+    templates = [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
+    return list(open_clip.IMAGENET_CLASSNAMES), templates
+
+
+def _resolve_name(name: str, pretrained: str | None) -> tuple[str, str | None]:
+    """Map curate's model names onto open_clip's; register the sample config when needed."""
+    if name == SAMPLE_MODEL:
+        cfg_path, weights = sample_model_paths()
+        if not cfg_path.exists() or not weights.exists():
+            raise CurateError(
+                f"built-in sample model not found in {cfg_path.parent}; "
+                "run 'python scripts/train_sample_model.py' or set CURATE_SAMPLE_DIR"
+            )
+        register_model_config(SAMPLE_ARCH, json.loads(cfg_path.read_text()))
+        return SAMPLE_ARCH, pretrained or str(weights)
+    return name, pretrained
+
+
+def load_model(
+    name: str,
+    pretrained: str | None = None,
+    device: str | torch.device | None = "cpu",
+    precision: str = "auto",
+) -> LoadedModel:
+    """Load an open_clip model by name with a pretrained tag or a local checkpoint path.
+
+    Raises ``UsageError`` for an unknown model or a pretrained tag that can't be loaded offline.
+    """
+    import open_clip
+
+    dev = _resolve_device(device)
+    arch, weights = _resolve_name(name, pretrained)
+    is_schema = arch.startswith(("local-dir:", "hf-hub:"))
+    if not is_schema and arch not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if arch.lower()[:5] in m.lower()][:5]
+        hint = f" (did you mean: {', '.join(close)}?)" if close else " (see open_clip.list_models())"
+        raise UsageError(f"unknown model {name!r}{hint}")
+    local_file = weights is not None and Path(weights).expanduser().exists()
+    if weights is not None and not local_file and weights not in open_clip.list_pretrained_tags_by_model(arch):
+        if any(sep in weights for sep in ("/", "\\", ".pt", ".bin", ".safetensors")):
+            raise UsageError(f"checkpoint file not found: {weights}")
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise UsageError(f"unknown pretrained tag {weights!r} for {arch} (known tags: {tags})")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch,
+            pretrained=str(Path(weights).expanduser()) if local_file else weights,
+            device="cpu",
+            weights_only=True,
+        )
+    except (RuntimeError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CurateError(
+            f"could not load {name} (pretrained={weights}): {first}; offline machines need a local checkpoint path"
+        ) from None
+    model.eval().to(dev)
+    tokenizer = open_clip.get_tokenizer(arch)
+    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = pp.get("size", getattr(model.visual, "image_size", None))
+    info: dict[str, Any] = {
+        "model": name,
+        "arch": arch,
+        "pretrained": weights,
+        "pretrained_sha256": _file_digest(Path(weights).expanduser()) if local_file else None,
+        "embed_dim": int(model.text_projection.shape[1])
+        if getattr(model, "text_projection", None) is not None and model.text_projection.ndim == 2
+        else int(model.encode_text(tokenizer(["a"]).to(dev)).shape[-1]),
+        "image_size": list(size) if isinstance(size, (tuple, list)) else size,
+        "mean": list(pp.get("mean", ())),
+        "std": list(pp.get("std", ())),
+        "interpolation": pp.get("interpolation"),
+        "resize_mode": pp.get("resize_mode"),
+        "context_length": int(getattr(model, "context_length", 77)),
+        "open_clip": open_clip.__version__,
+        "precision": precision,
+    }
+    return LoadedModel(model, preprocess, tokenizer, dev, info, _autocast_dtype(precision, dev))
+
+
+def load_model_from_run(run_root: str | os.PathLike[str], device: str | None = "cpu") -> LoadedModel:
+    """Load the model that embedded a run (from ``run.json``'s ``embed`` section)."""
+    from curate.run import RunDir
+
+    rec = RunDir(run_root).require()
+    emb = rec.get("embed") or {}
+    if "model" not in emb:
+        raise CurateError(f"{run_root}/run.json has no embed section; run 'curate embed' first")
+    return load_model(emb["model"], emb.get("pretrained_arg"), device=device, precision=emb.get("precision", "auto"))

@@ -1,0 +1,135 @@
+"""The run directory: one folder holds one curation run (see DESIGN.md, "Run directory").
+
+Every writer here is atomic: it writes a temporary file in the target folder and renames it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from curate import __version__
+from curate.errors import InputError
+
+RUN_FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read JSON with a one-line error on a missing or corrupt file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"corrupt JSON in {path}: {exc}") from None
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide results, for provenance."""
+    out = {"curate": __version__, "python": platform.python_version()}
+    for mod in ("torch", "open_clip", "numpy", "pyarrow", "PIL", "webdataset", "faiss"):
+        try:
+            m = __import__(mod)
+            out[mod] = str(getattr(m, "__version__", "?"))
+        except Exception:  # optional packages may be absent or broken
+            continue
+    return out
+
+
+class RunDir:
+    """Paths and provenance of one run folder."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # --- layout -------------------------------------------------------------------------------
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    def embedding_file(self, shard: str) -> Path:
+        return self.embeddings_dir / f"{shard}.parquet"
+
+    def stats_file(self, step: str) -> Path:
+        return self.root / "stats" / f"{step}.json"
+
+    def shard_stats_file(self, step: str, shard: str) -> Path:
+        return self.root / "stats" / step / f"{shard}.json"
+
+    def selection_dir(self, name: str) -> Path:
+        return self.root / "selections" / name
+
+    @property
+    def bootstrap_dir(self) -> Path:
+        return self.root / "bootstrap"
+
+    def losses_dir(self, round_: int) -> Path:
+        return self.root / "losses" / f"round-{round_:04d}"
+
+    def manifest_file(self, round_: int) -> Path:
+        return self.root / "manifests" / f"round-{round_:04d}.parquet"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    # --- provenance ---------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.run_json.exists()
+
+    def load(self) -> dict[str, Any]:
+        """The run record, or an empty one when the run is new."""
+        if not self.run_json.exists():
+            return {"format_version": RUN_FORMAT_VERSION, "commands": []}
+        return read_json(self.run_json)
+
+    def require(self) -> dict[str, Any]:
+        """The run record; a clear error when ``root`` is not a run folder."""
+        if not self.run_json.exists():
+            raise InputError(f"{self.root} is not a curate run (no run.json); run 'curate embed' first")
+        return self.load()
+
+    def update(self, section: str, value: Mapping[str, Any], command: str | None = None) -> None:
+        """Set ``run.json[section] = value`` and append a command record, atomically."""
+        rec = self.load()
+        rec[section] = dict(value)
+        rec["versions"] = versions()
+        if command is not None:
+            rec.setdefault("commands", []).append(
+                {"command": command, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            )
+        write_json(self.run_json, rec)
