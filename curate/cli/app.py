@@ -1,0 +1,80 @@
+"""Entry point of the ``curate`` console script.
+
+Errors a user can fix are printed as one line on stderr with a non-zero exit code:
+1 = runtime failure, 2 = bad usage (option or argument), 3 = bad input data, 130 = interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+try:  # typer >= 0.2x vendors click under typer._click
+    from typer._click import exceptions as _cx
+    from typer.exceptions import Abort as _Abort
+    from typer.exceptions import Exit as _Exit
+except ImportError:  # older typer on top of click
+    from click import exceptions as _cx
+    from click.exceptions import Abort as _Abort
+    from click.exceptions import Exit as _Exit
+
+from curate import __version__
+from curate.cli import embed_cmd, inspect_cmd, shards_cmd  # noqa: F401  (registers commands)
+from curate.cli._app import app
+from curate.errors import CurateError
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"curate {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Offline dataset curation for contrastive pre-training over WebDataset shards."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return (and, as a script, exit with) the process exit code."""
+    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        rv = command.main(args=args, prog_name="curate", standalone_mode=False)
+    except _cx.NoArgsIsHelpError:  # typer has printed the help already
+        code = 0
+    except _cx.UsageError as exc:
+        hint = f" (see 'curate {exc.ctx.command_path.partition(' ')[2]} --help')".replace("  ", " ")
+        if exc.ctx is None:
+            hint = " (see 'curate --help')"
+        sys.stderr.write(f"error: {exc.format_message()}{hint}\n")
+        code = 2
+    except _Exit as exc:
+        code = exc.exit_code
+    except _Abort:
+        sys.stderr.write("error: aborted\n")
+        code = 130
+    except _cx.ClickException as exc:
+        sys.stderr.write(f"error: {exc.format_message()}\n")
+        code = exc.exit_code
+    except CurateError as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        sys.stderr.write(f"error: {msg}\n")
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        code = 130
+    else:
+        code = rv if isinstance(rv, int) else 0
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""``curate embed``."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from curate.cli._app import app
+from curate.cli._common import RichProgress, err, print_json
+from curate.embed import EmbedConfig, run_embed
+from curate.io.shards import DEFAULT_MAX_PIXELS
+
+
+@app.command(
+    "embed",
+    epilog="Example: curate embed 'shards/sample/train/{00000..00005}.tar' --run runs/demo --model sample",
+)
+def embed(
+    shards: list[str] = typer.Argument(..., help="Shard spec(s): paths, folders, globs, {a..b} braces, pipe:, URLs."),
+    run: str = typer.Option(..., "--run", "-r", help="Run folder to write into (created if missing)."),
+    model: str = typer.Option("sample", help="open_clip model name, local-dir:PATH, or 'sample' (built-in)."),
+    pretrained: str = typer.Option(None, help="open_clip pretrained tag or a local checkpoint path."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    batch_size: int = typer.Option(256, help="Images per model batch."),
+    workers: int = typer.Option(2, help="Decode worker processes (0 = decode in the main process)."),
+    precision: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
+    captions: str = typer.Option("auto", help="auto (image-only shards allowed), required, ignore."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first bad sample instead of skipping it."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Images with more pixels are dropped as bombs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Embed shards with an open_clip model into RUN/embeddings/<shard>.parquet (resumable per shard)."""
+    cfg = EmbedConfig(
+        shards=shards, run=run, model=model, pretrained=pretrained, device=device, batch_size=batch_size,
+        workers=workers, precision=precision, captions=captions, strict=strict, max_pixels=max_pixels,
+    )
+    res = run_embed(cfg, RichProgress(enabled=not json_out))
+    summary = {
+        "run": res.run, "shards_total": res.shards_total, "shards_embedded": res.shards_done,
+        "shards_skipped": res.shards_skipped, "samples_written": res.samples_written,
+        "seconds": round(res.seconds, 2), "samples_per_s": round(res.samples_per_s, 1), "stats": res.stats,
+    }
+    if json_out:
+        print_json(summary)
+        return
+    t = Table(title=f"embed → {res.run}", show_header=False)
+    for k in ("shards_total", "shards_embedded", "shards_skipped", "samples_written", "samples_per_s"):
+        t.add_row(k.replace("_", " "), f"{summary[k]:,}")
+    for k, v in res.stats.items():
+        if k.startswith(("dropped_", "shard_")):
+            t.add_row(k.replace("_", " "), f"{v:,}")
+    err.print(t)

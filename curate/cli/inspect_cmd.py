@@ -1,0 +1,57 @@
+"""``curate inspect``."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from curate.cli._app import app
+from curate.cli._common import out, print_json
+from curate.inspect import inspect_run
+
+
+def _histogram(hist: dict, width: int = 40) -> list[str]:
+    counts, edges = hist.get("counts", []), hist.get("edges", [])
+    top = max(counts) if counts else 0
+    return [
+        f"{edges[i]:+.3f} .. {edges[i + 1]:+.3f} | {'█' * (round(c / top * width) if top else 0)} {c}"
+        for i, c in enumerate(counts)
+    ]
+
+
+@app.command("inspect", epilog="Example: curate inspect runs/demo --json")
+def inspect(
+    run: str = typer.Argument(..., help="Run folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise a run: shards, samples, drops by reason, model, CLIP-score distribution."""
+    info = inspect_run(run)
+    if json_out:
+        print_json(info)
+        return
+    t = Table(title=f"run {info['run']}", show_header=False)
+    m = info["model"]
+    t.add_row("model", f"{m['model']} ({m['arch']}), pretrained={m['pretrained']}, dim={info['dim']}")
+    sh = info["shards"]
+    t.add_row("shards", f"{sh['embedded']} embedded of {sh['total']}" + (f", pending: {len(sh['pending'])}"
+                                                                          if sh["pending"] else ""))
+    s = info["samples"]
+    t.add_row("samples", f"{s['embedded']:,} embedded ({s['with_text']:,} with text) of {s['seen']:,} seen; "
+              f"{s['dropped']:,} dropped")
+    for k, v in info["dropped_by_reason"].items():
+        t.add_row(f"  dropped: {k}", f"{v:,}")
+    for k, v in info["shard_problems"].items():
+        t.add_row(f"  shard problem: {k}", f"{v:,}")
+    cs = info["clip_score"]
+    if cs["mean"] is not None:
+        t.add_row("clip score", f"mean {cs['mean']:.3f} ± {cs['std']:.3f}, median {cs['p50']:.3f}, "
+                  f"range [{cs['min']:.3f}, {cs['max']:.3f}]")
+    if info["selections"]:
+        t.add_row("selections", ", ".join(info["selections"]))
+    if info["rounds"]:
+        t.add_row("bootstrap rounds", ", ".join(map(str, info["rounds"])))
+    out.print(t)
+    if cs["mean"] is not None:
+        out.print("CLIP score histogram")
+        for line in _histogram(cs["histogram"]):
+            out.print(line, highlight=False)
