@@ -277,6 +277,35 @@ def _finish_group(
     )
 
 
+class _TailReader:
+    """Wraps a byte stream and remembers its length and last 1 KiB (to detect a cut-off tar)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.nbytes = 0
+        self.head = b""
+        self.tail = b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        if not self.head:
+            self.head = data[:4]
+        self.nbytes += len(data)
+        self.tail = (self.tail + data)[-1024:] if len(data) < 1024 else data[-1024:]
+        return data
+
+    def cut_off(self) -> bool:
+        """True when a plain (uncompressed) tar lacks its end-of-archive zero blocks."""
+        while self.read(1 << 16):
+            pass
+        if self.head[:2] == b"\x1f\x8b" or self.nbytes == 0:  # gzip detects truncation itself
+            return False
+        return self.nbytes % 512 != 0 or self.tail != bytes(1024)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
 def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] | None = None) -> Iterator[RawSample]:
     """Stream the valid samples of one shard in tar order; bad ones are counted in ``stats``."""
     policy = policy or ErrorPolicy()
@@ -307,8 +336,9 @@ def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] 
         seen_keys.add(cur_key)
         return _finish_group(shard, url, cur_key, pos, group, stats, policy)
 
+    reader = _TailReader(stream)
     try:
-        with stream, tarfile.open(fileobj=stream, mode="r|*") as tf:
+        with stream, tarfile.open(fileobj=reader, mode="r|*") as tf:  # type: ignore[call-overload]
             for info in tf:
                 m = _KEY_RE.match(info.name.lstrip("./") if info.name.startswith("./") else info.name)
                 if info.isdir():
@@ -324,6 +354,8 @@ def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] 
                         yield sample
                     cur_key, group = key, []
                 group.append((ext, info, data))
+            if reader.cut_off():
+                raise tarfile.ReadError("the tar ends without its end-of-archive blocks (cut off)")
     except (tarfile.TarError, EOFError, OSError, zlib_error()) as exc:
         _shard_problem(stats, "truncated_tar", shard, policy, str(exc).splitlines()[0] if str(exc) else "")
         if cur_key is not None:  # the group being read when the damage hit is incomplete
