@@ -1,0 +1,113 @@
+"""SCAN's static coreset byproduct (spec §1.8, §7) — our reading, documented as such.
+
+The paper derives a static coreset "after pre-training" but the rule is not in the released code. We
+rank every pool sample by how rarely it was a pruning candidate across the preparation rounds scored so
+far (fewest first); ties go to the sample whose mean within-batch loss percentile is closest to the
+batch median (neither redundant nor ill-matched); remaining ties by pool order. The top ``fraction`` is
+written as a selection (``RUN/selections/NAME/{scores,manifest}.parquet``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from curate.bootstrap.data import load_pool, loss_files, map_losses
+from curate.bootstrap.engine import load_state
+from curate.bootstrap.methods import ScanParams, candidates_path, scan_candidates
+from curate.errors import InputError, UsageError
+from curate.io.manifest import Manifest, build_manifest, write_manifest
+from curate.io.tables import read_parquet, write_table
+from curate.run import RunDir
+
+DEFAULT_NAME = "scan-coreset"
+
+
+@dataclass
+class CoresetResult:
+    name: str
+    manifest_path: Path
+    manifest: Manifest
+    prepare_rounds: list[int]
+
+
+def _prepare_rounds(state: dict) -> list[int]:
+    return [h["round"] for h in state["history"] if h["phase"] == "prepare"]
+
+
+def derive_coreset(
+    run_root: str | os.PathLike[str],
+    fraction: float,
+    name: str = DEFAULT_NAME,
+    command: str = "curate bootstrap coreset",
+) -> CoresetResult:
+    """Write the coreset selection ``name`` holding the top ``fraction`` of the pool (see module doc)."""
+    if not 0.0 < fraction <= 1.0:
+        raise UsageError(f"--fraction must be in (0, 1], got {fraction}")
+    run = RunDir(run_root)
+    run.require()
+    state = load_state(run.root)
+    if state is None or state["method"] != "scan":
+        raise InputError(f"{run.root} has no SCAN rounds; run 'curate bootstrap --run {run.root} --round N' first")
+    pool = load_pool(run.root, state["init"])
+    if pool.digest != state["pool"]["digest"]:
+        raise InputError(f"the pool of {run.root} changed since round 0; the coreset would mix pools")
+    params = ScanParams(**state["params"])
+    n = len(pool)
+    count = np.zeros(n, np.int64)  # rounds in which the sample was a candidate
+    scored = np.zeros(n, np.int64)  # preparation rounds with a recorded loss for the sample
+    dist = np.zeros(n, np.float64)  # sum of |loss percentile - 0.5|
+    used = []
+    for r in _prepare_rounds(state):
+        f = run.bootstrap_dir / candidates_path(r)
+        if f.exists():
+            t = read_parquet(f, ["row", "loss_rank", "candidate"])
+        elif loss_files(run, r):  # the last preparation round, not yet followed by a mutation round
+            t = scan_candidates(map_losses(run, r, pool), pool, params, int(state["seed"]), r)
+        else:
+            continue
+        rows = t.column("row").to_numpy()
+        scored[rows] += 1
+        count[rows] += t.column("candidate").is_valid().to_numpy(zero_copy_only=False)
+        dist[rows] += np.abs(t.column("loss_rank").to_numpy().astype(np.float64) - 0.5)
+        used.append(r)
+    if not used:
+        raise InputError(
+            f"no preparation round of {run.root} has losses yet; train through a preparation round first"
+        )
+    mean_dist = np.where(scored > 0, dist / np.maximum(scored, 1), 0.5)
+    never = scored == 0  # never scored: ranked after every scored sample
+    order = np.lexsort((np.arange(n), mean_dist, count, never))
+    k = max(1, round(fraction * n))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    selected = rank < k
+    scores = pa.table(
+        {
+            "uid": pool.uids,
+            "candidate_count": pa.array(count),
+            "scored_rounds": pa.array(scored),
+            "median_distance": pa.array(mean_dist.astype(np.float32)),
+            "rank": pa.array(rank),
+            "selected": pa.array(selected),
+        }
+    )
+    sel_dir = run.selection_dir(name)
+    manifest = build_manifest(
+        pool.table.filter(pa.array(selected)),
+        kind="selection",
+        command=command,
+        params={"method": "scan-coreset", "fraction": fraction, "prepare_rounds": used},
+        seed=int(state["seed"]),
+        pool_size=n,
+        pruned_by_reason={"frequent_candidate": int(n - selected.sum())},
+    )
+    write_table(sel_dir / "scores.parquet", scores)
+    path = write_manifest(sel_dir / "manifest.parquet", manifest)
+    run.update(f"selection:{name}", {"method": "scan-coreset", "fraction": fraction, "kept": len(manifest)},
+               command=f"{command} --fraction {fraction} --name {name}")
+    return CoresetResult(name, path, manifest, used)

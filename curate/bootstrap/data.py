@@ -1,0 +1,207 @@
+"""Inputs of a bootstrap round: the pool of samples and the per-sample loss tables of a round.
+
+The pool is held in a canonical order (shard, position) and every other table is mapped onto pool row
+indices once (``pyarrow.compute.index_in``), so the state machine works on integer arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.errors import InputError, UsageError
+from curate.io.manifest import read_manifest
+from curate.io.tables import read_embeddings, read_parquet
+from curate.run import RunDir
+
+POOL_COLUMNS = ["uid", "shard", "key", "position"]
+
+#: Schema of ``RUN/losses/round-NNNN/part-*.parquet`` (DESIGN.md, "Run directory").
+LOSS_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("batch", pa.int64(), nullable=False),
+        pa.field("loss_a", pa.float32(), nullable=False),
+        pa.field("loss_b", pa.float32(), nullable=True),
+    ]
+)
+
+
+def hash_strings(col: pa.Array | pa.ChunkedArray) -> str:
+    """sha256 of a string column's values in order (independent of chunking)."""
+    lengths, data = hashlib.sha256(), hashlib.sha256()
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    for chunk in chunks:
+        chunk = chunk.cast(pa.large_string())
+        if len(chunk) == 0:
+            continue
+        offs = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+        lengths.update(np.diff(offs).astype("<i8").tobytes())
+        data.update(memoryview(chunk.buffers()[2])[int(offs[0]) : int(offs[-1])])
+    return hashlib.sha256(lengths.digest() + data.digest()).hexdigest()
+
+
+@dataclass
+class Pool:
+    """The samples a run may train on, in (shard, position) order."""
+
+    table: pa.Table  # uid, shard, key, position
+    source: str  # "embeddings" or "selection:<name>" or a manifest path
+    digest: str
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def uids(self) -> pa.Array:
+        col = self.table.column("uid")
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+    def index_of(self, uids: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int64]:
+        """Pool row of each uid; -1 where the uid is not in the pool."""
+        idx = pc.index_in(uids, value_set=self.uids)
+        return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def init_manifest_path(run: RunDir, init: str) -> Path:
+    """``--init`` accepts a selection name (``RUN/selections/NAME``) or a manifest ``.parquet`` path."""
+    sel = run.selection_dir(init) / "manifest.parquet"
+    if sel.exists():
+        return sel
+    p = Path(init)
+    if p.suffix == ".parquet" and p.exists():
+        return p
+    raise UsageError(
+        f"--init {init!r}: no selection {sel} and no manifest file by that path; "
+        f"run 'curate select --run {run.root} --name {init} ...' first"
+    )
+
+
+def load_pool(run_root: str | os.PathLike[str], init: str | None = None) -> Pool:
+    """The pool: every embedded sample, or the subset of the manifest ``init`` names."""
+    run = RunDir(run_root)
+    if init is None:
+        table = read_embeddings(run.root, POOL_COLUMNS).select(POOL_COLUMNS)
+        source = "embeddings"
+    else:
+        table = read_manifest(init_manifest_path(run, init)).table.select(POOL_COLUMNS)
+        source = f"selection:{init}"
+    table = table.cast(pa.schema([LOSS_SCHEMA.field("uid"), *[pa.field(c, t) for c, t in _POOL_TYPES]]))
+    table = table.sort_by([("shard", "ascending"), ("position", "ascending")]).combine_chunks()
+    if table.num_rows == 0:
+        raise InputError(f"the pool of {run.root} ({source}) is empty")
+    if pc.count_distinct(table.column("uid")).as_py() != table.num_rows:
+        raise InputError(f"the pool of {run.root} ({source}) has duplicate uids; re-embed or fix the selection")
+    return Pool(table, source, hash_strings(table.column("uid")))
+
+
+_POOL_TYPES = [("shard", pa.string()), ("key", pa.string()), ("position", pa.int32())]
+
+
+@dataclass
+class RoundLosses:
+    """Validated losses of one round mapped onto pool rows."""
+
+    row: npt.NDArray[np.int64]  # pool row of each loss row
+    batch: npt.NDArray[np.int64]
+    loss_a: npt.NDArray[np.float64]
+    loss_b: npt.NDArray[np.float64] | None
+    files: int
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    @property
+    def loss(self) -> npt.NDArray[np.float64]:
+        """The training loss per sample: (loss_a + loss_b) / 2, or loss_a alone."""
+        return self.loss_a if self.loss_b is None else (self.loss_a + self.loss_b) / 2.0
+
+
+def loss_files(run: RunDir, round_: int) -> list[Path]:
+    """Finished loss parts of a round (hidden temporary files of live writers are skipped)."""
+    d = run.losses_dir(round_)
+    return sorted(p for p in d.glob("*.parquet") if not p.name.startswith(".")) if d.is_dir() else []
+
+
+def read_losses(run: RunDir, round_: int) -> tuple[pa.Table, int]:
+    """All loss parts of a round as one table with ``LOSS_SCHEMA``; a clear error when absent or bad."""
+    files = loss_files(run, round_)
+    if not files:
+        raise InputError(
+            f"no loss table for round {round_} in {run.losses_dir(round_)}; record losses while training "
+            f"(curate.trainer.LossRecorder) or run 'curate losses --run {run.root} --round {round_} --checkpoint CKPT'"
+        )
+    tables = []
+    for f in files:
+        t = read_parquet(f)
+        missing = {"uid", "batch", "loss_a"} - set(t.column_names)
+        if missing:
+            raise InputError(f"loss table {f} lacks columns {sorted(missing)} (need uid, batch, loss_a[, loss_b])")
+        if "loss_b" not in t.column_names:
+            t = t.append_column("loss_b", pa.nulls(t.num_rows, pa.float32()))
+        try:
+            t = t.select(LOSS_SCHEMA.names).cast(LOSS_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise InputError(f"loss table {f} has wrong column types: {str(exc).splitlines()[0]}") from None
+        tables.append(t)
+    return pa.concat_tables(tables).combine_chunks(), len(files)
+
+
+def map_losses(
+    run: RunDir, round_: int, pool: Pool, allowed: npt.NDArray[np.bool_] | None = None
+) -> RoundLosses:
+    """Read, validate and map the losses of ``round_``: unknown, duplicate or non-finite rows are errors.
+
+    ``allowed`` marks the pool rows that were in the round's manifest; a loss for any other uid is an
+    unknown uid.
+    """
+    table, nfiles = read_losses(run, round_)
+    where = run.losses_dir(round_)
+    if table.num_rows == 0:
+        raise InputError(f"the loss table of round {round_} in {where} is empty")
+    for col in ("uid", "batch", "loss_a"):
+        if table.column(col).null_count:
+            raise InputError(f"the loss table of round {round_} in {where} has nulls in {col}")
+    loss_a = table.column("loss_a").to_numpy().astype(np.float64)
+    lb = table.column("loss_b")
+    if lb.null_count == table.num_rows:
+        loss_b = None
+    elif lb.null_count:
+        raise InputError(f"the loss table of round {round_} in {where} has nulls in loss_b (fill all or none)")
+    else:
+        loss_b = lb.to_numpy().astype(np.float64)
+    for name, arr in (("loss_a", loss_a), ("loss_b", loss_b)):
+        if arr is not None and not np.all(np.isfinite(arr)):
+            bad = int(np.sum(~np.isfinite(arr)))
+            raise InputError(
+                f"the loss table of round {round_} has {bad} NaN or infinite {name} values; "
+                "fix the trainer (diverged loss?) and record the round again"
+            )
+    uids = table.column("uid")
+    row = pool.index_of(uids)
+    unknown = row < 0
+    if allowed is not None:
+        unknown |= ~allowed[np.where(unknown, 0, row)]
+    if unknown.any():
+        first = uids[int(np.flatnonzero(unknown)[0])].as_py()
+        raise InputError(
+            f"the loss table of round {round_} has {int(unknown.sum())} uids that were not in round "
+            f"{round_}'s manifest (e.g. {first}); record losses only for samples of that manifest"
+        )
+    counts = np.bincount(row, minlength=len(pool))
+    if counts.max(initial=0) > 1:
+        dup = int(np.sum(counts > 1))
+        first = pool.uids[int(np.flatnonzero(counts > 1)[0])].as_py()
+        raise InputError(
+            f"the loss table of round {round_} has {dup} duplicate uids (e.g. {first}); "
+            "record each sample once per round (no resampling within a round)"
+        )
+    batch = table.column("batch").to_numpy().astype(np.int64)
+    return RoundLosses(row, batch, loss_a, loss_b, nfiles)
