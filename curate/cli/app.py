@@ -20,7 +20,7 @@ except ImportError:  # older typer on top of click
     from click.exceptions import Exit as _Exit
 
 from curate import __version__
-from curate.cli import embed_cmd, inspect_cmd, shards_cmd  # noqa: F401  (registers commands)
+from curate.cli import bootstrap_cmd, embed_cmd, inspect_cmd, losses_cmd, shards_cmd  # noqa: F401  (registers commands)
 from curate.cli._app import app
 from curate.errors import CurateError
 
