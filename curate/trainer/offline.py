@@ -39,6 +39,27 @@ class LossesResult:
     stats: dict[str, int]
 
 
+def load_weights(model: torch.nn.Module, checkpoint: str | os.PathLike[str]) -> None:
+    """Load a checkpoint into ``model`` strictly: safetensors, or ``torch.load(weights_only=True)``.
+
+    Accepts open_clip_train checkpoints (``{"state_dict": ...}``, ``module.`` prefixes from DDP).
+    """
+    path = str(Path(checkpoint).expanduser())
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path, device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"checkpoint {checkpoint} does not fit the model: {str(exc).splitlines()[0]}") from None
+
+
 def _existing_parts(run: RunDir, round_: int) -> list[Path]:
     d = run.losses_dir(round_)
     return sorted(d.glob("*.parquet")) if d.is_dir() else []
@@ -87,6 +108,8 @@ def compute_losses(
         raise UsageError("the run records no shard URLs; pass --shards SPEC")
     urls = shard_urls(manifest, urls=shards, run=run.root)
     loaded = load_model(model, pretrained=checkpoint, device=device, precision=precision)
+    if model.startswith(("local-dir:", "hf-hub:")):  # open_clip ignores `pretrained` for these schemas
+        load_weights(loaded.model, checkpoint)
     filt = ManifestFilter(mpath)  # memory-mapped index: bounded memory for large manifests
     scale = loaded.model.logit_scale.exp().float()
     bias = getattr(loaded.model, "logit_bias", None)
