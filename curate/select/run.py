@@ -1,0 +1,240 @@
+"""``run_selection``: score, decide, and write ``RUN/selections/NAME/`` (scores table + manifest).
+
+Outputs of one selection are written into a temporary folder next to the final one, which then
+replaces it in one rename, so a reader sees either the old selection or the new one, never a mix.
+The same inputs, method, options and seed give byte-identical tables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curate.errors import UsageError
+from curate.io.manifest import Manifest, build_manifest, write_manifest
+from curate.io.tables import write_table
+from curate.progress import NullProgress, Progress
+from curate.run import RunDir, read_json
+from curate.select.base import Decision, Scores, SelectContext, get_selector, resolve_budget
+from curate.select.pool import load_pool
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,119}$")
+
+
+@dataclass
+class SelectionResult:
+    """What ``run_selection`` wrote, with the numbers the CLI summarises."""
+
+    name: str
+    path: Path
+    manifest: Manifest
+    pool_size: int
+    kept: int
+    pruned_by_reason: dict[str, int]
+    per_partition: list[dict[str, Any]] = field(default_factory=list)  # label, pool, kept
+    info: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary (``--json``)."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "method": self.manifest.header.get("method"),
+            "pool": self.pool_size,
+            "kept": self.kept,
+            "pruned_by_reason": self.pruned_by_reason,
+            "per_partition": self.per_partition,
+            "info": self.info,
+            "content_hash": self.manifest.header.get("content_hash"),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise UsageError(f"bad selection name {name!r}: use letters, digits, '.', '_', '+', '-' (max 120)")
+    return name
+
+
+def _nullable(values: np.ndarray) -> pa.Array:
+    """A numpy column as Arrow, with NaN (floats) or -1 (partition ints) as null."""
+    if values.dtype.kind == "f":
+        return pa.array(values, mask=np.isnan(values))
+    if values.dtype.kind in "iu":
+        return pa.array(values.astype(np.int32), mask=values < 0)
+    return pa.array(values)
+
+
+def scores_table(ids: pa.Table, scores: Scores, decision: Decision) -> pa.Table:
+    """``uid, shard, key, position, selected, rank, reason`` + the method's columns."""
+    n = ids.num_rows
+    rank = np.full(n, -1, np.int64)
+    rank[decision.order] = np.arange(len(decision.order))
+    cols: dict[str, pa.Array] = {
+        "selected": pa.array(rank >= 0),
+        "rank": pa.array(rank, mask=rank < 0),
+        "reason": pa.DictionaryArray.from_arrays(
+            pa.array(scores.reasons.codes), pa.array(scores.reasons.names)
+        ).dictionary_decode(),
+    }
+    for name, values in {**scores.columns, **decision.columns}.items():
+        cols[name] = _nullable(np.asarray(values))
+    table = ids
+    for name, arr in cols.items():
+        table = table.append_column(name, arr)
+    return table
+
+
+def _partition_counts(scores: Scores, selected: np.ndarray) -> list[dict[str, Any]]:
+    part = scores.columns.get("partition")
+    if part is None:
+        return []
+    part = np.asarray(part)
+    ok = part >= 0
+    size = np.bincount(part[ok], minlength=1)
+    kept = np.bincount(part[ok & selected], minlength=len(size))
+    names = scores.state.get("names")
+    rows = [
+        {"partition": (names[k] if names and k < len(names) else str(k)), "pool": int(size[k]), "kept": int(kept[k])}
+        for k in np.flatnonzero(size)
+    ]
+    return sorted(rows, key=lambda r: (-r["pool"], r["partition"]))
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` onto ``final`` (replacing an old folder) with renames only."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_selection(
+    run_root: str | os.PathLike[str],
+    method: str,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    name: str | None = None,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    force: bool = False,
+    progress: Progress | None = None,
+    class_text: np.ndarray | None = None,
+    class_names: list[str] | None = None,
+    command: str | None = None,
+) -> SelectionResult:
+    """Run one selection method over a run's embeddings and write its score table and manifest.
+
+    Args:
+        run_root: the run folder (needs ``run.json`` and ``embeddings/``).
+        method: a registered selector name (see :func:`curate.select.list_selectors`).
+        fraction: keep ``int(pool * fraction)`` samples; or ``count`` samples (one of them, or
+            neither for methods whose options replace a budget, e.g. clip-score ``threshold``).
+        name: the selection's folder name in ``RUN/selections/`` (default from method and budget).
+        seed: seeds every random choice (random subset, k-means).
+        options: the method's options (fields of its config class); ``None`` values are ignored.
+        device: ``auto``, ``cpu`` or ``cuda[:i]`` for torch work (clipcov).
+        force: replace an existing selection of this name made with different parameters.
+        class_text, class_names: precomputed class embeddings for clipcov's zero-shot partition.
+        command: the command line to record in provenance.
+    """
+    t0 = time.perf_counter()
+    run = RunDir(run_root)
+    run.require()
+    cls = get_selector(method)
+    selector = cls(cls.config_class.from_options(method, dict(options or {})))
+    if name is not None:
+        check_name(name)
+    if (fraction is not None or count is not None) and cls.budget_mode == "none":
+        raise UsageError(f"--method {method} takes no --fraction/--count")
+    pool = load_pool(run.root, selector.needs)
+    budget = resolve_budget(fraction, count, len(pool))
+    selector.check_budget(budget)
+    name = check_name(name or selector.default_name(fraction, count))
+    params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict()}
+    if class_text is not None:
+        params["class_text"] = f"given ({class_text.shape[0]} classes)"
+    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+    final = run.selection_dir(name)
+    if final.exists() and not force:
+        old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
+        if old.get("params") != params or old.get("seed") != seed:
+            raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
+    ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names)
+    scores = selector.score(pool, ctx)
+    decision = selector.decide(pool, scores, budget, ctx)
+    order = np.asarray(decision.order, np.int64)
+    if not scores.eligible[order].all() or len(np.unique(order)) != len(order):
+        raise AssertionError(f"selector {method} picked ineligible or repeated samples")
+    if decision.reason is not None:
+        scores.reasons.set(scores.eligible, decision.reason)
+    scores.reasons.codes[order] = 0
+    table = scores_table(pool.ids, scores, decision)
+    info = {**scores.info, **decision.info}
+    pruned = scores.reasons.counts()
+    cmd = command or f"curate select --run {run.root} --method {method}"
+    manifest = build_manifest(
+        pool.ids.take(pa.array(order)),
+        kind="selection",
+        command=cmd,
+        params=params,
+        seed=seed,
+        pool_size=len(pool),
+        pruned_by_reason=pruned,
+        extra={
+            "method": method,
+            "selection": name,
+            "budget": budget,
+            "info": info,
+            "parents": decision.parents,
+            "embeddings": {"rows": len(pool), "meta": pool.meta},
+        },
+    )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))
+    try:
+        write_table(tmp / "scores.parquet", table)
+        write_manifest(tmp / "manifest.parquet", manifest)
+        _replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    record = run.load().get("selections", {})
+    record[name] = {
+        "method": method,
+        "params": params,
+        "seed": seed,
+        "pool": len(pool),
+        "kept": len(order),
+        "manifest": str(Path("selections") / name / "manifest.parquet"),
+        "content_hash": manifest.header["content_hash"],
+    }
+    run.update("selections", record, command=cmd)
+    selected = np.zeros(len(pool), bool)
+    selected[order] = True
+    return SelectionResult(
+        name=name,
+        path=final,
+        manifest=manifest,
+        pool_size=len(pool),
+        kept=len(order),
+        pruned_by_reason=pruned,
+        per_partition=_partition_counts(scores, selected),
+        info=info,
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,82 @@
+"""Fixtures for selection tests: runs built directly from hand-made embedding matrices."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curate.io.tables import embedding_schema, fixed_list, write_table
+from curate.run import RunDir
+
+MakeRun = Callable[..., Path]
+
+
+def hex_uid(i: int) -> str:
+    """A DataComp-style 128-bit hex uid."""
+    return hashlib.md5(f"sample-{i}".encode()).hexdigest()
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_run(
+    root: Path,
+    img: np.ndarray,
+    txt: np.ndarray | None = None,
+    *,
+    clip_score: np.ndarray | None = None,
+    text_null: np.ndarray | None = None,
+    n_shards: int = 2,
+    shard_urls: Sequence[str] | None = None,
+    keys: Sequence[str] | None = None,
+) -> Path:
+    """Write ``root/embeddings/<shard>.parquet`` (float16, as ``curate embed`` does) and run.json."""
+    n, d = img.shape
+    txt = img if txt is None else txt
+    if clip_score is None:
+        clip_score = np.einsum("ij,ij->i", img.astype(np.float32), txt.astype(np.float32))
+    text_null = np.zeros(n, bool) if text_null is None else text_null
+    clip_score = np.where(text_null, np.nan, clip_score)
+    bounds = np.linspace(0, n, n_shards + 1).astype(int)
+    shards = []
+    for s in range(n_shards):
+        lo, hi = bounds[s], bounds[s + 1]
+        name = f"{s:05d}"
+        shards.append({"name": name, "url": shard_urls[s] if shard_urls else f"/data/{name}.tar"})
+        txt_arr = fixed_list(txt[lo:hi])
+        if text_null[lo:hi].any():
+            txt_arr = pa.FixedSizeListArray.from_arrays(txt_arr.values, d, mask=pa.array(text_null[lo:hi]))
+        cs = clip_score[lo:hi].astype(np.float32)
+        table = pa.table(
+            {
+                "uid": [hex_uid(i) for i in range(lo, hi)],
+                "shard": [name] * (hi - lo),
+                "key": list(keys[lo:hi]) if keys is not None else [f"{i:09d}" for i in range(lo, hi)],
+                "position": pa.array(np.arange(hi - lo), pa.int32()),
+                "content_hash": [hex_uid(i) for i in range(lo, hi)],
+                "image_emb": fixed_list(img[lo:hi]),
+                "text_emb": txt_arr,
+                "clip_score": pa.array(cs, mask=np.isnan(cs)),
+            },
+            schema=embedding_schema(d, {"model": "test", "dim": d}),
+        )
+        write_table(root / "embeddings" / f"{name}.parquet", table)
+    RunDir(root).update("embed", {"model": "test", "shards": shards}, command="test")
+    return root
+
+
+@pytest.fixture
+def make_run(tmp_path: Path) -> MakeRun:
+    """``make_run(img, txt=None, **kw) -> run folder`` under a fresh tmp dir per call."""
+    counter = iter(range(1000))
+
+    def make(img: np.ndarray, txt: np.ndarray | None = None, **kw: object) -> Path:
+        return write_run(tmp_path / f"run{next(counter)}", img, txt, **kw)  # type: ignore[arg-type]
+
+    return make
