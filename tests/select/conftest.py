@@ -80,3 +80,18 @@ def make_run(tmp_path: Path) -> MakeRun:
         return write_run(tmp_path / f"run{next(counter)}", img, txt, **kw)  # type: ignore[arg-type]
 
     return make
+
+
+def read_scores(selection_dir: Path) -> dict[str, np.ndarray]:
+    """``scores.parquet`` as numpy columns (nulls: NaN for floats, -1 for ints, None for strings)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(selection_dir / "scores.parquet")
+    out: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_integer(col.type):
+            out[name] = col.fill_null(-1).to_numpy()
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
