@@ -179,7 +179,8 @@ def test_ill_matched_pair_has_low_easiness_and_is_not_picked(make_run: MakeRun) 
         txt[j] = normalise((-img[j] + 0.3 * rng.normal(size=32))[None])[0]
     run = make_run(img, txt)
     for variant in ("reference", "greedy"):
-        res = run_selection(run, "clipcov", fraction=0.5, class_text=centres, name=variant, options={"variant": variant})
+        opts = {"variant": variant}
+        res = run_selection(run, "clipcov", fraction=0.5, class_text=centres, name=variant, options=opts)
         t = read_scores(res.path)
         good = np.setdiff1d(np.arange(600), bad)
         assert (t["easiness"][bad] < 0).all()
@@ -200,7 +201,7 @@ def test_near_duplicates_penalised_by_redundancy_term() -> None:
     class_text = normalise(np.ones((1, d), np.float32))
     labels = np.zeros(len(img), int)
     st = prepare(img, txt, labels, class_text, dtype="float64")
-    st.unary[: n_orig] += np.linspace(0.01, 0, n_orig)  # distinct scores; originals 0..4 first
+    st.unary[:n_orig] += np.linspace(0.01, 0, n_orig)  # distinct scores; originals 0..4 first
     st.unary[np.isin(st.perm, dup_of)] += 1.0
     st.unary[st.perm >= n_orig] -= 0.5  # duplicates rank below every original
     trace: list[dict] = []

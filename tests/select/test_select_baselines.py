@@ -1,0 +1,239 @@
+"""Baselines (random, clip-score, semdedup) and set algebra against brute force on small data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import MakeRun, hex_uid, normalise, read_scores
+
+from curate.errors import InputError, UsageError
+from curate.io.manifest import read_manifest
+from curate.run import read_json
+from curate.select import SelectionResult, run_selection
+from curate.select.baselines import max_prior_similarity
+
+
+def _random_world(n: int = 500, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return normalise(rng.normal(size=(n, d))), normalise(rng.normal(size=(n, d)))
+
+
+def _kept(res: SelectionResult) -> set[int]:
+    return set(np.flatnonzero(read_scores(res.path)["selected"]))
+
+
+# --- random ---------------------------------------------------------------------------------------
+
+
+def test_random_is_seeded_uniform_and_exact(make_run: MakeRun) -> None:
+    img, txt = _random_world()
+    run = make_run(img, txt)
+    a = run_selection(run, "random", fraction=0.2, seed=7, name="a")
+    b = run_selection(run, "random", fraction=0.2, seed=7, name="b")
+    c = run_selection(run, "random", fraction=0.2, seed=8, name="c")
+    assert a.kept == 100 and _kept(a) == _kept(b) != _kept(c)
+    want = np.argsort(-np.random.default_rng(7).random(500), kind="stable")[:100]  # brute force
+    assert _kept(a) == set(want)
+    assert a.pruned_by_reason == {"budget": 400}
+    # inclusion frequency over seeds ≈ the fraction for every sample
+    freq = np.zeros(500)
+    for s in range(60):
+        freq[list(_kept(run_selection(run, "random", count=250, seed=s, name="r", force=True)))] += 1
+    assert abs(freq.mean() / 60 - 0.5) < 1e-9 and freq.min() > 10 and freq.max() < 50
+
+
+# --- clip-score -----------------------------------------------------------------------------------
+
+
+def test_clip_score_top_count_and_threshold(make_run: MakeRun) -> None:
+    img, txt = _random_world(400)
+    cs = np.round(np.random.default_rng(1).uniform(0.1, 0.4, 400), 3).astype(np.float32)
+    null = np.zeros(400, bool)
+    null[[5, 6]] = True
+    run = make_run(img, txt, clip_score=cs, text_null=null)
+    valid = [i for i in range(400) if not null[i]]
+    res = run_selection(run, "clip-score", count=50)
+    brute = sorted(valid, key=lambda i: (-cs[i], i))[:50]
+    assert _kept(res) == set(brute)
+    assert res.pruned_by_reason == {"budget": 348, "no_clip_score": 2}
+    t = 0.3
+    res_t = run_selection(run, "clip-score", options={"threshold": t})
+    assert res_t.name == "clip-score-t0.3"
+    assert _kept(res_t) == {i for i in valid if cs[i] >= np.float32(t)}  # DataComp: keep clip_score >= t
+    assert set(res_t.pruned_by_reason) == {"below_threshold", "no_clip_score"}
+    with pytest.raises(UsageError, match="exactly one"):
+        run_selection(run, "clip-score", count=5, options={"threshold": 0.2}, name="x")
+    with pytest.raises(UsageError, match="exactly one"):
+        run_selection(run, "clip-score", name="x")
+
+
+# --- semdedup -------------------------------------------------------------------------------------
+
+
+def _dup_world(seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """60 distinct points, 40 of them with 1-3 near-copies (cos > 0.999)."""
+    rng = np.random.default_rng(seed)
+    base = normalise(rng.normal(size=(60, 32)))
+    rows, group = [base], list(range(60))
+    for g in range(40):
+        copies = int(rng.integers(1, 4))
+        rows.append(normalise(base[g] + 1e-3 * rng.normal(size=(copies, 32))))
+        group += [g] * copies
+    img = np.vstack(rows)
+    perm = rng.permutation(len(img))
+    return img[perm], np.asarray(group)[perm], 60
+
+
+def brute_semdedup(img: np.ndarray, part: np.ndarray, pref: np.ndarray, eps: float) -> set[int]:
+    """Within each cluster, in preference order, drop j if any earlier i has cos(i, j) > 1 - eps."""
+    keep = set()
+    for c in np.unique(part):
+        members = [int(i) for i in np.flatnonzero(part == c)]
+        members.sort(key=lambda i: (pref[i], i))
+        sims = img[members].astype(np.float64) @ img[members].astype(np.float64).T
+        for pos, j in enumerate(members):
+            if pos == 0 or sims[pos, :pos].max() <= 1 - eps:
+                keep.add(j)
+    return keep
+
+
+@pytest.mark.parametrize("keep", ["farthest", "closest", "random"])
+def test_semdedup_keeps_one_per_duplicate_group(make_run: MakeRun, keep: str) -> None:
+    img, group, n_groups = _dup_world()
+    run = make_run(img)
+    res = run_selection(run, "semdedup", options={"eps": 0.01, "keep": keep, "clusters": 6}, seed=1)
+    kept = _kept(res)
+    assert len(kept) == n_groups and len(set(group[list(kept)])) == n_groups
+    t = read_scores(res.path)
+    pimg = load_image(run)
+    if keep == "farthest":
+        pref = t["centroid_sim"]
+    elif keep == "closest":
+        pref = -t["centroid_sim"]
+    else:
+        pref = None
+    if pref is not None:
+        assert kept == brute_semdedup(pimg, t["partition"], pref, 0.01)
+        # inside each duplicate group the survivor is the farthest from (closest to) the centroid
+        for g in range(n_groups):
+            members = np.flatnonzero(group == g)
+            if len(members) > 1 and len(set(t["partition"][members])) == 1:
+                best = members[np.argmin(pref[members])]
+                assert best in kept
+    assert res.pruned_by_reason == {"duplicate": len(img) - n_groups}
+
+
+def test_semdedup_budget_equals_eps_rule(make_run: MakeRun) -> None:
+    img, txt = _random_world(600, 8, seed=3)
+    run = make_run(img, txt)
+    res = run_selection(run, "semdedup", count=450, options={"clusters": 4})
+    assert res.kept == 450
+    eps = res.info["effective_eps"]
+    t = read_scores(res.path)
+    assert (t["score"][t["selected"]] >= eps).all() and (t["score"][~t["selected"]] <= eps).all()
+    brute = brute_semdedup(load_image(run), t["partition"], t["centroid_sim"], eps=float(np.nextafter(eps, -1)))
+    assert _kept(res) <= brute and len(brute) - 450 <= 2  # equal up to ties at the boundary
+
+
+def load_image(run: Path) -> np.ndarray:
+    from curate.select.pool import load_pool
+
+    return load_pool(run, {"image"}).image
+
+
+def test_max_prior_similarity_blockwise_matches_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = normalise(np.random.default_rng(4).normal(size=(300, 8)))
+    dense = x @ x.T
+    want = np.array([-np.inf] + [dense[j, :j].max() for j in range(1, 300)])
+    monkeypatch.setattr("curate.select.baselines._BLOCK_ELEMENTS", 1000)  # many small blocks
+    np.testing.assert_allclose(max_prior_similarity(x), want, rtol=1e-6)
+
+
+# --- set algebra ----------------------------------------------------------------------------------
+
+
+def test_set_algebra_matches_python_sets_with_provenance(make_run: MakeRun) -> None:
+    img, txt = _random_world(300)
+    run = make_run(img, txt)
+    a = run_selection(run, "random", count=120, seed=1, name="A")
+    b = run_selection(run, "clip-score", count=90, name="B")
+    sa, sb = _kept(a), _kept(b)
+    for op, want in (("intersect", sa & sb), ("union", sa | sb), ("difference", sa - sb)):
+        res = run_selection(run, op, options={"of": ("A", "B")})
+        assert res.name == f"A-{op}-B"
+        assert _kept(res) == want
+        man = read_manifest(res.path / "manifest.parquet")
+        assert set(man.uids) == {hex_uid(i) for i in want}
+        parents = man.header["parents"]
+        assert [p["name"] for p in parents] == ["A", "B"]
+        assert parents[0]["content_hash"] == a.manifest.header["content_hash"]
+        assert parents[1]["content_hash"] == b.manifest.header["content_hash"]
+        assert man.header["counts"]["pruned"] == 300 - len(want)
+    assert run_selection(run, "difference", options={"of": ("A", "B")}, name="d").pruned_by_reason == {
+        "not_in:A": 180,
+        "in:B": len(sa & sb),
+    }
+    with pytest.raises(InputError, match="no selection 'nope'"):
+        run_selection(run, "union", options={"of": ("A", "nope")})
+    with pytest.raises(UsageError, match="takes no"):
+        run_selection(run, "union", count=3, options={"of": ("A", "B")})
+
+
+# --- driver ---------------------------------------------------------------------------------------
+
+
+def test_outputs_idempotent_atomic_and_recorded(make_run: MakeRun) -> None:
+    img, txt = _random_world(200)
+    run = make_run(img, txt)
+    res = run_selection(run, "random", fraction=0.5, seed=3)
+    first = {p.name: p.read_bytes() for p in res.path.iterdir()}
+    again = run_selection(run, "random", fraction=0.5, seed=3)
+    assert {p.name: p.read_bytes() for p in again.path.iterdir()} == first
+    assert sorted(first) == ["manifest.json", "manifest.parquet", "scores.parquet"]
+    assert not [p for p in (run / "selections").iterdir() if p.name.startswith(".")]  # no temp left
+    man = read_manifest(res.path / "manifest.parquet")
+    h = man.header
+    assert h["method"] == "random" and h["seed"] == 3 and h["params"]["fraction"] == 0.5
+    assert h["counts"] == {"pool": 200, "kept": 100, "pruned": 100, "pruned_by_reason": {"budget": 100}}
+    shards = man.table.column("shard").to_pylist()
+    assert shards == sorted(shards)
+    rec = read_json(run / "run.json")["selections"]["random-f0.5"]
+    assert rec["content_hash"] == h["content_hash"] and rec["kept"] == 100
+    with pytest.raises(UsageError, match="exists with other parameters"):
+        run_selection(run, "random", fraction=0.5, seed=4)
+    assert run_selection(run, "random", fraction=0.5, seed=4, force=True).kept == 100
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"fraction": 0.0}, "--fraction must be in"),
+        ({"fraction": 1.5}, "--fraction must be in"),
+        ({"fraction": -0.1}, "--fraction must be in"),
+        ({"count": 0}, "--count must be a positive"),
+        ({"count": 201}, "exceeds the pool"),
+        ({"fraction": 0.1, "count": 3}, "either --fraction or --count"),
+        ({}, "needs --fraction"),
+        ({"fraction": 0.1, "name": "../x"}, "bad selection name"),
+        ({"fraction": 0.1, "options": {"eps": 0.1}}, "--eps does not apply to --method random"),
+    ],
+)
+def test_bad_budget_and_options(make_run: MakeRun, kw: dict, match: str) -> None:
+    img, txt = _random_world(200)
+    run = make_run(img, txt)
+    with pytest.raises(UsageError, match=match):
+        run_selection(run, "random", **kw)
+    assert not (run / "selections").exists()
+
+
+def test_unknown_method_and_missing_run(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a curate run"):
+        run_selection(tmp_path / "nope", "random", fraction=0.1)
+    img, txt = _random_world(50)
+    from conftest import write_run
+
+    run = write_run(tmp_path / "r", img, txt)
+    with pytest.raises(UsageError, match=r"unknown method 'magic'; choose one of: .*clipcov"):
+        run_selection(run, "magic", fraction=0.1)
