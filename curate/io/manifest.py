@@ -75,9 +75,12 @@ def build_manifest(
     pool_size: int | None = None,
     pruned_by_reason: dict[str, int] | None = None,
     extra: dict[str, Any] | None = None,
+    presorted: bool = False,
 ) -> Manifest:
     """Validate, sort and describe a set of kept rows.
 
+    ``presorted=True``: the caller guarantees ``rows`` are sorted by (shard, position) with unique uids
+    (skips the sort and the duplicate check, ~9 s at 10M rows; used by ``curate bootstrap``).
     ``rows`` needs ``uid, shard, key, position`` and may carry ``weight`` (default 1.0). ``pool_size``
     is the number of samples the subset was chosen from (to count pruned samples).
     """
@@ -87,8 +90,9 @@ def build_manifest(
     if "weight" not in rows.column_names:
         rows = rows.append_column("weight", pa.array(np.ones(rows.num_rows, np.float32)))
     table = rows.select(["uid", "shard", "key", "position", "weight"]).cast(MANIFEST_SCHEMA)
-    table = table.sort_by([("shard", "ascending"), ("position", "ascending")])
-    if pc.count_distinct(table.column("uid")).as_py() != table.num_rows:
+    if not presorted:
+        table = table.sort_by([("shard", "ascending"), ("position", "ascending")])
+    if not presorted and pc.count_distinct(table.column("uid")).as_py() != table.num_rows:
         raise InputError("manifest has duplicate uids")
     w = table.column("weight").to_numpy()
     if len(w) and (not np.all(np.isfinite(w)) or np.any(w <= 0)):
