@@ -336,7 +336,7 @@ class ClipCov(Selector):
         if ctx.class_text is not None:
             return np.asarray(ctx.class_text, np.float32), ctx.class_names
         names = read_class_names(self.config.classes) if self.config.classes else None
-        return model_class_text(ctx.run_root, names, device=ctx.device)
+        return model_class_text(ctx.run_root, names, device=pick_device(ctx.device))
 
     def score(self, pool: Pool, ctx: SelectContext) -> Scores:
         assert pool.image is not None and pool.text is not None

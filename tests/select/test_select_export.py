@@ -1,0 +1,144 @@
+"""Exports (DataComp .npy, keys, urls) and reshard (readable by a plain webdataset pipeline)."""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import hex_uid
+
+from curate.errors import InputError, UsageError
+from curate.io.export import export_manifest, read_datacomp, u8pair_to_uids, uids_to_u8pair
+from curate.io.manifest import build_manifest, write_manifest
+from curate.io.reshard import reshard
+from curate.io.shards import iter_shard, shard_name
+from curate.io.tarwrite import write_members
+from curate.run import RunDir
+
+
+def test_datacomp_u8pair_round_trip_matches_datacomp_conversion() -> None:
+    uids = [hex_uid(i) for i in range(2000)] + ["ffffffffffffffff0000000000000001", "0" * 32]
+    pairs = uids_to_u8pair(uids)
+    # DataComp's own conversion (baselines/apply_filter.py): (int(uid[:16], 16), int(uid[16:32], 16))
+    want = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in uids], np.dtype("u8,u8"))
+    np.testing.assert_array_equal(pairs, want)
+    assert list(u8pair_to_uids(pairs)) == uids
+    assert list(u8pair_to_uids(uids_to_u8pair([u.upper() for u in uids]))) == uids
+    with pytest.raises(InputError, match="not a 128-bit hex uid"):
+        uids_to_u8pair(["abc"])
+    with pytest.raises(InputError, match="not hexadecimal"):
+        uids_to_u8pair(["g" * 32])
+
+
+def _manifest(tmp: Path, rows: list[tuple[str, str, int]], run_shards: list[dict] | None = None) -> Path:
+    """A selection manifest inside a run at ``tmp/run``; rows are (shard, key, position)."""
+    run = tmp / "run"
+    RunDir(run).update("embed", {"model": "test", "shards": run_shards or []})
+    table = pa.table(
+        {
+            "uid": [hex_uid(hash((s, k)) % 10**9) for s, k, _ in rows],
+            "shard": [s for s, _, _ in rows],
+            "key": [k for _, k, _ in rows],
+            "position": pa.array([p for _, _, p in rows], pa.int32()),
+        }
+    )
+    m = build_manifest(table, kind="selection", command="test", pool_size=100)
+    return write_manifest(run / "selections" / "x" / "manifest.parquet", m)
+
+
+def test_export_formats(tmp_path: Path) -> None:
+    rows = [("00001", "b", 1), ("00000", "a", 0), ("00001", "a", 0)]
+    shards = [
+        {"name": "00000", "url": "s3://bucket/00000.tar"},
+        {"name": "00001", "url": "s3://bucket/00001.tar"},
+        {"name": "00002", "url": "s3://bucket/00002.tar"},
+    ]
+    path = _manifest(tmp_path, rows, shards)
+    out, n = export_manifest(path, "datacomp")
+    assert out == path.parent / "subset.npy" and n == 3
+    arr = np.load(out)
+    assert arr.dtype == np.dtype("u8,u8")
+    assert arr.tolist() == sorted(arr.tolist())  # sorted by (upper, lower), as DataComp binary-searches it
+    assert sorted(read_datacomp(out)) == sorted(hex_uid(hash((s, k)) % 10**9) for s, k, _ in rows)
+    out, n = export_manifest(path, "keys", tmp_path / "k.txt")
+    assert out.read_text().splitlines() == ["00000/a", "00001/a", "00001/b"]
+    out, n = export_manifest(path.parent, "urls", tmp_path / "u.txt")  # a selection folder works too
+    assert out.read_text().splitlines() == ["s3://bucket/00000.tar", "s3://bucket/00001.tar"]
+    path2 = _manifest(tmp_path / "nourl", rows)  # no URLs recorded: fall back to the shard names
+    out, _ = export_manifest(path2, "urls", tmp_path / "u2.txt")
+    assert out.read_text().splitlines() == ["00000", "00001"]
+    with pytest.raises(UsageError, match="unknown export format"):
+        export_manifest(path, "csv")
+
+
+@pytest.fixture
+def source(make_shards: Callable[..., list[str]]) -> list[str]:
+    return make_shards(n_shards=3, per_shard=10)
+
+
+def test_reshard_readable_by_webdataset(tmp_path: Path, source: list[str]) -> None:
+    import webdataset as wds
+
+    all_samples = {(s.shard, s.key): s for u in source for s in iter_shard(u)}
+    chosen = sorted(all_samples)[::3]  # 10 of 30, across all shards
+    rows = [(s, k, all_samples[(s, k)].position) for s, k in chosen]
+    shards = [{"name": shard_name(u), "url": u} for u in source]
+    path = _manifest(tmp_path, rows, shards)
+    res = reshard(path, tmp_path / "out", shard_size=4)
+    assert res.written == 10 and [s["samples"] for s in res.shards] == [4, 4, 2]
+    assert not res.prefixed_keys
+    urls = sorted(str(p) for p in (tmp_path / "out").glob("*.tar"))
+    got = {}
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+        got[sample["__key__"]] = sample
+    assert set(got) == {k for _, k in chosen}
+    for s, k in chosen:  # bytes copied unchanged
+        assert got[k]["jpg"] == all_samples[(s, k)].image_bytes
+        assert got[k]["txt"].decode() == all_samples[(s, k)].caption
+    for u in urls:  # safe member names only, regular files only
+        with tarfile.open(u) as tf:
+            for m in tf.getmembers():
+                assert m.isfile() and not m.name.startswith("/") and ".." not in m.name.split("/")
+    with pytest.raises(UsageError, match="not empty"):
+        reshard(path, tmp_path / "out")
+    assert reshard(path, tmp_path / "out", shard_size=100, force=True).shards == [{"name": "000000.tar", "samples": 10}]
+
+
+def tiny_sample(key: str, caption: str) -> list[tuple[str, bytes]]:
+    """Members of one sample (image bytes are not decoded by the reader)."""
+    return [(f"{key}.jpg", b"\xff\xd8 not really a jpeg " + key.encode()), (f"{key}.txt", caption.encode())]
+
+
+def test_reshard_prefixes_colliding_keys(tmp_path: Path) -> None:
+    srcs = []
+    for s in range(2):
+        p = tmp_path / "src" / f"{s:05d}.tar"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write_members(p, [m for k in ("a", "b") for m in tiny_sample(k, f"{s}{k}")])
+        srcs.append(str(p))
+    path = _manifest(tmp_path, [("00000", "a", 0), ("00001", "a", 0)])
+    res = reshard(path, tmp_path / "out", shards=str(tmp_path / "src" / "{00000..00001}.tar"))
+    assert res.prefixed_keys
+    import webdataset as wds
+
+    keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "out" / "000000.tar"), shardshuffle=False)]
+    assert keys == ["00000/a", "00001/a"]
+
+
+def test_reshard_reports_missing_and_unsafe_samples(tmp_path: Path) -> None:
+    p = tmp_path / "src" / "00000.tar"
+    p.parent.mkdir(parents=True)
+    members = [*tiny_sample("good", "g"), ("../evil.jpg", b"x"), ("../evil.txt", b"y")]
+    write_members(p, members)
+    path = _manifest(
+        tmp_path,
+        [("00000", "good", 0), ("00000", "../evil", 1), ("00000", "gone", 2)],
+        [{"name": "00000", "url": str(p)}],
+    )
+    with pytest.raises(InputError, match=r"found 1 of 3 manifest samples; missing 00000/../evil, 00000/gone"):
+        reshard(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
