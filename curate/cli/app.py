@@ -20,7 +20,15 @@ except ImportError:  # older typer on top of click
     from click.exceptions import Exit as _Exit
 
 from curate import __version__
-from curate.cli import bootstrap_cmd, embed_cmd, inspect_cmd, losses_cmd, shards_cmd  # noqa: F401  (registers commands)
+from curate.cli import (  # noqa: F401  (registers commands)
+    bootstrap_cmd,
+    embed_cmd,
+    export_cmd,
+    inspect_cmd,
+    losses_cmd,
+    select_cmd,
+    shards_cmd,
+)
 from curate.cli._app import app
 from curate.errors import CurateError
 
