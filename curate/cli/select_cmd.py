@@ -77,7 +77,8 @@ def select(
     if json_out:
         print_json(res.summary())
         return
-    t = Table(title=f"select {method.value} → {res.path}", show_header=False)
+    t = Table(title=f"curate select --method {method.value}", show_header=False)
+    t.add_row("selection", str(res.path))
     t.add_row("pool", f"{res.pool_size:,}")
     t.add_row("kept", f"{res.kept:,} ({res.kept / res.pool_size:.1%})")
     for reason, n in res.pruned_by_reason.items():

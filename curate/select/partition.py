@@ -127,7 +127,10 @@ def kmeans(x: np.ndarray, valid: np.ndarray, k: int, seed: int, niter: int = 20)
     if k > len(idx):
         raise UsageError(f"k-means with K={k} needs at least {k} valid samples, the pool has {len(idx)}")
     data = np.ascontiguousarray(x[idx], dtype=np.float32)
-    km = faiss.Kmeans(data.shape[1], k, niter=niter, seed=int(seed) % (2**31), spherical=True, verbose=False)
+    km = faiss.Kmeans(
+        data.shape[1], k, niter=niter, seed=int(seed) % (2**31), spherical=True, verbose=False,
+        min_points_per_centroid=1,  # small pools are fine; silences faiss's stderr warning
+    )
     km.train(data)
     centroids = np.asarray(km.centroids, dtype=np.float32)
     labels = np.full(len(x), -1, dtype=np.int32)
