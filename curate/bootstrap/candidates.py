@@ -1,8 +1,10 @@
 """SCAN's within-batch candidate rule (spec §1.3), vectorised across batches.
 
-Every function works on flat per-sample arrays (one row per recorded loss) with a ``batch`` id; rows are
-grouped by sorting on (batch, loss) with ``np.lexsort`` and per-batch offsets, never by a Python loop
-over samples or batches.
+Every function works on flat per-sample arrays (one row per recorded loss) with a ``batch`` id. Rows are
+put in a canonical order (batch, tiebreak) once; ranking within batches is then one stable integer
+argsort of a packed ``(group << 32) | loss_key`` uint64, where ``loss_key`` is the order-preserving
+uint32 image of the float32 loss (losses are stored as float32). No Python loop over samples or
+batches, and no multi-key ``np.lexsort`` (several times slower at 10M rows).
 
 Ties are broken by ``tiebreak`` (the sample's pool index), so results do not depend on row order.
 """
@@ -30,11 +32,22 @@ class Groups:
         return len(self.size)
 
 
+def _sorted_groups(b_sorted: np.ndarray) -> npt.NDArray[np.int64]:
+    """Dense group ids of an already sorted key column."""
+    gid = np.zeros(len(b_sorted), np.int64)
+    if len(b_sorted) > 1:
+        np.cumsum(b_sorted[1:] != b_sorted[:-1], out=gid[1:])
+    return gid
+
+
 def make_groups(batch: np.ndarray) -> Groups:
     """Dense group ids (in ascending batch order) for a batch-id column."""
-    uniq, gid = np.unique(np.asarray(batch), return_inverse=True)
-    size = np.bincount(gid, minlength=len(uniq)).astype(np.int64)
-    return Groups(gid.astype(np.int64).reshape(-1), size)
+    batch = np.asarray(batch)
+    order = np.argsort(batch, kind="stable")
+    gid = np.empty(len(batch), np.int64)
+    gid[order] = _sorted_groups(batch[order])
+    size = np.bincount(gid, minlength=int(gid.max(initial=-1)) + 1).astype(np.int64)
+    return Groups(gid, size)
 
 
 def _pos_in_group(gid_sorted: np.ndarray) -> np.ndarray:
@@ -47,9 +60,21 @@ def _pos_in_group(gid_sorted: np.ndarray) -> np.ndarray:
     return np.arange(n, dtype=np.int64) - np.repeat(starts, lengths)
 
 
-def rank_desc(groups: Groups, loss: np.ndarray, tiebreak: np.ndarray) -> npt.NDArray[np.int64]:
-    """Each row's rank within its batch by descending loss (0 = highest); ties by ``tiebreak``."""
-    order = np.lexsort((tiebreak, -np.asarray(loss, np.float64), groups.gid))
+def loss_key(loss: np.ndarray) -> npt.NDArray[np.uint64]:
+    """Order-preserving uint32 image of ``loss`` as float32 (as uint64, ready to pack)."""
+    bits = np.ascontiguousarray(loss, dtype=np.float32).view(np.uint32)
+    flip = np.where(bits & np.uint32(0x80000000), np.uint32(0xFFFFFFFF), np.uint32(0x80000000))
+    return (bits ^ flip).astype(np.uint64)
+
+
+def _grouped_order(gid: np.ndarray, key32: np.ndarray) -> np.ndarray:
+    """Stable order by (gid, key32) for rows in canonical order (ties keep canonical order)."""
+    return np.argsort((gid.astype(np.uint64) << np.uint64(32)) | key32, kind="stable")
+
+
+def rank_desc(groups: Groups, loss: np.ndarray) -> npt.NDArray[np.int64]:
+    """Each row's rank within its batch by descending loss (0 = highest); rows must be in canonical order."""
+    order = _grouped_order(groups.gid, np.uint64(0xFFFFFFFF) - loss_key(loss))
     rank = np.empty(len(order), np.int64)
     rank[order] = _pos_in_group(groups.gid[order])
     return rank
@@ -67,14 +92,14 @@ def _top_up(
 
     ``s1``/``s2``: rows extreme in direction a/b (exactly ``k[g]`` each per batch). Keeps the
     intersection; where it holds fewer than 0.9·k rows, adds ``k - |both|`` rows chosen uniformly at
-    random (by the random keys ``u``) from the rows extreme in only one direction.
+    random (by the random uint32 keys ``u``) from the rows extreme in only one direction.
     """
     both = s1 & s2
     n_both = np.bincount(groups.gid[both], minlength=groups.n_groups)
     need = np.where(n_both < TOP_UP_FACTOR * k, k - n_both, 0)
     pool = np.flatnonzero((s1 ^ s2) & (need[groups.gid] > 0))
     if len(pool):
-        order = pool[np.lexsort((u[pool], groups.gid[pool]))]
+        order = pool[_grouped_order(groups.gid[pool], u[pool])]
         pos = _pos_in_group(groups.gid[order])
         both[order[pos < need[groups.gid[order]]]] = True
     return both
@@ -104,28 +129,34 @@ def find_candidates(
     A row is a candidate when it is extreme in both directions; per batch the intersection is topped up
     at random from the rows extreme in one direction only until it holds at least 0.9·int(n·ρ) rows
     (exactly int(n·ρ) after a top-up). ``loss_b=None`` (single-direction losses) uses ``loss_a`` twice.
-    For one global ranking pass a constant ``batch``.
+    For one global ranking pass a constant ``batch``. Losses are compared as float32.
     """
     n = len(loss_a)
-    tiebreak = np.arange(n) if tiebreak is None else np.asarray(tiebreak)
-    groups = make_groups(batch)
-    ra = rank_desc(groups, loss_a, tiebreak)
-    rb = ra if loss_b is None else rank_desc(groups, loss_b, tiebreak)
-    size = groups.size[groups.gid]
+    batch = np.asarray(batch, np.int64)
+    tiebreak = np.arange(n, dtype=np.int64) if tiebreak is None else np.asarray(tiebreak, np.int64)
+    # canonical order: (batch, tiebreak); all work below happens in it, results are mapped back
+    if n and tiebreak.min() >= 0 and (batch.max() - batch.min() + 1) * (tiebreak.max() + 1) < 2**62:
+        canon = np.argsort((batch - batch.min()) * (tiebreak.max() + 1) + tiebreak)
+    else:
+        canon = np.lexsort((tiebreak, batch))
+    gid = _sorted_groups(batch[canon])
+    groups = Groups(gid, np.bincount(gid, minlength=int(gid.max(initial=-1)) + 1).astype(np.int64))
+    la = np.asarray(loss_a)[canon]
+    ra = rank_desc(groups, la)
+    rb = ra if loss_b is None else rank_desc(groups, np.asarray(loss_b)[canon])
+    size = groups.size[gid]
     k_hi, k_lo = quota(groups, rho_max), quota(groups, rho_min)
-    # Random keys in a canonical row order (batch, tiebreak), so the draw ignores input row order.
-    canon = np.lexsort((tiebreak, groups.gid))
-    u_red, u_ill = np.empty(n), np.empty(n)
-    u_red[canon] = rng.random(n)
-    u_ill[canon] = rng.random(n)
-    lo_a, lo_b = ra >= size - k_lo[groups.gid], rb >= size - k_lo[groups.gid]
-    hi_a, hi_b = ra < k_hi[groups.gid], rb < k_hi[groups.gid]
+    u_red = rng.integers(0, 2**32, n, dtype=np.uint64)
+    u_ill = rng.integers(0, 2**32, n, dtype=np.uint64)
+    lo_a, lo_b = ra >= size - k_lo[gid], rb >= size - k_lo[gid]
+    hi_a, hi_b = ra < k_hi[gid], rb < k_hi[gid]
     red = _top_up(groups, lo_a, lo_b, k_lo, u_red)
     ill = _top_up(groups, hi_a, hi_b, k_hi, u_ill)
     denom = np.maximum(size - 1, 1).astype(np.float64)
-    pct = 1.0 - (ra + rb) / (2.0 * denom)
-    pct = np.where(size > 1, pct, 0.5)
-    return Candidates(red, ill, pct.astype(np.float32))
+    pct = np.where(size > 1, 1.0 - (ra + rb) / (2.0 * denom), 0.5).astype(np.float32)
+    out_red, out_ill, out_pct = np.empty(n, bool), np.empty(n, bool), np.empty(n, np.float32)
+    out_red[canon], out_ill[canon], out_pct[canon] = red, ill, pct
+    return Candidates(out_red, out_ill, out_pct)
 
 
 def epoch_loss(batch: np.ndarray, loss_a: np.ndarray, loss_b: np.ndarray | None) -> float:

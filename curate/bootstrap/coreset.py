@@ -67,7 +67,7 @@ def derive_coreset(
         if f.exists():
             t = read_parquet(f, ["row", "loss_rank", "candidate"])
         elif loss_files(run, r):  # the last preparation round, not yet followed by a mutation round
-            t = scan_candidates(map_losses(run, r, pool), pool, params, int(state["seed"]), r)
+            t = scan_candidates(map_losses(run, r, pool), params, int(state["seed"]), r)
         else:
             continue
         rows = t.column("row").to_numpy()

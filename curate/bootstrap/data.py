@@ -7,6 +7,7 @@ indices once (``pyarrow.compute.index_in``), so the state machine works on integ
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,11 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.feather as feather
 
 from curate.errors import InputError, UsageError
-from curate.io.manifest import read_manifest
-from curate.io.tables import read_embeddings, read_parquet
-from curate.run import RunDir
+from curate.io.tables import embedding_files, read_parquet
+from curate.run import RunDir, atomic_path
 
 POOL_COLUMNS = ["uid", "shard", "key", "position"]
 
@@ -50,11 +51,13 @@ def hash_strings(col: pa.Array | pa.ChunkedArray) -> str:
 
 @dataclass
 class Pool:
-    """The samples a run may train on, in (shard, position) order."""
+    """The samples a run may train on, in (shard, position) order; row indices are stable per digest."""
 
     table: pa.Table  # uid, shard, key, position
-    source: str  # "embeddings" or "selection:<name>" or a manifest path
-    digest: str
+    source: str  # "embeddings" or "selection:<name>"
+    digest: str  # sha256 of the uids in pool order
+    fingerprint: str = ""  # of the input files the pool was read from
+    fresh: bool = False  # read from the inputs (not the cache): the caller may cache it
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -68,6 +71,17 @@ class Pool:
         """Pool row of each uid; -1 where the uid is not in the pool."""
         idx = pc.index_in(uids, value_set=self.uids)
         return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+_POOL_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+    ]
+)
+_POOL_META = b"curate.pool"
 
 
 def init_manifest_path(run: RunDir, init: str) -> Path:
@@ -84,25 +98,75 @@ def init_manifest_path(run: RunDir, init: str) -> Path:
     )
 
 
+def pool_cache_path(run: RunDir) -> Path:
+    return run.bootstrap_dir / "pool.arrow"
+
+
+def _fingerprint(files: list[Path], source: str) -> str:
+    h = hashlib.sha256(source.encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_sorted(files: list[Path]) -> pa.Table:
+    """Per-shard tables concatenated in shard order; sorted with Arrow only if a file is not in order."""
+    tables = [read_parquet(f, POOL_COLUMNS).select(POOL_COLUMNS).cast(_POOL_SCHEMA) for f in files]
+    keyed = []
+    ordered = True
+    for t in tables:
+        shards = pc.unique(t.column("shard"))
+        pos = t.column("position").to_numpy()
+        ordered &= len(shards) <= 1 and bool(np.all(pos[1:] > pos[:-1]))
+        keyed.append((shards[0].as_py() if len(shards) else "", t))
+    keyed.sort(key=lambda kt: kt[0].encode())  # Arrow sorts strings bytewise
+    table = pa.concat_tables([t for _, t in keyed]) if keyed else _POOL_SCHEMA.empty_table()
+    if not ordered:
+        table = table.sort_by([("shard", "ascending"), ("position", "ascending")])
+    return table.combine_chunks()
+
+
 def load_pool(run_root: str | os.PathLike[str], init: str | None = None) -> Pool:
-    """The pool: every embedded sample, or the subset of the manifest ``init`` names."""
+    """The pool: every embedded sample, or the subset of the manifest ``init`` names.
+
+    Reading and validating 1,000 embedding files is the slow part of a round at scale, so the canonical
+    pool is cached in ``RUN/bootstrap/pool.arrow`` (written by ``bootstrap_round``), keyed by a
+    fingerprint of the input files (names, sizes, mtimes).
+    """
     run = RunDir(run_root)
     if init is None:
-        table = read_embeddings(run.root, POOL_COLUMNS).select(POOL_COLUMNS)
+        files = embedding_files(run.root)
+        if not files:
+            raise InputError(f"no embeddings in {run.root}; run 'curate embed SHARDS --run {run.root}' first")
         source = "embeddings"
     else:
-        table = read_manifest(init_manifest_path(run, init)).table.select(POOL_COLUMNS)
+        files = [init_manifest_path(run, init)]
         source = f"selection:{init}"
-    table = table.cast(pa.schema([LOSS_SCHEMA.field("uid"), *[pa.field(c, t) for c, t in _POOL_TYPES]]))
-    table = table.sort_by([("shard", "ascending"), ("position", "ascending")]).combine_chunks()
+    fp = _fingerprint(files, source)
+    cache = pool_cache_path(run)
+    if cache.exists():
+        try:
+            table = feather.read_table(cache, memory_map=True)
+            meta = json.loads((table.schema.metadata or {}).get(_POOL_META, b"{}"))
+            if meta.get("fingerprint") == fp:
+                return Pool(table.replace_schema_metadata(None), source, meta["digest"], fp)
+        except (pa.ArrowInvalid, OSError, ValueError):
+            pass  # a stale or damaged cache is rebuilt
+    table = _read_sorted(files)
     if table.num_rows == 0:
         raise InputError(f"the pool of {run.root} ({source}) is empty")
     if pc.count_distinct(table.column("uid")).as_py() != table.num_rows:
         raise InputError(f"the pool of {run.root} ({source}) has duplicate uids; re-embed or fix the selection")
-    return Pool(table, source, hash_strings(table.column("uid")))
+    return Pool(table, source, hash_strings(table.column("uid")), fp, fresh=True)
 
 
-_POOL_TYPES = [("shard", pa.string()), ("key", pa.string()), ("position", pa.int32())]
+def write_pool_cache(run: RunDir, pool: Pool) -> None:
+    """Persist a freshly read pool for the next rounds (atomic)."""
+    meta = {_POOL_META: json.dumps({"fingerprint": pool.fingerprint, "digest": pool.digest,
+                                    "source": pool.source}).encode()}
+    with atomic_path(pool_cache_path(run)) as tmp:
+        feather.write_feather(pool.table.replace_schema_metadata(meta), tmp, compression="uncompressed")
 
 
 @dataclass

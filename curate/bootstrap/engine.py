@@ -8,9 +8,10 @@ same bytes. Everything is validated before anything is written.
 Files under ``RUN/bootstrap/``:
     state.json                    the state after the latest round (same as rounds/round-<latest>.json)
     rounds/round-NNNN.json        the state after round N (a rerun of N+1 starts from it)
-    decisions/round-NNNN.parquet  per-uid history of round N: round, row, uid, candidate, pruned, reason
+    pool.arrow                    the pool in canonical (shard, position) order; ``row`` below indexes it
+    decisions/round-NNNN.parquet  per-sample history of round N: round, row, candidate, pruned, reason
     candidates/round-NNNN.parquet SCAN: every sample scored in preparation round N (see methods.py)
-    infobatch/scores-round-NNNN.parquet  InfoBatch: the scores used to decide round N
+    infobatch/scores-round-NNNN.parquet  InfoBatch: the score of every pool row used to decide round N
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from curate.bootstrap.data import Pool, RoundLosses, load_pool, map_losses
+from curate.bootstrap.data import RoundLosses, load_pool, map_losses, write_pool_cache
 from curate.bootstrap.methods import Decision, RoundContext, get_method, knob_names, list_methods
 from curate.errors import InputError, UsageError
 from curate.io.manifest import Manifest, build_manifest, write_manifest
@@ -40,10 +40,9 @@ DECISIONS_SCHEMA = pa.schema(
     [
         pa.field("round", pa.int32(), nullable=False),
         pa.field("row", pa.int64(), nullable=False),
-        pa.field("uid", pa.string(), nullable=False),
-        pa.field("candidate", pa.string(), nullable=False),
+        pa.field("candidate", pa.dictionary(pa.int8(), pa.string()), nullable=False),
         pa.field("pruned", pa.bool_(), nullable=False),
-        pa.field("reason", pa.string(), nullable=True),
+        pa.field("reason", pa.dictionary(pa.int8(), pa.string()), nullable=True),
     ]
 )
 
@@ -142,18 +141,19 @@ def _kept_mask(run: RunDir, round_: int, n: int) -> np.ndarray:
     return keep
 
 
-def _decisions_table(round_: int, pool: Pool, dec: Decision) -> pa.Table:
+def _decisions_table(round_: int, dec: Decision) -> pa.Table:
     rows = pa.array(dec.rows, pa.int64())
-    kind = pa.DictionaryArray.from_arrays(pa.array(dec.kind, pa.int8()), pa.array(dec.labels)).cast(pa.string())
+    labels = pa.array(dec.labels, pa.string())
+    kind = pa.DictionaryArray.from_arrays(pa.array(dec.kind, pa.int8()), labels)
+    reason = pa.DictionaryArray.from_arrays(pa.array(dec.kind, pa.int8(), mask=~dec.pruned), labels)
     pruned = pa.array(dec.pruned, pa.bool_())
     return pa.table(
         {
             "round": pa.array(np.full(len(dec.rows), round_, np.int32)),
             "row": rows,
-            "uid": pool.uids.take(rows),
             "candidate": kind,
             "pruned": pruned,
-            "reason": pc.if_else(pruned, kind, pa.scalar(None, pa.string())),
+            "reason": reason,
         },
         schema=DECISIONS_SCHEMA,
     )
@@ -217,6 +217,7 @@ def bootstrap_round(
         pool_size=len(pool),
         pruned_by_reason=reasons,
         extra={"bootstrap": boot},
+        presorted=True,  # pool rows are in (shard, position) order with unique uids; filtering keeps that
     )
     summary = {
         "round": round_,
@@ -241,9 +242,11 @@ def bootstrap_round(
     }
 
     # Everything is decided and validated: write (each file atomically; state last).
+    if pool.fresh:
+        write_pool_cache(run, pool)
     for rel, table in sorted(dec.tables.items()):
         write_table(run.bootstrap_dir / rel, table)
-    write_table(decisions_path(run, round_), _decisions_table(round_, pool, dec))
+    write_table(decisions_path(run, round_), _decisions_table(round_, dec))
     path = write_manifest(run.manifest_file(round_), manifest)
     write_json(snapshot_path(run, round_), state)
     write_json(state_path(run), state)
@@ -256,10 +259,12 @@ def bootstrap_round(
 
 
 def history(run_root: str | os.PathLike[str]) -> pa.Table:
-    """Per-uid history of every round so far (round, row, uid, candidate, pruned, reason)."""
+    """Per-uid history of every round so far: round, row, uid, candidate, pruned, reason."""
     run = RunDir(run_root)
     state = load_state(run.root)
     if state is None:
-        return DECISIONS_SCHEMA.empty_table()
+        return DECISIONS_SCHEMA.insert(2, pa.field("uid", pa.string())).empty_table()
+    pool = load_pool(run.root, state["init"])
     tables = [read_parquet(decisions_path(run, r)) for r in range(int(state["round"]) + 1)]
-    return pa.concat_tables(tables)
+    table = pa.concat_tables(tables)
+    return table.add_column(2, "uid", pool.uids.take(table.column("row")))

@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate.bootstrap import schedule as sch
 from curate.bootstrap.candidates import epoch_loss, find_candidates
@@ -137,10 +136,10 @@ class ScanParams:
             raise UsageError(f"--prune-mode must be both, redundant or ill_matched, got {self.prune_mode!r}")
 
 
-def scan_candidates(losses: RoundLosses, pool: Pool, p: ScanParams, seed: int, prep_round: int) -> pa.Table:
+def scan_candidates(losses: RoundLosses, p: ScanParams, seed: int, prep_round: int) -> pa.Table:
     """Score a preparation round: one row per recorded sample, in pool order.
 
-    Columns: ``row`` (pool row), ``uid``, ``batch``, ``loss_rank`` (mean within-batch percentile,
+    Columns: ``row`` (pool row), ``batch``, ``loss_rank`` (mean within-batch percentile,
     1 = highest loss), ``candidate`` (redundant | ill_matched | both | null).
     """
     batch = losses.batch if p.rank_scope == "batch" else np.zeros(len(losses), np.int64)
@@ -158,17 +157,26 @@ def scan_candidates(losses: RoundLosses, pool: Pool, p: ScanParams, seed: int, p
     code = code[order]
     kinds = pa.DictionaryArray.from_arrays(
         pa.array(np.where(code < 0, 0, code).astype(np.int8), mask=code < 0), pa.array(CANDIDATE_KINDS)
-    ).cast(pa.string())
+    )
     rows = losses.row[order]
     return pa.table(
         {
             "row": pa.array(rows),
-            "uid": pool.uids.take(pa.array(rows)),
             "batch": pa.array(losses.batch[order]),
             "loss_rank": pa.array(c.loss_rank[order]),
             "candidate": kinds,
         }
     )
+
+
+def kind_codes(col: pa.ChunkedArray | pa.Array, labels: tuple[str, ...] = CANDIDATE_KINDS) -> np.ndarray:
+    """A (dictionary or plain) string column as int8 codes into ``labels``; -1 for nulls."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_encode()
+    remap = np.array([labels.index(v) for v in arr.dictionary.to_pylist()] + [-1], np.int8)  # few values
+    idx = arr.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return remap[idx]
 
 
 def candidates_path(prep_round: int) -> str:
@@ -211,13 +219,12 @@ class Scan(Method):
             rho = sch.rho_cur(e, p.t_cos)
             if e % (p.t_cos + 1) == 1:  # first mutation round: score the preparation round before it
                 prep = n_round - 1
-                table = scan_candidates(ctx.losses(prep), ctx.pool, p, ctx.seed, prep)
+                table = scan_candidates(ctx.losses(prep), p, ctx.seed, prep)
                 dec.tables[candidates_path(prep)] = table
                 st["candidates_round"] = prep
             else:
                 table = ctx.read_table(candidates_path(st["candidates_round"]))
-            code = pc.index_in(table.column("candidate"), value_set=pa.array(CANDIDATE_KINDS))
-            code = code.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int8)
+            code = kind_codes(table.column("candidate"))
             mask = code >= 0
             if p.prune_mode != "both":
                 mask &= (code == CANDIDATE_KINDS.index(p.prune_mode)) | (code == CANDIDATE_KINDS.index("both"))
@@ -280,7 +287,7 @@ class InfoBatch(Method):
         weight = np.ones(n, np.float32)
         prune = n_round < p.delta * p.total_rounds
         dec = Decision(phase=sch.PRUNE if prune else sch.FULL, keep=keep, state={"scores_round": n_round})
-        dec.tables[_scores_path(n_round)] = pa.table({"uid": ctx.pool.uids, "score": scores.astype(np.float32)})
+        dec.tables[_scores_path(n_round)] = pa.table({"score": scores.astype(np.float32)})  # one per pool row
         if prune:
             keep_ratio = 1.0 - p.prune_ratio
             well = np.flatnonzero(scores < scores.mean())
