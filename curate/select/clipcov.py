@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import InputError, UsageError
+from curate.progress import NullProgress, Progress
 from curate.select.base import Decision, Pool, Reasons, Scores, SelectContext, Selector, SelectorConfig, register
 from curate.select.partition import kmeans, model_class_text, parse_partition, read_class_names, zeroshot_labels
 
@@ -65,6 +66,15 @@ class ClipCovConfig(SelectorConfig):
             raise UsageError("--classes gives zero-shot labels; it cannot be combined with --partition kmeans:K")
         if self.dtype not in ("float32", "float64"):
             raise UsageError(f"dtype must be float32 or float64, got {self.dtype!r}")
+
+
+def torch_index_add(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``out[index[i]] += values[i]`` (torch ``index_add_``; ``np.add.at`` is slow for large inputs)."""
+    import torch
+
+    res = torch.from_numpy(out)
+    res.index_add_(0, torch.from_numpy(np.asarray(index, np.int64)), torch.from_numpy(values))
+    return res.numpy()
 
 
 def pick_device(device: str) -> str:
@@ -172,6 +182,7 @@ def prepare(
     rows: np.ndarray | None = None,
     device: str = "cpu",
     dtype: str = "float32",
+    progress: Progress | None = None,
 ) -> ClipCovState:
     """Sort ``rows`` (default: all) by class and compute every per-sample term of the unary score.
 
@@ -186,7 +197,14 @@ def prepare(
     blocks = Blocks(img[perm], txt[perm], device, dtype)
     t = blocks.torch
     easy = blocks.rowdot(blocks.img, blocks.txt)
-    cross = np.concatenate([blocks.cross(s, e) for s, e in itertools.pairwise(bounds)])
+    progress = progress or NullProgress()
+    progress.start("clipcov: cross terms", total=len(perm))
+    parts = []
+    for s, e in itertools.pairwise(bounds):
+        parts.append(blocks.cross(s, e))
+        progress.advance(e - s)
+    progress.finish()
+    cross = np.concatenate(parts)
     ct = t.from_numpy(np.ascontiguousarray(class_text[present])).to(blocks.device, blocks.dtype)
     label = blocks.rowdot(blocks.txt, ct, t.from_numpy(cls).to(blocks.device))
     t_mean, i_mean = blocks.txt.mean(0), blocks.img.mean(0)
@@ -197,7 +215,11 @@ def prepare(
 
 
 def select_reference(
-    st: ClipCovState, budget: int, period: int = UPDATE_PERIOD, trace: list[dict[str, Any]] | None = None
+    st: ClipCovState,
+    budget: int,
+    period: int = UPDATE_PERIOD,
+    trace: list[dict[str, Any]] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The §1.2 loop.
 
@@ -229,6 +251,8 @@ def select_reference(
         gains.append(score[take])
         np.add.at(counts, c[: f + 1], 1)
         done += len(take)
+        if progress is not None:
+            progress.advance(len(take))
         ptr += len(take)
         if not fire.any():
             continue
@@ -257,7 +281,7 @@ def select_reference(
     return order, np.concatenate(gains) if gains else np.zeros(0), np.asarray(log, np.int64).reshape(-1, 3)
 
 
-def select_greedy(st: ClipCovState, budget: int) -> tuple[np.ndarray, np.ndarray]:
+def select_greedy(st: ClipCovState, budget: int, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact greedy on the per-pick deductions (lazy: stale scores bound the exact ones from above).
 
     gain_i = u_i − (1/n_k) Σ_{j∈S_k} (M⁺[i,j] + M⁺[j,i] + r_j + ℓ_j/2). The last two terms are the
@@ -310,6 +334,8 @@ def select_greedy(st: ClipCovState, budget: int) -> tuple[np.ndarray, np.ndarray
     picks = np.empty(budget, np.int64)
     gains = np.empty(budget, np.float64)
     for t in range(budget):
+        if progress is not None and t % 1024 == 0:
+            progress.advance(min(1024, budget - t))
         neg, k, j = heapq.heappop(heap)
         picks[t], gains[t] = j, -neg
         selected[j] = True
@@ -355,14 +381,17 @@ class ClipCov(Selector):
             assert k is not None
             labels, _ = kmeans(pool.image, eligible, k, ctx.seed)
             class_text = np.zeros((k, pool.text.shape[1]), np.float32)  # class "label" = mean caption
-            np.add.at(class_text, labels[idx], pool.text[idx])
+            sel = slice(None) if len(idx) == n else idx  # avoid an N×d copy when every row is eligible
+            class_text = torch_index_add(class_text, labels[idx], pool.text[sel])
             class_text /= np.maximum(np.linalg.norm(class_text, axis=1, keepdims=True), 1e-12)
             names = None
         else:
             class_text, names = self._class_text(pool, ctx)
             labels = zeroshot_labels(pool.image, eligible, class_text)
         info["classes"] = int(class_text.shape[0])
-        st = prepare(pool.image, pool.text, labels, class_text, idx, pick_device(ctx.device), self.config.dtype)
+        st = prepare(
+            pool.image, pool.text, labels, class_text, idx, pick_device(ctx.device), self.config.dtype, ctx.progress
+        )
         pool.image = pool.text = None  # the class-sorted copies replace them (memory)
         cols: dict[str, np.ndarray] = {}
         for name, v in (
@@ -389,11 +418,13 @@ class ClipCov(Selector):
                 f"clipcov can score {n_ok} samples ({dropped}) but the budget is {budget}; lower --count/--fraction"
             )
         info: dict[str, Any] = {"variant": self.config.variant}
+        ctx.progress.start(f"clipcov: selecting ({self.config.variant})", total=budget)
         if self.config.variant == "reference":
-            rows, gains, log = select_reference(st, budget)
+            rows, gains, log = select_reference(st, budget, progress=ctx.progress)
             info["class_updates"] = len(log)
         else:
-            rows, gains = select_greedy(st, budget)
+            rows, gains = select_greedy(st, budget, progress=ctx.progress)
+        ctx.progress.finish()
         gain = np.full(len(pool), np.nan)
         gain[st.perm[rows]] = gains
         return Decision(order=st.perm[rows], columns={"gain": gain}, info=info)

@@ -128,7 +128,12 @@ def kmeans(x: np.ndarray, valid: np.ndarray, k: int, seed: int, niter: int = 20)
         raise UsageError(f"k-means with K={k} needs at least {k} valid samples, the pool has {len(idx)}")
     data = np.ascontiguousarray(x[idx], dtype=np.float32)
     km = faiss.Kmeans(
-        data.shape[1], k, niter=niter, seed=int(seed) % (2**31), spherical=True, verbose=False,
+        data.shape[1],
+        k,
+        niter=niter,
+        seed=int(seed) % (2**31),
+        spherical=True,
+        verbose=False,
         min_points_per_centroid=1,  # small pools are fine; silences faiss's stderr warning
     )
     km.train(data)

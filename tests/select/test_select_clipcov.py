@@ -265,3 +265,22 @@ def test_kmeans_partition_and_determinism(make_run: MakeRun) -> None:
     assert ta.equals(pq.read_table(b.path / "scores.parquet"))
     part = ta.column("partition").to_numpy()
     assert set(part) == {0, 1, 2}
+
+
+def test_small_blocks_give_the_same_result(
+    monkeypatch: pytest.MonkeyPatch, small_world: tuple[np.ndarray, ...]
+) -> None:
+    """Block size is a memory knob only: tiny blocks (and no numpy shortcut) select the same samples."""
+    import curate.select.clipcov as cc
+
+    img, txt, centres = (a[:1500] if a.shape[0] == 3000 else a for a in small_world)
+    labels = np.argmax(img @ centres.T, axis=1)
+    st = prepare(img, txt, labels, centres, dtype="float64")
+    ref = select_reference(st, 700)[0]
+    gr = select_greedy(st, 300)[0]
+    monkeypatch.setattr(cc, "BLOCK_ELEMENTS", 5000)  # blocks of a few rows: n_k × n_k never held
+    monkeypatch.setattr(cc, "_SMALL", 0)
+    st2 = prepare(img, txt, labels, centres, dtype="float64")
+    np.testing.assert_allclose(st2.cross, st.cross, rtol=1e-12)
+    np.testing.assert_array_equal(select_reference(st2, 700)[0], ref)
+    np.testing.assert_array_equal(select_greedy(st2, 300)[0], gr)
