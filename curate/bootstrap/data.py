@@ -215,7 +215,7 @@ def read_losses(run: RunDir, round_: int) -> tuple[pa.Table, int]:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
             raise InputError(f"loss table {f} has wrong column types: {str(exc).splitlines()[0]}") from None
         tables.append(t)
-    return pa.concat_tables(tables).combine_chunks(), len(files)
+    return pa.concat_tables(tables), len(files)
 
 
 def map_losses(

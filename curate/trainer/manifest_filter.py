@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curate.errors import InputError
-from curate.io.manifest import Manifest, read_manifest
+from curate.io.manifest import HEADER_KEY, Manifest, read_manifest
 from curate.io.shards import expand_shards, shard_name
 from curate.run import RunDir, atomic_path
 
@@ -50,15 +51,21 @@ def _index_table(table: pa.Table) -> pa.Table:
 def build_index(manifest_path: str | os.PathLike[str], index_dir: str | os.PathLike[str] | None = None) -> Path:
     """Write (once) the memory-mappable index of a manifest file; return its path."""
     mpath = Path(manifest_path)
-    m = read_manifest(mpath)
-    digest = m.header.get("content_hash") or f"{mpath.stat().st_size}-{mpath.stat().st_mtime_ns}"
+    if not mpath.exists():
+        raise InputError(f"manifest not found: {mpath}")
+    try:  # the header only: a worker that finds the index built must not read the whole manifest
+        raw = (pq.read_schema(mpath).metadata or {}).get(HEADER_KEY)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"corrupt manifest {mpath}: {str(exc).splitlines()[0]}") from None
+    st = mpath.stat()
+    digest = (json.loads(raw).get("content_hash") if raw else None) or f"{st.st_size}-{st.st_mtime_ns}"
     folder = Path(index_dir) if index_dir is not None else mpath.parent
     if not os.access(folder, os.W_OK):
         folder = Path(tempfile.gettempdir()) / "curate-filter-index"
     path = folder / f".{mpath.stem}.filter-{str(digest)[:16]}.arrow"
     if path.exists():
         return path
-    table = _index_table(m.table)
+    table = _index_table(read_manifest(mpath).table)
     with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
         w.write_table(table, max_chunksize=1 << 20)
     return path
