@@ -105,9 +105,19 @@ def derive_coreset(
         seed=int(state["seed"]),
         pool_size=n,
         pruned_by_reason={"frequent_candidate": int(n - selected.sum())},
+        extra={"method": "scan-coreset", "selection": name},
     )
     write_table(sel_dir / "scores.parquet", scores)
     path = write_manifest(sel_dir / "manifest.parquet", manifest)
-    run.update(f"selection:{name}", {"method": "scan-coreset", "fraction": fraction, "kept": len(manifest)},
-               command=f"{command} --fraction {fraction} --name {name}")
+    record = run.load().get("selections", {})  # same layout as `curate select`
+    record[name] = {
+        "method": "scan-coreset",
+        "params": {"fraction": fraction, "prepare_rounds": used},
+        "seed": int(state["seed"]),
+        "pool": n,
+        "kept": len(manifest),
+        "manifest": str(Path("selections") / name / "manifest.parquet"),
+        "content_hash": manifest.header["content_hash"],
+    }
+    run.update("selections", record, command=f"{command} --fraction {fraction} --name {name}")
     return CoresetResult(name, path, manifest, used)
