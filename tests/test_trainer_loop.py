@@ -120,7 +120,7 @@ def test_no_hook_trainer_with_curate_losses(run: RunDir, tmp_path: Path, capsys:
 
 @pytest.mark.slow
 def test_open_clip_rounds_script_with_stand_in_trainer(run: RunDir, tmp_path: Path) -> None:
-    """examples/open_clip_rounds.sh drives rounds through the CLI (URL-list mode; reshard lives in issue 3)."""
+    """examples/open_clip_rounds.sh drives rounds through the CLI, resharding each round's manifest."""
     import json
     import os
     import subprocess
@@ -132,7 +132,7 @@ def test_open_clip_rounds_script_with_stand_in_trainer(run: RunDir, tmp_path: Pa
     (tiny / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {}}))
     env = {
         **os.environ, "RUN": str(run.root), "MODEL": f"local-dir:{tiny}", "ROUNDS": "2", "NAME": "t",
-        "LOGS": str(tmp_path / "logs"), "KNOBS": "--warmup-rounds 0 --t-cos 1", "DATA_MODE": "urls",
+        "LOGS": str(tmp_path / "logs"), "KNOBS": "--warmup-rounds 0 --t-cos 1", "DATA_MODE": "reshard",
         "PYTHON": sys.executable, "CURATE": f"{sys.executable} -m curate.cli.app",
         "TRAIN": f"{sys.executable} {repo / 'tests' / 'fake_open_clip_train.py'}", "EXTRA": "--batch-size 12",
         "LOSS_ARGS": "--batch-size 12",
@@ -144,6 +144,7 @@ def test_open_clip_rounds_script_with_stand_in_trainer(run: RunDir, tmp_path: Pa
     assert [c["start"] for c in calls] == [0, 1]  # one epoch per call, resumed
     kept = [len(_manifest_uids(run, n)) for n in range(2)]
     assert [c["num_samples"] for c in calls] == kept and kept[1] < kept[0] == N_TRAIN
+    assert [c["seen"] for c in calls] == kept  # the trainer read exactly the kept samples
     # losses only where the next round needs them (SCAN: after the preparation round 0, not mutation round 1)
     assert _loss_uids(run, 0) == _manifest_uids(run, 0)
     assert not run.losses_dir(1).exists()
