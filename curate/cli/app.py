@@ -22,6 +22,7 @@ except ImportError:  # older typer on top of click
 from curate import __version__
 from curate.cli import (  # noqa: F401  (registers commands)
     bootstrap_cmd,
+    demo_cmd,
     embed_cmd,
     export_cmd,
     inspect_cmd,
