@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--per-shard", type=int, default=10_000)
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary folder, removed after)")
     ap.add_argument("--out", default=None, help="write the results as Markdown here")
+    ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
     args = ap.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="curate-bench-"))
     root = work / "run"
@@ -206,6 +207,13 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
+    from summary import metric, write_summary
+
+    write_summary(args.summary_json, "bootstrap_scale", [
+        metric(f"round 1 from {args.rows:,} losses: time", r1["seconds"], "s"),
+        metric(f"round 1 from {args.rows:,} losses: peak RSS", r1["peak_rss_mb"], "MB"),
+        metric("ManifestFilter worker: private memory", filt["private_mb"], "MB"),
+    ])
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)

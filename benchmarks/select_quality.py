@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -38,30 +37,6 @@ def methods(classes_file: Path, n_classes: int) -> list[tuple[str, str, dict[str
     ]
 
 
-def metrics(selected_uids: pa.Array, truth: pa.Table) -> dict[str, float]:
-    """Defect shares among kept samples and class coverage (by the class actually drawn)."""
-    kept = truth.filter(pc.is_in(truth.column("uid"), value_set=selected_uids))
-    n = kept.num_rows
-    dup = kept.column("duplicate_of")
-    is_dup = pc.is_valid(dup).to_numpy(zero_copy_only=False)
-    orig_kept = pc.is_in(dup, value_set=selected_uids).to_numpy(zero_copy_only=False) & is_dup
-    cls = kept.column("class_id").to_numpy()
-    n_cls = int(pc.max(truth.column("class_id")).as_py()) + 1
-    share = np.bincount(cls, minlength=n_cls) / max(n, 1)
-    nz = share[share > 0]
-    return {
-        "kept": n,
-        "mismatched": float(kept.column("mismatched").to_numpy(zero_copy_only=False).mean()),
-        "duplicates": float(is_dup.mean()),
-        "redundant": float(orig_kept.mean()),
-        "uninformative": float(kept.column("uninformative").to_numpy(zero_copy_only=False).mean()),
-        "entropy": float(-(nz * np.log(nz)).sum() / np.log(n_cls)),
-        "min_share": float(share.min()),
-        "max_share": float(share.max()),
-        "classes": int((share > 0).sum()),
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", default=str(ROOT / "shards/sample/train"))
@@ -70,9 +45,11 @@ def main() -> None:
     ap.add_argument("--model", default="sample")
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/select_quality.md"))
+    ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
     args = ap.parse_args()
 
     from curate.cli.app import main as cli
+    from curate.evaluate import subset_truth_metrics as metrics
     from curate.io.shards import expand_shards
     from curate.io.synthetic import read_truth
     from curate.select import run_selection
@@ -104,6 +81,14 @@ def main() -> None:
         rows.append((label, {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}))
         print(label, {k: round(v, 3) for k, v in rows[-1][1].items()}, file=sys.stderr, flush=True)
     write_report(Path(args.out), rows, args)
+    from summary import metric, write_summary
+
+    write_summary(args.summary_json, "select_quality", [
+        m for label, r in rows if label.split(" (")[0] in ("random", "clip-score", "semdedup", "clipcov") for m in (
+            metric(f"{label}: mismatched kept", r["mismatched"], "share"),
+            metric(f"{label}: class entropy", r["entropy"], "", better="higher"),
+        )
+    ])
 
 
 def write_report(out: Path, rows: list[tuple[str, dict[str, float]]], args: argparse.Namespace) -> None:

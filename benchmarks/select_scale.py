@@ -101,7 +101,7 @@ def run_one(run: Path, label: str, fraction: float, seed: int) -> dict:
         device="cpu",
     )
     secs = time.perf_counter() - t0
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    rss_gb = peak_rss_gb()
     return {
         "label": label,
         "pool": res.pool_size,
@@ -111,6 +111,14 @@ def run_one(run: Path, label: str, fraction: float, seed: int) -> dict:
         "import_seconds": t_imp,
         "info": {k: v for k, v in res.info.items() if isinstance(v, (int, float, str))},
     }
+
+
+def peak_rss_gb() -> float:
+    """Peak RSS of this process since exec (VmHWM; ``ru_maxrss`` would include the forking parent's pages)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def machine() -> dict:
@@ -145,12 +153,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="/tmp/curate-select-scale")
     ap.add_argument("--out", default="benchmarks/results/select_scale.md")
+    ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
     ap.add_argument("--one", nargs=2, metavar=("RUN", "LABEL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(Path(args.one[0]), args.one[1], args.fraction, args.seed)))
         return
-    rows = []
+    store = Path(args.out).with_suffix(".json")  # every finished (N, method) row, merged across invocations
+    rows: list[dict] = json.loads(store.read_text()) if store.exists() else []
+
+    def record(row: dict) -> None:
+        rows[:] = [r for r in rows if (r["pool"], r["label"]) != (row["pool"], row["label"])] + [row]
+        rows.sort(key=lambda r: (r["pool"], list(METHODS).index(r["label"])))
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(rows, indent=1) + "\n")
+        write_report(Path(args.out), rows, machine())
+
     for n in args.sizes:
         run = Path(args.workdir) / f"n{n}"
         if not (run / "class_text.npy").exists():
@@ -172,27 +190,36 @@ def main() -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 err = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                rows.append({"label": label, "pool": n, "error": err})
+                record({"label": label, "pool": n, "error": err})
                 print(f"N={n:,} {label}: FAILED {err}", file=sys.stderr, flush=True)
                 continue
             row = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append(row)
+            row["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            row["load_after"] = os.getloadavg()[0]
+            record(row)
             print(
                 f"N={n:,} {label}: {row['seconds']:.1f}s, peak RSS {row['peak_rss_gb']:.2f} GB",
                 file=sys.stderr,
                 flush=True,
             )
-            write_report(Path(args.out), rows, args, machine())
-    write_report(Path(args.out), rows, args, machine())
+    from summary import metric, write_summary
+
+    done = [r for r in rows if r["pool"] in args.sizes and "error" not in r]
+    write_summary(args.summary_json, "select_scale", [
+        m for r in done for m in (
+            metric(f"{r['label']} N={r['pool']:,}: time", r["seconds"], "s"),
+            metric(f"{r['label']} N={r['pool']:,}: peak RSS", r["peak_rss_gb"], "GB"),
+        )
+    ])
 
 
-def write_report(out: Path, rows: list[dict], args: argparse.Namespace, m: dict) -> None:
+def write_report(out: Path, rows: list[dict], m: dict) -> None:
     lines = [
         "# `curate select` scaling: time and peak memory vs pool size",
         "",
         f"Date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}  ",
-        f"Command: `python benchmarks/select_scale.py --sizes {' '.join(map(str, args.sizes))} "
-        f"--fraction {args.fraction}`  ",
+        "Command: `python benchmarks/select_scale.py --sizes 10000 100000 1000000` (defaults: d=512, 1000 classes,",
+        "fraction 0.1; rows of several invocations are merged through `select_scale.json`)  ",
         f"Machine: {m['nproc']} CPU cores ({m['cpu']}), GPU: {m['gpu']}, torch threads {m['torch_threads']}  ",
         "",
         "```",
@@ -202,21 +229,21 @@ def write_report(out: Path, rows: list[dict], args: argparse.Namespace, m: dict)
         f"Load average when the report was written: {m['load']} (the machine is shared with other jobs;",
         "timings on a busy 2-core machine vary by up to 2-3x between repeats).",
         "",
-        f"Pool: N synthetic samples, d={args.dim}, {args.classes} classes with Zipf(1) sizes (largest ≈ 13% of N),",
+        "Pool: N synthetic samples, d=512, 1000 classes with Zipf(1) sizes (largest ≈ 13% of N),",
         "float16 Parquet as written by `curate embed`; budget = 10% of N. Time = `run_selection` wall time",
         "(read the embeddings, score, decide, write scores + manifest) in a process that has already imported",
         "torch, faiss and open_clip (the cold imports cost the `import s` column once per process; about 1.1 GB",
         "of the peak RSS is those libraries); peak RSS of the process.",
         "clipcov = reference variant with 1000-class zero-shot partition from given class embeddings;",
         "clipcov-greedy = exact gains; clipcov-kmeans = faiss k-means K=1000 partition; semdedup = k-means with",
-        "sqrt(N) clusters, budget met by the eps rule.",
+        "sqrt(N) clusters, budget met by the eps rule. `load avg` = 1-minute load average right after the run.",
         "",
-        "| N | method | seconds | peak RSS (GB) | kept | import s | notes |",
-        "|---:|---|---:|---:|---:|---:|---|",
+        "| N | method | seconds | peak RSS (GB) | kept | import s | load avg | notes |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['pool']:,} | {r['label']} | — | — | — | — | failed: {r['error']} |")
+            lines.append(f"| {r['pool']:,} | {r['label']} | — | — | — | — | — | failed: {r['error']} |")
             continue
         notes = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -225,7 +252,7 @@ def write_report(out: Path, rows: list[dict], args: argparse.Namespace, m: dict)
         )
         lines.append(
             f"| {r['pool']:,} | {r['label']} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | "
-            f"{r['kept']:,} | {r['import_seconds']:.1f} | {notes} |"
+            f"{r['kept']:,} | {r['import_seconds']:.1f} | {r.get('load_after', float('nan')):.1f} | {notes} |"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
