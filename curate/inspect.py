@@ -8,15 +8,16 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from curate.embed.state import STEP, aggregate_stats, shard_states
 from curate.io.tables import embedding_files, read_parquet, table_metadata
-from curate.run import RunDir, read_json
+from curate.run import RunDir
 
 
 def inspect_run(run_root: str | os.PathLike[str], bins: int = 10) -> dict[str, Any]:
-    """A JSON-able summary of a run."""
+    """A JSON-able summary of a run (counts are summed from the per-shard stats of embedded shards)."""
     run = RunDir(run_root)
     rec = run.require()
-    emb = rec.get("embed", {})
+    emb = rec.get(STEP) or {}
     files = embedding_files(run.root)
     n = 0
     with_text = 0
@@ -32,19 +33,25 @@ def inspect_run(run_root: str | os.PathLike[str], bins: int = 10) -> dict[str, A
     if len(s):
         counts, edges = np.histogram(s, bins=bins)
         hist = {"edges": [round(float(e), 4) for e in edges], "counts": counts.tolist()}
-    stats_path = run.stats_file("embed")
-    totals = read_json(stats_path)["totals"] if stats_path.exists() else {}
     shards = emb.get("shards", [])
     done = {f.stem for f in files}
+    totals = aggregate_stats(run, sorted(done | {x["name"] for x in shards}))["totals"]
+    states = shard_states(run, [x["url"] for x in shards if "url" in x])
     dropped = {k.removeprefix("dropped_"): v for k, v in totals.items() if k.startswith("dropped_")}
     problems = {k.removeprefix("shard_"): v for k, v in totals.items() if k.startswith("shard_")}
     meta = table_metadata(files[0]) if files else {}
     return {
         "run": str(run.root),
-        "model": {k: emb.get(k) for k in ("model", "arch", "pretrained", "precision", "dim", "image_size")},
+        "model": {k: emb.get(k) for k in ("model", "arch", "pretrained", "pretrained_sha256", "precision", "dim",
+                                          "image_size", "device_type", "open_clip")},
         "dim": meta.get("dim", emb.get("dim")),
-        "shards": {"total": len(shards), "embedded": len(done), "pending": [x["name"] for x in shards
-                                                                           if x["name"] not in done]},
+        "shards": {
+            "total": len(shards),
+            "embedded": len(done),
+            "pending": [x["name"] for x in shards if x["name"] not in done],
+            "changed": [st.name for st in states if st.changed and not st.missing],
+            "missing": [st.name for st in states if st.missing],
+        },
         "samples": {"seen": totals.get("seen", 0), "embedded": n, "with_text": with_text,
                     "dropped": sum(dropped.values())},
         "dropped_by_reason": dict(sorted(dropped.items())),

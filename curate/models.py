@@ -8,12 +8,14 @@ checkpoint file (``.safetensors``, ``.pt``, ``.bin``), always loaded with ``weig
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import pickle
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,17 @@ def register_model_config(name: str, config: dict[str, Any]) -> None:
         open_clip.add_model_config(path)
 
 
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Mute open_clip's and huggingface_hub's log lines while loading; their errors reach us as exceptions."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -61,13 +74,25 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The torch device for ``device`` (``auto``: CUDA when present); ``UsageError`` when it can't be used."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type != "cpu" and dev.type != "mps":
+        raise UsageError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
     return dev
+
+
+_resolve_device = check_device
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -92,6 +117,11 @@ class LoadedModel:
     @property
     def embed_dim(self) -> int:
         return int(self.info["embed_dim"])
+
+    @property
+    def precision_name(self) -> str:
+        """The precision the model computes in: ``fp16``/``bf16`` (CUDA autocast) or ``fp32``."""
+        return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.autocast_dtype, "fp32")  # type: ignore[arg-type]
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:
@@ -154,6 +184,34 @@ def _resolve_name(name: str, pretrained: str | None) -> tuple[str, str | None]:
     return name, pretrained
 
 
+#: Weight files open_clip looks for in a ``local-dir:`` folder (next to ``open_clip_config.json``).
+LOCAL_DIR_WEIGHTS = (
+    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
+)
+
+
+def _weights_digest(arch: str, weights: str | None) -> str | None:
+    """sha256 of the local weights file (a checkpoint path or a ``local-dir:`` folder's weights), if any."""
+    if weights is not None:
+        return _file_digest(Path(weights).expanduser())
+    if arch.startswith("local-dir:"):
+        folder = Path(arch[len("local-dir:"):]).expanduser()
+        found = next((folder / w for w in LOCAL_DIR_WEIGHTS if (folder / w).is_file()), None)
+        return _file_digest(found) if found else None
+    return None
+
+
+def _check_local_dir(path: Path) -> None:
+    """A ``local-dir:`` folder must hold a config and weights (open_clip would fall back to random weights)."""
+    if not path.is_dir():
+        raise UsageError(f"model folder not found: {path}")
+    if not (path / "open_clip_config.json").is_file():
+        raise UsageError(f"{path} has no open_clip_config.json (needed by local-dir: models)")
+    if not any((path / w).is_file() for w in LOCAL_DIR_WEIGHTS):
+        raise UsageError(f"{path} has no weights file (one of {', '.join(LOCAL_DIR_WEIGHTS)})")
+
+
 def load_model(
     name: str,
     pretrained: str | None = None,
@@ -166,9 +224,14 @@ def load_model(
     """
     import open_clip
 
-    dev = _resolve_device(device)
+    dev = check_device(device)
+    _autocast_dtype(precision, dev)  # validate before the (slow) load
     arch, weights = _resolve_name(name, pretrained)
     is_schema = arch.startswith(("local-dir:", "hf-hub:"))
+    if is_schema and weights is not None:
+        raise UsageError(f"--pretrained is not used with {arch.split(':')[0]}: models (their weights come with them)")
+    if arch.startswith("local-dir:"):
+        _check_local_dir(Path(arch[len("local-dir:"):]).expanduser())
     if not is_schema and arch not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if arch.lower()[:5] in m.lower()][:5]
         hint = f" (did you mean: {', '.join(close)}?)" if close else " (see open_clip.list_models())"
@@ -180,17 +243,23 @@ def load_model(
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
         raise UsageError(f"unknown pretrained tag {weights!r} for {arch} (known tags: {tags})")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch,
-            pretrained=str(Path(weights).expanduser()) if local_file else weights,
-            device="cpu",
-            weights_only=True,
-        )
-    except (RuntimeError, OSError, ValueError) as exc:
+        with _quiet_logs():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch,
+                pretrained=str(Path(weights).expanduser()) if local_file else weights,
+                device="cpu",
+                weights_only=True,
+            )
+    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CurateError(
-            f"could not load {name} (pretrained={weights}): {first}; offline machines need a local checkpoint path"
-        ) from None
+        if len(first) > 200:
+            first = first[:197] + "..."
+        if weights is not None and not local_file:
+            raise CurateError(
+                f"could not load {name} (pretrained={weights}): the weights could not be downloaded (offline?); "
+                "pass a local checkpoint file with --pretrained PATH or a local-dir:FOLDER model"
+            ) from None
+        raise CurateError(f"could not load {name} (pretrained={weights}): {type(exc).__name__}: {first}") from None
     model.eval().to(dev)
     tokenizer = open_clip.get_tokenizer(arch)
     pp = getattr(model.visual, "preprocess_cfg", {}) or {}
@@ -199,7 +268,7 @@ def load_model(
         "model": name,
         "arch": arch,
         "pretrained": weights,
-        "pretrained_sha256": _file_digest(Path(weights).expanduser()) if local_file else None,
+        "pretrained_sha256": _weights_digest(arch, weights if local_file else None),
         "embed_dim": int(model.text_projection.shape[1])
         if getattr(model, "text_projection", None) is not None and model.text_projection.ndim == 2
         else int(model.encode_text(tokenizer(["a"]).to(dev)).shape[-1]),

@@ -10,11 +10,20 @@ from curate.cli._common import RichProgress, err, print_json
 from curate.embed import EmbedConfig, run_embed
 from curate.io.shards import DEFAULT_MAX_PIXELS
 
-
-@app.command(
-    "embed",
-    epilog="Example: curate embed 'shards/sample/train/{00000..00005}.tar' --run runs/demo --model sample",
+_EPILOG = (
+    "Examples:\n\n"
+    "  curate embed shards/sample --run runs/demo --model sample\n\n"
+    "  curate embed 'data/{00000..00099}.tar' --run runs/dc --model ViT-B-32 --pretrained ckpt/vit_b_32.safetensors\n\n"
+    "  curate embed 'data/{00000..00099}.tar' --run runs/dc --model ViT-B-32 --pretrained ckpt.pt --refresh"
 )
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+@app.command("embed", epilog=_EPILOG)
 def embed(
     shards: list[str] = typer.Argument(..., help="Shard spec(s): paths, folders, globs, {a..b} braces, pipe:, URLs."),
     run: str = typer.Option(..., "--run", "-r", help="Run folder to write into (created if missing)."),
@@ -27,26 +36,41 @@ def embed(
     captions: str = typer.Option("auto", help="auto (image-only shards allowed), required, ignore."),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad sample instead of skipping it."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Images with more pixels are dropped as bombs."),
+    refresh: bool = typer.Option(False, "--refresh", help="Re-embed shards whose file changed since embedding."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Embed shards with an open_clip model into RUN/embeddings/<shard>.parquet (resumable per shard)."""
+    """Embed shards with an open_clip model into RUN/embeddings/<shard>.parquet (resumable per shard).
+
+    A rerun skips shards already embedded; shards whose file changed since (size or mtime) are
+    reported, and re-embedded with --refresh.
+    """
     cfg = EmbedConfig(
         shards=shards, run=run, model=model, pretrained=pretrained, device=device, batch_size=batch_size,
         workers=workers, precision=precision, captions=captions, strict=strict, max_pixels=max_pixels,
+        refresh=refresh,
     )
     res = run_embed(cfg, RichProgress(enabled=not json_out))
     summary = {
         "run": res.run, "shards_total": res.shards_total, "shards_embedded": res.shards_done,
         "shards_skipped": res.shards_skipped, "samples_written": res.samples_written,
         "seconds": round(res.seconds, 2), "samples_per_s": round(res.samples_per_s, 1), "stats": res.stats,
+        "shards_changed": res.changed, "shards_refreshed": res.refreshed, "shards_missing": res.missing,
     }
     if json_out:
         print_json(summary)
-        return
-    t = Table(title=f"embed → {res.run}", show_header=False)
-    for k in ("shards_total", "shards_embedded", "shards_skipped", "samples_written", "samples_per_s"):
-        t.add_row(k.replace("_", " "), f"{summary[k]:,}")
-    for k, v in res.stats.items():
-        if k.startswith(("dropped_", "shard_")):
-            t.add_row(k.replace("_", " "), f"{v:,}")
-    err.print(t)
+    else:
+        t = Table(title=f"embed → {res.run}", show_header=False)
+        for k in ("shards_total", "shards_embedded", "shards_skipped", "samples_written", "samples_per_s"):
+            t.add_row(k.replace("_", " "), f"{summary[k]:,}")
+        for k, v in res.stats.items():
+            if k.startswith(("dropped_", "shard_")):
+                t.add_row(k.replace("_", " "), f"{v:,}")
+        if res.refreshed:
+            t.add_row("shards refreshed", _names(res.refreshed))
+        err.print(t)
+    if res.changed:
+        err.print(f"warning: {len(res.changed)} shard(s) changed since they were embedded: {_names(res.changed)}; "
+                  "their embeddings are stale (rerun with --refresh to re-embed them)", highlight=False)
+    if res.missing:
+        err.print(f"warning: {len(res.missing)} embedded shard(s) no longer exist: {_names(res.missing)}",
+                  highlight=False)

@@ -19,6 +19,10 @@ def _histogram(hist: dict, width: int = 40) -> list[str]:
     ]
 
 
+def _names(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 @app.command("inspect", epilog="Example: curate inspect runs/demo --json")
 def inspect(
     run: str = typer.Argument(..., help="Run folder."),
@@ -31,10 +35,16 @@ def inspect(
         return
     t = Table(title=f"run {info['run']}", show_header=False)
     m = info["model"]
-    t.add_row("model", f"{m['model']} ({m['arch']}), pretrained={m['pretrained']}, dim={info['dim']}")
+    t.add_row("model", f"{m['model']} ({m['arch']}), pretrained={m['pretrained']}, dim={info['dim']}, "
+              f"precision={m['precision']}")
     sh = info["shards"]
     t.add_row("shards", f"{sh['embedded']} embedded of {sh['total']}" + (f", pending: {len(sh['pending'])}"
                                                                           if sh["pending"] else ""))
+    if sh["changed"]:
+        t.add_row("  changed since embedding", f"{len(sh['changed'])}: {_names(sh['changed'])} "
+                  "(stale; 'curate embed ... --refresh' re-embeds them)")
+    if sh["missing"]:
+        t.add_row("  input missing", f"{len(sh['missing'])}: {_names(sh['missing'])}")
     s = info["samples"]
     t.add_row("samples", f"{s['embedded']:,} embedded ({s['with_text']:,} with text) of {s['seen']:,} seen; "
               f"{s['dropped']:,} dropped")

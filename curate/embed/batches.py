@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from curate.io.shards import ErrorPolicy, RawSample, SampleError, _drop, decode_image, iter_shard
+from curate.errors import CurateError
+from curate.io.shards import ErrorPolicy, RawSample, SampleError, _drop, decode_image, iter_shard, shard_name
 
 CAPTION_MODES = ("auto", "required", "ignore")
 _PEEK = 16  # samples looked at to decide whether a shard has captions (mode "auto")
@@ -25,6 +26,21 @@ class ShardDone:
     shard: str
     url: str
     stats: dict[str, int]
+
+
+@dataclass
+class WorkerFailure:
+    """A ``CurateError`` raised in a decode worker, carried to the main process intact.
+
+    DataLoader re-raises worker exceptions with a traceback as the message; the CLI shows one line,
+    so the original error is passed as data and raised again by the consumer.
+    """
+
+    error_type: type[CurateError]
+    message: str
+
+    def reraise(self) -> None:
+        raise self.error_type(self.message)
 
 
 def _with_caption_mode(samples: Iterator[RawSample], mode: str) -> tuple[Iterator[RawSample], bool]:
@@ -100,12 +116,13 @@ class ShardBatches(IterableDataset):
                 rows = []
         if rows:
             yield self._batch(rows, has_text)
-        from curate.io.shards import shard_name
-
         yield ShardDone(shard or shard_name(url), url, dict(stats))
 
     def __iter__(self) -> Iterator[dict[str, Any] | ShardDone]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        for url in self.urls[wid::nw]:
-            yield from self.iter_shard_batches(url)
+        try:
+            for url in self.urls[wid::nw]:
+                yield from self.iter_shard_batches(url)
+        except CurateError as exc:
+            yield WorkerFailure(type(exc), str(exc))

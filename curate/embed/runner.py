@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,16 +15,25 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from curate.embed.batches import CAPTION_MODES, ShardBatches, ShardDone
+from curate.embed.batches import CAPTION_MODES, ShardBatches, ShardDone, WorkerFailure
+from curate.embed.state import (
+    STEP,
+    ShardState,
+    aggregate_stats,
+    remove_stale_temp_files,
+    run_lock,
+    run_shard_urls,
+    shard_states,
+)
 from curate.errors import UsageError
-from curate.io.shards import DEFAULT_MAX_PIXELS, ErrorPolicy, expand_shards, fingerprint, shard_name
+from curate.io.shards import DEFAULT_MAX_PIXELS, ErrorPolicy, expand_shards, shard_name
 from curate.io.tables import EMBEDDINGS_FORMAT_VERSION, embedding_schema, fixed_list, write_table
-from curate.models import LoadedModel, load_model
+from curate.models import PRECISIONS, SAMPLE_MODEL, LoadedModel, check_device, load_model
 from curate.progress import NullProgress, Progress
-from curate.run import RunDir, read_json, write_json
+from curate.run import RunDir, write_json
 
 _logger = logging.getLogger(__name__)
-STEP = "embed"
+_SCHEMAS = ("local-dir:", "hf-hub:")  # model names that bring their own weights
 
 
 @dataclass
@@ -44,16 +52,24 @@ class EmbedConfig:
     strict: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft: bool = True
+    refresh: bool = False
 
     def validate(self) -> None:
+        """Check option values before any work (one-line ``UsageError`` on a bad one)."""
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
         if self.captions not in CAPTION_MODES:
             raise UsageError(f"--captions must be one of {', '.join(CAPTION_MODES)} (got {self.captions!r})")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.max_pixels < 1:
-            raise UsageError("--max-pixels must be positive")
+            raise UsageError(f"--max-pixels must be >= 1 (got {self.max_pixels})")
+        if self.pretrained is None and self.model != SAMPLE_MODEL and not self.model.startswith(_SCHEMAS):
+            raise UsageError(f"--model {self.model} needs --pretrained (an open_clip tag or a checkpoint file): "
+                             "embeddings from random weights are meaningless")
+        check_device(self.device)
 
 
 @dataclass
@@ -67,6 +83,9 @@ class EmbedResult:
     samples_written: int
     seconds: float
     stats: dict[str, int] = field(default_factory=dict)
+    changed: list[str] = field(default_factory=list)  # embedded shards whose input changed (not refreshed)
+    refreshed: list[str] = field(default_factory=list)  # changed shards re-embedded by this call (--refresh)
+    missing: list[str] = field(default_factory=list)  # embedded shards whose input is gone
 
     @property
     def samples_per_s(self) -> float:
@@ -90,7 +109,12 @@ class _ShardBuffer:
     def add(self, part: dict[str, Any]) -> None:
         self.parts.append(part)
 
+    @property
+    def rows(self) -> int:
+        return sum(len(p["uid"]) for p in self.parts)
+
     def table(self, shard: str, dim: int, metadata: dict[str, Any]) -> pa.Table:
+        """The shard's rows in tar order as an Arrow table (text columns null where there is no caption)."""
         schema = embedding_schema(dim, metadata)
         if not self.parts:
             return schema.empty_table()
@@ -103,15 +127,14 @@ class _ShardBuffer:
         order = np.argsort(pos, kind="stable")
         text_arr = fixed_list(txt[order])
         if not has.all():
-            mask = pa.array(~has[order])
-            text_arr = pa.FixedSizeListArray.from_arrays(text_arr.values, dim, mask=mask)
+            text_arr = pa.FixedSizeListArray.from_arrays(text_arr.values, dim, mask=pa.array(~has[order]))
         return pa.Table.from_arrays(
             [
-                pa.array([cat["uid"][i] for i in order]),
-                pa.array([shard] * len(order)),
-                pa.array([cat["key"][i] for i in order]),
-                pa.array(pos[order]),
-                pa.array([cat["content_hash"][i] for i in order]),
+                pa.array([cat["uid"][i] for i in order], pa.string()),
+                pa.array([shard] * len(order), pa.string()),
+                pa.array([cat["key"][i] for i in order], pa.string()),
+                pa.array(pos[order], pa.int32()),
+                pa.array([cat["content_hash"][i] for i in order], pa.string()),
                 fixed_list(img[order]),
                 text_arr,
                 pa.array(score[order], mask=~has[order], type=pa.float32()),
@@ -121,7 +144,8 @@ class _ShardBuffer:
 
 
 def _embed_batch(model: LoadedModel, batch: dict[str, Any]) -> dict[str, Any]:
-    img = model.encode_images(batch["images"])
+    """Encode one decoded batch: float16 embeddings, float32 CLIP score (image · text, both unit norm)."""
+    img = model.encode_images(batch["images"]).cpu()
     n, d = img.shape
     txt = torch.zeros(n, d)
     has = np.zeros(n, dtype=bool)
@@ -129,7 +153,6 @@ def _embed_batch(model: LoadedModel, batch: dict[str, Any]) -> dict[str, Any]:
     if len(rows):
         txt[torch.from_numpy(rows)] = model.encode_tokens(batch["tokens"]).cpu()
         has[rows] = True
-    img = img.cpu()
     score = (img * txt).sum(-1).numpy().astype(np.float32)
     return {
         "uid": batch["uid"],
@@ -143,86 +166,115 @@ def _embed_batch(model: LoadedModel, batch: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_compatible(run: RunDir, model: LoadedModel, cfg: EmbedConfig) -> None:
-    prev = run.load().get(STEP)
-    if not prev:
+def _model_identity(rec: dict[str, Any]) -> tuple[Any, ...]:
+    return rec.get("model"), rec.get("arch"), rec.get("pretrained_sha256") or rec.get("pretrained")
+
+
+def _check_compatible(prev: dict[str, Any], model: LoadedModel, cfg: EmbedConfig, root: Path) -> None:
+    """A run holds embeddings of one model: refuse to add shards embedded with another."""
+    if not prev or "model" not in prev:
         return
-    same = (prev.get("model"), prev.get("arch"), prev.get("pretrained_sha256") or prev.get("pretrained")) == (
-        model.info["model"], model.info["arch"], model.info["pretrained_sha256"] or model.info["pretrained"]
-    )
-    if not same or prev.get("draft") != cfg.draft:
+    if _model_identity(prev) != _model_identity(model.info):
         raise UsageError(
-            f"{run.root} was embedded with model {prev.get('model')} (pretrained={prev.get('pretrained_arg')}); "
-            "use the same model or a new --run folder"
+            f"{root} was embedded with model {prev.get('model')} (pretrained={prev.get('pretrained_arg')}); "
+            f"use the same --model/--pretrained or a new --run folder"
         )
+    if prev.get("draft", True) != cfg.draft:
+        raise UsageError(f"{root} was embedded with draft decoding {'on' if prev.get('draft') else 'off'}; "
+                         "use the same setting or a new --run folder")
 
 
-def aggregate_stats(run: RunDir, shard_names: list[str]) -> dict[str, Any]:
-    """Sum the per-shard stats of ``shard_names`` into one record (``RUN/stats/embed.json``)."""
-    total: Counter[str] = Counter()
-    per_shard: dict[str, dict[str, int]] = {}
-    for name in shard_names:
-        p = run.shard_stats_file(STEP, name)
-        if p.exists():
-            s = read_json(p)
-            per_shard[name] = s
-            total.update({k: v for k, v in s.items() if isinstance(v, int)})
-    total["shards"] = len(per_shard)
-    return {"totals": dict(sorted(total.items())), "shards": per_shard}
-
-
-def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult:
-    """Embed every shard of ``cfg.shards`` that the run has not finished yet."""
-    cfg.validate()
-    progress = progress or NullProgress()
-    urls = expand_shards(cfg.shards)
-    run = RunDir(cfg.run)
-    model = load_model(cfg.model, cfg.pretrained, device=cfg.device, precision=cfg.precision)
-    _check_compatible(run, model, cfg)
-    names = [shard_name(u) for u in urls]
-    todo = [u for u, n in zip(urls, names, strict=True) if not run.embedding_file(n).exists()]
-    dim = model.embed_dim
-    policy = ErrorPolicy(strict=cfg.strict, max_pixels=cfg.max_pixels)
-    size = model.info.get("image_size")
-    draft = (min(size) if isinstance(size, list) else size) if cfg.draft else None
-    provenance = {
+def _provenance(model: LoadedModel, cfg: EmbedConfig, draft: int | None) -> dict[str, Any]:
+    info = model.info
+    return {
         "format_version": EMBEDDINGS_FORMAT_VERSION,
-        "dim": dim,
-        **{k: model.info[k] for k in ("model", "arch", "pretrained", "pretrained_sha256", "image_size", "mean",
-                                      "std", "interpolation", "resize_mode", "context_length", "open_clip")},
-        "precision": cfg.precision,
+        "dim": model.embed_dim,
+        **{k: info[k] for k in ("model", "arch", "pretrained", "pretrained_sha256", "image_size", "mean",
+                                "std", "interpolation", "resize_mode", "context_length", "open_clip")},
+        "precision": model.precision_name,
         "device_type": model.device.type,
         "draft_decode": bool(draft),
         "normalized": True,
     }
-    record = {
-        **provenance,
-        "pretrained_arg": cfg.pretrained,
-        "draft": cfg.draft,
-        "captions": cfg.captions,
-        "shards": [{"name": n, **fingerprint(u)} for u, n in zip(urls, names, strict=True)],
-    }
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.update(STEP, record, command=f"embed ({len(todo)} of {len(urls)} shards to do)")
-    start = time.perf_counter()
+
+
+def _merge_states(run: RunDir, urls: list[str]) -> list[ShardState]:
+    """States of the run's earlier shards (run.json) followed by this call's new ones; this call's URL wins."""
+    names = {shard_name(u) for u in urls}
+    earlier = [u for u in run_shard_urls(run) if shard_name(u) not in names]
+    return shard_states(run, [*earlier, *urls])
+
+
+def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult:
+    """Embed every shard of ``cfg.shards`` that the run has not finished yet.
+
+    With ``cfg.refresh``, shards whose input changed since they were embedded (size or mtime) are
+    embedded again and their tables replaced atomically; without it they are only reported.
+    """
+    cfg.validate()
+    progress = progress or NullProgress()
+    urls = expand_shards(cfg.shards)
+    run = RunDir(cfg.run)
+    prev = run.load().get(STEP) or {}
+    model = load_model(cfg.model, cfg.pretrained, device=cfg.device, precision=cfg.precision)
+    _check_compatible(prev, model, cfg, run.root)
+    with run_lock(run, STEP):
+        remove_stale_temp_files([run.embeddings_dir, run.stats_file(STEP).with_suffix("")])
+        states = _merge_states(run, urls)
+        mine = {shard_name(u) for u in urls}
+        changed = [s for s in states if s.changed and not s.missing]
+        missing = [s.name for s in states if s.done and s.missing]
+        refresh = {s.name for s in changed if s.name in mine} if cfg.refresh else set()
+        todo = [s for s in states if s.name in mine and (not s.done or s.name in refresh)]
+        size = model.info.get("image_size")
+        draft = (min(size) if isinstance(size, list) else size) if cfg.draft else None
+        provenance = _provenance(model, cfg, draft)
+        record = {**provenance, "pretrained_arg": cfg.pretrained, "draft": cfg.draft, "captions": cfg.captions}
+        run.update(STEP, {**record, "shards": [s.record() for s in states]},
+                   command=f"embed ({len(todo)} of {len(urls)} shards to do)")
+        start = time.perf_counter()
+        written = _embed_shards(run, model, cfg, todo, draft, provenance, progress) if todo else 0
+        seconds = time.perf_counter() - start
+        states = shard_states(run, [s.url for s in states])
+        run.update(STEP, {**record, "shards": [s.record() for s in states]})
+        agg = aggregate_stats(run, [s.name for s in states])
+        write_json(run.stats_file(STEP), agg)
+    return EmbedResult(
+        run=str(run.root), shards_total=len(urls), shards_done=len(todo), shards_skipped=len(urls) - len(todo),
+        samples_written=written, seconds=seconds, stats=agg["totals"],
+        changed=[s.name for s in changed if s.name not in refresh], refreshed=sorted(refresh), missing=missing,
+    )
+
+
+def _embed_shards(
+    run: RunDir, model: LoadedModel, cfg: EmbedConfig, todo: list[ShardState], draft: int | None,
+    provenance: dict[str, Any], progress: Progress,
+) -> int:
+    """Decode in worker processes, encode in this one, write each finished shard from a writer thread."""
+    policy = ErrorPolicy(strict=cfg.strict, max_pixels=cfg.max_pixels)
+    fps = {s.name: {k: v for k, v in s.current.items() if k != "missing"} for s in todo}
+    ds = ShardBatches([s.url for s in todo], model.preprocess, model.tokenizer, cfg.batch_size, policy,
+                      cfg.captions, draft)
+    workers = min(cfg.workers, len(todo))
+    loader = DataLoader(
+        ds, batch_size=None, num_workers=workers, collate_fn=_identity,
+        pin_memory=model.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None, persistent_workers=False,
+    )
+    buffers: dict[str, _ShardBuffer] = {}
+    pending: list[Future[None]] = []
     written = 0
-    if todo:
-        ds = ShardBatches(todo, model.preprocess, model.tokenizer, cfg.batch_size, policy, cfg.captions, draft)
-        workers = min(cfg.workers, len(todo))
-        loader = DataLoader(
-            ds, batch_size=None, num_workers=workers, collate_fn=_identity,
-            pin_memory=model.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
-            prefetch_factor=4 if workers else None,
-        )
-        buffers: dict[str, _ShardBuffer] = {}
-        pending: list[Future[None]] = []
-        progress.start("embed", total=None, unit="img")
+    progress.start("embed", total=None, unit="img")
+    try:
         with ThreadPoolExecutor(max_workers=1) as writer:
             for item in loader:
+                if isinstance(item, WorkerFailure):
+                    item.reraise()
                 if isinstance(item, ShardDone):
                     buf = buffers.pop(item.shard, _ShardBuffer())
-                    table = buf.table(item.shard, dim, {**provenance, "shard": item.shard})
-                    stats = {**item.stats, "written": table.num_rows}
+                    stats = {**item.stats, "written": buf.rows}
+                    meta = {**provenance, "shard": item.shard, "source": fps.get(item.shard), "stats": stats}
+                    table = buf.table(item.shard, model.embed_dim, meta)
                     written += table.num_rows
                     pending.append(writer.submit(_write_shard, run, item.shard, table, stats))
                     pending = [f for f in pending if not f.done() or f.result()]
@@ -231,20 +283,15 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
                 progress.advance(len(item["uid"]))
             for f in pending:
                 f.result()
+    finally:
         progress.finish()
-    seconds = time.perf_counter() - start
-    agg = aggregate_stats(run, names)
-    write_json(run.stats_file(STEP), agg)
-    return EmbedResult(
-        run=str(run.root), shards_total=len(urls), shards_done=len(todo), shards_skipped=len(urls) - len(todo),
-        samples_written=written, seconds=seconds, stats=agg["totals"],
-    )
+    return written
 
 
 def _write_shard(run: RunDir, shard: str, table: pa.Table, stats: dict[str, int]) -> None:
-    """Stats first, then the table: the table's presence marks the shard as done."""
-    write_json(run.shard_stats_file(STEP, shard), stats)
+    """The table (with its stats in the metadata) marks the shard done; then a JSON copy of the stats."""
     write_table(run.embedding_file(shard), table)
+    write_json(run.shard_stats_file(STEP, shard), stats)
 
 
 def embed_config_dict(cfg: EmbedConfig) -> dict[str, Any]:

@@ -1,0 +1,153 @@
+"""Which shards of a run are embedded, pending, or changed since they were embedded.
+
+A shard is *done* when ``RUN/embeddings/<shard>.parquet`` exists (tables appear only by atomic rename).
+Each table carries, in its Parquet metadata, the fingerprint (size and mtime, or etag) its shard had
+when it was read; a shard whose current fingerprint differs, or that has gone, is *changed*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curate.errors import UsageError
+from curate.io.shards import fingerprint, shard_name
+from curate.io.tables import table_metadata
+from curate.run import RunDir, read_json
+
+STEP = "embed"
+
+#: Fingerprint fields compared to decide whether a shard changed (those present on both sides).
+FINGERPRINT_KEYS = ("size", "mtime_ns", "etag")
+
+
+def current_fingerprint(url: str) -> dict[str, Any]:
+    """The shard's fingerprint now; ``{"url": url, "missing": True}`` when it can't be found."""
+    try:
+        return fingerprint(url)
+    except OSError:
+        return {"url": url, "missing": True}
+
+
+def fingerprint_changed(recorded: dict[str, Any] | None, current: dict[str, Any]) -> bool:
+    """True when ``current`` shows the shard gone or different from ``recorded``.
+
+    Only fields known on both sides are compared: ``pipe:`` URLs and stores without size or etag
+    can't be checked and count as unchanged.
+    """
+    if current.get("missing"):
+        return True
+    if not recorded:
+        return False
+    return any(
+        recorded.get(k) is not None and current.get(k) is not None and recorded[k] != current[k]
+        for k in FINGERPRINT_KEYS
+    )
+
+
+@dataclass
+class ShardState:
+    """One shard of a run: where it is, whether it is embedded, and whether it changed since."""
+
+    name: str
+    url: str
+    done: bool
+    recorded: dict[str, Any] | None  # fingerprint stored with the table (None when not done)
+    current: dict[str, Any]
+
+    @property
+    def changed(self) -> bool:
+        return self.done and fingerprint_changed(self.recorded, self.current)
+
+    @property
+    def missing(self) -> bool:
+        return bool(self.current.get("missing"))
+
+    def record(self) -> dict[str, Any]:
+        """The run.json entry: name, url and the fingerprint of the bytes that were (or will be) embedded."""
+        fp = self.recorded if self.done and self.recorded else self.current
+        return {"name": self.name, **{k: v for k, v in fp.items() if k != "missing"}, "url": self.url}
+
+
+def recorded_fingerprint(table_path: Path) -> dict[str, Any] | None:
+    """The shard fingerprint stored in an embedding table's metadata (None for older tables)."""
+    return table_metadata(table_path).get("source")
+
+
+def shard_states(run: RunDir, urls: Sequence[str]) -> list[ShardState]:
+    """The state of each shard URL in ``run`` (fingerprints are read from the tables, not run.json)."""
+    out = []
+    for url in urls:
+        name = shard_name(url)
+        path = run.embedding_file(name)
+        done = path.exists()
+        out.append(ShardState(name, url, done, recorded_fingerprint(path) if done else None,
+                              current_fingerprint(url)))
+    return out
+
+
+def run_shard_urls(run: RunDir) -> list[str]:
+    """The shard URLs a run's ``run.json`` lists under ``embed.shards``, in order."""
+    return [s["url"] for s in (run.load().get("embed") or {}).get("shards", []) if "url" in s]
+
+
+@contextlib.contextmanager
+def run_lock(run: RunDir, step: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``RUN/.<step>.lock`` for one writer; fail fast when another holds it.
+
+    The OS releases the lock when its process dies, so a killed run never blocks the next one.
+    """
+    run.root.mkdir(parents=True, exist_ok=True)
+    path = run.root / f".{step}.lock"
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another 'curate {step}' is writing to {run.root}; wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(folders: Sequence[Path], pattern: str = ".*.tmp") -> int:
+    """Delete temp files left by a killed writer (call only while holding the run lock)."""
+    n = 0
+    for d in folders:
+        for p in d.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                n += 1
+    return n
+
+
+def aggregate_stats(run: RunDir, shard_names: list[str]) -> dict[str, Any]:
+    """Sum the per-shard stats of the embedded shards among ``shard_names`` (``RUN/stats/embed.json``).
+
+    A shard's stats are read from its table's metadata, written in the same atomic rename as its rows,
+    so counts always describe the tables present (``stats/embed/<shard>.json`` is a copy for people).
+    """
+    total: Counter[str] = Counter()
+    per_shard: dict[str, dict[str, int]] = {}
+    for name in shard_names:
+        path = run.embedding_file(name)
+        if not path.exists():
+            continue
+        s = table_metadata(path).get("stats")
+        if s is None:  # tables written before stats moved into the metadata
+            p = run.shard_stats_file(STEP, name)
+            s = read_json(p) if p.exists() else {}
+        per_shard[name] = s
+        total.update({k: v for k, v in s.items() if isinstance(v, int)})
+    total["shards"] = len(per_shard)
+    return {"totals": dict(sorted(total.items())), "shards": per_shard}
