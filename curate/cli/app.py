@@ -27,6 +27,7 @@ from curate.cli import (  # noqa: F401  (registers commands)
     export_cmd,
     inspect_cmd,
     losses_cmd,
+    report_cmd,
     select_cmd,
     shards_cmd,
 )
