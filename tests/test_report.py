@@ -23,8 +23,9 @@ import pytest
 from bootstrap_helpers import record_random_losses
 from PIL import Image
 
-from curate.bootstrap import bootstrap_round, derive_coreset
+from curate.bootstrap import bootstrap_round, derive_coreset, history
 from curate.cli.app import main
+from curate.io.manifest import read_manifest
 from curate.io.shards import iter_shards
 from curate.io.tables import read_parquet
 from curate.report import ReportOptions, build_report
@@ -191,6 +192,13 @@ def test_gallery_thumbs_show_caption_reason_and_truth(full_report: tuple[Any, st
         why = t.column("reason").to_pylist() if "reason" in t.column_names else ["frequent_candidate"] * len(sel)
         reasons[f"gallery-{name}"] = {u: ("kept" if s else w) for u, s, w in
                                       zip(t.column("uid").to_pylist(), sel, why, strict=True)}
+    # round 2 is the latest round that pruned samples; its reasons come from the bootstrap history
+    h = history(runs["full"]).to_pylist()
+    kept2 = set(read_manifest(runs["full"] / "manifests" / "round-0002.parquet").table["uid"].to_pylist())
+    reasons["gallery-round-0002"] = {**dict.fromkeys(kept2, "kept"),
+                                     **{r["uid"]: r["reason"] for r in h if r["round"] == 2 and r["pruned"]}}
+    lt = read_parquet(next((runs["full"] / "losses" / "round-0000").glob("*.parquet"))).to_pylist()
+    loss0 = {r["uid"]: (r["loss_a"] + r["loss_b"]) / 2 for r in lt}
     seen = Counter()
     current = None
     for el in dom.elements:
@@ -201,10 +209,9 @@ def test_gallery_thumbs_show_caption_reason_and_truth(full_report: tuple[Any, st
         a = el["attrs"]
         caption, label = truth[(a["data-shard"], a["data-key"])]
         assert caption in el["text"] and f"truth: {label}" in el["text"]
-        if current in reasons:  # the reason shown is the selection's reason for that uid
-            assert a["data-reason"] == reasons[current][a["data-uid"]]
-        else:
-            assert current == "gallery-round-0002"  # the latest round that pruned samples
+        assert a["data-reason"] == reasons[current][a["data-uid"]]  # the reason recorded for that uid
+        if current == "gallery-round-0002":  # candidates of round 2 came from the losses of round 0
+            assert f"loss {loss0[a['data-uid']]:.3f} (round 0)" in el["text"]
         seen[(current, a["data-reason"] == "kept")] += 1
     for g in [*reasons, "gallery-round-0002"]:
         assert seen[(g, True)] > 0 and seen[(g, False)] > 0, g

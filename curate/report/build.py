@@ -296,19 +296,12 @@ def _round_gallery(ctx: Context, shards: list[str]) -> Gallery | None:
     if not pruning:
         return None
     rnd = pruning[-1]
-    rs = round_samples(ctx.data.run, rnd, ctx.data.state)
+    rs = round_samples(ctx.data.run, rnd, ctx.data.state, shards)
     g = Gallery(f"gallery-round-{rnd.round:04d}", f"Bootstrap round {rnd.round} ({rnd.phase})",
                 f"{rnd.kept:,} kept of {rnd.counts.get('pool', 0):,}; the latest round that pruned samples")
-    g.rows = rows_in(rs.table, shards)
+    g.rows = rs.table
     clip = ctx.data.embeddings.lookup(g.rows.column("uid"))
-    loss = np.full(g.rows.num_rows, np.nan)
-    if rs.loss is not None:
-        import pyarrow.compute as pc
-
-        idx = pc.index_in(g.rows.column("uid"), value_set=rs.loss.column("uid")).fill_null(-1).to_numpy(
-            zero_copy_only=False)
-        vals = rs.loss.column("loss").to_numpy(zero_copy_only=False)
-        loss[idx >= 0] = vals[idx[idx >= 0]]
+    loss = rs.loss
     for j in choose(g.rows, ctx.options.thumbs, ctx.options.seed):
         r = {k: g.rows.column(k)[j].as_py() for k in ("uid", "shard", "key", "selected", "reason")}
         info = [f"CLIP {_fmt(clip[j])}"]

@@ -264,41 +264,50 @@ def load_rounds(run: RunDir) -> list[Round]:
 
 @dataclass
 class RoundSamples:
-    """Pool rows of one round with their fate: kept (in the manifest) or pruned with a reason."""
+    """Pool rows of one round in the given shards, with their fate: kept or pruned with a reason."""
 
     round: Round
     table: pa.Table  # uid, shard, key, selected, reason
-    loss: pa.Table | None = None  # uid, loss of the round whose losses decided this one
+    loss: np.ndarray  # per row: the loss of the round whose losses decided this one (NaN if not recorded)
     loss_round: int | None = None
 
 
-def round_samples(run: RunDir, rnd: Round, state: dict[str, Any] | None) -> RoundSamples:
-    """Join a round's decisions with the pool: every pool row, kept or pruned with its reason."""
+def round_samples(run: RunDir, rnd: Round, state: dict[str, Any] | None, shards: list[str]) -> RoundSamples:
+    """Join a round's decisions with the pool rows of ``shards`` (memory bounded by those shards)."""
     from curate.bootstrap.data import load_pool
     from curate.bootstrap.engine import decisions_path
 
     pool = load_pool(run.root, (state or {}).get("init"))
-    n = len(pool)
-    reason = np.full(n, "kept", object)
+    in_shards = pc.is_in(pool.table.column("shard"), value_set=pa.array(shards, pa.string()))
+    rows = np.flatnonzero(in_shards.to_numpy(zero_copy_only=False))
+    code = np.zeros(len(rows), np.int64)  # 0 = kept, else 1 + index into names
+    names: list[str] = []
     path = decisions_path(run, rnd.round)
     if path.exists():
         dec = read_parquet(path, ["row", "pruned", "reason"])
-        rows = dec.column("row").to_numpy()
-        pruned = dec.column("pruned").to_numpy(zero_copy_only=False)
-        why = dec.column("reason").cast(pa.string()).fill_null("pruned").to_numpy(zero_copy_only=False)
-        reason[rows[pruned]] = why[pruned]
-    table = pool.table.select(["uid", "shard", "key"])
-    table = table.append_column("selected", pa.array(reason == "kept")).append_column(
-        "reason", pa.array(reason.astype(str))
-    )
+        dec = dec.filter(dec.column("pruned"))
+        pos = np.searchsorted(rows, dec.column("row").to_numpy())
+        hit = (pos < len(rows)) & (rows[np.minimum(pos, len(rows) - 1)] == dec.column("row").to_numpy())
+        why = dec.column("reason").cast(pa.string()).fill_null("pruned").dictionary_encode().combine_chunks()
+        names = why.dictionary.to_pylist()
+        code[pos[hit]] = why.indices.to_numpy(zero_copy_only=False)[hit] + 1
+    reason = np.array(["kept", *names], dtype=object)[code].astype(str)
+    table = pool.table.select(["uid", "shard", "key"]).take(pa.array(rows))
+    table = table.append_column("selected", pa.array(code == 0)).append_column("reason", pa.array(reason))
     loss_round = rnd.loss_round if rnd.loss_round is not None else (rnd.round - 1 if rnd.round > 0 else None)
-    loss = None
+    loss = np.full(len(rows), np.nan)
+    found = None
     if loss_round is not None:
         try:
-            loss = sample_losses(run, loss_round)
+            lt = sample_losses(run, loss_round)
         except InputError:
-            loss = None
-    return RoundSamples(rnd, table, loss, loss_round if loss is not None else None)
+            lt = None
+        if lt is not None:
+            idx = pc.index_in(table.column("uid"), value_set=lt.column("uid")).fill_null(-1).to_numpy(
+                zero_copy_only=False)
+            loss[idx >= 0] = lt.column("loss").to_numpy(zero_copy_only=False)[idx[idx >= 0]]
+            found = loss_round
+    return RoundSamples(rnd, table, loss, found)
 
 
 @dataclass
