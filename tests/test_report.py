@@ -262,17 +262,23 @@ def test_partial_runs_say_what_is_missing(runs: dict[str, Path]) -> None:
 
 def test_moved_shards_and_corrupt_tables_do_not_stop_the_report(runs: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "run"
-    shutil.copytree(runs["select"], run)
+    shutil.copytree(runs["full"], run)
     rec = json.loads((run / "run.json").read_text())
     for s in rec["embed"]["shards"]:
         s["url"] = str(tmp_path / "gone" / f"{s['name']}.tar")
     (run / "run.json").write_text(json.dumps(rec))
     (run / "selections" / "semdedup" / "scores.parquet").write_bytes(b"not parquet")
+    next((run / "losses" / "round-0001").glob("*.parquet")).write_bytes(b"not parquet either")
     res = build_report(run)
-    page = res.path.read_text()
-    assert "could not read shard(s)" in page and "image unavailable" in page
-    assert "could not be read" in page and "corrupt Parquet file" in page  # the overview says which stage
+    dom = Dom(res.path.read_text())
+    gal = dom.by_id("galleries")["text"]
+    assert "could not read shard(s)" in gal and "image unavailable" in gal
+    assert "selection semdedup could not be read: corrupt Parquet file" in dom.by_id("overview")["text"]
+    assert dom.by_id("gallery-semdedup") is None and dom.by_id("gallery-clipcov") is not None
+    rounds = dom.by_id("bootstrap-rounds")["text"]
+    assert "round 1: corrupt Parquet file" in rounds
     assert res.counts["thumbnails"] == 0 and [s["id"] for s in res.sections] == SECTIONS
+    assert all(s["has_data"] for s in res.sections)
 
 
 def test_choose_splits_kept_and_pruned_over_reasons() -> None:

@@ -414,6 +414,7 @@ def build_report(
     t0 = time.perf_counter()
     options = options or ReportOptions()
     options.validate()
+    plots.require_matplotlib()
     if out is not None and Path(out).is_dir():
         raise UsageError(f"--out {out} is a folder; give a file path such as {Path(out) / 'report.html'}")
     data = load_run(run, selections)

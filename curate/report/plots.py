@@ -45,12 +45,19 @@ def reason_color(reason: str, others: list[str]) -> str:
     return _CYCLE[others.index(reason) % len(_CYCLE)]
 
 
-def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1) -> tuple[Any, Any]:
+def require_matplotlib() -> None:
+    """Fail early, with the install hint, when matplotlib is missing."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError:
         raise CurateError("the report needs matplotlib: pip install 'curate[report]'") from None
+
+
+def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1) -> tuple[Any, Any]:
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
