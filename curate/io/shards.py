@@ -13,6 +13,7 @@ import glob
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tarfile
@@ -25,18 +26,28 @@ from typing import IO, Any
 
 import numpy as np
 from braceexpand import braceexpand
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from curate.errors import InputError, StrictModeError
+from curate.errors import CurateError, InputError, StrictModeError
+
+_logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXT = "txt"
 DEFAULT_MAX_PIXELS = 64_000_000
+#: Pillow formats decoded from image members: in-process raster decoders only. Whatever the member's
+#: extension, other formats (EPS, which Pillow hands to Ghostscript; PDF, PSD, ...) are never decoded.
+#: Longest accepted side / shortest side. A 1x200000 PNG is 470 bytes and 0.2 Mpx, but resizing its short side
+#: to a 224 px model input asks for 10 Gpx; such images are dropped before any resize.
+MAX_ASPECT_RATIO = 1000
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes MPO (camera JPEGs)
 
 #: Every reason a sample or a shard can be dropped, with what it means (README, "Drop reasons").
 DROP_REASONS: dict[str, str] = {
     "corrupt_image": "the image bytes could not be decoded",
+    "unsupported_image": "the image is in a format curate does not decode (see IMAGE_FORMATS; e.g. EPS)",
     "decompression_bomb": "the image has more pixels than the limit (--max-pixels)",
+    "extreme_aspect_ratio": "the image is so long and thin that resizing it to the model input would exhaust memory",
     "missing_image": "no jpg/jpeg/png/webp member in the sample",
     "missing_caption": "no txt member in a shard that has captions",
     "caption_not_utf8": "the caption is not valid UTF-8",
@@ -156,7 +167,10 @@ def open_shard(url: str) -> IO[bytes]:
     if "://" in url and not url.startswith("file://"):
         import fsspec
 
-        return fsspec.open(url, "rb").open()
+        try:
+            return fsspec.open(url, "rb").open()
+        except ImportError as exc:  # the protocol's optional package is missing: no shard of it can be read
+            raise InputError(f"cannot read {url.split('://')[0]}:// shards: {str(exc).splitlines()[0]}") from None
     return open(url[7:] if url.startswith("file://") else url, "rb")
 
 
@@ -220,12 +234,14 @@ class SampleError(Exception):
 def _drop(stats: Counter[str], reason: str, shard: str, key: str, policy: ErrorPolicy, detail: str = "") -> None:
     stats[f"dropped_{reason}"] += 1
     if policy.strict:
-        extra = f" ({detail})" if detail else ""
+        detail = detail.removeprefix(f"{reason}: ")
+        extra = f" ({detail})" if detail and detail != reason else ""
         raise StrictModeError(f"{shard}: sample {key!r}: {reason}{extra} [--strict]")
 
 
 def _shard_problem(stats: Counter[str], problem: str, shard: str, policy: ErrorPolicy, detail: str = "") -> None:
     stats[f"shard_{problem}"] += 1
+    _logger.warning("shard %s: %s%s", shard, problem, f" ({detail})" if detail else "")
     if policy.strict:
         raise StrictModeError(f"{shard}: {problem}{f' ({detail})' if detail else ''} [--strict]")
 
@@ -306,21 +322,35 @@ class _TailReader:
         self.raw.close()
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] | None = None) -> Iterator[RawSample]:
-    """Stream the valid samples of one shard in tar order; bad ones are counted in ``stats``."""
+    """Stream the valid samples of one shard in tar order; bad ones are counted in ``stats``.
+
+    Never raises for bad data (only ``StrictModeError`` under ``policy.strict``, and ``InputError`` when
+    a URL scheme's optional package is missing): a shard that cannot be opened, or whose stream fails
+    before its first byte, is ``unreadable_shard``; damage after that is ``truncated_tar`` (the samples
+    before it are kept); a readable tar with no samples is ``empty_shard``.
+    """
     policy = policy or ErrorPolicy()
     stats = stats if stats is not None else Counter()
     shard = shard_name(url)
     try:
         stream = open_shard(url)
-    except (OSError, ValueError) as exc:
-        _shard_problem(stats, "unreadable_shard", shard, policy, str(exc).splitlines()[0] if str(exc) else "")
+    except CurateError:
+        raise
+    except Exception as exc:  # every backend (local, pipe:, fsspec) has its own error types
+        _shard_problem(stats, "unreadable_shard", shard, policy, _first_line(exc))
         return
     seen_keys: set[str] = set()
     group: list[tuple[str, tarfile.TarInfo, bytes | None]] = []
     cur_key: str | None = None
     position = 0
     n_groups = 0
+    problem: str | None = None
 
     def flush() -> RawSample | None:
         nonlocal position, n_groups
@@ -347,7 +377,7 @@ def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] 
                     stats["skipped_member_without_extension"] += 1
                     continue
                 key, ext = m.group(1), m.group(2).lower()
-                data = tf.extractfile(info).read() if info.isfile() else None
+                data = tf.extractfile(info).read() if info.isfile() else None  # type: ignore[union-attr]
                 if key != cur_key:
                     sample = flush()
                     if sample is not None:
@@ -356,8 +386,14 @@ def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] 
                 group.append((ext, info, data))
             if reader.cut_off():
                 raise tarfile.ReadError("the tar ends without its end-of-archive blocks (cut off)")
-    except (tarfile.TarError, EOFError, OSError, zlib_error()) as exc:
-        _shard_problem(stats, "truncated_tar", shard, policy, str(exc).splitlines()[0] if str(exc) else "")
+    except CurateError:
+        raise
+    except Exception as exc:  # corrupt tar headers, gzip errors, failing pipes and network streams
+        if reader.nbytes == 0 and isinstance(exc, tarfile.ReadError):
+            problem = "empty_shard"  # a zero-byte file: nothing to read, nothing damaged
+        else:
+            problem = "unreadable_shard" if reader.nbytes == 0 else "truncated_tar"
+            _shard_problem(stats, problem, shard, policy, _first_line(exc))
         if cur_key is not None:  # the group being read when the damage hit is incomplete
             n_groups += 1
             stats["seen"] += 1
@@ -366,14 +402,8 @@ def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] 
     sample = flush()
     if sample is not None:
         yield sample
-    if n_groups == 0 and not stats.get("shard_truncated_tar") and not stats.get("shard_unreadable_shard"):
+    if n_groups == 0 and problem in (None, "empty_shard"):
         _shard_problem(stats, "empty_shard", shard, policy)
-
-
-def zlib_error() -> type[Exception]:
-    import zlib
-
-    return zlib.error
 
 
 def iter_shards(urls: Iterable[str], policy: ErrorPolicy | None = None, stats: Counter[str] | None = None
@@ -384,31 +414,52 @@ def iter_shards(urls: Iterable[str], policy: ErrorPolicy | None = None, stats: C
 
 
 # --- decoding ---------------------------------------------------------------------------------
+def _format_of(data: bytes) -> str | None:
+    """The Pillow format name of ``data`` among all formats (header only, nothing decoded), or None."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return str(img.format)
+    except Exception:  # not an image Pillow knows at all
+        return None
+
+
 def decode_image(data: bytes, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode image bytes to an RGB PIL image; raise ``SampleError`` with a reason on failure.
 
-    ``draft_size``: for JPEG, let libjpeg decode at a reduced scale that is still >= this size on the
-    short side (much faster for large images feeding a small model input).
+    Only ``IMAGE_FORMATS`` are decoded (by content, whatever the member's extension). From the header,
+    before any pixel is decoded: more than ``max_pixels`` pixels is a ``decompression_bomb``; a side ratio
+    above ``MAX_ASPECT_RATIO``, or one whose resize to ``draft_size`` on the short side would exceed
+    ``max_pixels``, is ``extreme_aspect_ratio``.
+    ``draft_size``: the model input's short side; for JPEG, libjpeg decodes at a reduced scale that is
+    still >= this size on the short side (much faster for large images feeding a small model input).
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             w, h = img.size
             if w * h > max_pixels:
                 raise SampleError("decompression_bomb", f"{w}x{h} pixels")
+            ratio = max(w, h) / max(1, min(w, h))
+            if ratio > MAX_ASPECT_RATIO or (draft_size and ratio * draft_size * draft_size > max_pixels):
+                raise SampleError("extreme_aspect_ratio", f"{w}x{h} pixels")
             if draft_size and img.format == "JPEG":
                 scale = min(w, h) / draft_size
                 if scale >= 2:
                     img.draft("RGB", (max(1, int(w / scale)) + 1, max(1, int(h / scale)) + 1))
             img.load()
+            return to_rgb(img)
     except SampleError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise SampleError("decompression_bomb", str(exc).splitlines()[0]) from None
+    except UnidentifiedImageError:
+        fmt = _format_of(data)
+        if fmt is not None:
+            raise SampleError("unsupported_image", f"{fmt} images are not decoded") from None
+        raise SampleError("corrupt_image", "not an image in a known format") from None
     except Exception as exc:  # PIL raises many types on corrupt data
-        raise SampleError("corrupt_image", f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
-    return to_rgb(img)
+        raise SampleError("corrupt_image", _first_line(exc)) from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

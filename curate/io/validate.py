@@ -33,6 +33,11 @@ class ShardReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def describe(self) -> str:
+        """One line: the shard and its problems (``00003: corrupt_image=2, shard_truncated_tar=1``)."""
+        probs = ", ".join(f"{k}={v}" for k, v in self.problems.items()) or "ok"
+        return f"{self.shard}: {probs}"
+
 
 def validate_shard(url: str, decode: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> ShardReport:
     """Read every sample of a shard (decoding images if ``decode``) and count problems by kind."""
