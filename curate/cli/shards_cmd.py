@@ -63,4 +63,4 @@ def validate(
         out.print(f"{len(reports)} shards, {sum(r.samples for r in reports):,} valid samples, "
                   f"{len(bad)} with problems")
     if strict and bad:
-        raise CurateError(f"{len(bad)} of {len(reports)} shards have problems (first: {bad[0].shard})")
+        raise CurateError(f"{len(bad)} of {len(reports)} shards have problems (first: {bad[0].describe()})")
