@@ -79,15 +79,16 @@ def note(text: str) -> str:
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[bool] | None = None,
           table_id: str | None = None) -> str:
-    """A plain table; ``numeric`` marks right-aligned columns."""
+    """A plain table (no header row when every header is empty); ``numeric`` marks right-aligned columns."""
     numeric = list(numeric) if numeric is not None else [False] * len(header)
     cls = [' class="num"' if n else "" for n in numeric]
-    head = "".join(f"<th{c}>{e(h)}</th>" for h, c in zip(header, cls, strict=True))
+    head = "".join(f"<th{c}>{e(h)}</th>" for h, c in zip(header, cls, strict=True)) if any(header) else ""
     body = "".join(
         "<tr>" + "".join(f"<td{c}>{e(v)}</td>" for v, c in zip(row, cls, strict=True)) + "</tr>" for row in rows
     )
     tid = f' id="{e(table_id)}"' if table_id else ""
-    return f"<table{tid}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+    return f"<table{tid}>{thead}<tbody>{body}</tbody></table>"
 
 
 def thumb_figure(t: Any) -> str:
