@@ -41,8 +41,7 @@ def embed(
 ) -> None:
     """Embed shards with an open_clip model into RUN/embeddings/<shard>.parquet (resumable per shard).
 
-    A rerun skips shards already embedded; shards whose file changed since (size or mtime) are
-    reported, and re-embedded with --refresh.
+    Reruns skip embedded shards; shards changed since (size, mtime) are reported, re-embedded by --refresh.
     """
     cfg = EmbedConfig(
         shards=shards, run=run, model=model, pretrained=pretrained, device=device, batch_size=batch_size,
