@@ -1,6 +1,7 @@
 """Train the built-in tiny CLIP (``--model sample``) on the sample shards, deterministically.
 
-Usage:  python scripts/train_sample_model.py [--shards shards/sample] [--epochs 30] [--threads 1] [--out shards/tiny-clip]
+Usage:  python scripts/train_sample_model.py [--shards shards/sample] [--epochs 30] [--threads 1]
+                                             [--out shards/tiny-clip]
 
 Writes ``model.safetensors`` (fp16 weights, a few MB) and ``train_log.json`` (zero-shot accuracy on the
 clean held-out split vs chance) next to the architecture config ``curate-tiny.json``.
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from curate.evaluate import load_labelled_split, zero_shot_accuracy
 from curate.io.shards import decode_image, expand_shards, iter_shards
 from curate.models import SAMPLE_ARCH, load_model, register_model_config
 
@@ -29,18 +31,6 @@ def load_split(loaded, folder: Path) -> tuple[torch.Tensor, list[str], list[dict
         captions.append(s.caption or "")
         metas.append(s.meta or {})
     return torch.stack(images), captions, metas
-
-
-def zero_shot_accuracy(loaded, images: torch.Tensor, metas: list[dict], classnames: list[str],
-                       templates: list[str]) -> float:
-    """Top-1 zero-shot accuracy of class-name prompts on labelled images."""
-    loaded.model.eval()
-    with torch.no_grad():
-        cls = loaded.zeroshot_classifier(classnames, templates)
-        feats = torch.cat([loaded.encode_images(images[i:i + 256]) for i in range(0, len(images), 256)])
-    pred = (feats @ cls.T).argmax(1)
-    truth = torch.tensor([classnames.index(m["truth"]["class"]) for m in metas])
-    return float((pred == truth).float().mean())
 
 
 def main() -> None:
@@ -63,14 +53,14 @@ def main() -> None:
     model = loaded.model
     root = Path(args.shards)
     train_x, train_caps, _ = load_split(loaded, root / "train")
-    test_x, _, test_meta = load_split(loaded, root / "test")
     classnames = (root / "classnames.txt").read_text().splitlines()
+    test_x, test_y = load_labelled_split(loaded, str(root / "test"), classnames)
     templates = [t for t in (root / "templates.txt").read_text().splitlines() if t.strip()]
     tokens = loaded.tokenizer(train_caps)
     n = len(train_x)
     chance = 1.0 / len(classnames)
     print(f"train {n} samples, test {len(test_x)}, {len(classnames)} classes (chance {chance:.3f})")
-    print(f"zero-shot before training: {zero_shot_accuracy(loaded, test_x, test_meta, classnames, templates):.3f}")
+    print(f"zero-shot before training: {zero_shot_accuracy(loaded, test_x, test_y, classnames, templates):.3f}")
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     steps_per_epoch = math.ceil(n / args.batch_size)
@@ -101,14 +91,14 @@ def main() -> None:
                 model.logit_scale.clamp_(0, math.log(100))
             tot += float(loss.detach()) * len(idx)
         if epoch % 5 == 4 or epoch == args.epochs - 1:
-            acc = zero_shot_accuracy(loaded, test_x, test_meta, classnames, templates)
+            acc = zero_shot_accuracy(loaded, test_x, test_y, classnames, templates)
             print(f"epoch {epoch + 1}: loss {tot / n:.3f}  zero-shot {acc:.3f}  ({time.time() - t0:.0f}s)")
-    acc = zero_shot_accuracy(loaded, test_x, test_meta, classnames, templates)
+    acc = zero_shot_accuracy(loaded, test_x, test_y, classnames, templates)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     # Accuracy of the saved (fp16-rounded) weights, as users will load them.
     check = load_model("sample", device="cpu", precision="fp32")
-    acc16 = zero_shot_accuracy(check, test_x, test_meta, classnames, templates)
+    acc16 = zero_shot_accuracy(check, test_x, test_y, classnames, templates)
     log = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "train_samples": n, "test_samples": len(test_x), "classes": len(classnames),
