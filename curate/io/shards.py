@@ -241,9 +241,9 @@ def _drop(stats: Counter[str], reason: str, shard: str, key: str, policy: ErrorP
 
 def _shard_problem(stats: Counter[str], problem: str, shard: str, policy: ErrorPolicy, detail: str = "") -> None:
     stats[f"shard_{problem}"] += 1
-    _logger.warning("shard %s: %s%s", shard, problem, f" ({detail})" if detail else "")
     if policy.strict:
         raise StrictModeError(f"{shard}: {problem}{f' ({detail})' if detail else ''} [--strict]")
+    _logger.warning("shard %s: %s%s", shard, problem, f" ({detail})" if detail else "")
 
 
 def _finish_group(
@@ -411,6 +411,28 @@ def iter_shards(urls: Iterable[str], policy: ErrorPolicy | None = None, stats: C
     """Stream the valid samples of several shards in order."""
     for url in urls:
         yield from iter_shard(url, policy, stats)
+
+
+# --- captions ---------------------------------------------------------------------------------
+#: Characters of a caption kept per token of the tokenizer's context (see ``caption_for_tokenizer``).
+CAPTION_CHARS_PER_TOKEN = 16
+#: Longest run of non-space characters handed to a tokenizer.
+MAX_CAPTION_WORD = 64
+_LONG_WORD = re.compile(rf"\S{{{MAX_CAPTION_WORD + 1},}}")
+
+
+def caption_for_tokenizer(caption: str, context_length: int = 77) -> str:
+    """The part of a caption a CLIP tokenizer needs, cut so that tokenizing it takes bounded time.
+
+    CLIP tokenizers keep only the first ``context_length`` tokens, but open_clip's BPE runs on the whole
+    text first and costs time quadratic in the length of a word (20,000 letters without a space: 20 s),
+    so a 1 MB one-word caption would stall embedding for hours. This keeps the first
+    ``context_length * CAPTION_CHARS_PER_TOKEN`` characters and cuts runs of non-space characters to
+    ``MAX_CAPTION_WORD``; the tokens of ordinary text (words shorter than that, under 16 characters per
+    token on average) are unchanged.
+    """
+    head = caption[: context_length * CAPTION_CHARS_PER_TOKEN]
+    return _LONG_WORD.sub(lambda m: m.group(0)[:MAX_CAPTION_WORD], head)
 
 
 # --- decoding ---------------------------------------------------------------------------------
