@@ -1,0 +1,248 @@
+"""Embed throughput (images/s) against the decode-only limit of the same shards on the same cores.
+
+Two variants run side by side, interleaved, on the same shards and the same number of worker processes:
+
+* ``decode-only``: read the tars and decode every image (with the same reduced-scale JPEG decoding that
+  embed uses) in ``--workers`` DataLoader processes, and nothing else. No embedder can beat this rate
+  on these cores: it is the physical limit.
+* ``curate embed``: ``curate.embed.run_embed`` into a fresh run folder (decode + preprocess + tokenize
+  in the workers, the model in the main process, Parquet written by a writer thread).
+
+Also measured, single-threaded, per image: read, decode, preprocess, tokenize, image and text forward
+passes (where the time goes). Quick mode (``make bench``) runs the 3000-image sample once per variant;
+full mode runs three interleaved repeats and adds a world of 256 px images (draft decoding on).
+
+    python benchmarks/embed_throughput.py --quick
+    python benchmarks/embed_throughput.py --out benchmarks/results/embed_throughput.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from curate.embed import EmbedConfig, run_embed  # noqa: E402
+from curate.io.shards import ErrorPolicy, decode_image, expand_shards, iter_shard  # noqa: E402
+from curate.models import load_model  # noqa: E402
+
+
+class DecodeOnly(IterableDataset):
+    """Read + decode every image of the shards; yields the count per shard (nothing is kept)."""
+
+    def __init__(self, urls: list[str], draft: int | None) -> None:
+        self.urls, self.draft = urls, draft
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        policy = ErrorPolicy()
+        for url in self.urls[wid::nw]:
+            n = 0
+            for s in iter_shard(url, policy):
+                decode_image(s.image_bytes or b"", self.draft, policy.max_pixels)
+                n += 1
+            yield n
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def decode_only(urls: list[str], workers: int, draft: int | None) -> tuple[int, float]:
+    """(images, seconds) for reading and decoding the shards in ``workers`` processes."""
+    t0 = time.perf_counter()
+    loader = DataLoader(DecodeOnly(urls, draft), batch_size=None, num_workers=workers,
+                        worker_init_fn=_worker_init if workers else None)
+    n = sum(loader)
+    return n, time.perf_counter() - t0
+
+
+def curate_embed(urls: list[str], workers: int, model: str, batch_size: int, tmp: Path,
+                 **kw: Any) -> tuple[int, float]:
+    """(images, seconds) of ``run_embed`` into a fresh run (model loading excluded, writes included)."""
+    run = tmp / f"run-{time.monotonic_ns()}"
+    res = run_embed(EmbedConfig(shards=urls, run=str(run), model=model, workers=workers, batch_size=batch_size,
+                                device="cpu", **kw))
+    shutil.rmtree(run, ignore_errors=True)
+    return res.samples_written, res.seconds
+
+
+def per_image_costs(urls: list[str], model_name: str, n: int = 500) -> dict[str, float]:
+    """Single-threaded microseconds per image of each step, on the first ``n`` samples."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = load_model(model_name, device="cpu", precision="fp32")
+        size = m.info["image_size"]
+        draft = min(size) if isinstance(size, list) else size
+
+        def timed(f: Callable[[], Any]) -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            r = f()
+            return r, (time.perf_counter() - t0) / n * 1e6
+
+        def read() -> list:
+            out = []
+            for u in urls:
+                for s in iter_shard(u):
+                    out.append(s)
+                    if len(out) == n:
+                        return out
+            return out
+
+        samples, t_read = timed(read)
+        n = len(samples)
+        imgs, t_dec = timed(lambda: [decode_image(s.image_bytes, draft) for s in samples])
+        x, t_pre = timed(lambda: torch.stack([m.preprocess(i) for i in imgs]))
+        toks, t_tok = timed(lambda: m.tokenizer([s.caption or "" for s in samples]))
+        with torch.no_grad():
+            _, t_img = timed(lambda: [m.model.encode_image(x[i:i + 256]) for i in range(0, n, 256)])
+            _, t_txt = timed(lambda: [m.model.encode_text(toks[i:i + 256]) for i in range(0, n, 256)])
+        return {"read": t_read, "decode": t_dec, "preprocess": t_pre, "tokenize": t_tok,
+                "image forward": t_img, "text forward": t_txt}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}){mem}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def measure(name: str, urls: list[str], args: argparse.Namespace, tmp: Path, draft: int | None) -> dict[str, Any]:
+    """Interleaved repeats of both variants on one set of shards; medians of images/s."""
+    rates: dict[str, list[float]] = {"decode-only": [], "curate embed": []}
+    counts: dict[str, int] = {}
+    for r in range(args.repeats):
+        for variant in rates:
+            if variant == "decode-only":
+                n, sec = decode_only(urls, args.workers, draft)
+            else:
+                n, sec = curate_embed(urls, args.workers, args.model, args.batch_size, tmp)
+            counts[variant] = n
+            rates[variant].append(n / sec)
+            print(f"  {name} repeat {r + 1}: {variant:<13} {n} images in {sec:.2f} s = {n / sec:,.0f} images/s",
+                  flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    return {"name": name, "shards": len(urls), "images": counts, "rates": rates, "median": med,
+            "ratio": med["curate embed"] / med["decode-only"]}
+
+
+def big_world(tmp: Path, n: int) -> list[str]:
+    """A synthetic world of 256 px JPEGs (draft decoding reduces them before resizing to the model's 64 px)."""
+    from curate.io.synthetic import make_sample
+
+    make_sample(tmp / "world256", seed=1, n_train=n, n_test=20, shard_size=max(1, n // 6), image_size=256)
+    return expand_shards(str(tmp / "world256" / "train"))
+
+
+def report(results: list[dict[str, Any]], costs: dict[str, float], args: argparse.Namespace, cmd: str,
+           load: tuple[tuple[float, ...], tuple[float, ...]], seconds: float) -> str:
+    lines = [
+        "# embed throughput vs the decode-only limit",
+        "",
+        f"- date: {dt.date.today().isoformat()}, commit {commit()}",
+        f"- machine: {machine()}",
+        f"- command: `{cmd}`",
+        f"- model: `{args.model}` on CPU (fp32), batch size {args.batch_size}, {args.workers} decode workers "
+        f"in both variants, {args.repeats} interleaved repeat(s), medians shown",
+        f"- load average before / after: {' '.join(f'{x:.2f}' for x in load[0])} / "
+        f"{' '.join(f'{x:.2f}' for x in load[1])}; benchmark wall time {seconds:.0f} s",
+        "",
+        "| shards | images | decode-only (images/s) | curate embed (images/s) | embed / decode-only |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r['name']} | {r['images']['curate embed']:,} | {r['median']['decode-only']:,.0f} | "
+                     f"{r['median']['curate embed']:,.0f} | {r['ratio']:.0%} |")
+    total = sum(costs.values())
+    lines += [
+        "",
+        f"Where the time goes (single thread, µs per image, first 500 images of {results[0]['name']}):",
+        "",
+        "| step | µs / image | share |",
+        "|---|---:|---:|",
+        *[f"| {k} | {v:,.0f} | {v / total:.0%} |" for k, v in costs.items()],
+        f"| total | {total:,.0f} | 100% |",
+        "",
+        f"Compute limit of embed on {os.cpu_count()} cores if every step were perfectly parallel: "
+        f"{os.cpu_count() * 1e6 / total:,.0f} images/s; decode-only limit from the same figures: "
+        f"{os.cpu_count() * 1e6 / (costs['read'] + costs['decode']):,.0f} images/s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="The sample only, one repeat (< 1 min; make bench).")
+    ap.add_argument("--shards", default=str(REPO / "shards" / "sample" / "train"))
+    ap.add_argument("--model", default="sample")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=None, help="Interleaved repeats (default 1 quick, 3 full).")
+    ap.add_argument("--big", type=int, default=3000, help="Images in the 256 px world (full mode).")
+    ap.add_argument("--out", default=None, help="Write the Markdown report here.")
+    args = ap.parse_args()
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    cmd = "python benchmarks/embed_throughput.py " + " ".join(sys.argv[1:])
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    model = load_model(args.model, device="cpu")
+    size = model.info["image_size"]
+    draft = min(size) if isinstance(size, list) else size
+    urls = expand_shards(args.shards)
+    print(f"{machine()}\nload average {load0}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        results = [measure("sample (64 px)", urls, args, tmp, draft)]
+        if not args.quick:
+            results.append(measure("256 px world", big_world(tmp, args.big), args, tmp, draft))
+        costs = per_image_costs(urls, args.model)
+    text = report(results, costs, args, cmd, (load0, os.getloadavg()), time.perf_counter() - t0)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
