@@ -286,3 +286,25 @@ def test_cuda_fp16_and_bf16_tables_match_cpu(tmp_path, make_shards, ckpt):
             assert got[name]["uid"] == t["uid"]
             cos = (matrix(got[name]["image_emb"]) * matrix(t["image_emb"])).sum(1)
             assert cos.min() > 0.99, (precision, cos.min())
+
+
+def test_unreadable_shard_is_not_marked_done(tmp_path, make_shards, ckpt):
+    import fsspec
+
+    url = "memory://embed-test/late.tar"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(url):
+        fs.rm(url)
+    res = embed(url, tmp_path / "run", ckpt)
+    assert res.failed == ["late"] and res.samples_written == 0
+    assert not (tmp_path / "run" / "embeddings" / "late.parquet").exists()
+    info = inspect_run(tmp_path / "run")
+    assert info["shards"]["pending"] == ["late"] and info["shard_problems"] == {"unreadable_shard": 1}
+    with fsspec.open(url, "wb") as fh:  # readable again
+        fh.write(Path(make_shards(1, 3)[0]).read_bytes())
+    try:
+        res = embed(url, tmp_path / "run", ckpt)
+    finally:
+        fs.rm(url)
+    assert res.failed == [] and res.samples_written == 3
+    assert inspect_run(tmp_path / "run")["shard_problems"] == {}

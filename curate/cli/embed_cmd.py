@@ -54,6 +54,7 @@ def embed(
         "shards_skipped": res.shards_skipped, "samples_written": res.samples_written,
         "seconds": round(res.seconds, 2), "samples_per_s": round(res.samples_per_s, 1), "stats": res.stats,
         "shards_changed": res.changed, "shards_refreshed": res.refreshed, "shards_missing": res.missing,
+        "shards_failed": res.failed,
     }
     if json_out:
         print_json(summary)
@@ -70,6 +71,9 @@ def embed(
     if res.changed:
         err.print(f"warning: {len(res.changed)} shard(s) changed since they were embedded: {_names(res.changed)}; "
                   "their embeddings are stale (rerun with --refresh to re-embed them)", highlight=False)
+    if res.failed:
+        err.print(f"warning: {len(res.failed)} shard(s) could not be read: {_names(res.failed)}; "
+                  "they are not marked done, so the next run tries them again", highlight=False)
     if res.missing:
         err.print(f"warning: {len(res.missing)} embedded shard(s) no longer exist: {_names(res.missing)}",
                   highlight=False)

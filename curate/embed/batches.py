@@ -13,7 +13,16 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from curate.errors import CurateError
-from curate.io.shards import ErrorPolicy, RawSample, SampleError, _drop, decode_image, iter_shard, shard_name
+from curate.io.shards import (
+    ErrorPolicy,
+    RawSample,
+    SampleError,
+    _drop,
+    caption_for_tokenizer,
+    decode_image,
+    iter_shard,
+    shard_name,
+)
 
 CAPTION_MODES = ("auto", "required", "ignore")
 _PEEK = 16  # samples looked at to decide whether a shard has captions (mode "auto")
@@ -69,6 +78,7 @@ class ShardBatches(IterableDataset):
         policy: ErrorPolicy,
         captions: str = "auto",
         draft_size: int | None = None,
+        context_length: int = 77,
     ) -> None:
         super().__init__()
         self.urls = urls
@@ -78,11 +88,13 @@ class ShardBatches(IterableDataset):
         self.policy = policy
         self.captions = captions
         self.draft_size = draft_size
+        self.context_length = context_length
 
     def _batch(self, rows: list[tuple[RawSample, torch.Tensor]], has_text: bool) -> dict[str, Any]:
         samples = [r[0] for r in rows]
         text_rows = [i for i, s in enumerate(samples) if has_text and s.caption is not None]
-        tokens = self.tokenizer([samples[i].caption for i in text_rows]) if text_rows else None
+        texts = [caption_for_tokenizer(samples[i].caption or "", self.context_length) for i in text_rows]
+        tokens = self.tokenizer(texts) if text_rows else None
         return {
             "shard": samples[0].shard,
             "uid": [s.uid for s in samples],

@@ -21,6 +21,7 @@ from curate.embed.state import (
     ShardState,
     aggregate_stats,
     remove_stale_temp_files,
+    retryable,
     run_lock,
     run_shard_urls,
     shard_states,
@@ -86,6 +87,7 @@ class EmbedResult:
     changed: list[str] = field(default_factory=list)  # embedded shards whose input changed (not refreshed)
     refreshed: list[str] = field(default_factory=list)  # changed shards re-embedded by this call (--refresh)
     missing: list[str] = field(default_factory=list)  # embedded shards whose input is gone
+    failed: list[str] = field(default_factory=list)  # shards that could not be read (retried by the next run)
 
     @property
     def samples_per_s(self) -> float:
@@ -233,7 +235,7 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
         run.update(STEP, {**record, "shards": [s.record() for s in states]},
                    command=f"embed ({len(todo)} of {len(urls)} shards to do)")
         start = time.perf_counter()
-        written = _embed_shards(run, model, cfg, todo, draft, provenance, progress) if todo else 0
+        written, failed = _embed_shards(run, model, cfg, todo, draft, provenance, progress) if todo else (0, [])
         seconds = time.perf_counter() - start
         states = shard_states(run, [s.url for s in states])
         run.update(STEP, {**record, "shards": [s.record() for s in states]})
@@ -243,18 +245,19 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
         run=str(run.root), shards_total=len(urls), shards_done=len(todo), shards_skipped=len(urls) - len(todo),
         samples_written=written, seconds=seconds, stats=agg["totals"],
         changed=[s.name for s in changed if s.name not in refresh], refreshed=sorted(refresh), missing=missing,
+        failed=failed,
     )
 
 
 def _embed_shards(
     run: RunDir, model: LoadedModel, cfg: EmbedConfig, todo: list[ShardState], draft: int | None,
     provenance: dict[str, Any], progress: Progress,
-) -> int:
+) -> tuple[int, list[str]]:
     """Decode in worker processes, encode in this one, write each finished shard from a writer thread."""
     policy = ErrorPolicy(strict=cfg.strict, max_pixels=cfg.max_pixels)
     fps = {s.name: {k: v for k, v in s.current.items() if k != "missing"} for s in todo}
     ds = ShardBatches([s.url for s in todo], model.preprocess, model.tokenizer, cfg.batch_size, policy,
-                      cfg.captions, draft)
+                      cfg.captions, draft, int(model.info.get("context_length") or 77))
     workers = min(cfg.workers, len(todo))
     loader = DataLoader(
         ds, batch_size=None, num_workers=workers, collate_fn=_identity,
@@ -264,12 +267,19 @@ def _embed_shards(
     buffers: dict[str, _ShardBuffer] = {}
     pending: list[Future[None]] = []
     written = 0
+    failed: list[str] = []
     progress.start("embed", total=None, unit="img")
     try:
         with ThreadPoolExecutor(max_workers=1) as writer:
             for item in loader:
                 if isinstance(item, WorkerFailure):
                     item.reraise()
+                if isinstance(item, ShardDone) and retryable(item.stats):
+                    buffers.pop(item.shard, None)  # not marked done: the next run tries the shard again
+                    failed.append(item.shard)
+                    pending.append(writer.submit(write_json, run.shard_stats_file(STEP, item.shard),
+                                                 {**item.stats, "written": 0}))
+                    continue
                 if isinstance(item, ShardDone):
                     buf = buffers.pop(item.shard, _ShardBuffer())
                     stats = {**item.stats, "written": buf.rows}
@@ -285,7 +295,7 @@ def _embed_shards(
                 f.result()
     finally:
         progress.finish()
-    return written
+    return written, failed
 
 
 def _write_shard(run: RunDir, shard: str, table: pa.Table, stats: dict[str, int]) -> None:

@@ -131,22 +131,34 @@ def remove_stale_temp_files(folders: Sequence[Path], pattern: str = ".*.tmp") ->
     return n
 
 
+#: Shard problems that may be transient (network, permissions): such a shard is not marked done.
+RETRYABLE_PROBLEMS = ("shard_unreadable_shard",)
+
+
+def retryable(stats: dict[str, int]) -> bool:
+    """True when a shard's stats show a problem worth retrying on the next run."""
+    return any(stats.get(k) for k in RETRYABLE_PROBLEMS)
+
+
 def aggregate_stats(run: RunDir, shard_names: list[str]) -> dict[str, Any]:
     """Sum the per-shard stats of the embedded shards among ``shard_names`` (``RUN/stats/embed.json``).
 
     A shard's stats are read from its table's metadata, written in the same atomic rename as its rows,
     so counts always describe the tables present (``stats/embed/<shard>.json`` is a copy for people).
+    Shards that could not be read (no table) count with the problem of their last attempt.
     """
     total: Counter[str] = Counter()
     per_shard: dict[str, dict[str, int]] = {}
     for name in shard_names:
-        path = run.embedding_file(name)
-        if not path.exists():
+        path, json_path = run.embedding_file(name), run.shard_stats_file(STEP, name)
+        if path.exists():
+            s = table_metadata(path).get("stats")
+            if s is None:  # tables written before stats moved into the metadata
+                s = read_json(json_path) if json_path.exists() else {}
+        elif json_path.exists() and retryable(s := read_json(json_path)):
+            pass  # the shard could not be read last time: counted, and tried again by the next run
+        else:
             continue
-        s = table_metadata(path).get("stats")
-        if s is None:  # tables written before stats moved into the metadata
-            p = run.shard_stats_file(STEP, name)
-            s = read_json(p) if p.exists() else {}
         per_shard[name] = s
         total.update({k: v for k, v in s.items() if isinstance(v, int)})
     total["shards"] = len(per_shard)

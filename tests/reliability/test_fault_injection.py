@@ -199,9 +199,6 @@ def test_url_scheme_without_its_package_is_one_line(world: dict[str, Any], tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="curate/embed/batches.py tokenizes whole captions: open_clip's BPE is "
-                   "quadratic in word length (20k letters: 20 s), so a 1 MB one-word caption hangs embed; "
-                   "cut captions before tokenizing (curate.io.shards.caption_for_tokenizer)")
 def test_hostile_one_word_caption_does_not_hang_embed(tmp_path: Path) -> None:
     import random
 
@@ -222,8 +219,6 @@ def test_hostile_one_word_caption_does_not_hang_embed(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "run")
 
 
-@pytest.mark.xfail(strict=True, reason="curate/embed: an unreadable shard gets an empty embeddings table, which marks "
-                   "it done, so a rerun (even with --refresh) never retries it once it is readable again")
 def test_unreadable_shard_is_retried_when_readable_again(world: dict[str, Any], tmp_path: Path) -> None:
     import fsspec
 
