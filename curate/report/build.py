@@ -20,7 +20,7 @@ import pyarrow as pa
 from curate.errors import CurateError, UsageError
 from curate.report import html as h
 from curate.report import plots
-from curate.report.data import SCORE_LABELS, RunData, load_run, round_samples
+from curate.report.data import SCORE_LABELS, SCORE_SHORT, RunData, load_run, round_samples
 from curate.report.samples import (
     TRUTH_LABELS,
     Gallery,
@@ -198,8 +198,8 @@ def score_distributions(ctx: Context) -> Section:
         curves.append((sel.name, gain[ok][np.argsort(rank[ok], kind="stable")]))
     if curves:
         body += ctx.plot(plots.gain_curves(curves), "ClipCov gain by pick order", "plot-clipcov-gain")
-        body += ('<p class="legend">Each pick\'s marginal gain in the cross-covariance objective when it was picked '
-                 "(pseudo-classes are filled in turn, so the curve restarts per class).</p>")
+        body += ('<p class="legend">The score of each sample when ClipCov picked it: its marginal gain in the '
+                 "cross-covariance objective, with the redundancy discount of its pseudo-class applied so far.</p>")
         has = True
     else:
         body += h.no_data("No ClipCov selection yet: run 'curate select --method clipcov'.")
@@ -276,14 +276,14 @@ def _selection_gallery(ctx: Context, sel: Any, shards: list[str]) -> Gallery:
     g.rows = rows_in(t, shards)
     score, gain, rank = sel.column("score"), sel.column("gain"), sel.column("rank")
     clip = ctx.data.embeddings.lookup(g.rows.column("uid"))
-    label = SCORE_LABELS.get(sel.method, "score")
+    label = SCORE_SHORT.get(sel.method, "score")
     for j in choose(g.rows, ctx.options.thumbs, ctx.options.seed):
         r = {k: g.rows.column(k)[j].as_py() for k in ("uid", "shard", "key", "selected", "reason", "i")}
         i = r["i"]
         info = [f"CLIP {_fmt(clip[j])}"]
         if gain is not None and np.isfinite(gain[i]):
             info.append(f"gain {gain[i]:.3f}")
-        elif score is not None and sel.method != "clip-score":
+        elif score is not None and label:
             info.append(f"{label} {_fmt(score[i])}")
         if rank is not None and np.isfinite(rank[i]):
             info.append(f"rank {int(rank[i])}")
@@ -423,6 +423,7 @@ def build_report(
     raw = page.encode("utf-8")
     with atomic_path(path) as tmp:
         tmp.write_bytes(raw)
+        tmp.chmod(0o644)  # a page to share (the temporary file is created private)
     counts: dict[str, int] = {"samples": len(data.embeddings), "selections": len(data.selections),
                               "rounds": len(data.rounds), "plots": ctx.plots, "galleries": 0, "thumbnails": 0,
                               "shards_read": 0}

@@ -29,6 +29,13 @@ SCORE_LABELS: dict[str, str] = {
     "random": "random key",
     "semdedup": "1 - similarity to nearest duplicate",
 }
+#: The same, as a short label under gallery thumbnails (None: not worth showing there).
+SCORE_SHORT: dict[str, str | None] = {
+    "clip-score": None,  # the CLIP score is shown anyway
+    "clipcov": "u_i",
+    "random": None,
+    "semdedup": "1-dup sim",
+}
 
 
 @dataclass

@@ -108,7 +108,8 @@ def selection_scores(panels: Sequence[dict[str, Any]], bins: int = 30) -> bytes:
                 label=[g for g, _, _ in groups])
         ax.set_title(f"{p['name']} ({p['method']})", fontsize=10)
         ax.set_xlabel(p["label"], fontsize=9)
-        ax.legend(frameon=False, fontsize=8)
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # headroom for the legend
+        ax.legend(frameon=False, fontsize=8, loc="upper left", ncols=2)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     return _png(fig)
