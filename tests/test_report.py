@@ -303,6 +303,7 @@ def test_cli_json_default_path_and_errors(runs: dict[str, Path], tmp_path: Path,
     dest = tmp_path / "x" / "r.html"
     assert main(["report", "--run", run, "--out", str(dest)]) == 0
     assert capsys.readouterr().out.strip() == str(dest) and dest.read_text().startswith("<!DOCTYPE html>")
+    assert dest.stat().st_mode & 0o777 == 0o644  # readable by others, like any page to share
     cases = [(["--run", str(tmp_path / "nope")], 3, "not a curate run"),
              (["--run", run, "--thumbs", "0"], 2, "--thumbs"),
              (["--run", run, "--selection", "missing"], 3, "no selection 'missing'"),
