@@ -23,6 +23,7 @@ import pyarrow as pa
 from curate.errors import UsageError
 from curate.io.manifest import Manifest, build_manifest, write_manifest
 from curate.io.tables import write_table
+from curate.io.tarwrite import remove_dead_temps
 from curate.progress import NullProgress, Progress
 from curate.run import RunDir, read_json
 from curate.select.base import Decision, Scores, SelectContext, get_selector, resolve_budget
@@ -207,7 +208,9 @@ def run_selection(
         },
     )
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))
+    remove_dead_temps(final.parent, f".{name}.tmp-")  # left by a killed earlier attempt
+    remove_dead_temps(final.parent, f".{name}.old-")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         write_table(tmp / "scores.parquet", table)
         write_manifest(tmp / "manifest.parquet", manifest)
