@@ -17,6 +17,7 @@ Files under ``RUN/bootstrap/``:
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curate.bootstrap.data import RoundLosses, load_pool, map_losses, write_pool_cache
+from curate.bootstrap.data import RoundLosses, load_pool, map_losses, pool_cache_path, write_pool_cache
 from curate.bootstrap.methods import Decision, RoundContext, get_method, knob_names, list_methods
 from curate.errors import InputError, UsageError
-from curate.io.manifest import Manifest, build_manifest, write_manifest
+from curate.io.manifest import Manifest, build_manifest, header_path, write_manifest
 from curate.io.tables import read_parquet, write_table
 from curate.run import RunDir, read_json, write_json
 
@@ -127,6 +128,13 @@ def _resolve_config(
                 "knobs are fixed per run (rerun from round 0 or use a new run folder)"
             )
     return {k: prev[k] for k in ("method", "params", "seed", "init")}
+
+
+def _remove_stale_temps(paths: list[Path]) -> None:
+    """Temporary files of these outputs (``.<name>.*.tmp``, see ``atomic_path``) left by a killed attempt."""
+    for p in paths:
+        for tmp in p.parent.glob(f".{glob.escape(p.name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 # --- the round ----------------------------------------------------------------------------------
@@ -242,6 +250,9 @@ def bootstrap_round(
     }
 
     # Everything is decided and validated: write (each file atomically; state last).
+    outputs = [pool_cache_path(run), decisions_path(run, round_), run.manifest_file(round_),
+               header_path(run.manifest_file(round_)), snapshot_path(run, round_), state_path(run)]
+    _remove_stale_temps([*outputs, *(run.bootstrap_dir / rel for rel in dec.tables)])
     if pool.fresh:
         write_pool_cache(run, pool)
     for rel, table in sorted(dec.tables.items()):
