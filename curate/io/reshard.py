@@ -4,11 +4,16 @@ Source shards are streamed with curate's shard reader (which drops unsafe member
 other non-files), the kept samples are copied member by member (bytes unchanged) into deterministic
 tars of ``shard_size`` samples, and the count written is checked against the manifest before the
 output folder appears under its final name (everything is first written to a temporary folder).
+
+Crash safety: the temporary folder ``.<out>.tmp-<pid>`` of a killed run is removed by the next run, and
+rerunning a reshard that already completed (same manifest content, shard size and sources) finds its
+output complete and leaves it as it is, so "run it again" is always the recovery.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 from collections import Counter
@@ -24,7 +29,7 @@ from curate.errors import InputError, UsageError
 from curate.io.export import run_of_manifest
 from curate.io.manifest import read_manifest
 from curate.io.shards import expand_shards, iter_shard, shard_name
-from curate.io.tarwrite import write_tar
+from curate.io.tarwrite import remove_dead_temps, write_tar
 from curate.progress import NullProgress, Progress
 from curate.run import RunDir, write_json
 
@@ -52,6 +57,23 @@ def _source_urls(names: list[str], manifest_path: Path, shards: str | None) -> d
     if missing:
         raise InputError(f"no URL for shard {missing[0]!r} ({len(missing)} of {len(names)} shards); pass --shards SPEC")
     return {n: mapping[n] for n in names}
+
+
+def _completed(out: Path, want: dict[str, Any]) -> ReshardResult | None:
+    """The result of an earlier, finished run of this very reshard in ``out``, or None."""
+    info_path = out / RESHARD_INFO
+    if not info_path.is_file():
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or any(info.get(k) != v for k, v in want.items()):
+        return None
+    shards = info.get("shards") or []
+    if not all(isinstance(s, dict) and (out / str(s.get("name"))).is_file() for s in shards):
+        return None
+    return ReshardResult(out, int(info.get("samples", 0)), shards, bool(info.get("prefixed_keys")))
 
 
 def _samples(
@@ -82,7 +104,9 @@ def reshard(
 
     Keys are kept, unless two kept samples of different source shards share a key: then every key
     becomes ``<source shard>/<key>`` so that keys stay unique. ``out_dir/reshard.json`` records the
-    source manifest, its content hash, and the per-shard counts.
+    source manifest, its content hash, and the per-shard counts. When ``out_dir`` already holds the
+    complete output of this very reshard (same manifest content, shard size and sources), it is returned
+    as it is: rerunning after a crash is always safe.
     """
     if shard_size < 1:
         raise UsageError(f"--shard-size must be a positive integer, got {shard_size}")
@@ -90,8 +114,6 @@ def reshard(
     path = path / "manifest.parquet" if path.is_dir() else path
     manifest = read_manifest(path)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UsageError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
     table = manifest.table
     shard_col = table.column("shard").to_numpy(zero_copy_only=False)
     key_col = table.column("key").to_numpy(zero_copy_only=False)
@@ -101,6 +123,17 @@ def reshard(
     for s, k in zip(shard_col.tolist(), key_col.tolist(), strict=True):
         wanted[s].add(k)
     prefix = pc.count_distinct(table.column("key")).as_py() != table.num_rows
+    want = {"manifest": str(path.resolve()), "content_hash": manifest.header.get("content_hash"),
+            "shard_size": shard_size, "sources": [urls[n] for n in names]}
+    if out.exists() and any(out.iterdir()):
+        done = _completed(out, want) if manifest.header.get("content_hash") else None
+        if done is not None and not force:
+            return done
+        if not force:
+            raise UsageError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(out.parent, f".{out.name}.tmp-")
+    remove_dead_temps(out.parent, f".{out.name}.old-")
     progress = progress or NullProgress()
     progress.start("reshard", total=table.num_rows)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -128,18 +161,7 @@ def reshard(
                 f"{' ...' if len(pairs) > 5 else ''}{f' (reader: {drops})' if drops else ''};"
                 " check --shards points at the shards that were embedded"
             )
-        write_json(
-            tmp / RESHARD_INFO,
-            {
-                "manifest": str(path.resolve()),
-                "content_hash": manifest.header.get("content_hash"),
-                "samples": total,
-                "shard_size": shard_size,
-                "prefixed_keys": bool(prefix),
-                "shards": written,
-                "sources": [urls[n] for n in names],
-            },
-        )
+        write_json(tmp / RESHARD_INFO, {**want, "samples": total, "prefixed_keys": bool(prefix), "shards": written})
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
