@@ -308,3 +308,69 @@ def test_unreadable_shard_is_not_marked_done(tmp_path, make_shards, ckpt):
         fs.rm(url)
     assert res.failed == [] and res.samples_written == 3
     assert inspect_run(tmp_path / "run")["shard_problems"] == {}
+
+
+# --- the fast image path ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("size", "interpolation", "resize_mode"),
+    [(64, "bicubic", "shortest"), (224, "bicubic", "shortest"), (96, "bilinear", "squash"), (33, "bilinear",
+                                                                                               "shortest")],
+)
+def test_fast_transform_equals_open_clip_bit_for_bit(size, interpolation, resize_mode):
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from PIL import Image
+
+    from curate.embed.preprocess import fast_transform, normalize_pixels
+
+    cfg = PreprocessCfg(size=size, interpolation=interpolation, resize_mode=resize_mode, mean=(0.5, 0.4, 0.3),
+                        std=(0.2, 0.25, 0.3))
+    reference = image_transform_v2(cfg, is_train=False)
+    info = {"image_size": [size, size], "interpolation": interpolation, "resize_mode": resize_mode,
+            "mean": list(cfg.mean), "std": list(cfg.std)}
+    fast = fast_transform(reference, info)
+    assert fast is not None
+    rng = np.random.default_rng(size)
+    for w, h in [(50, 71), (400, 300), (size, size), (1000, 90)]:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        got = normalize_pixels(fast(img)[None], torch.tensor(info["mean"]), torch.tensor(info["std"]))[0]
+        assert torch.equal(got, reference(img)), (w, h)
+
+
+def test_fast_transform_declines_what_it_cannot_reproduce():
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from curate.embed.preprocess import fast_transform
+
+    base = {"image_size": [64, 64], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
+    longest = image_transform_v2(PreprocessCfg(size=64, resize_mode="longest"), is_train=False)
+    assert fast_transform(longest, {**base, "resize_mode": "longest"}) is None
+    # a transform that claims 'shortest' but does something else (here: another mean) is caught by the probes
+    other = image_transform_v2(PreprocessCfg(size=64, mean=(0.1, 0.2, 0.3)), is_train=False)
+    assert fast_transform(other, {**base, "resize_mode": "shortest"}) is None
+    assert fast_transform(other, {**base, "image_size": [64, 48], "resize_mode": "shortest"}) is None
+
+
+def test_fast_path_tables_equal_the_open_clip_path(tmp_path, make_shards, ckpt):
+    shards = make_shards(2, 5, size=57)
+    embed(shards, tmp_path / "fast", ckpt, draft=False)
+    embed(shards, tmp_path / "slow", ckpt, draft=False, fast_preprocess=False)
+    assert table_metadata(tmp_path / "fast" / "embeddings" / "00000.parquet")["preprocess"] == "curate-fast"
+    assert table_metadata(tmp_path / "slow" / "embeddings" / "00000.parquet")["preprocess"] == "open_clip"
+    assert run_tables(tmp_path / "fast") == run_tables(tmp_path / "slow")
+
+
+def test_draft_decoding_agrees_with_open_clip_on_large_images(tmp_path):
+    """The sample model on 256 px JPEGs: fast path with reduced-scale decoding vs open_clip's own transform."""
+    from curate.io.synthetic import make_sample
+
+    make_sample(tmp_path / "w", seed=3, n_train=48, n_test=1, shard_size=24, image_size=256)
+    shards = str(tmp_path / "w" / "train")
+    embed(shards, tmp_path / "fast", None, model="sample", pretrained=None, batch_size=16)
+    embed(shards, tmp_path / "ref", None, model="sample", pretrained=None, batch_size=16, draft=False,
+          fast_preprocess=False)
+    fast, ref = run_tables(tmp_path / "fast"), run_tables(tmp_path / "ref")
+    assert table_metadata(tmp_path / "fast" / "embeddings" / "00000.parquet")["draft_decode"] is True
+    cos = np.concatenate([(matrix(fast[s]["image_emb"]) * matrix(ref[s]["image_emb"])).sum(1) for s in ref])
+    assert len(cos) == 48 and cos.mean() >= 0.99 and cos.min() > 0.95, (cos.mean(), cos.min())
+    assert any(not np.array_equal(matrix(fast[s]["image_emb"]), matrix(ref[s]["image_emb"])) for s in ref)
+    assert all(fast[s]["text_emb"] == ref[s]["text_emb"] for s in ref)

@@ -79,6 +79,7 @@ class ShardBatches(IterableDataset):
         captions: str = "auto",
         draft_size: int | None = None,
         context_length: int = 77,
+        pixels: str = "float",
     ) -> None:
         super().__init__()
         self.urls = urls
@@ -89,6 +90,7 @@ class ShardBatches(IterableDataset):
         self.captions = captions
         self.draft_size = draft_size
         self.context_length = context_length
+        self.pixels = pixels  # what ``preprocess`` returns: "float" CHW tensors, or "uint8" HWC pixels
 
     def _batch(self, rows: list[tuple[RawSample, torch.Tensor]], has_text: bool) -> dict[str, Any]:
         samples = [r[0] for r in rows]
@@ -102,6 +104,7 @@ class ShardBatches(IterableDataset):
             "position": np.array([s.position for s in samples], dtype=np.int32),
             "content_hash": [s.content_hash for s in samples],
             "images": torch.stack([r[1] for r in rows]),
+            "pixels": self.pixels,
             "tokens": tokens,
             "text_rows": np.array(text_rows, dtype=np.int64),
         }

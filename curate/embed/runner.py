@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from curate.embed.batches import CAPTION_MODES, ShardBatches, ShardDone, WorkerFailure
+from curate.embed.preprocess import FastImageTransform, fast_transform, normalize_pixels
 from curate.embed.state import (
     STEP,
     ShardState,
@@ -35,6 +38,8 @@ from curate.run import RunDir, write_json
 
 _logger = logging.getLogger(__name__)
 _SCHEMAS = ("local-dir:", "hf-hub:")  # model names that bring their own weights
+_MAX_IN_FLIGHT = 8  # encoded batches waiting for the writer thread (bounds host and GPU memory)
+_HAS_IN_ORDER = "in_order" in inspect.signature(DataLoader).parameters
 
 
 @dataclass
@@ -53,6 +58,7 @@ class EmbedConfig:
     strict: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft: bool = True
+    fast_preprocess: bool = True
     refresh: bool = False
 
     def validate(self) -> None:
@@ -145,27 +151,75 @@ class _ShardBuffer:
         )
 
 
-def _embed_batch(model: LoadedModel, batch: dict[str, Any]) -> dict[str, Any]:
-    """Encode one decoded batch: float16 embeddings, float32 CLIP score (image · text, both unit norm)."""
-    img = model.encode_images(batch["images"]).cpu()
+def _forward(model: LoadedModel, batch: dict[str, Any], pixels: tuple[torch.Tensor, torch.Tensor] | None
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Encode one decoded batch on the model's device (asynchronously on CUDA).
+
+    Returns unit-norm image embeddings, text embeddings of the rows with a caption (or None), and the
+    row indices of those captions.
+    """
+    images = batch["images"]
+    if batch["pixels"] == "uint8":
+        assert pixels is not None
+        images = normalize_pixels(images.to(model.device, non_blocking=True), *pixels)
+        if model.device.type != "cuda":
+            images = images.contiguous()  # CPU kernels: the same memory order as open_clip's transform
+    img = model.encode_images(images)
+    rows = torch.from_numpy(np.asarray(batch["text_rows"], dtype=np.int64))
+    txt = model.encode_tokens(batch["tokens"]) if len(rows) else None
+    return img, txt, rows
+
+
+def _to_host(batch: dict[str, Any], img: torch.Tensor, txt: torch.Tensor | None, rows: torch.Tensor
+             ) -> dict[str, Any]:
+    """One encoded batch as host arrays: float16 embeddings, float32 CLIP score (image · text, unit norm)."""
+    img = img.cpu()
     n, d = img.shape
-    txt = torch.zeros(n, d)
+    full_txt = torch.zeros(n, d)
     has = np.zeros(n, dtype=bool)
-    rows = np.asarray(batch["text_rows"], dtype=np.int64)
-    if len(rows):
-        txt[torch.from_numpy(rows)] = model.encode_tokens(batch["tokens"]).cpu()
-        has[rows] = True
-    score = (img * txt).sum(-1).numpy().astype(np.float32)
+    if txt is not None:
+        full_txt[rows] = txt.cpu()
+        has[rows.numpy()] = True
+    score = (img * full_txt).sum(-1).numpy().astype(np.float32)
     return {
         "uid": batch["uid"],
         "key": batch["key"],
         "content_hash": batch["content_hash"],
         "position": np.asarray(batch["position"], dtype=np.int32),
         "image_emb": img.numpy().astype(np.float16),
-        "text_emb": txt.numpy().astype(np.float16),
+        "text_emb": full_txt.numpy().astype(np.float16),
         "has_text": has,
         "clip_score": score,
     }
+
+
+class _Outputs:
+    """Everything after the forward pass, run in one writer thread in submission order.
+
+    Copies results to the host (waiting for the GPU there, not in the loop that feeds it), gathers
+    each shard's rows, and writes its table atomically when the shard's ``ShardDone`` comes through.
+    """
+
+    def __init__(self, run: RunDir, dim: int, provenance: dict[str, Any], fingerprints: dict[str, Any]) -> None:
+        self.run, self.dim, self.provenance, self.fingerprints = run, dim, provenance, fingerprints
+        self.buffers: dict[str, _ShardBuffer] = {}
+        self.written = 0
+        self.failed: list[str] = []
+
+    def add(self, batch: dict[str, Any], img: torch.Tensor, txt: torch.Tensor | None, rows: torch.Tensor) -> None:
+        self.buffers.setdefault(batch["shard"], _ShardBuffer()).add(_to_host(batch, img, txt, rows))
+
+    def finish(self, done: ShardDone) -> None:
+        buf = self.buffers.pop(done.shard, _ShardBuffer())
+        if retryable(done.stats):  # not marked done: the next run tries the shard again
+            self.failed.append(done.shard)
+            write_json(self.run.shard_stats_file(STEP, done.shard), {**done.stats, "written": 0})
+            return
+        stats = {**done.stats, "written": buf.rows}
+        meta = {**self.provenance, "shard": done.shard, "source": self.fingerprints.get(done.shard), "stats": stats}
+        table = buf.table(done.shard, self.dim, meta)
+        _write_shard(self.run, done.shard, table, stats)
+        self.written += table.num_rows
 
 
 def _model_identity(rec: dict[str, Any]) -> tuple[Any, ...]:
@@ -186,7 +240,8 @@ def _check_compatible(prev: dict[str, Any], model: LoadedModel, cfg: EmbedConfig
                          "use the same setting or a new --run folder")
 
 
-def _provenance(model: LoadedModel, cfg: EmbedConfig, draft: int | None) -> dict[str, Any]:
+def _provenance(model: LoadedModel, cfg: EmbedConfig, draft: int | None, fast: FastImageTransform | None
+                ) -> dict[str, Any]:
     info = model.info
     return {
         "format_version": EMBEDDINGS_FORMAT_VERSION,
@@ -196,6 +251,8 @@ def _provenance(model: LoadedModel, cfg: EmbedConfig, draft: int | None) -> dict
         "precision": model.precision_name,
         "device_type": model.device.type,
         "draft_decode": bool(draft),
+        # the fast path is used only where it equals open_clip's transform bit for bit (see preprocess.py)
+        "preprocess": "curate-fast" if fast else "open_clip",
         "normalized": True,
     }
 
@@ -230,12 +287,14 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
         todo = [s for s in states if s.name in mine and (not s.done or s.name in refresh)]
         size = model.info.get("image_size")
         draft = (min(size) if isinstance(size, list) else size) if cfg.draft else None
-        provenance = _provenance(model, cfg, draft)
+        fast = fast_transform(model.preprocess, model.info) if cfg.fast_preprocess else None
+        provenance = _provenance(model, cfg, draft, fast)
         record = {**provenance, "pretrained_arg": cfg.pretrained, "draft": cfg.draft, "captions": cfg.captions}
         run.update(STEP, {**record, "shards": [s.record() for s in states]},
                    command=f"embed ({len(todo)} of {len(urls)} shards to do)")
         start = time.perf_counter()
-        written, failed = _embed_shards(run, model, cfg, todo, draft, provenance, progress) if todo else (0, [])
+        written, failed = (_embed_shards(run, model, cfg, todo, draft, provenance, progress, fast)
+                           if todo else (0, []))
         seconds = time.perf_counter() - start
         states = shard_states(run, [s.url for s in states])
         run.update(STEP, {**record, "shards": [s.record() for s in states]})
@@ -251,51 +310,45 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
 
 def _embed_shards(
     run: RunDir, model: LoadedModel, cfg: EmbedConfig, todo: list[ShardState], draft: int | None,
-    provenance: dict[str, Any], progress: Progress,
+    provenance: dict[str, Any], progress: Progress, fast: FastImageTransform | None,
 ) -> tuple[int, list[str]]:
-    """Decode in worker processes, encode in this one, write each finished shard from a writer thread."""
+    """Decode in worker processes, encode in this one, finish and write shards in a writer thread."""
     policy = ErrorPolicy(strict=cfg.strict, max_pixels=cfg.max_pixels)
-    fps = {s.name: {k: v for k, v in s.current.items() if k != "missing"} for s in todo}
-    ds = ShardBatches([s.url for s in todo], model.preprocess, model.tokenizer, cfg.batch_size, policy,
-                      cfg.captions, draft, int(model.info.get("context_length") or 77))
+    fingerprints = {s.name: {k: v for k, v in s.current.items() if k != "missing"} for s in todo}
+    ds = ShardBatches([s.url for s in todo], fast or model.preprocess, model.tokenizer, cfg.batch_size, policy,
+                      cfg.captions, draft, int(model.info.get("context_length") or 77),
+                      pixels="uint8" if fast else "float")
     workers = min(cfg.workers, len(todo))
     loader = DataLoader(
         ds, batch_size=None, num_workers=workers, collate_fn=_identity,
         pin_memory=model.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
+        **({"in_order": False} if workers > 1 and _HAS_IN_ORDER else {}),
     )
-    buffers: dict[str, _ShardBuffer] = {}
-    pending: list[Future[None]] = []
-    written = 0
-    failed: list[str] = []
+    pixels = None
+    if fast:
+        pixels = (torch.tensor(model.info["mean"], device=model.device),
+                  torch.tensor(model.info["std"], device=model.device))
+    outputs = _Outputs(run, model.embed_dim, provenance, fingerprints)
+    queue: deque[Future[None]] = deque()
     progress.start("embed", total=None, unit="img")
     try:
-        with ThreadPoolExecutor(max_workers=1) as writer:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate-embed-out") as writer:
             for item in loader:
                 if isinstance(item, WorkerFailure):
                     item.reraise()
-                if isinstance(item, ShardDone) and retryable(item.stats):
-                    buffers.pop(item.shard, None)  # not marked done: the next run tries the shard again
-                    failed.append(item.shard)
-                    pending.append(writer.submit(write_json, run.shard_stats_file(STEP, item.shard),
-                                                 {**item.stats, "written": 0}))
-                    continue
                 if isinstance(item, ShardDone):
-                    buf = buffers.pop(item.shard, _ShardBuffer())
-                    stats = {**item.stats, "written": buf.rows}
-                    meta = {**provenance, "shard": item.shard, "source": fps.get(item.shard), "stats": stats}
-                    table = buf.table(item.shard, model.embed_dim, meta)
-                    written += table.num_rows
-                    pending.append(writer.submit(_write_shard, run, item.shard, table, stats))
-                    pending = [f for f in pending if not f.done() or f.result()]
-                    continue
-                buffers.setdefault(item["shard"], _ShardBuffer()).add(_embed_batch(model, item))
-                progress.advance(len(item["uid"]))
-            for f in pending:
-                f.result()
+                    queue.append(writer.submit(outputs.finish, item))
+                else:
+                    queue.append(writer.submit(outputs.add, item, *_forward(model, item, pixels)))
+                    progress.advance(len(item["uid"]))
+                while queue and (queue[0].done() or len(queue) > _MAX_IN_FLIGHT):
+                    queue.popleft().result()  # re-raises a writer error here
+            while queue:
+                queue.popleft().result()
     finally:
         progress.finish()
-    return written, failed
+    return outputs.written, outputs.failed
 
 
 def _write_shard(run: RunDir, shard: str, table: pa.Table, stats: dict[str, int]) -> None:
