@@ -1,0 +1,670 @@
+"""Does curation pay off in training? Zero-shot accuracy of a tiny CLIP trained from scratch on each subset.
+
+In the synthetic world (``curate.io.synthetic``: 30 Zipf-sized classes, 20% mismatched captions, 8%
+exact/near duplicates, 5% uninformative captions, a clean class-balanced test split) the pool is
+embedded with a *proxy* model (the built-in ``sample`` tiny CLIP, trained on a different world, seed 0),
+the static selections are made from those embeddings (random, clip-score, semdedup, clipcov at the same
+budgets), and a tiny CLIP is trained from random init on each arm with the reference trainer's round
+protocol (``curate.trainer.cached``: the pool is decoded once into memory). Dynamic arms (SCAN,
+InfoBatch, ClipCov + SCAN) get each round's manifest from ``bootstrap_round`` and hand back per-sample
+losses with ``LossRecorder``. Every arm uses the same optimiser, learning-rate schedule and number of
+epochs, so compute (sample-epochs seen) is proportional to what the arm keeps.
+
+Reported: zero-shot top-1 on the clean test split (mean ± std over seeds; a seed drives model init,
+shuffling and the random subsets), sample-epochs seen (and % of full data), the ground-truth
+composition of every static subset and of the sample-epochs each arm trained on.
+
+    python benchmarks/quality.py --quick                   # < 20 min on 2 cores: 1 seed, 5 arms, small pool
+    python benchmarks/quality.py                           # the BENCHMARKS table: 3 seeds, every arm (hours)
+    python benchmarks/quality.py --jobs 2                  # two single-threaded training processes
+
+Finished runs are kept in the results JSON, so a rerun (after a crash, or with more --seeds) only
+trains what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import metric, write_summary  # noqa: E402
+
+ARCH = "curate-quality-tiny"
+#: Everything from this line on in the results markdown is kept when the tables are regenerated.
+ANALYSIS_MARKER = "<!-- analysis (kept when the tables are regenerated) -->"
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training arm: a static selection, or a bootstrap method (optionally started from a selection)."""
+
+    name: str
+    kind: str  # "static" | "bootstrap"
+    selection: str | None = None  # static: selection name ("{seed}" is replaced); bootstrap: --init
+    method: str | None = None  # bootstrap method
+    knobs: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    epochs_scale: float = 1.0  # > 1: train this many times the setup's epochs (equal-compute diagnostics)
+
+
+@dataclass
+class Setup:
+    """Everything that decides the numbers (hashed into the results file; a change starts afresh)."""
+
+    world_seed: int = 1
+    n_train: int = 20000
+    n_test: int = 3000
+    image_size: int = 64  # of the generated JPEGs
+    train_image_size: int = 32  # input size of the model trained from scratch (same for every arm)
+    proxy: str = "sample"
+    fractions: tuple[float, ...] = (0.3, 0.5)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    lr_warmup: float = 1.0
+    threads: int = 1
+    arms: tuple[str, ...] = ()
+
+    def key(self) -> str:
+        d = asdict(self)
+        d.pop("arms")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pct(f: float) -> str:
+    return f"{round(f * 100)}"
+
+
+def all_arms(setup: Setup) -> dict[str, Arm]:
+    """Every arm the benchmark knows, by name."""
+    arms = [Arm("full", "bootstrap", method="none", label="full data (bootstrap --method none)")]
+    for f in setup.fractions:
+        p = pct(f)
+        arms += [
+            Arm(f"random{p}", "static", selection=f"random{p}-s{{seed}}", label=f"random {p}%"),
+            Arm(f"clip-score{p}", "static", selection=f"clip-score{p}", label=f"clip-score {p}%"),
+            Arm(f"semdedup{p}", "static", selection=f"semdedup{p}", label=f"semdedup {p}%"),
+            Arm(f"clipcov{p}", "static", selection=f"clipcov{p}", label=f"clipcov {p}% (world class names)"),
+            Arm(f"clipcov-kmeans{p}", "static", selection=f"clipcov-kmeans{p}", label=f"clipcov {p}% (kmeans:30)"),
+        ]
+    arms += [
+        Arm("scan", "bootstrap", method="scan", label="SCAN (ρ 0.3/0.3, plateau warm-up)"),
+        Arm("scan-rho0.4", "bootstrap", method="scan", knobs={"rho_max": 0.4, "rho_min": 0.4},
+            label="SCAN (ρ 0.4/0.4, plateau warm-up)"),
+        Arm("infobatch", "bootstrap", method="infobatch", knobs={"total_rounds": setup.epochs},
+            label="InfoBatch (prune 0.5, δ 0.875)"),
+    ]
+    for f in setup.fractions:  # equal compute: a subset trained for epochs / fraction (as many steps as full)
+        p = pct(f)
+        for m in ("random", "clip-score", "clipcov"):
+            sel = f"{m}{p}-s{{seed}}" if m == "random" else f"{m}{p}"
+            arms.append(Arm(f"{m}{p}-eqc", "static", selection=sel, epochs_scale=1 / f,
+                            label=f"{m} {p}%, {round(setup.epochs / f)} epochs (equal compute)"))
+    if 0.5 in setup.fractions:
+        arms.append(Arm("clipcov50+scan", "bootstrap", selection="clipcov50", method="scan",
+                        label="clipcov 50% start + SCAN"))
+    return {a.name: a for a in arms}
+
+
+#: In the order they are trained (arm-major, so the arms the claims rest on get every seed first).
+FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup30", "random50", "clip-score50",
+             "clipcov50", "semdedup50", "infobatch", "clipcov50+scan", "scan-rho0.4")
+QUICK_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan")
+
+
+def selection_plans(
+    setup: Setup, seeds: list[int], classes: Path
+) -> list[tuple[str, str, float, dict[str, Any], int]]:
+    """(name, method, fraction, options, seed) of every static selection an arm may need."""
+    plans = []
+    for f in setup.fractions:
+        p = pct(f)
+        plans += [(f"random{p}-s{s}", "random", f, {}, s) for s in seeds]
+        plans += [
+            (f"clip-score{p}", "clip-score", f, {}, 0),
+            (f"semdedup{p}", "semdedup", f, {}, 0),
+            (f"clipcov{p}", "clipcov", f, {"classes": str(classes)}, 0),
+            (f"clipcov-kmeans{p}", "clipcov", f, {"partition": "kmeans:30"}, 0),
+        ]
+    return plans
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup: world, proxy embeddings, selections, caches
+
+
+def model_config(setup: Setup) -> dict[str, Any]:
+    """The built-in tiny CLIP architecture (``shards/tiny-clip/curate-tiny.json``) at the training image size."""
+    from curate.models import sample_model_paths
+
+    cfg = json.loads(sample_model_paths()[0].read_text())
+    cfg["vision_cfg"]["image_size"] = setup.train_image_size
+    return cfg
+
+
+def log(msg: str) -> None:
+    print(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def prepare(setup: Setup, seeds: list[int], work: Path, arms: list[Arm]) -> dict[str, Any]:
+    """World → proxy embeddings → selections → training/test caches, each skipped when already there."""
+    from curate.embed import EmbedConfig, run_embed
+    from curate.evaluate import load_labelled_split, subset_truth_metrics
+    from curate.io.manifest import read_manifest
+    from curate.io.shards import expand_shards
+    from curate.io.synthetic import make_sample, read_truth
+    from curate.models import load_model, register_model_config
+    from curate.select import run_selection
+    from curate.trainer.cached import SampleCache
+
+    timings: dict[str, float] = {}
+    world = work / "world"
+    params = {"seed": setup.world_seed, "n_train": setup.n_train, "n_test": setup.n_test,
+              "image_size": setup.image_size}
+    t0 = time.perf_counter()
+    wj = world / "world.json"
+    have = json.loads(wj.read_text()) if wj.exists() else None
+    if have is None or {k: have["params"].get(k, have.get(k)) for k in params} != params:
+        log(f"generating the world {params} in {world}")
+        make_sample(world, seed=setup.world_seed, n_train=setup.n_train, n_test=setup.n_test,
+                    shard_size=2000, image_size=setup.image_size)
+        shutil.rmtree(work / "run", ignore_errors=True)  # embeddings of another world
+        for stale in work.glob("cache-*.npz"):
+            stale.unlink()
+    timings["world"] = time.perf_counter() - t0
+    train_shards = expand_shards(str(world / "train"))
+    classes = world / "classnames.txt"
+
+    t0 = time.perf_counter()
+    run = work / "run"
+    emb = run_embed(EmbedConfig(shards=train_shards, run=str(run), model=setup.proxy, device="cpu", workers=0))
+    timings["embed"] = time.perf_counter() - t0
+    log(f"proxy embeddings: {emb.samples_written} new rows ({emb.seconds:.0f}s)")
+
+    needed = {a.selection for a in arms if a.selection}
+    truth = read_truth(train_shards)
+    selections: dict[str, Any] = {"pool": subset_truth_metrics(truth.column("uid").combine_chunks(), truth)}
+    t0 = time.perf_counter()
+    for name, method, fraction, opts, seed in selection_plans(setup, seeds, classes):
+        if not any(n.replace("{seed}", str(seed)) == name for n in needed):
+            continue
+        path = run / "selections" / name / "manifest.parquet"
+        if not path.exists():
+            ts = time.perf_counter()
+            run_selection(run, method, fraction=fraction, name=name,
+                          seed=seed, options=opts, device="cpu", force=True,
+                          command=f"benchmarks/quality.py ({method})")
+            log(f"selection {name}: {time.perf_counter() - ts:.1f}s")
+        uids = read_manifest(path).table.column("uid").combine_chunks()
+        selections[name] = subset_truth_metrics(uids, truth)
+    timings["select"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    register_model_config(ARCH, model_config(setup))
+    loaded = load_model(ARCH, None, device="cpu", precision="fp32")
+    cache_path = work / f"cache-train-{setup.train_image_size}.npz"
+    if not cache_path.exists():
+        log("decoding the pool into the training cache")
+        SampleCache.build(train_shards, loaded).save(cache_path)
+    test_path = work / f"cache-test-{setup.train_image_size}.npz"
+    if not test_path.exists():
+        names = classes.read_text().splitlines()
+        images, labels = load_labelled_split(loaded, str(world / "test"), names)
+        np.savez(test_path, images=images.numpy(), labels=labels)
+    truth_path = work / "truth.npz"
+    if not truth_path.exists():
+        cache = SampleCache.load(cache_path)
+        row = cache.rows(truth.column("uid").to_numpy(zero_copy_only=False))
+        n = len(cache)
+        mism, dup, unin = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+        mism[row] = truth.column("mismatched").to_numpy(zero_copy_only=False)
+        dup[row] = truth.column("duplicate_of").is_valid().to_numpy(zero_copy_only=False)
+        unin[row] = truth.column("uninformative").to_numpy(zero_copy_only=False)
+        np.savez(truth_path, mismatched=mism, duplicate=dup, uninformative=unin)
+    timings["cache"] = time.perf_counter() - t0
+    return {"selections": selections, "timings": timings, "world": params}
+
+
+# --------------------------------------------------------------------------------------------------
+# One training run (in a worker process)
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def _arm_run_dir(work: Path, arm: Arm, seed: int) -> Path:
+    """A fresh bootstrap run folder sharing the main run's proxy embeddings (a crashed run restarts)."""
+    d = work / "arms" / f"{arm.name}-s{seed}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    shutil.copy(work / "run" / "run.json", d / "run.json")
+    (d / "embeddings").symlink_to((work / "run" / "embeddings").resolve(), target_is_directory=True)
+    return d
+
+
+def train_arm(setup_d: dict[str, Any], arm_d: dict[str, Any], seed: int, work_s: str) -> dict[str, Any]:
+    """Train one arm with one seed from random init; zero-shot accuracy and what it trained on."""
+    import torch
+
+    torch.set_num_threads(setup_d["threads"])
+    from curate.evaluate import zero_shot_accuracy
+    from curate.io.manifest import read_manifest
+    from curate.models import load_model, register_model_config
+    from curate.trainer.cached import CachedTrainConfig, SampleCache, bootstrap_plan, static_plan, train_cached
+
+    setup = Setup(**{**setup_d, "fractions": tuple(setup_d["fractions"]), "arms": tuple(setup_d["arms"])})
+    arm = Arm(**arm_d)
+    work = Path(work_s)
+    t0 = time.perf_counter()
+    if "train" not in _CACHE:
+        _CACHE["train"] = SampleCache.load(work / f"cache-train-{setup.train_image_size}.npz")
+        with np.load(work / f"cache-test-{setup.train_image_size}.npz") as z:
+            _CACHE["test"] = (torch.from_numpy(z["images"]), z["labels"])
+        with np.load(work / "truth.npz") as z:
+            _CACHE["truth"] = {k: z[k] for k in z.files}
+    cache, (test_x, test_y), truth = _CACHE["train"], _CACHE["test"], _CACHE["truth"]
+    world = work / "world"
+    names = (world / "classnames.txt").read_text().splitlines()
+    templates = [t for t in (world / "templates.txt").read_text().splitlines() if t.strip()]
+
+    register_model_config(ARCH, model_config(setup))
+    torch.manual_seed(seed)
+    loaded = load_model(ARCH, None, device="cpu", precision="fp32")
+    run_dir = None
+    if arm.kind == "static":
+        sel = (arm.selection or "").replace("{seed}", str(seed))
+        plan = static_plan(read_manifest(work / "run" / "selections" / sel / "manifest.parquet"))
+    else:
+        run_dir = _arm_run_dir(work, arm, seed)
+        init = str(work / "run" / "selections" / arm.selection / "manifest.parquet") if arm.selection else None
+        plan = bootstrap_plan(run_dir, arm.method or "none", dict(arm.knobs), seed=seed, init=init,
+                              command=f"benchmarks/quality.py ({arm.name})")
+    cfg = CachedTrainConfig(rounds=round(setup.epochs * arm.epochs_scale), batch_size=setup.batch_size, lr=setup.lr,
+                            weight_decay=setup.weight_decay, warmup=setup.lr_warmup, seed=seed)
+
+    rounds: list[dict[str, Any]] = []
+    defect = {"mismatched": 0, "duplicate": 0, "uninformative": 0}
+
+    def plan_and_count(r: int) -> Any:
+        p = plan(r)
+        rows = cache.rows(p.manifest.table.column("uid").to_numpy(zero_copy_only=False))
+        for k in defect:
+            defect[k] += int(truth[k][rows].sum())
+        rounds.append({"round": r, "phase": p.phase, "kept": len(rows),
+                       "rho_cur": p.summary.get("rho_cur"), "candidates": (p.summary.get("candidates") or {})})
+        return p
+
+    logs = train_cached(loaded, cache, cfg, plan_and_count, run=run_dir)
+    for rd, lg in zip(rounds, logs, strict=True):
+        rd.update(samples=lg.samples, mean_loss=round(lg.mean_loss, 4))
+    acc = zero_shot_accuracy(loaded, test_x, test_y, names, templates)
+    seen = sum(lg.samples for lg in logs)
+    out: dict[str, Any] = {
+        "arm": arm.name, "seed": seed, "zero_shot": acc, **error_breakdown(loaded, test_x, test_y, names, templates,
+                                                                           work), "sample_epochs": seen,
+        "full_sample_epochs": len(cache) * setup.epochs, "epochs": cfg.rounds,
+        "defect_share": {k: v / max(seen, 1) for k, v in defect.items()},
+        "rounds": rounds, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if run_dir is not None and arm.method == "scan":
+        from curate.bootstrap import load_state
+
+        st = load_state(run_dir) or {}
+        out["warmup_end"] = (st.get("method_state") or {}).get("warmup_end")
+        out["candidate_truth"] = candidate_truth(run_dir, cache, truth)
+    if run_dir is not None:
+        shutil.rmtree(run_dir / "losses", ignore_errors=True)  # the bulk; manifests and state stay for inspection
+    return out
+
+
+def error_breakdown(
+    loaded: Any, images: Any, labels: np.ndarray, names: list[str], templates: list[str], work: Path
+) -> dict[str, float]:
+    """Colour and shape accuracy of the zero-shot predictions, and top-1 on the head and tail classes.
+
+    A class is ``"<colour> <shape>"``; head = the 10 most frequent classes of the training pool, tail = the
+    10 rarest (Zipf ranks from world.json). The test split is balanced, so the tail weighs as much as the head.
+    """
+    import torch
+
+    with torch.no_grad():
+        cls = loaded.zeroshot_classifier(names, templates)
+        feats = torch.cat([loaded.encode_images(images[i : i + 512]) for i in range(0, len(images), 512)])
+        pred = (feats @ cls.T).argmax(1).numpy()
+    colour = np.array([n.split()[0] for n in names])
+    shape = np.array([n.split()[-1] for n in names])
+    ranks = {c["class_id"]: c["zipf_rank"] for c in json.loads((work / "world" / "world.json").read_text())["classes"]}
+    rank = np.array([ranks[int(y)] for y in labels])
+    head, tail = rank < 10, rank >= len(names) - 10
+    ok = pred == labels
+    return {
+        "colour_acc": float((colour[pred] == colour[labels]).mean()),
+        "shape_acc": float((shape[pred] == shape[labels]).mean()),
+        "head_acc": float(ok[head].mean()),
+        "tail_acc": float(ok[tail].mean()),
+    }
+
+
+def candidate_truth(run_dir: Path, cache: Any, truth: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Ground truth of SCAN's candidates over every scored preparation round."""
+    import pyarrow.compute as pc
+
+    from curate.bootstrap import history
+
+    h = history(run_dir)
+    h = h.filter(pc.is_valid(h.column("candidate")))
+    if h.num_rows == 0:
+        return {}
+    # history lists candidates once per mutation round; keep each preparation round's set once
+    h = h.filter(pc.equal(h.column("round"), pc.min(h.column("round"))))
+    rows = cache.rows(h.column("uid").to_numpy(zero_copy_only=False))
+    kind = h.column("candidate").cast("string").to_numpy(zero_copy_only=False)
+    ill = np.isin(kind, ["ill_matched", "both"])
+    red = np.isin(kind, ["redundant", "both"])
+    m, d = truth["mismatched"][rows], truth["duplicate"][rows]
+    return {
+        "candidates": len(rows),
+        "ill_matched": int(ill.sum()),
+        "ill_matched_mismatched": float(m[ill].mean()) if ill.any() else None,
+        "ill_matched_recall_of_mismatched": float(m[ill].sum() / max(truth["mismatched"].sum(), 1)),
+        "redundant": int(red.sum()),
+        "redundant_duplicate": float(d[red].mean()) if red.any() else None,
+        "redundant_mismatched": float(m[red].mean()) if red.any() else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Results file and report
+
+
+def load_results(path: Path, setup: Setup, fresh: bool) -> dict[str, Any]:
+    """The finished runs of this setup in ``path`` (a file of another setup is replaced only with --fresh)."""
+    if path.exists() and not fresh:
+        res = json.loads(path.read_text())
+        if res.get("setup_key") != setup.key():
+            sys.exit(f"{path} holds results of another setup (key {res.get('setup_key')}, this one {setup.key()}); "
+                     "pass --fresh to replace them or --out elsewhere")
+        if "invocations" not in res and "wall_seconds" in res:  # written before invocations were listed
+            res["invocations"] = [{k: res[k] for k in ("date", "wall_seconds", "jobs", "load_start", "load_end")}
+                                  | {"trained": len(res["runs"])}]
+        return res
+    return {"setup_key": setup.key(), "setup": asdict(setup), "runs": {}}
+
+
+def save_results(path: Path, res: dict[str, Any]) -> None:
+    from curate.run import write_json
+
+    write_json(path, res)
+
+
+def stats(values: list[float]) -> tuple[float, float, int]:
+    a = np.asarray(values, np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan"), len(a)
+
+
+def fmt_pm(values: list[float], scale: float = 100.0) -> str:
+    if not values:
+        return "–"
+    m, s, n = stats(values)
+    return f"{m * scale:.1f} ± {s * scale:.1f}" if n > 1 else f"{m * scale:.1f}"
+
+
+def arm_runs(res: dict[str, Any], arm: str, seeds: list[int]) -> list[dict[str, Any]]:
+    return [res["runs"][k] for s in seeds if (k := f"{arm}/s{s}") in res["runs"]]
+
+
+def paired(res: dict[str, Any], a: str, b: str, seeds: list[int]) -> list[float]:
+    """Per-seed differences a - b (same seed: same init and shuffling seeds)."""
+    out = []
+    for s in seeds:
+        ra, rb = res["runs"].get(f"{a}/s{s}"), res["runs"].get(f"{b}/s{s}")
+        if ra and rb:
+            out.append(ra["zero_shot"] - rb["zero_shot"])
+    return out
+
+
+def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, Arm], cmd: str) -> str:
+    full = arm_runs(res, "full", seeds)
+    full_acc = [r["zero_shot"] for r in full]
+    lines = [
+        "# Quality benchmark: training from scratch on curated data",
+        "",
+        f"Command: `{cmd}`  ",
+        f"Date: {res.get('date', '?')}; machine: {res.get('machine', '?')}, shared with other work; "
+        f"{setup.threads} torch thread per training process. Invocations that produced these results: "
+        + "; ".join(f"{i['date']}: {i['wall_seconds'] / 60:.1f} min wall, {i['trained']} runs trained, "
+                    f"{i['jobs']} process(es), load average {i['load_start']} → {i['load_end']}"
+                    for i in res.get("invocations", [])) + ".",
+        "",
+        f"World: `make_sample(seed={setup.world_seed}, n_train={setup.n_train}, n_test={setup.n_test}, "
+        f"image_size={setup.image_size})`, 30 classes. Proxy for static selection: `--model {setup.proxy}` "
+        f"(the built-in tiny CLIP, trained on the seed-0 world). Trained model: the same tiny CLIP architecture "
+        f"from random init at {setup.train_image_size} px; AdamW lr {setup.lr:g} (wd {setup.weight_decay:g}), "
+        f"{setup.lr_warmup:g}-epoch linear warm-up then cosine (indexed by epoch fraction), batch {setup.batch_size}, "
+        f"{setup.epochs} epochs for every arm. Seeds: {', '.join(map(str, seeds))}.",
+        "",
+        "## Zero-shot top-1 on the clean test split",
+        "",
+        "| arm | zero-shot top-1 % (mean ± std) | Δ vs full (paired) | sample-epochs (% of full) "
+        "| mismatched / duplicate / uninformative share of sample-epochs |",
+        "|---|---|---|---|---|",
+    ]
+    for name, arm in arms.items():
+        runs = arm_runs(res, name, seeds)
+        if not runs:
+            continue
+        acc = [r["zero_shot"] for r in runs]
+        se = [r["sample_epochs"] / r["full_sample_epochs"] for r in runs]
+        d = paired(res, name, "full", seeds) if name != "full" else []
+        ds = {k: np.mean([r["defect_share"][k] for r in runs]) for k in ("mismatched", "duplicate", "uninformative")}
+        lines.append(
+            f"| {arm.label} | {fmt_pm(acc)} (n={len(acc)}) | {fmt_pm(d) if d else '–'} | "
+            f"{np.mean([r['sample_epochs'] for r in runs]):,.0f} ({np.mean(se) * 100:.1f}%) | "
+            f"{ds['mismatched'] * 100:.1f} / {ds['duplicate'] * 100:.1f} / {ds['uninformative'] * 100:.1f} % |"
+        )
+    lines += ["", f"Chance: {100 / 30:.1f}%. Full data mean: {fmt_pm(full_acc)}.", ""]
+
+    lines += ["## Where the errors are (means over seeds)", "",
+              "Colour / shape: share of test images whose predicted class has the right colour / shape. Head / "
+              "tail: top-1 on the 10 most / least frequent classes of the (Zipf) training pool; the test split "
+              "is balanced.", "",
+              "| arm | colour % | shape % | head top-1 % | tail top-1 % |", "|---|---|---|---|---|"]
+    for name, arm in arms.items():
+        runs = [r for r in arm_runs(res, name, seeds) if "shape_acc" in r]
+        if runs:
+            m = {k: np.mean([r[k] for r in runs]) * 100 for k in ("colour_acc", "shape_acc", "head_acc", "tail_acc")}
+            lines.append(f"| {arm.label} | {m['colour_acc']:.1f} | {m['shape_acc']:.1f} | {m['head_acc']:.1f} | "
+                         f"{m['tail_acc']:.1f} |")
+    lines.append("")
+
+    lines += ["## Paired differences (per seed, same init and shuffling seeds)", "",
+              "| comparison | Δ top-1 points (mean ± std over seeds) | per seed |", "|---|---|---|"]
+    for f in setup.fractions:
+        p = pct(f)
+        for a, b in ((f"clipcov{p}", f"random{p}"), (f"clipcov{p}", f"clip-score{p}"),
+                     (f"clipcov{p}", f"semdedup{p}"), (f"clipcov-kmeans{p}", f"random{p}")):
+            d = paired(res, a, b, seeds)
+            if d:
+                lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
+    for f in setup.fractions:
+        p = pct(f)
+        for a, b in ((f"clipcov{p}-eqc", f"random{p}-eqc"), (f"clipcov{p}-eqc", f"clip-score{p}-eqc")):
+            d = paired(res, a, b, seeds)
+            if d:
+                lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
+    eqc = [f"{m}{pct(f)}-eqc" for f in setup.fractions for m in ("random", "clip-score", "clipcov")]
+    for a in ("scan", "scan-rho0.4", "infobatch", "clipcov50+scan", "clipcov50", "random50", *eqc):
+        d = paired(res, a, "full", seeds)
+        if d:
+            lines.append(f"| {a} − full | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
+    lines.append("")
+
+    sels = res.get("selections", {})
+    if sels:
+        lines += ["## Ground truth of the static subsets (proxy embeddings)", "",
+                  "| subset | kept | mismatched % | duplicates % | uninformative % | class entropy | "
+                  "min / max class share % |", "|---|---|---|---|---|---|---|"]
+        for name, m in sels.items():
+            lines.append(f"| {name} | {m['kept']:,} | {m['mismatched'] * 100:.1f} | {m['duplicates'] * 100:.1f} | "
+                         f"{m['uninformative'] * 100:.1f} | {m['entropy']:.3f} | "
+                         f"{m['min_share'] * 100:.2f} / {m['max_share'] * 100:.1f} |")
+        lines.append("")
+
+    dyn = [(n, r) for n in arms for r in arm_runs(res, n, seeds) if arms[n].kind == "bootstrap" and n != "full"]
+    if dyn:
+        lines += ["## Dynamic arms, round by round (first seed)", ""]
+        shown = set()
+        for n, r in dyn:
+            if n in shown:
+                continue
+            shown.add(n)
+            kept = " ".join(f"{rd['kept'] / (r['full_sample_epochs'] / setup.epochs) * 100:.0f}" for rd in r["rounds"])
+            extra = f"; warm-up ended before round {r.get('warmup_end')}" if "warmup_end" in r else ""
+            lines.append(f"- **{n}** (seed {r['seed']}): % of the pool kept per round: {kept}{extra}.")
+            ct = r.get("candidate_truth") or {}
+            if ct:
+                lines.append(
+                    f"  First scored preparation round: {ct['ill_matched']:,} ill-matched candidates, "
+                    f"{(ct['ill_matched_mismatched'] or 0) * 100:.0f}% of them truly mismatched "
+                    f"(recall of all mismatched samples {ct['ill_matched_recall_of_mismatched'] * 100:.0f}%); "
+                    f"{ct['redundant']:,} redundant candidates, "
+                    f"{(ct['redundant_duplicate'] or 0) * 100:.0f}% duplicates, "
+                    f"{(ct['redundant_mismatched'] or 0) * 100:.0f}% mismatched."
+                )
+        lines.append("")
+    t = res.get("timings", {})
+    if t:
+        lines += ["## Timing", "",
+                  "Setup (s, this invocation; 0 when reused): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()) + ".",
+                  "Training seconds per run (mean over seeds): " + ", ".join(
+                      f"{n} {np.mean([r['seconds'] for r in arm_runs(res, n, seeds)]):.0f}"
+                      for n in arms if arm_runs(res, n, seeds)) + ".", ""]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="1 seed, arms full/random30/clip-score30/clipcov30/scan, 6k pool, 8 epochs (< 20 min)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2; quick: 0)")
+    ap.add_argument("--arms", nargs="+", default=None, help="arm names (default: all; see the results file)")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--n-train", type=int, default=None)
+    ap.add_argument("--n-test", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=1, help="parallel training processes (1 torch thread each)")
+    ap.add_argument("--workdir", default=None, help="world, embeddings, caches (default /tmp/curate-quality[-quick])")
+    ap.add_argument("--out", default=None, help="results markdown (default benchmarks/results/quality.md; "
+                    "quick: WORKDIR/quality.md); the JSON goes next to it")
+    ap.add_argument("--fresh", action="store_true", help="discard finished runs in the results JSON")
+    ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
+    args = ap.parse_args()
+
+    t_start = time.perf_counter()
+    load_start = load_average()
+    quick = args.quick
+    setup = Setup(
+        n_train=args.n_train or (6000 if quick else 20000),
+        n_test=args.n_test or (1500 if quick else 3000),
+        epochs=args.epochs or (8 if quick else 10),
+        fractions=(0.3,) if quick else (0.3, 0.5),
+    )
+    seeds = args.seeds if args.seeds is not None else ([0] if quick else [0, 1, 2])
+    known = all_arms(setup)
+    chosen = args.arms or list(QUICK_ARMS if quick else FULL_ARMS)
+    bad = [a for a in chosen if a not in known]
+    if bad:
+        sys.exit(f"unknown arm(s) {', '.join(bad)}; known: {', '.join(known)}")
+    setup.arms = tuple(chosen)
+    arms = {n: known[n] for n in known if n in chosen}
+    work = Path(args.workdir or ("/tmp/curate-quality-quick" if quick else "/tmp/curate-quality"))
+    work.mkdir(parents=True, exist_ok=True)
+    out_md = Path(args.out) if args.out else (work / "quality.md" if quick else ROOT / "benchmarks/results/quality.md")
+    out_json = out_md.with_suffix(".json")
+
+    res = load_results(out_json, setup, args.fresh)
+    prep = prepare(setup, seeds, work, list(arms.values()))
+    res["selections"] = prep["selections"]
+    res["world"] = prep["world"]
+    todo = [(n, s) for n in chosen for s in seeds if f"{n}/s{s}" not in res["runs"]]
+    log(f"{len(todo)} training runs to do ({len(arms) * len(seeds) - len(todo)} cached in {out_json})")
+    t_train = time.perf_counter()
+    setup_d = asdict(setup)
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
+        futs = {pool.submit(train_arm, setup_d, asdict(arms[n]), s, str(work)): (n, s) for n, s in todo}
+        for fut in as_completed(futs):
+            n, s = futs[fut]
+            r = fut.result()
+            res["runs"][f"{n}/s{s}"] = r
+            save_results(out_json, res)
+            log(f"{n} seed {s}: zero-shot {r['zero_shot'] * 100:.1f}%, "
+                f"{r['sample_epochs'] / r['full_sample_epochs'] * 100:.0f}% of full sample-epochs, {r['seconds']:.0f}s")
+    res["timings"] = {**prep["timings"], "training": time.perf_counter() - t_train}
+    res["wall_seconds"] = time.perf_counter() - t_start
+    res["jobs"] = args.jobs
+    res["load_start"], res["load_end"] = load_start, load_average()
+    res["date"] = dt.date.today().isoformat()
+    res["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} " \
+                     f"{platform.python_version()}"
+    res.setdefault("invocations", []).append(
+        {k: res[k] for k in ("date", "wall_seconds", "jobs", "load_start", "load_end")} | {"trained": len(todo)}
+    )
+    save_results(out_json, res)
+    cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    kept = ""  # hand-written analysis below the marker survives a rerun
+    if out_md.exists() and ANALYSIS_MARKER in (text := out_md.read_text()):
+        kept = text[text.index(ANALYSIS_MARKER):]
+    out_md.write_text(render(res, setup, seeds, arms, cmd.strip()) + ("\n" + kept if kept else ""))
+    log(f"wrote {out_md} and {out_json} ({res['wall_seconds'] / 60:.1f} min)")
+
+    def mean_acc(name: str) -> float | None:
+        runs = arm_runs(res, name, seeds)
+        return float(np.mean([r["zero_shot"] for r in runs])) if runs else None
+
+    figures = []
+    for name in ("full", "random30", "clip-score30", "clipcov30", "scan"):
+        v = mean_acc(name)
+        if v is not None:
+            figures.append(metric(f"zero_shot_{name.replace('-', '_')}", v * 100, "%", "higher"))
+    scan = arm_runs(res, "scan", seeds)
+    if scan:
+        share = 100 * np.mean([r["sample_epochs"] / r["full_sample_epochs"] for r in scan])
+        figures.append(metric("scan_sample_epoch_share", share, "%", "lower"))
+    figures.append(metric("wall_time", res["wall_seconds"], "s", "lower"))
+    write_summary(args.summary_json, "quality", figures)
+
+
+if __name__ == "__main__":
+    main()
