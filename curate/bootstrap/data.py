@@ -158,7 +158,24 @@ def load_pool(run_root: str | os.PathLike[str], init: str | None = None) -> Pool
         raise InputError(f"the pool of {run.root} ({source}) is empty")
     if pc.count_distinct(table.column("uid")).as_py() != table.num_rows:
         raise InputError(f"the pool of {run.root} ({source}) has duplicate uids; re-embed or fix the selection")
+    if init is not None:
+        _check_embedded(run, table, files[0])
     return Pool(table, source, hash_strings(table.column("uid")), fp, fresh=True)
+
+
+def _check_embedded(run: RunDir, table: pa.Table, manifest: Path) -> None:
+    """An ``--init`` manifest must hold samples of this run (not, say, a manifest of another run)."""
+    emb = embedding_files(run.root)
+    if not emb:
+        raise InputError(f"no embeddings in {run.root}; run 'curate embed SHARDS --run {run.root}' first")
+    known = pa.chunked_array([read_parquet(f, ["uid"]).column("uid").combine_chunks() for f in emb])
+    missing = pc.invert(pc.is_in(table.column("uid"), value_set=known.combine_chunks()))
+    n = pc.sum(missing).as_py() or 0
+    if n:
+        raise InputError(
+            f"--init {manifest}: {n} of {table.num_rows} samples are not embedded in {run.root} "
+            "(a manifest of another run?)"
+        )
 
 
 def write_pool_cache(run: RunDir, pool: Pool) -> None:
