@@ -374,3 +374,24 @@ def test_draft_decoding_agrees_with_open_clip_on_large_images(tmp_path):
     assert len(cos) == 48 and cos.mean() >= 0.99 and cos.min() > 0.95, (cos.mean(), cos.min())
     assert any(not np.array_equal(matrix(fast[s]["image_emb"]), matrix(ref[s]["image_emb"])) for s in ref)
     assert all(fast[s]["text_emb"] == ref[s]["text_emb"] for s in ref)
+
+
+def test_uint8_batches_normalised_on_the_device_equal_worker_normalised(make_shards, ckpt):
+    """The CUDA path (uint8 pixels, normalised by the model's process) computes what the CPU path does."""
+    from curate.embed.batches import ShardBatches
+    from curate.embed.preprocess import fast_transform
+    from curate.embed.runner import _forward
+    from curate.io.shards import ErrorPolicy
+
+    (shard,) = make_shards(1, 6, size=40)
+    m = load_model(TINY_ARCH, ckpt, device="cpu")
+    fast = fast_transform(m.preprocess, m.info)
+    stats = (m.info["mean"], m.info["std"])
+    args = ([shard], fast, m.tokenizer, 6, ErrorPolicy(), "auto", None, 16)
+    (raw, _) = list(ShardBatches(*args, pixels="uint8").iter_shard_batches(shard))
+    (done, _) = list(ShardBatches(*args, pixels="uint8", normalize=stats).iter_shard_batches(shard))
+    assert raw["pixels"] == "uint8" and raw["images"].dtype == torch.uint8 and raw["images"].shape == (6, 32, 32, 3)
+    assert done["pixels"] == "float" and done["images"].shape == (6, 3, 32, 32)
+    a = _forward(m, raw, (torch.tensor(stats[0]), torch.tensor(stats[1])))
+    b = _forward(m, done, None)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from curate.embed.preprocess import normalize_pixels
 from curate.errors import CurateError
 from curate.io.shards import (
     ErrorPolicy,
@@ -80,6 +81,7 @@ class ShardBatches(IterableDataset):
         draft_size: int | None = None,
         context_length: int = 77,
         pixels: str = "float",
+        normalize: tuple[list[float], list[float]] | None = None,
     ) -> None:
         super().__init__()
         self.urls = urls
@@ -91,6 +93,8 @@ class ShardBatches(IterableDataset):
         self.draft_size = draft_size
         self.context_length = context_length
         self.pixels = pixels  # what ``preprocess`` returns: "float" CHW tensors, or "uint8" HWC pixels
+        # (mean, std): normalise uint8 batches here (CPU models: the workers have time to spare)
+        self.normalize = normalize
 
     def _batch(self, rows: list[tuple[RawSample, torch.Tensor]], has_text: bool) -> dict[str, Any]:
         samples = [r[0] for r in rows]
@@ -103,11 +107,16 @@ class ShardBatches(IterableDataset):
             "key": [s.key for s in samples],
             "position": np.array([s.position for s in samples], dtype=np.int32),
             "content_hash": [s.content_hash for s in samples],
-            "images": torch.stack([r[1] for r in rows]),
-            "pixels": self.pixels,
+            **self._images(torch.stack([r[1] for r in rows])),
             "tokens": tokens,
             "text_rows": np.array(text_rows, dtype=np.int64),
         }
+
+    def _images(self, stacked: torch.Tensor) -> dict[str, Any]:
+        if self.pixels == "uint8" and self.normalize is not None:
+            mean, std = (torch.tensor(v, dtype=torch.float32) for v in self.normalize)
+            return {"images": normalize_pixels(stacked, mean, std), "pixels": "float"}
+        return {"images": stacked, "pixels": self.pixels}
 
     def iter_shard_batches(self, url: str) -> Iterator[dict[str, Any] | ShardDone]:
         stats: Counter[str] = Counter()

@@ -56,13 +56,16 @@ class FastImageTransform:
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
 
 
-def normalize_pixels(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalize_pixels(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                     channels_last: bool = False) -> torch.Tensor:
     """uint8 NHWC pixels -> normalised float32 NCHW on ``images``' device (as to-tensor + normalise).
 
-    The result keeps NHWC memory order (``channels_last``), which convolutions on CUDA prefer.
+    ``channels_last`` keeps NHWC memory order (what convolutions on CUDA prefer); otherwise the result is
+    contiguous NCHW, laid out in uint8 first so that the float passes run over contiguous memory.
     """
-    x = images.permute(0, 3, 1, 2).float().div_(255)
-    return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    x = images.permute(0, 3, 1, 2)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return x.float().div_(255).sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
 
 def _probe_images() -> list[Image.Image]:

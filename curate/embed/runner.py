@@ -161,9 +161,8 @@ def _forward(model: LoadedModel, batch: dict[str, Any], pixels: tuple[torch.Tens
     images = batch["images"]
     if batch["pixels"] == "uint8":
         assert pixels is not None
-        images = normalize_pixels(images.to(model.device, non_blocking=True), *pixels)
-        if model.device.type != "cuda":
-            images = images.contiguous()  # CPU kernels: the same memory order as open_clip's transform
+        images = normalize_pixels(images.to(model.device, non_blocking=True), *pixels,
+                                  channels_last=model.device.type == "cuda")
     img = model.encode_images(images)
     rows = torch.from_numpy(np.asarray(batch["text_rows"], dtype=np.int64))
     txt = model.encode_tokens(batch["tokens"]) if len(rows) else None
@@ -315,9 +314,11 @@ def _embed_shards(
     """Decode in worker processes, encode in this one, finish and write shards in a writer thread."""
     policy = ErrorPolicy(strict=cfg.strict, max_pixels=cfg.max_pixels)
     fingerprints = {s.name: {k: v for k, v in s.current.items() if k != "missing"} for s in todo}
+    on_cpu = model.device.type == "cpu"  # CPU models: the workers normalise; CUDA: the GPU does, from uint8
     ds = ShardBatches([s.url for s in todo], fast or model.preprocess, model.tokenizer, cfg.batch_size, policy,
                       cfg.captions, draft, int(model.info.get("context_length") or 77),
-                      pixels="uint8" if fast else "float")
+                      pixels="uint8" if fast else "float",
+                      normalize=(model.info["mean"], model.info["std"]) if fast and on_cpu else None)
     workers = min(cfg.workers, len(todo))
     loader = DataLoader(
         ds, batch_size=None, num_workers=workers, collate_fn=_identity,
