@@ -35,9 +35,9 @@ class DemoConfig:
     sample: str | None = None  # folder with train/, test/, classnames.txt, templates.txt (default shards/sample)
     model: str = "sample"
     fraction: float = 0.3  # budget of every static selection
-    rounds: int = 8  # bootstrap rounds (epochs) of the reference trainer
+    rounds: int = 6  # bootstrap rounds (epochs) of the reference trainer
     warmup_rounds: int = 1
-    batch_size: int = 64
+    batch_size: int = 128
     lr: float = 5e-5
     workers: int = 2
     seed: int = 0
@@ -157,7 +157,7 @@ def run_demo(
 
     truth = read_truth(train_shards)
     pool = subset_truth_metrics(truth.column("uid").combine_chunks(), truth)
-    res.selections.append({"name": "pool (no selection)", **pool})
+    res.selections.append({"name": "pool", **pool})
     plans: list[tuple[str, str, dict[str, Any]]] = [
         ("random", "random", {}),
         ("clip-score", "clip-score", {}),

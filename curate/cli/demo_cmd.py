@@ -20,9 +20,9 @@ def demo(
     sample: str = typer.Option(None, help="Sample world (train/, test/, classnames.txt); default shards/sample."),
     model: str = typer.Option("sample", help="Model (default: the built-in tiny CLIP)."),
     fraction: float = typer.Option(0.3, help="Budget of every static selection."),
-    rounds: int = typer.Option(8, help="Bootstrap rounds (epochs) of the reference trainer; 0 skips training."),
+    rounds: int = typer.Option(6, help="Bootstrap rounds (epochs) of the reference trainer; 0 skips training."),
     warmup_rounds: int = typer.Option(1, help="SCAN warm-up rounds before the first preparation round."),
-    batch_size: int = typer.Option(64, help="Training batch size."),
+    batch_size: int = typer.Option(128, help="Training batch size."),
     workers: int = typer.Option(2, help="Decode workers for embedding."),
     seed: int = typer.Option(0, help="Seed of every random choice."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the HTML report."),
@@ -35,8 +35,8 @@ def demo(
     if json_out:
         print_json(res.summary())
         return
-    t = Table(title=f"static selections at {fraction:.0%} of the pool: ground truth of the kept samples")
-    for col in ("selection", "kept", "mismatched", "duplicates", "uninformative", "class entropy", "smallest class"):
+    t = Table(title=f"selections at {fraction:.0%} of the pool: ground truth of the kept samples")
+    for col in ("selection", "kept", "mismatch", "dups", "uninf", "entropy", "min class"):
         t.add_column(col, justify="left" if col == "selection" else "right")
     for s in res.selections:
         t.add_row(s["name"], f"{s['kept']:,}", _pct(s["mismatched"]), _pct(s["duplicates"]),
