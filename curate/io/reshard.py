@@ -12,6 +12,7 @@ output complete and leaves it as it is, so "run it again" is always the recovery
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -131,6 +132,7 @@ def reshard(
             return done
         if not force:
             raise UsageError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
+    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # removed again on failure
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(out.parent, f".{out.name}.tmp-")
     remove_dead_temps(out.parent, f".{out.name}.old-")
@@ -149,7 +151,10 @@ def reshard(
             if first is None:
                 break
             name = f"{i:06d}.tar"
-            n = write_tar(tmp / name, itertools.chain([first], itertools.islice(it, shard_size - 1)))
+            try:
+                n = write_tar(tmp / name, itertools.chain([first], itertools.islice(it, shard_size - 1)))
+            except ValueError as exc:  # a key that cannot be a safe member name (e.g. a '..' shard name prefix)
+                raise InputError(f"reshard: {exc}") from None
             written.append({"name": name, "samples": n})
         total = sum(w["samples"] for w in written)
         if total != table.num_rows:
@@ -167,6 +172,12 @@ def reshard(
             os.replace(out, old)
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in made:  # innermost first; only folders this call created and left empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     finally:
         progress.finish()
         shutil.rmtree(tmp, ignore_errors=True)
