@@ -116,7 +116,9 @@ def same_outputs(a: dict[str, bytes], b: dict[str, bytes]) -> list[str]:
 # --- kill loops -----------------------------------------------------------------------------------
 _CTX = multiprocessing.get_context("forkserver")
 # open_clip and faiss: curate.run.versions() imports them to record their versions
-_CTX.set_forkserver_preload(["curate.cli.app", "curate.select", "curate.bootstrap", "curate.io.reshard", "open_clip", "faiss"])
+_CTX.set_forkserver_preload(
+    ["curate.cli.app", "curate.select", "curate.bootstrap", "curate.io.reshard", "open_clip", "faiss"]
+)
 
 
 def _child(args: list[str], err_path: str) -> None:
