@@ -80,6 +80,11 @@ def main() -> None:
             per_seed.append(metrics(uids, truth))
         rows.append((label, {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}))
         print(label, {k: round(v, 3) for k, v in rows[-1][1].items()}, file=sys.stderr, flush=True)
+    # ClipCov is not a deduplicator (its redundancy term is scaled by 1/n_k); SemDeDup is. Both together:
+    both = run_selection(run, "intersect", name="clipcov-and-semdedup", force=True,
+                         options={"of": ("clipcov-world-class-names-s0", "semdedup-s0")})
+    t = pq.read_table(both.path / "manifest.parquet", columns=["uid"])
+    rows.append(("clipcov ∩ semdedup (smaller budget)", metrics(t.column("uid").combine_chunks(), truth)))
     write_report(Path(args.out), rows, args)
     from summary import metric, write_summary
 
