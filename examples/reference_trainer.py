@@ -24,7 +24,7 @@ import webdataset as wds
 
 from curate.bootstrap import bootstrap_round
 from curate.models import load_model
-from curate.trainer import LossRecorder, ManifestFilter, clip_loss_per_sample, shard_urls
+from curate.trainer import DecodePairs, LossRecorder, ManifestFilter, clip_loss_per_sample, shard_urls
 
 
 def collate(samples):
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             wds.tarfile_to_samples(),
             ManifestFilter(res.manifest_path),
             wds.shuffle(1000, rng=random.Random(args.seed + round_)),
-            wds.decode("pilrgb"),
-            wds.to_tuple("jpg;jpeg;png;webp", "txt", "__uid__", "__weight__"),
-            wds.map_tuple(clip.preprocess, None, None, None),
+            DecodePairs(clip.preprocess),  # image + caption only: other members are never decoded
             wds.batched(args.batch_size, collation_fn=collate),
         )
 

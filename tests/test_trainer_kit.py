@@ -139,3 +139,27 @@ def test_loss_recorder_ranks_and_atomicity(tmp_path: Path) -> None:
     assert t5["loss_b"].null_count == 2
     with pytest.raises(ValueError, match="uids"):
         LossRecorder(run.root, 6).add(["a"], [1.0, 2.0])
+
+
+def test_decode_pairs_decodes_only_image_and_caption_and_counts_drops() -> None:
+    import io as _io
+
+    from PIL import Image
+
+    from curate.trainer import DecodePairs
+
+    buf = _io.BytesIO()
+    Image.new("RGB", (8, 6), "red").save(buf, "PNG")
+    good = {"png": buf.getvalue(), "txt": b"a red square", "pyd": b"\x80\x04not really a pickle",
+            "__uid__": "u1", "__weight__": 2.0}
+    bad = [
+        {"jpg": b"not a jpeg", "txt": b"x", "__uid__": "u2", "__weight__": 1.0},
+        {"jpg": buf.getvalue(), "__uid__": "u3", "__weight__": 1.0},
+        {"txt": b"no image", "__uid__": "u4", "__weight__": 1.0},
+        {"png": buf.getvalue(), "txt": b"\xff\xfe", "__uid__": "u5", "__weight__": 1.0},
+    ]
+    stage = DecodePairs(lambda img: img.size)
+    out = list(stage([bad[0], good, *bad[1:]]))
+    assert out == [((8, 6), "a red square", "u1", 2.0)]
+    assert dict(stage.dropped) == {"corrupt_image": 1, "missing_caption": 1, "missing_image": 1,
+                                   "caption_not_utf8": 1}

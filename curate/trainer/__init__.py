@@ -1,6 +1,7 @@
 """The trainer kit: what an external training loop needs to take part in ``curate bootstrap``.
 
 - ``ManifestFilter``: a webdataset stage keeping a manifest's samples before decoding (+ uid, weight).
+- ``DecodePairs``: decodes only image (pixel-bounded) and caption of kept samples; never unpickles.
 - ``shard_urls``: the shard URLs that still hold kept samples of a manifest.
 - ``clip_loss_per_sample``: unreduced image→text and text→image InfoNCE losses (mean = ClipLoss).
 - ``LossRecorder``: writes ``RUN/losses/round-NNNN/part-<rank>.parquet``.
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from curate.trainer.decode import DecodePairs
 from curate.trainer.losses import LossRecorder, clip_loss_per_sample
 from curate.trainer.manifest_filter import ManifestFilter, build_index, shard_urls
 
-__all__ = ["LossRecorder", "ManifestFilter", "TrainConfig", "build_index", "clip_loss_per_sample", "shard_urls",
-           "train_rounds"]
+__all__ = ["DecodePairs", "LossRecorder", "ManifestFilter", "TrainConfig", "build_index", "clip_loss_per_sample",
+           "shard_urls", "train_rounds"]
 
 
 def __getattr__(name: str) -> Any:

@@ -24,13 +24,11 @@ from curate.bootstrap import bootstrap_round, load_state
 from curate.models import LoadedModel, load_model
 from curate.progress import NullProgress, Progress
 from curate.run import RunDir
+from curate.trainer.decode import DecodePairs
 from curate.trainer.losses import LossRecorder, clip_loss_per_sample
 from curate.trainer.manifest_filter import ManifestFilter, shard_urls
 
 _logger = logging.getLogger(__name__)
-
-IMAGE_KEYS = "jpg;jpeg;png;webp"
-
 
 @dataclass
 class TrainConfig:
@@ -80,9 +78,7 @@ def _round_loader(
         wds.tarfile_to_samples(),
         ManifestFilter(manifest),
         wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(seed)),
-        wds.decode("pilrgb"),
-        wds.to_tuple(IMAGE_KEYS, "txt", "__uid__", "__weight__"),
-        wds.map_tuple(loaded.preprocess, lambda t: t, lambda u: u, lambda w: w),
+        DecodePairs(loaded.preprocess),  # decodes only image + caption (never .pyd/.pth members)
         wds.batched(cfg.batch_size, partial=True, collation_fn=_collate),
     )
     return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=cfg.workers)

@@ -176,9 +176,6 @@ def test_losses_with_a_hostile_checkpoint_is_one_line(evil_checkpoint: tuple[Pat
     assert not run.losses_dir(0).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="curate/trainer/reference.py decodes with wds.decode('pilrgb'), whose default "
-                   "handlers unpickle .pyd/.pickle/.pkl members and torch.load(.pth) with weights_only=False; "
-                   "decode only the image and txt members (wds.decode(..., only=...)) or drop other members")
 def test_reference_trainer_does_not_unpickle_shard_members(tmp_path: Path) -> None:
     import pickle
 
