@@ -79,7 +79,7 @@ class ManifestFilter:
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(urls), wds.split_by_worker, wds.tarfile_to_samples(),
             ManifestFilter("RUN/manifests/round-0003.parquet"),
-            wds.shuffle(1000), wds.decode("pil"), wds.to_tuple("jpg;png", "txt", "__uid__", "__weight__"),
+            wds.shuffle(1000), DecodePairs(preprocess),  # -> (image tensor, caption, uid, weight)
         )
         # or: wds.WebDataset(urls).compose(ManifestFilter(path))
 
