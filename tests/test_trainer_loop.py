@@ -9,6 +9,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 
@@ -37,8 +38,11 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("boot")
     make_sample(root / "world", seed=0, n_train=N_TRAIN, n_test=4, shard_size=20, image_size=32)
     run = root / "run"
-    assert main(["embed", str(root / "world" / "train"), "--run", str(run), "--model", TINY, "--workers", "0",
-                 "--json"]) == 0
+    ckpt = root / "tiny-random.pt"  # curate embed wants weights; random ones are fine for plumbing tests
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(TINY, pretrained=None).state_dict(), ckpt)
+    assert main(["embed", str(root / "world" / "train"), "--run", str(run), "--model", TINY, "--pretrained",
+                 str(ckpt), "--workers", "0", "--json"]) == 0
     return run
 
 
@@ -130,6 +134,8 @@ def test_open_clip_rounds_script_with_stand_in_trainer(run: RunDir, tmp_path: Pa
     tiny = tmp_path / "tiny"
     tiny.mkdir()
     (tiny / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {}}))
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(TINY, pretrained=None).state_dict(), tiny / "open_clip_pytorch_model.bin")
     env = {
         **os.environ, "RUN": str(run.root), "MODEL": f"local-dir:{tiny}", "ROUNDS": "2", "NAME": "t",
         "LOGS": str(tmp_path / "logs"), "KNOBS": "--warmup-rounds 0 --t-cos 1", "DATA_MODE": "reshard",

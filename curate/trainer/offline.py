@@ -107,9 +107,11 @@ def compute_losses(
     if shards is None and not (rec_run.get("embed") or {}).get("shards"):
         raise UsageError("the run records no shard URLs; pass --shards SPEC")
     urls = shard_urls(manifest, urls=shards, run=run.root)
-    loaded = load_model(model, pretrained=checkpoint, device=device, precision=precision)
-    if model.startswith(("local-dir:", "hf-hub:")):  # open_clip ignores `pretrained` for these schemas
+    if model.startswith(("local-dir:", "hf-hub:")):  # these bring weights; the checkpoint replaces them
+        loaded = load_model(model, device=device, precision=precision)
         load_weights(loaded.model, checkpoint)
+    else:
+        loaded = load_model(model, pretrained=checkpoint, device=device, precision=precision)
     filt = ManifestFilter(mpath)  # memory-mapped index: bounded memory for large manifests
     scale = loaded.model.logit_scale.exp().float()
     bias = getattr(loaded.model, "logit_bias", None)
