@@ -342,3 +342,29 @@ def test_reader_never_writes_and_never_follows_links(tmp_path: Path) -> None:
     assert [s.key for s in samples] == ["good1", "good2"]
     assert stats["dropped_unsafe_member"] == 3 and stats["dropped_non_file_member"] == 2
     assert _tree(tmp_path) == before
+
+
+@pytest.mark.xfail(strict=True, reason="curate/trainer/offline.py load_weights lets torch's UnpicklingError escape "
+                   "(and safetensors/OSError for a corrupt file): 'curate losses --model local-dir:DIR --checkpoint "
+                   "BAD' prints a traceback; wrap them in InputError")
+def test_losses_local_dir_with_a_hostile_checkpoint_is_one_line(evil_checkpoint: tuple[Path, Path], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from curate.bootstrap import bootstrap_round
+    from tests.bootstrap_helpers import make_pool_run
+    from tests.embed_helpers import make_local_dir
+    from tests.reliability.runs import source_shards
+
+    path, marker = evil_checkpoint
+    run = make_pool_run(tmp_path / "run", 20, per_shard=10)
+    bootstrap_round(run.root, 0)
+    source_shards(tmp_path / "shards", 20, 2)
+    model = make_local_dir(tmp_path / "model")
+    try:
+        code = main(["losses", "--run", str(run.root), "--round", "0", "--checkpoint", str(path), "--model",
+                     f"local-dir:{model}", "--shards", str(tmp_path / "shards")])
+    except Exception as exc:  # the real CLI prints a traceback
+        pytest.fail(f"{type(exc).__name__} escaped the CLI")
+    finally:
+        assert not marker.exists()  # weights-only: the payload never runs, whatever the error handling
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("error: "), err
