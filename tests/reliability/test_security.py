@@ -344,9 +344,6 @@ def test_reader_never_writes_and_never_follows_links(tmp_path: Path) -> None:
     assert _tree(tmp_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="curate/trainer/offline.py load_weights lets torch's UnpicklingError escape "
-                   "(and safetensors/OSError for a corrupt file): 'curate losses --model local-dir:DIR --checkpoint "
-                   "BAD' prints a traceback; wrap them in InputError")
 def test_losses_local_dir_with_a_hostile_checkpoint_is_one_line(evil_checkpoint: tuple[Path, Path], tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from curate.bootstrap import bootstrap_round
