@@ -28,7 +28,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
     os.close(fd)
     tmp_path = Path(tmp)
@@ -57,15 +57,22 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise InputError(f"corrupt JSON in {path}: {exc}") from None
 
 
+_DISTRIBUTIONS = {"torch": "torch", "open_clip": "open_clip_torch", "numpy": "numpy", "pyarrow": "pyarrow",
+                  "PIL": "pillow", "webdataset": "webdataset", "faiss": ("faiss-cpu", "faiss-gpu-cu12", "faiss")}
+
+
 def versions() -> dict[str, str]:
-    """Versions of the packages that decide results, for provenance."""
+    """Versions of the packages that decide results, for provenance (from package metadata: no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {"curate": __version__, "python": platform.python_version()}
-    for mod in ("torch", "open_clip", "numpy", "pyarrow", "PIL", "webdataset", "faiss"):
-        try:
-            m = __import__(mod)
-            out[mod] = str(getattr(m, "__version__", "?"))
-        except Exception:  # optional packages may be absent or broken
-            continue
+    for mod, dists in _DISTRIBUTIONS.items():
+        for dist in (dists,) if isinstance(dists, str) else dists:
+            try:
+                out[mod] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
     return out
 
 
@@ -128,6 +135,9 @@ class RunDir:
 
     def update(self, section: str, value: Mapping[str, Any], command: str | None = None) -> None:
         """Set ``run.json[section] = value`` and append a command record, atomically."""
+        from curate.io.tarwrite import remove_dead_temps
+
+        remove_dead_temps(self.root, f".{self.run_json.name}.")  # left by a writer killed mid-update
         rec = self.load()
         rec[section] = dict(value)
         rec["versions"] = versions()

@@ -59,8 +59,7 @@ def _loop(tmp_path: Path, base: Path, args_for: Callable[[Path], list[str]], see
     wall = min(first, wall)
     rep = kill_and_rerun(args_for(work), prepare, reference, before, wall, err, n=KILLS, seed=seed)
     assert rep.kills >= KILLS // 2, rep  # most kills landed while the command was running
-    # a kill inside RunDir.update leaves '.run.json.*.tmp' (curate/run.py does not clean those up yet)
-    left = sorted({p for p in rep.leftovers if not Path(p).name.startswith(".run.json.")})
+    left = sorted(set(rep.leftovers))  # including '.run.json.<pid>-*.tmp' of a kill inside RunDir.update
     assert not left, f"temporary files left after the reruns: {left[:5]}"
     return rep
 
