@@ -7,8 +7,8 @@ from rich.table import Table
 
 from curate.cli._app import app
 from curate.cli._common import err, out, print_json
-from curate.errors import CurateError
-from curate.io.shards import DROP_REASONS, SHARD_PROBLEMS
+from curate.errors import CurateError, UsageError
+from curate.io.shards import DEFAULT_MAX_PIXELS, DROP_REASONS, SHARD_PROBLEMS
 
 shards_app = typer.Typer(help="Make and check WebDataset shards (no model needed).", no_args_is_help=True)
 app.add_typer(shards_app, name="shards")
@@ -40,12 +40,15 @@ def validate(
     workers: int = typer.Option(2, help="Parallel processes."),
     no_decode: bool = typer.Option(False, "--no-decode", help="Skip image decoding (faster, finds less)."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any shard has a problem."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Images with more pixels count as decompression bombs."),
     json_out: bool = typer.Option(False, "--json", help="Print per-shard reports as JSON."),
 ) -> None:
     """Report per shard: samples and problems by kind."""
     from curate.io.validate import validate_shards
 
-    reports = list(validate_shards(shards, decode=not no_decode, workers=workers))
+    if workers < 1 or max_pixels < 1:
+        raise UsageError("--workers and --max-pixels must be >= 1")
+    reports = list(validate_shards(shards, decode=not no_decode, workers=workers, max_pixels=max_pixels))
     bad = [r for r in reports if not r.ok]
     if json_out:
         print_json({"shards": [r.__dict__ | {"ok": r.ok} for r in reports],

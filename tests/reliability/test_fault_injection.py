@@ -159,12 +159,16 @@ def test_decode_workers_give_the_same_tables(world: dict[str, Any], embedded: Pa
     assert _shard_stats(run) == _shard_stats(embedded)
 
 
-def test_max_pixels_flag_drops_bombs(world: dict[str, Any], tmp_path: Path) -> None:
+def test_max_pixels_flag_drops_bombs(world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     shard = str(world["shards"]["unusual_images"])  # 32x32 = 1024 px images
     assert main([*_embed_args(shard, run, world["ckpt"], "--workers", "0", "--max-pixels", "1000"), "--json"]) == 0
     stats = _shard_stats(run)["unusual_images"]
     assert stats["dropped_decompression_bomb"] == 8 and stats["written"] == 0
+    capsys.readouterr()
+    assert main(["shards", "validate", shard, "--max-pixels", "1000", "--workers", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["shards"][0]
+    assert report["problems"] == {"decompression_bomb": 8} and report["samples"] == 0
 
 
 def test_unreadable_shard_urls(world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
