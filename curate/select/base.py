@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from curate.engines.base import Engine
 from curate.errors import UsageError
 from curate.progress import NullProgress, Progress
 
@@ -83,6 +84,7 @@ class SelectContext:
     progress: Progress = field(default_factory=NullProgress)
     class_text: np.ndarray | None = None  # precomputed class embeddings (clipcov; tests, benchmarks)
     class_names: list[str] | None = None
+    engine: Engine | None = None  # where the heavy per-partition work runs (None: this process)
 
 
 class Reasons:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from curate.engines.base import Engine
 from curate.errors import InputError, UsageError
 from curate.select.base import (
     Decision,
@@ -22,6 +23,8 @@ from curate.select.base import (
 from curate.select.partition import kmeans
 
 _BLOCK_ELEMENTS = 1 << 24
+PRIOR_CHUNK_ELEMENTS = 1 << 28  # a cluster with more pairs is cut into chunks (engine work units)
+MAX_PRIOR_CHUNKS = 32
 
 
 def _need_eligible(scores: Scores, budget: int, method: str) -> None:
@@ -134,16 +137,65 @@ class SemDedupConfig(SelectorConfig):
 
 def max_prior_similarity(x: np.ndarray) -> np.ndarray:
     """For rows in preference order: ``max_{i<j} <x_i, x_j>`` per row j (-inf for row 0), block-wise."""
-    n = len(x)
-    out = np.full(n, -np.inf)
-    bs = max(1, _BLOCK_ELEMENTS // max(n, 1))
-    for b0 in range(1, n, bs):
-        b1 = min(n, b0 + bs)
-        sims = x[b0:b1] @ x[:b1].T  # rows b0..b1 against every earlier-or-equal row
+    return _prior_rows(x, len(x), 0, len(x))
+
+
+def _prior_block_rows(n: int) -> int:
+    return max(1, _BLOCK_ELEMENTS // max(n, 1))
+
+
+def prior_chunks(n: int) -> list[tuple[int, int]]:
+    """Row ranges of a cluster of ``n`` members computed as separate units (block-aligned)."""
+    bs = _prior_block_rows(n)
+    blocks = -(-(n - 1) // bs) if n > 1 else 0
+    chunks = min(max(blocks, 1), MAX_PRIOR_CHUNKS, max(1, -(-(n * n // 2) // PRIOR_CHUNK_ELEMENTS)))
+    step = -(-max(blocks, 1) // chunks) * bs
+    starts = [0, *range(1 + step, n, step)]
+    return list(itertools.pairwise([*starts, n]))
+
+
+def _prior_task(units: list[tuple[int, int, int, int]], image: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
+    """Engine task: ``max_prior_similarity`` of each unit ``(s, e, lo, hi)`` (cluster = order[s:e])."""
+    out = []
+    for s, e, lo, hi in units:
+        x = image[order[s : s + hi]]
+        out.append(_prior_rows(x, e - s, lo, hi))
+    return out
+
+
+def _prior_rows(x: np.ndarray, n: int, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of ``max_prior_similarity`` of a cluster of ``n`` members whose first rows are ``x``.
+
+    The blocks depend only on ``n``, and chunk bounds (:func:`prior_chunks`) lie on block starts, so
+    chunks computed separately give the same bits as one call over the whole cluster.
+    """
+    bs = _prior_block_rows(n)
+    out = np.full(hi - lo, -np.inf)
+    for b0 in range(max(lo, 1), hi, bs):
+        b1 = min(hi, b0 + bs)
+        sims = x[b0:b1] @ x[:b1].T
         rows = np.arange(b0, b1)[:, None]
         sims[np.arange(b1)[None, :] >= rows] = -np.inf
-        out[b0:b1] = sims.max(axis=1)
+        out[b0 - lo : b1 - lo] = sims.max(axis=1)
     return out
+
+
+def cluster_priors(image: np.ndarray, order: np.ndarray, starts: np.ndarray, engine: Engine | None) -> np.ndarray:
+    """``max_prior_similarity`` of every cluster ``order[s:e]``; engine tasks when it is distributed."""
+    prior = np.empty(len(order))
+    if engine is None or not engine.distributed:
+        for s, e in itertools.pairwise(starts):
+            prior[s:e] = _prior_rows(image[order[s:e]], int(e - s), 0, int(e - s))
+        return prior
+    from curate.select.clipcov import balanced_runs
+
+    units = [(int(s), int(e), lo, hi) for s, e in itertools.pairwise(starts) for lo, hi in prior_chunks(int(e - s))]
+    costs = [(hi - lo) * hi for _, _, lo, hi in units]
+    tasks = [units[a:b] for a, b in balanced_runs(costs, 4 * engine.parallelism())]
+    results = engine.map(_prior_task, tasks, {"image": image, "order": order})
+    for (s, _, lo, hi), part in zip(units, (r for res in results for r in res), strict=True):
+        prior[s + lo : s + hi] = part
+    return prior
 
 
 @register
@@ -193,9 +245,7 @@ class SemDedupSelector(Selector):
         order = idx[np.lexsort((pref, labels[idx]))]  # by cluster, then preference
         lab = labels[order]
         starts = np.r_[0, np.flatnonzero(lab[1:] != lab[:-1]) + 1, len(order)]
-        prior = np.empty(len(order))
-        for s, e in itertools.pairwise(starts):
-            prior[s:e] = max_prior_similarity(pool.image[order[s:e]])
+        prior = cluster_priors(pool.image, order, starts, ctx.engine)
         score = np.full(n, np.nan)
         score[order] = np.minimum(1.0 - prior, 2.0)
         dup = np.full(n, np.nan)

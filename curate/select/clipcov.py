@@ -20,11 +20,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from curate.engines.base import Engine
 from curate.errors import InputError, UsageError
 from curate.progress import NullProgress, Progress
 from curate.select.base import Decision, Pool, Reasons, Scores, SelectContext, Selector, SelectorConfig, register
@@ -40,6 +42,8 @@ _CHUNK = 2048  # reference variant: picks examined per vectorised step
 _TOP = 16  # greedy variant: candidates re-evaluated exactly before a class refresh
 _MAX_PENDING = 128  # greedy variant: refresh a class after this many unapplied picks
 _SMALL = 1 << 15  # products up to this many entries run in numpy on CPU
+CROSS_CHUNK_ELEMENTS = 1 << 28  # a class with more products is cut into chunks (engine work units)
+MAX_CROSS_CHUNKS = 32
 
 
 @dataclass(frozen=True)
@@ -112,17 +116,20 @@ class Blocks:
         return out
 
     def cross(self, s: int, e: int) -> np.ndarray:
-        """r_j for the class occupying rows s:e (both sums from one pass over ``img_k @ txt_kᵀ``)."""
+        """r_j for the class occupying rows s:e (both sums from one pass over ``img_k @ txt_kᵀ``).
+
+        The rows are taken in the chunks of :func:`cross_chunks`, each chunk's column sums starting
+        from zero, so that an engine computing the chunks elsewhere gets the same bits.
+        """
+        t = self.torch
         n = e - s
         x, y = self.img[s:e], self.txt[s:e]
-        rows = self.torch.zeros(n, dtype=self.torch.float64, device=self.device)
-        cols = self.torch.zeros(n, dtype=self.torch.float64, device=self.device)
-        bs = max(1, BLOCK_ELEMENTS // n)
-        for b in range(0, n, bs):
-            p = x[b : b + bs] @ y.T  # p[i, j] = <img_i, txt_j> = M_k[i, j]
-            p.clamp_(min=THRESHOLD) if THRESHOLD == 0.0 else p.masked_fill_(p <= THRESHOLD, 0.0)
-            rows[b : b + bs] = p.sum(1, dtype=self.torch.float64)  # Σ_i' M⁺[j, i'] for j = b..b+bs
-            cols += p.sum(0, dtype=self.torch.float64)  # Σ_i M⁺[i, j]
+        rows = t.zeros(n, dtype=t.float64, device=self.device)
+        cols = t.zeros(n, dtype=t.float64, device=self.device)
+        for r0, r1 in cross_chunks(n):
+            part_rows, part_cols = cross_part(x[r0:r1], y)
+            rows[r0:r1] = part_rows
+            cols += part_cols
         return ((rows + cols) / n).cpu().numpy()
 
     def redundancy(self, cand: np.ndarray, picked: np.ndarray) -> np.ndarray:
@@ -145,6 +152,92 @@ class Blocks:
             c = (self.txt[ci] @ img_j.T).clamp_(min=THRESHOLD)  # M⁺[j, i] = <img_j, txt_i>
             out[b : b + bs] = (a.sum(1, dtype=t.float64) + c.sum(1, dtype=t.float64)).cpu().numpy()
         return out
+
+
+def cross_block_rows(n: int) -> int:
+    """Rows of ``img_k`` per similarity block for a class of ``n`` samples (the block holds BLOCK_ELEMENTS)."""
+    return max(1, BLOCK_ELEMENTS // n)
+
+
+def cross_chunks(n: int) -> list[tuple[int, int]]:
+    """Row ranges of a class of ``n`` samples whose cross sums are computed as separate units.
+
+    Small classes are one chunk; a class with more than ``CROSS_CHUNK_ELEMENTS`` products is cut at
+    block boundaries into at most ``MAX_CROSS_CHUNKS`` chunks, the units an engine spreads out.
+    """
+    bs = cross_block_rows(n)
+    blocks = -(-n // bs)
+    chunks = min(blocks, MAX_CROSS_CHUNKS, max(1, -(-(n * n) // CROSS_CHUNK_ELEMENTS)))
+    step = -(-blocks // chunks) * bs
+    return [(r0, min(n, r0 + step)) for r0 in range(0, n, step)]
+
+
+def cross_part(x: Any, y: Any) -> tuple[Any, Any]:
+    """For image rows ``x`` (a chunk of class k) and all captions ``y`` of class k: the chunk's row sums
+    ``Σ_i' M⁺[j, i']`` and its column sums ``Σ_{i∈chunk} M⁺[i, j]`` (float64, block by block)."""
+    import torch
+
+    n = y.shape[0]
+    bs = cross_block_rows(n)
+    rows = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    cols = torch.zeros(n, dtype=torch.float64, device=x.device)
+    for b in range(0, x.shape[0], bs):
+        p = x[b : b + bs] @ y.T  # p[i, j] = <img_i, txt_j> = M_k[i, j]
+        p.clamp_(min=THRESHOLD) if THRESHOLD == 0.0 else p.masked_fill_(p <= THRESHOLD, 0.0)
+        rows[b : b + bs] = p.sum(1, dtype=torch.float64)  # Σ_i' M⁺[j, i'] for j = b..b+bs
+        cols += p.sum(0, dtype=torch.float64)  # Σ_i M⁺[i, j]
+    return rows, cols
+
+
+def _cross_task(units: list[tuple[int, int, int, int]], img: np.ndarray, txt: np.ndarray, device: str,
+                dtype: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Engine task: ``cross_part`` for each unit ``(s, e, r0, r1)`` (class rows s:e, chunk rows r0:r1)."""
+    import torch
+
+    out = []
+    cache: tuple[int, int, Any] | None = None
+    for s, e, r0, r1 in units:
+        if cache is None or cache[:2] != (s, e):
+            y = torch.from_numpy(np.array(txt[s:e])).to(device=device, dtype=getattr(torch, dtype))
+            cache = (s, e, y)
+        x = torch.from_numpy(np.array(img[s + r0 : s + r1])).to(device=device, dtype=getattr(torch, dtype))
+        rows, cols = cross_part(x, cache[2])
+        out.append((rows.cpu().numpy(), cols.cpu().numpy()))
+    return out
+
+
+def balanced_runs(costs: Sequence[float], parts: int) -> list[tuple[int, int]]:
+    """Cut a sequence into at most ``parts`` contiguous runs of about equal total cost."""
+    if not len(costs):
+        return []
+    cum = np.cumsum(np.asarray(costs, np.float64))
+    edges = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts, side="left") + 1
+    edges = np.unique(np.r_[0, np.minimum(edges, len(costs)), len(costs)])
+    return list(itertools.pairwise(edges.tolist()))
+
+
+def distributed_cross(img: np.ndarray, txt: np.ndarray, bounds: np.ndarray, engine: Engine, device: str,
+                      dtype: str, progress: Progress) -> np.ndarray:
+    """r_j of every class with the chunk units run as engine tasks; same bits as :meth:`Blocks.cross`."""
+    units = [(int(s), int(e), r0, r1) for s, e in itertools.pairwise(bounds) for r0, r1 in cross_chunks(int(e - s))]
+    costs = [(r1 - r0) * (e - s) for s, e, r0, r1 in units]
+    runs = balanced_runs(costs, 4 * engine.parallelism())
+    tasks = [units[a:b] for a, b in runs]
+    progress.start("clipcov: cross terms", total=len(tasks), unit="tasks")
+    results = engine.map(_cross_task, tasks, {"img": img, "txt": txt, "device": device, "dtype": dtype}, progress)
+    progress.finish()
+    parts = iter([r for res in results for r in res])
+    out = []
+    for s, e in itertools.pairwise(bounds):
+        n = int(e - s)
+        rows = np.zeros(n, np.float64)
+        cols = np.zeros(n, np.float64)
+        for r0, r1 in cross_chunks(n):
+            part_rows, part_cols = next(parts)
+            rows[r0:r1] = part_rows
+            cols += part_cols
+        out.append((rows + cols) / n)
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _group_cumcount(c: np.ndarray) -> np.ndarray:
@@ -183,28 +276,35 @@ def prepare(
     device: str = "cpu",
     dtype: str = "float32",
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> ClipCovState:
     """Sort ``rows`` (default: all) by class and compute every per-sample term of the unary score.
 
     ``img``/``txt`` are L2-normalised; ``labels[i]`` indexes ``class_text`` (the class label embeddings).
-    Empty classes are skipped. The pool means of the centre terms are taken over ``rows``.
+    Empty classes are skipped. The pool means of the centre terms are taken over ``rows``. With a
+    distributed ``engine`` the cross terms (the O(Σ n_k² d) part) run as its tasks, with the same bits.
     """
     rows = np.arange(len(img)) if rows is None else np.asarray(rows)
     perm = rows[np.argsort(labels[rows], kind="stable")]
     present, first = np.unique(labels[perm], return_index=True)
     bounds = np.r_[first, len(perm)]
     cls = np.repeat(np.arange(len(present)), np.diff(bounds))
-    blocks = Blocks(img[perm], txt[perm], device, dtype)
+    img_s, txt_s = img[perm], txt[perm]
+    blocks = Blocks(img_s, txt_s, device, dtype)
     t = blocks.torch
     easy = blocks.rowdot(blocks.img, blocks.txt)
     progress = progress or NullProgress()
-    progress.start("clipcov: cross terms", total=len(perm))
-    parts = []
-    for s, e in itertools.pairwise(bounds):
-        parts.append(blocks.cross(s, e))
-        progress.advance(e - s)
-    progress.finish()
-    cross = np.concatenate(parts)
+    if engine is not None and engine.distributed:
+        cross = distributed_cross(img_s, txt_s, bounds, engine, engine.worker_device(), dtype, progress)
+    else:
+        progress.start("clipcov: cross terms", total=len(perm))
+        parts = []
+        for s, e in itertools.pairwise(bounds):
+            parts.append(blocks.cross(s, e))
+            progress.advance(e - s)
+        progress.finish()
+        cross = np.concatenate(parts)
+    del img_s, txt_s
     ct = t.from_numpy(np.ascontiguousarray(class_text[present])).to(blocks.device, blocks.dtype)
     label = blocks.rowdot(blocks.txt, ct, t.from_numpy(cls).to(blocks.device))
     t_mean, i_mean = blocks.txt.mean(0), blocks.img.mean(0)
@@ -281,70 +381,192 @@ def select_reference(
     return order, np.concatenate(gains) if gains else np.zeros(0), np.asarray(log, np.int64).reshape(-1, 3)
 
 
-def select_greedy(st: ClipCovState, budget: int, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact greedy on the per-pick deductions (lazy: stale scores bound the exact ones from above).
+class ClassGreedy:
+    """The exact greedy pick sequence of one class, which depends on nothing outside the class.
 
     gain_i = u_i − (1/n_k) Σ_{j∈S_k} (M⁺[i,j] + M⁺[j,i] + r_j + ℓ_j/2). The last two terms are the
-    same for every candidate of class k (an offset), the first only decreases as S_k grows.
+    same for every candidate of the class (an offset), the first only decreases as S_k grows, so stale
+    gains bound the exact ones from above (lazy evaluation). ``take(m)`` returns the next ``m`` picks
+    (rows of ``blocks``) and their gains; the merge of all classes by gain is the global greedy.
     """
-    n_cls = len(st.bounds) - 1
-    sizes = np.diff(st.bounds).astype(np.float64)
-    base = st.unary.astype(np.float64).copy()  # u_i minus the redundancy applied so far
-    selected = np.zeros(len(base), bool)
-    offset = np.zeros(n_cls, np.float64)
-    pending: list[list[int]] = [[] for _ in range(n_cls)]
-    order_k = [s + np.argsort(-base[s:e], kind="stable") for s, e in itertools.pairwise(st.bounds)]
-    head = np.zeros(n_cls, np.int64)
 
-    def refresh(k: int) -> None:
-        s, e = st.bounds[k], st.bounds[k + 1]
-        members = s + np.flatnonzero(~selected[s:e])
-        base[members] -= st.blocks.redundancy(members, np.asarray(pending[k])) / sizes[k]
-        pending[k] = []
-        order_k[k] = members[np.argsort(-base[members], kind="stable")]
-        head[k] = 0
+    def __init__(self, blocks: Blocks, s: int, e: int, unary: np.ndarray, cross: np.ndarray,
+                 label: np.ndarray) -> None:
+        self.blocks, self.s = blocks, s
+        self.size = float(e - s)
+        self.base = unary.astype(np.float64).copy()  # u_i minus the redundancy applied so far (class-local)
+        self.cross, self.label = cross, label
+        self.selected = np.zeros(e - s, bool)
+        self.offset = 0.0
+        self.pending: list[int] = []
+        self.order = np.argsort(-self.base, kind="stable")
+        self.head = 0
 
-    def best(k: int) -> tuple[float, int] | None:
-        if len(pending[k]) >= _MAX_PENDING:
-            refresh(k)
+    def _redundancy(self, cand: np.ndarray, picked: list[int]) -> np.ndarray:
+        return self.blocks.redundancy(self.s + cand, self.s + np.asarray(picked, np.int64))
+
+    def _refresh(self) -> None:
+        members = np.flatnonzero(~self.selected)
+        self.base[members] -= self._redundancy(members, self.pending) / self.size
+        self.pending = []
+        self.order = members[np.argsort(-self.base[members], kind="stable")]
+        self.head = 0
+
+    def _best(self) -> tuple[float, int] | None:
+        if len(self.pending) >= _MAX_PENDING:
+            self._refresh()
         while True:
-            ok = order_k[k]
-            while head[k] < len(ok) and selected[ok[head[k]]]:
-                head[k] += 1
-            win = ok[head[k] : head[k] + _TOP + len(pending[k]) + 1]
-            win = win[~selected[win]][: _TOP + 1]
+            ok = self.order
+            while self.head < len(ok) and self.selected[ok[self.head]]:
+                self.head += 1
+            win = ok[self.head : self.head + _TOP + len(self.pending) + 1]
+            win = win[~self.selected[win]][: _TOP + 1]
             if len(win) == 0:
                 return None
             top = win[:_TOP]
-            exact = base[top]
-            if pending[k]:
-                exact = exact - st.blocks.redundancy(top, np.asarray(pending[k])) / sizes[k]
+            exact = self.base[top]
+            if self.pending:
+                exact = exact - self._redundancy(top, self.pending) / self.size
             i = int(np.argmax(exact))
-            bound = base[win[_TOP]] if len(win) > _TOP else -np.inf
+            bound = self.base[win[_TOP]] if len(win) > _TOP else -np.inf
             if exact[i] >= bound:
-                return float(exact[i] - offset[k]), int(top[i])
-            refresh(k)
+                return float(exact[i] - self.offset), int(top[i])
+            self._refresh()
 
+    def take(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """The class's next ``m`` picks (fewer when it runs out): rows of ``blocks`` and gains."""
+        rows, gains = [], []
+        for _ in range(m):
+            b = self._best()
+            if b is None:
+                break
+            g, j = b
+            rows.append(self.s + j)
+            gains.append(g)
+            self.selected[j] = True
+            self.pending.append(j)
+            self.offset += (self.cross[j] + self.label[j] / 2) / self.size
+        return np.asarray(rows, np.int64), np.asarray(gains, np.float64)
+
+
+def _greedy_group(classes: list[tuple[int, int]], img: np.ndarray, txt: np.ndarray, unary: np.ndarray,
+                  cross: np.ndarray, label: np.ndarray, device: str, dtype: str) -> dict[int, ClassGreedy]:
+    """Engine worker: the :class:`ClassGreedy` of each class ``(s, e)``, on its own copy of the rows."""
+    out = {}
+    for s, e in classes:
+        blocks = Blocks(np.array(img[s:e]), np.array(txt[s:e]), device, dtype)
+        out[s] = ClassGreedy(blocks, 0, e - s, unary[s:e], cross[s:e], label[s:e])
+    return out
+
+
+class _GreedyWorker:
+    """A group of classes' greedy sequences held by one engine worker (``take`` by class start row)."""
+
+    def __init__(self, classes: list[tuple[int, int]], **shared: Any) -> None:
+        self.classes = _greedy_group(classes, **shared)
+
+    def take(self, requests: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for s, m in requests:
+            rows, gains = self.classes[s].take(m)
+            out.append((rows + s, gains))
+        return out
+
+
+def select_greedy(
+    st: ClipCovState, budget: int, progress: Progress | None = None, engine: Engine | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact greedy on the per-pick deductions: merge the classes' own greedy sequences by gain.
+
+    Each class's sequence (:class:`ClassGreedy`) depends only on that class, so with a distributed
+    ``engine`` the classes run in its workers, in chunks the merge asks for, with the same bits.
+    """
+    n_cls = len(st.bounds) - 1
+    sizes = np.diff(st.bounds)
+    if engine is not None and engine.distributed:
+        fetch, closer = _remote_classes(st, budget, engine)
+    else:
+        local = [ClassGreedy(st.blocks, s, e, st.unary[s:e], st.cross[s:e], st.label[s:e])
+                 for s, e in itertools.pairwise(st.bounds)]
+
+        def fetch(ks: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+            return [local[k].take(1) for k in ks]
+
+        closer = None
+    buf: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0))] * n_cls
+    pos = np.zeros(n_cls, np.int64)
+    taken = np.zeros(n_cls, np.int64)
     heap: list[tuple[float, int, int]] = []
-    for k in range(n_cls):
-        b = best(k)
-        if b is not None:
-            heap.append((-b[0], k, b[1]))
-    heapq.heapify(heap)
-    picks = np.empty(budget, np.int64)
-    gains = np.empty(budget, np.float64)
-    for t in range(budget):
-        if progress is not None and t % 1024 == 0:
-            progress.advance(min(1024, budget - t))
-        neg, k, j = heapq.heappop(heap)
-        picks[t], gains[t] = j, -neg
-        selected[j] = True
-        pending[k].append(j)
-        offset[k] += (st.cross[j] + st.label[j] / 2) / sizes[k]
-        b = best(k)
-        if b is not None:
-            heapq.heappush(heap, (-b[0], k, b[1]))
+
+    def refill(ks: list[int]) -> None:
+        ks = [k for k in ks if taken[k] < sizes[k]]
+        for k, got in zip(ks, fetch(ks), strict=True):
+            buf[k], pos[k] = got, 0
+            taken[k] += len(got[0])
+
+    def push(k: int) -> None:
+        if pos[k] >= len(buf[k][0]):
+            refill([k])
+        if pos[k] < len(buf[k][0]):
+            heapq.heappush(heap, (-float(buf[k][1][pos[k]]), k, int(buf[k][0][pos[k]])))
+
+    try:
+        refill(list(range(n_cls)))
+        for k in range(n_cls):
+            push(k)
+        picks = np.empty(budget, np.int64)
+        gains = np.empty(budget, np.float64)
+        for t in range(budget):
+            if progress is not None and t % 1024 == 0:
+                progress.advance(min(1024, budget - t))
+            neg, k, j = heapq.heappop(heap)
+            picks[t], gains[t] = j, -neg
+            pos[k] += 1
+            push(k)
+    finally:
+        if closer is not None:
+            closer()
     return picks, gains
+
+
+def _remote_classes(st: ClipCovState, budget: int, engine: Engine) -> tuple[Any, Any]:
+    """Class sequences held by ``engine`` workers; ``fetch(ks)`` asks each class for its next chunk.
+
+    A class is first asked for about twice its proportional share of the budget (at least 16 picks),
+    then for twice what it gave so far whenever the merge has used up its chunk.
+    """
+    bounds = st.bounds
+    n_cls = len(bounds) - 1
+    sizes = np.diff(bounds)
+    n = int(bounds[-1])
+    costs = sizes.astype(np.float64) ** 2
+    runs = balanced_runs(costs, engine.parallelism())
+    owner = np.zeros(n_cls, np.int64)
+    for w, (a, b) in enumerate(runs):
+        owner[a:b] = w
+    img, txt = st.blocks.img.cpu().numpy(), st.blocks.txt.cpu().numpy()
+    shared = {"img": img, "txt": txt, "unary": st.unary, "cross": st.cross, "label": st.label,
+              "device": engine.worker_device(), "dtype": str(st.blocks.dtype).removeprefix("torch.")}
+    inits = [[(int(bounds[k]), int(bounds[k + 1])) for k in range(a, b)] for a, b in runs]
+    group = engine.group(_GreedyWorker, inits, shared)
+    given = np.zeros(n_cls, np.int64)
+
+    def fetch(ks: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        want = {k: int(max(16, 2 * given[k], -(-2 * budget * sizes[k] // n) if given[k] == 0 else 0)) for k in ks}
+        calls = []
+        for w in sorted({int(owner[k]) for k in ks}):
+            req = [(int(bounds[k]), want[k]) for k in ks if owner[k] == w]
+            calls.append((w, "take", (req,)))
+        answers = group.call(calls)
+        got: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for (_, _, (req,)), ans in zip(calls, answers, strict=True):
+            for (s, _), res in zip(req, ans, strict=True):
+                k = int(np.searchsorted(bounds, s, side="right") - 1)
+                got[k] = res
+                given[k] += len(res[0])
+        return [got[k] for k in ks]
+
+    return fetch, group.close
 
 
 @register
@@ -387,10 +609,11 @@ class ClipCov(Selector):
             names = None
         else:
             class_text, names = self._class_text(pool, ctx)
-            labels = zeroshot_labels(pool.image, eligible, class_text)
+            labels = zeroshot_labels(pool.image, eligible, class_text, ctx.engine)
         info["classes"] = int(class_text.shape[0])
         st = prepare(
-            pool.image, pool.text, labels, class_text, idx, pick_device(ctx.device), self.config.dtype, ctx.progress
+            pool.image, pool.text, labels, class_text, idx, pick_device(ctx.device), self.config.dtype, ctx.progress,
+            ctx.engine,
         )
         pool.image = pool.text = None  # the class-sorted copies replace them (memory)
         cols: dict[str, np.ndarray] = {}
@@ -423,7 +646,7 @@ class ClipCov(Selector):
             rows, gains, log = select_reference(st, budget, progress=ctx.progress)
             info["class_updates"] = len(log)
         else:
-            rows, gains = select_greedy(st, budget, progress=ctx.progress)
+            rows, gains = select_greedy(st, budget, progress=ctx.progress, engine=ctx.engine)
         ctx.progress.finish()
         gain = np.full(len(pool), np.nan)
         gain[st.perm[rows]] = gains

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from curate.engines.base import Engine
 from curate.errors import InputError, UsageError
 from curate.run import atomic_path
 
@@ -104,8 +105,19 @@ def model_class_text(
     return emb, class_names
 
 
-def zeroshot_labels(image: np.ndarray, valid: np.ndarray, class_text: np.ndarray) -> np.ndarray:
-    """``argmax_k <image_j, class_text_k>`` per sample (block-wise); -1 for invalid rows."""
+def _argmax_task(span: tuple[int, int], image: np.ndarray, class_text: np.ndarray) -> np.ndarray:
+    """Engine task: ``argmax_k <image_j, class_text_k>`` for rows ``span`` (one block)."""
+    s, e = span
+    return np.argmax(image[s:e] @ class_text.T, axis=1).astype(np.int32)
+
+
+def zeroshot_labels(
+    image: np.ndarray, valid: np.ndarray, class_text: np.ndarray, engine: Engine | None = None
+) -> np.ndarray:
+    """``argmax_k <image_j, class_text_k>`` per sample (block-wise); -1 for invalid rows.
+
+    With a distributed ``engine`` the blocks (the same ones) run as its tasks.
+    """
     if class_text.ndim != 2 or class_text.shape[1] != image.shape[1]:
         raise InputError(
             f"class embeddings have shape {class_text.shape} but image embeddings have dim {image.shape[1]}; "
@@ -113,8 +125,13 @@ def zeroshot_labels(image: np.ndarray, valid: np.ndarray, class_text: np.ndarray
         )
     ct = np.ascontiguousarray(class_text, dtype=np.float32)
     labels = np.full(len(image), -1, dtype=np.int32)
-    for s in range(0, len(image), _BLOCK_ROWS):
-        labels[s : s + _BLOCK_ROWS] = np.argmax(image[s : s + _BLOCK_ROWS] @ ct.T, axis=1)
+    spans = [(s, min(len(image), s + _BLOCK_ROWS)) for s in range(0, len(image), _BLOCK_ROWS)]
+    if engine is not None and engine.distributed and len(spans) > 1:
+        for (s, e), lab in zip(spans, engine.map(_argmax_task, spans, {"image": image, "class_text": ct}), strict=True):
+            labels[s:e] = lab
+    else:
+        for span in spans:
+            labels[span[0] : span[1]] = _argmax_task(span, image, ct)
     labels[~valid] = -1
     return labels
 

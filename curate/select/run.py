@@ -7,12 +7,13 @@ The same inputs, method, options and seed give byte-identical tables.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from curate.engines import Engine, make_engine
 from curate.errors import UsageError
 from curate.io.manifest import Manifest, build_manifest, write_manifest
 from curate.io.tables import write_table
@@ -124,6 +126,21 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _engine(engine: Engine | str | None, options: Mapping[str, Any] | None, device: str) -> Iterator[Engine | None]:
+    """The engine to use: a given instance as is, or one made from a name and closed afterwards."""
+    if engine is None or isinstance(engine, Engine):
+        if options:
+            raise UsageError("engine options need an engine name")
+        yield engine
+        return
+    opts = dict(options or {})
+    if engine == "ray":
+        opts.setdefault("device", device if device in ("auto", "cpu", "cuda") else "auto")
+    with make_engine(engine, **opts) as eng:
+        yield eng
+
+
 def run_selection(
     run_root: str | os.PathLike[str],
     method: str,
@@ -139,6 +156,8 @@ def run_selection(
     class_text: np.ndarray | None = None,
     class_names: list[str] | None = None,
     command: str | None = None,
+    engine: Engine | str | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> SelectionResult:
     """Run one selection method over a run's embeddings and write its score table and manifest.
 
@@ -154,6 +173,9 @@ def run_selection(
         force: replace an existing selection of this name made with different parameters.
         class_text, class_names: precomputed class embeddings for clipcov's zero-shot partition.
         command: the command line to record in provenance.
+        engine: where the heavy per-partition work runs: an :class:`~curate.engines.Engine` (started and
+            closed by the caller) or a registered engine name (``local``, ``ray``) with ``engine_options``
+            (e.g. ``{"address": "auto"}``). Every engine selects the same samples with the same scores.
     """
     t0 = time.perf_counter()
     run = RunDir(run_root)
@@ -177,9 +199,10 @@ def run_selection(
         old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
         if old.get("params") != params or old.get("seed") != seed:
             raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
-    ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names)
-    scores = selector.score(pool, ctx)
-    decision = selector.decide(pool, scores, budget, ctx)
+    with _engine(engine, engine_options, device) as eng:
+        ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng)
+        scores = selector.score(pool, ctx)
+        decision = selector.decide(pool, scores, budget, ctx)
     order = np.asarray(decision.order, np.int64)
     if not scores.eligible[order].all() or len(np.unique(order)) != len(order):
         raise AssertionError(f"selector {method} picked ineligible or repeated samples")

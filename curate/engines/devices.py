@@ -1,0 +1,188 @@
+"""One process per device on this machine (``--devices``): ``items[rank::world]`` per process.
+
+The parent spawns one child per device (``spawn`` start method: no CUDA state is forked), sends each
+its share of the items, relays the children's progress events to its own :class:`Progress`, and
+gathers one result per item. Children die with their parent (Linux ``PR_SET_PDEATHSIG``, plus a
+watchdog thread elsewhere), so a killed run leaves no process behind that still writes into the run
+folder; the parent's run lock therefore covers its children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from curate.engines.base import ItemWorker
+from curate.errors import CurateError, UsageError
+from curate.progress import NullProgress, Progress
+
+_log = logging.getLogger(__name__)
+_POLL_S = 0.2
+
+
+def parse_devices(spec: str | Sequence[str]) -> list[str]:
+    """``all`` | ``0,1`` | ``cuda:0,cuda:1`` | ``cpu,cpu`` → torch device strings, validated.
+
+    ``all`` is every visible CUDA GPU, or the CPU (one process) on a machine without one. A bare
+    number N means ``cuda:N``; ``cpu`` may be repeated to run several CPU processes.
+    """
+    from curate.models import check_device  # lazy: imports torch
+
+    tokens = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec)]
+    if not tokens or any(not t for t in tokens):
+        raise UsageError(f"bad --devices {spec!r}: use all, a list of GPU numbers (0,1) or cpu,cpu")
+    if tokens == ["all"]:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+    out = []
+    for t in tokens:
+        dev = f"cuda:{t}" if t.isdigit() else t
+        if dev == "all":
+            raise UsageError("--devices all cannot be combined with other devices")
+        d = check_device(dev)
+        if d.type == "cuda" and d.index is None:
+            d = type(d)("cuda", 0)
+        out.append(str(d))
+    gpus = [d for d in out if d != "cpu"]
+    if len(set(gpus)) != len(gpus):
+        raise UsageError(f"--devices {spec!r} names a GPU twice; give each GPU once")
+    return out
+
+
+def threads_per_process(world: int) -> int:
+    """Torch threads per child so that the children share the CPU cores instead of oversubscribing."""
+    return max(1, (os.cpu_count() or 1) // world)
+
+
+class _QueueProgress:
+    """A Progress that forwards events to the parent through a queue."""
+
+    def __init__(self, q: Any, rank: int) -> None:
+        self.q, self.rank = q, rank
+
+    def start(self, task: str, total: float | None = None, unit: str = "samples") -> None:
+        self.q.put(("start", self.rank, (task, total, unit)))
+
+    def advance(self, n: float = 1) -> None:
+        self.q.put(("advance", self.rank, n))
+
+    def finish(self) -> None:
+        return None
+
+
+def _die_with_parent(parent: int) -> None:
+    """Exit when the parent dies (Linux: kernel signal; elsewhere: a polling thread)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above ran
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="curate-parent-watch", daemon=True).start()
+
+
+def _child(worker: ItemWorker, device: str, rank: int, items: list[Any], threads: int, parent: int, q: Any) -> None:
+    """Entry point of one device process."""
+    _die_with_parent(parent)
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        worker.open(device)
+        try:
+            results = worker.process(items, _QueueProgress(q, rank))
+        finally:
+            worker.close()
+        q.put(("done", rank, results))
+    except CurateError as exc:
+        q.put(("error", rank, (type(exc), str(exc), None)))
+    except BaseException as exc:  # a bug: keep the child's traceback for the parent's message
+        q.put(("error", rank, (None, f"{type(exc).__name__}: {exc}", traceback.format_exc())))
+
+
+def run_per_device(
+    worker: ItemWorker, items: Sequence[Any], devices: Sequence[str], progress: Progress | None = None
+) -> list[Any]:
+    """Run ``worker`` over ``items`` with one process per device; results in item order.
+
+    Device ``rank`` gets ``items[rank::len(devices)]``. The first failing child stops the others and
+    its error is raised here (a :class:`CurateError` keeps its type and one-line message).
+    """
+    progress = progress or NullProgress()
+    world = len(devices)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    threads = threads_per_process(world)
+    shares = [list(items[r::world]) for r in range(world)]
+    procs = []
+    for rank, dev in enumerate(devices):
+        if not shares[rank]:
+            continue
+        p = ctx.Process(target=_child, args=(worker, dev, rank, shares[rank], threads, os.getpid(), q),
+                        name=f"curate-device-{rank}", daemon=False)
+        p.start()
+        procs.append((rank, p))
+    results: dict[int, list[Any]] = {}
+    started = False
+    try:
+        while len(results) < len(procs):
+            try:
+                kind, rank, payload = q.get(timeout=_POLL_S)
+            except queue_mod.Empty:
+                dead = [(r, p) for r, p in procs if r not in results and not p.is_alive()]
+                if dead:
+                    time.sleep(_POLL_S)  # a result may still be in the pipe
+                    try:
+                        kind, rank, payload = q.get(timeout=_POLL_S)
+                    except queue_mod.Empty:
+                        r, p = dead[0]
+                        raise CurateError(f"device process {r} ({devices[r]}) died with exit code {p.exitcode}; "
+                                          "rerun to resume (finished items are kept)") from None
+                else:
+                    continue
+            if kind == "start":
+                if not started:
+                    progress.start(*payload)
+                    started = True
+            elif kind == "advance":
+                progress.advance(payload)
+            elif kind == "done":
+                results[rank] = payload
+            else:  # error
+                etype, msg, tb = payload
+                if etype is not None:
+                    raise etype(msg)
+                _log.error("device process %d (%s) failed:\n%s", rank, devices[rank], tb)
+                raise RuntimeError(f"device process {rank} ({devices[rank]}) failed: {msg}")
+    finally:
+        progress.finish()
+        for _, p in procs:
+            if p.is_alive() and len(results) < len(procs):
+                p.terminate()
+        for _, p in procs:
+            p.join()
+        q.close()
+    out: list[Any] = [None] * len(items)
+    for rank, res in results.items():
+        if len(res) != len(shares[rank]):
+            raise RuntimeError(f"device process {rank} returned {len(res)} results for {len(shares[rank])} items")
+        for j, r in enumerate(res):
+            out[rank + j * world] = r
+    return out
