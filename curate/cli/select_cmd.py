@@ -10,10 +10,12 @@ from rich.table import Table
 
 from curate.cli._app import app
 from curate.cli._common import RichProgress, out, print_json
+from curate.engines import list_engines
 from curate.select import SELECTORS, list_selectors, run_selection
 
 Method = enum.Enum("Method", {n: n for n in list_selectors()}, type=str)  # type: ignore[misc]
 Variant = enum.Enum("Variant", {"reference": "reference", "greedy": "greedy"}, type=str)  # type: ignore[misc]
+EngineName = enum.Enum("EngineName", {n: n for n in list_engines()}, type=str)  # type: ignore[misc]
 Keep = enum.Enum("Keep", {"farthest": "farthest", "closest": "closest", "random": "random"}, type=str)  # type: ignore[misc]
 
 _METHODS = "\n".join(f"  {n}: {c.summary}\n" for n, c in SELECTORS.items())
@@ -25,6 +27,7 @@ Examples:\n
   curate select --run runs/demo --method clip-score --threshold 0.28\n
   curate select --run runs/demo --method semdedup --eps 0.05 --keep farthest\n
   curate select --run runs/demo --method random --count 1000 --seed 1\n
+  curate select --run runs/demo --method clipcov --fraction 0.3 --engine ray --ray-address auto\n
   curate select --run runs/demo --method intersect --of clip-score-t0.28 clipcov-f0.3"""
 
 
@@ -60,6 +63,9 @@ def select(
     clusters: int = typer.Option(None, help="semdedup: k-means clusters (default sqrt(pool))."),
     of: tuple[str, str] = typer.Option(None, "--of", help="intersect/union/difference: NAME_A NAME_B."),
     device: str = typer.Option("auto", help="clipcov: auto, cpu, cuda, cuda:N."),
+    engine: EngineName = typer.Option("local", help="Where per-partition work runs: local or ray (same result)."),
+    ray_address: str = typer.Option(None, help="--engine ray: cluster address (auto, ray://HOST:10001); "
+                                    "default: start a local Ray."),
     force: bool = typer.Option(False, "--force", help="Replace a selection of that name made with other options."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -72,7 +78,8 @@ def select(
     cmd = _command(run=run, method=method, fraction=fraction, count=count, name=name, seed=seed, **opts)
     res = run_selection(
         run, method.value, fraction=fraction, count=count, name=name, seed=seed, options=opts, device=device,
-        force=force, progress=RichProgress(enabled=not json_out), command=cmd,
+        force=force, progress=RichProgress(enabled=not json_out), command=cmd, engine=engine.value,
+        engine_options={"address": ray_address} if ray_address else None,
     )
     if json_out:
         print_json(res.summary())

@@ -52,6 +52,13 @@ class EngineOptions:
     gpus_per_worker: float | None = None
     items_per_task: int = 1
 
+    #: the CLI flag of each option (for messages)
+    FLAGS: ClassVar[dict[str, str]] = {
+        "device": "--device", "devices": "--devices", "address": "--ray-address", "num_cpus": "--ray-num-cpus",
+        "workers": "--ray-workers", "gpus_per_worker": "--ray-gpus-per-worker",
+        "items_per_task": "--ray-shards-per-task",
+    }
+
     def given(self) -> set[str]:
         """Names of the options set to something other than their default."""
         return {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
@@ -114,7 +121,7 @@ class Engine(ABC):
         self.options = options or EngineOptions()
         extra = sorted(self.options.given() - self.accepts)
         if extra:
-            flags = ", ".join("--" + e.replace("_", "-") for e in extra)
+            flags = ", ".join(EngineOptions.FLAGS.get(e, e) for e in extra)
             raise UsageError(f"{flags} does not apply to --engine {self.name}")
 
     # -- lifecycle -------------------------------------------------------------------------------

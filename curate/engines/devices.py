@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -101,9 +102,10 @@ def _die_with_parent(parent: int) -> None:
 def _child(worker: ItemWorker, device: str, rank: int, items: list[Any], threads: int, parent: int, q: Any) -> None:
     """Entry point of one device process."""
     _die_with_parent(parent)
-    import torch
-
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:  # imported while the worker was unpickled
+        sys.modules["torch"].set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch when the worker imports it
     try:
         worker.open(device)
         try:
