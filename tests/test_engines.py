@@ -73,6 +73,12 @@ def scaled(x: int, factor: int) -> int:
     return x * factor
 
 
+def failing(x: int) -> int:
+    if x == 3:
+        raise InputError(f"no such item: {x}")
+    return x
+
+
 def test_registry_lists_engines_and_rejects_unknown_ones() -> None:
     assert list_engines()[:2] == ["local", "ray"]
     with pytest.raises(UsageError, match="unknown engine 'spark'; choose one of: local, ray"):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from curate.engines.base import Engine, ItemWorker, R, WorkerGroup, null_progress, register_engine
-from curate.errors import CurateError, UsageError
+from curate.errors import CurateError, InputError, StrictModeError, UsageError
 from curate.progress import NullProgress, Progress
 
 _log = logging.getLogger(__name__)
@@ -79,9 +79,19 @@ class _ItemActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         idx = [int(i) for i in batch["index"]]
-        results = self.worker.process([self.items[i] for i in idx], NullProgress())
-        return {"index": np.asarray(idx, np.int64),
-                "result": np.asarray([json.dumps(r, sort_keys=True) for r in results], dtype=object)}
+        try:
+            results = [json.dumps(r, sort_keys=True) for r in
+                       self.worker.process([self.items[i] for i in idx], NullProgress())]
+            errors = [""] * len(idx)
+        except CurateError as exc:  # Ray Data drops the original exception: carry it as data
+            results = ["null"] * len(idx)
+            errors = [json.dumps([type(exc).__name__, str(exc)])] * len(idx)
+        return {"index": np.asarray(idx, np.int64), "result": np.asarray(results, dtype=object),
+                "error": np.asarray(errors, dtype=object)}
+
+
+_ERRORS: dict[str, type[CurateError]] = {c.__name__: c for c in (CurateError, UsageError, InputError,
+                                                                  StrictModeError)}
 
 
 class RayGroup(WorkerGroup):
@@ -124,6 +134,8 @@ class RayEngine(Engine):
             raise UsageError(f"ray workers must be >= 1 (got {o.workers})")
         if o.items_per_task < 1:
             raise UsageError(f"items per task must be >= 1 (got {o.items_per_task})")
+        if o.num_cpus is not None and o.address not in (None, "local"):
+            raise UsageError("--ray-num-cpus only applies to a local Ray instance (no --ray-address)")
         if o.gpus_per_worker is not None and o.gpus_per_worker < 0:
             raise UsageError(f"GPUs per worker must be >= 0 (got {o.gpus_per_worker})")
         self._ray: Any = None
@@ -144,8 +156,6 @@ class RayEngine(Engine):
                                       "log_to_driver": False}
             if address in (None, "local"):
                 kwargs["num_cpus"] = self.options.num_cpus
-            elif self.options.num_cpus is not None:
-                raise UsageError("--ray-num-cpus only applies to a local Ray instance (no --ray-address)")
             try:
                 ray.init(address=None if address == "local" else address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -247,23 +257,32 @@ class RayEngine(Engine):
             fn_constructor_kwargs={"worker": worker, "items": list(items), "device": self.worker_device()},
             batch_size=per_task,
             batch_format="numpy",
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=1,
             num_gpus=self.gpus_per_worker(),
         )
         out: list[Any] = [None] * n
         got = np.zeros(n, bool)
         progress.start(worker.label, total=None, unit=worker.unit)
+        data_log = logging.getLogger("ray.data")
+        level = data_log.level
+        data_log.setLevel(logging.CRITICAL)  # failures are raised here, as one line, not logged as well
         try:
             for row in ds.iter_rows():
+                if row["error"]:
+                    kind, message = json.loads(row["error"])
+                    raise _ERRORS.get(kind, CurateError)(message)
                 i = int(row["index"])
                 out[i] = json.loads(row["result"])
                 got[i] = True
                 progress.advance(worker.progress_units(out[i]))
+        except CurateError:
+            raise
         except Exception as exc:
             _reraise(exc)
             raise
         finally:
+            data_log.setLevel(level)
             progress.finish()
         if not got.all():
             raise CurateError(f"ray returned no result for {int((~got).sum())} of {n} items; rerun to resume")

@@ -167,16 +167,20 @@ def _prior_rows(x: np.ndarray, n: int, lo: int, hi: int) -> np.ndarray:
     """Rows lo:hi of ``max_prior_similarity`` of a cluster of ``n`` members whose first rows are ``x``.
 
     The blocks depend only on ``n``, and chunk bounds (:func:`prior_chunks`) lie on block starts, so
-    chunks computed separately give the same bits as one call over the whole cluster.
+    chunks computed separately give the same bits as one call over the whole cluster. Products run in
+    torch, whose CPU results do not depend on the thread count (numpy's BLAS results do).
     """
+    import torch
+
     bs = _prior_block_rows(n)
     out = np.full(hi - lo, -np.inf)
+    xt = torch.from_numpy(np.ascontiguousarray(x[:hi], dtype=np.float32))
     for b0 in range(max(lo, 1), hi, bs):
         b1 = min(hi, b0 + bs)
-        sims = x[b0:b1] @ x[:b1].T
-        rows = np.arange(b0, b1)[:, None]
-        sims[np.arange(b1)[None, :] >= rows] = -np.inf
-        out[b0 - lo : b1 - lo] = sims.max(axis=1)
+        sims = xt[b0:b1] @ xt[:b1].T  # rows b0..b1 against every earlier-or-equal row
+        later = torch.arange(b1)[None, :] >= torch.arange(b0, b1)[:, None]
+        sims.masked_fill_(later, -torch.inf)
+        out[b0 - lo : b1 - lo] = sims.max(dim=1).values.numpy()
     return out
 
 

@@ -41,7 +41,7 @@ BLOCK_ELEMENTS = 1 << 24  # largest similarity block held at once (64 MiB in flo
 _CHUNK = 2048  # reference variant: picks examined per vectorised step
 _TOP = 16  # greedy variant: candidates re-evaluated exactly before a class refresh
 _MAX_PENDING = 128  # greedy variant: refresh a class after this many unapplied picks
-_SMALL = 1 << 15  # products up to this many entries run in numpy on CPU
+_SMALL = 1 << 15  # products up to this many entries run on one CPU thread
 CROSS_CHUNK_ELEMENTS = 1 << 28  # a class with more products is cut into chunks (engine work units)
 MAX_CROSS_CHUNKS = 32
 
@@ -103,8 +103,6 @@ class Blocks:
         self.img = torch.from_numpy(img).to(device=device, dtype=self.dtype)
         self.txt = torch.from_numpy(txt).to(device=device, dtype=self.dtype)
         self.device = device
-        # zero-copy numpy views for the many tiny products of the greedy loop (CPU only)
-        self.host = (self.img.numpy(), self.txt.numpy()) if self.img.device.type == "cpu" else None
 
     def rowdot(self, a: Any, b: Any, b_rows: Any = None) -> np.ndarray:
         """Row-wise dot products ``<a_i, b_i>`` (or ``<a_i, b[b_rows[i]]>``), block-wise, float64."""
@@ -138,11 +136,18 @@ class Blocks:
         out = np.zeros(len(cand), np.float64)
         if len(cand) == 0 or len(picked) == 0:
             return out
-        if self.host is not None and len(cand) * len(picked) <= _SMALL:  # torch's per-op cost dominates
-            img, txt = self.host
-            a = np.maximum(img[cand] @ txt[picked].T, THRESHOLD if THRESHOLD == 0.0 else -np.inf)
-            c = np.maximum(txt[cand] @ img[picked].T, THRESHOLD if THRESHOLD == 0.0 else -np.inf)
-            return a.sum(1, dtype=np.float64) + c.sum(1, dtype=np.float64)
+        threads = t.get_num_threads()
+        small = self.device == "cpu" and threads > 1 and len(cand) * len(picked) <= _SMALL
+        if small:  # thread start-up costs more than these products (torch's results don't depend on it)
+            t.set_num_threads(1)
+        try:
+            return self._redundancy(cand, picked, out)
+        finally:
+            if small:
+                t.set_num_threads(threads)
+
+    def _redundancy(self, cand: np.ndarray, picked: np.ndarray, out: np.ndarray) -> np.ndarray:
+        t = self.torch
         pj = t.from_numpy(np.asarray(picked, np.int64)).to(self.device)
         txt_j, img_j = self.txt[pj], self.img[pj]
         bs = max(1, BLOCK_ELEMENTS // len(picked))

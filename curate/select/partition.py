@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,17 @@ def model_class_text(
 
 
 def _argmax_task(span: tuple[int, int], image: np.ndarray, class_text: np.ndarray) -> np.ndarray:
-    """Engine task: ``argmax_k <image_j, class_text_k>`` for rows ``span`` (one block)."""
+    """Engine task: ``argmax_k <image_j, class_text_k>`` for rows ``span`` (one block; first index on ties).
+
+    torch, not numpy: its CPU products do not depend on the thread count, so every engine gets the same labels.
+    """
+    import torch
+
     s, e = span
-    return np.argmax(image[s:e] @ class_text.T, axis=1).astype(np.int32)
+    with warnings.catch_warnings():  # read-only inputs (Ray's object store) are only read here
+        warnings.simplefilter("ignore", UserWarning)
+        x, c = torch.from_numpy(image[s:e]), torch.from_numpy(class_text)
+    return torch.argmax(x @ c.T, dim=1).numpy().astype(np.int32)
 
 
 def zeroshot_labels(
