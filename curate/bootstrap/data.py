@@ -1,7 +1,9 @@
 """Inputs of a bootstrap round: the pool of samples and the per-sample loss tables of a round.
 
 The pool is held in a canonical order (shard, position) and every other table is mapped onto pool row
-indices once (``pyarrow.compute.index_in``), so the state machine works on integer arrays.
+indices once, so the state machine works on integer arrays. Fixed-width uids (DataComp's 32-hex) are
+mapped with a sorted uid index cached beside the pool (``uidindex.py``); other uids with
+``pyarrow.compute.index_in``. Both give the same rows.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +20,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 
+from curate.bootstrap.uidindex import KEY_VERSION, UidIndex, uid_words
 from curate.errors import InputError, UsageError
 from curate.io.tables import embedding_files, read_parquet
 from curate.run import RunDir, atomic_path
 
 POOL_COLUMNS = ["uid", "shard", "key", "position"]
+#: Rows per chunk of the pool table, fresh or cached (``write_feather``'s chunk size). Manifests are cut from
+#: the pool and their content hash is taken per record batch, so the layout must not depend on the cache.
+POOL_CHUNK = 1 << 16
 
 #: Schema of ``RUN/losses/round-NNNN/part-*.parquet`` (DESIGN.md, "Run directory").
 LOSS_SCHEMA = pa.schema(
@@ -58,17 +64,37 @@ class Pool:
     digest: str  # sha256 of the uids in pool order
     fingerprint: str = ""  # of the input files the pool was read from
     fresh: bool = False  # read from the inputs (not the cache): the caller may cache it
+    uid_index: UidIndex | None = None  # sorted fixed-width uid keys (built on first use when not cached)
+    index_fresh: bool = False  # uid_index was built here (not read from the cache): the caller may cache it
+    _uids: pa.Array | None = field(default=None, init=False, repr=False, compare=False)
+    _index_tried: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.table.num_rows
 
     @property
     def uids(self) -> pa.Array:
-        col = self.table.column("uid")
-        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        """The uid column as one array (combined once)."""
+        if self._uids is None:
+            self._uids = _one_chunk(self.table.column("uid"))
+        return self._uids
+
+    def fast_index(self) -> UidIndex | None:
+        """The fixed-width uid index (built and kept on first use); None when the uids are not fixed-width."""
+        if self.uid_index is None and not self._index_tried:
+            self._index_tried = True
+            self.uid_index = UidIndex.build(self.uids)
+            self.index_fresh = self.uid_index is not None
+        return self.uid_index
 
     def index_of(self, uids: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int64]:
         """Pool row of each uid; -1 where the uid is not in the pool."""
+        index = self.fast_index()
+        if index is not None:
+            words = uid_words(self.uids, index.width)
+            rows = index.lookup(words, uids) if words is not None else None
+            if rows is not None:
+                return rows
         idx = pc.index_in(uids, value_set=self.uids)
         return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -82,6 +108,7 @@ _POOL_SCHEMA = pa.schema(
     ]
 )
 _POOL_META = b"curate.pool"
+_INDEX_META = b"curate.pool_index"
 
 
 def init_manifest_path(run: RunDir, init: str) -> Path:
@@ -100,6 +127,10 @@ def init_manifest_path(run: RunDir, init: str) -> Path:
 
 def pool_cache_path(run: RunDir) -> Path:
     return run.bootstrap_dir / "pool.arrow"
+
+
+def pool_index_path(run: RunDir) -> Path:
+    return run.bootstrap_dir / "pool-index.arrow"
 
 
 def _fingerprint(files: list[Path], source: str) -> str:
@@ -127,6 +158,33 @@ def _read_sorted(files: list[Path]) -> pa.Table:
     return table.combine_chunks()
 
 
+def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
+def _rechunk(table: pa.Table) -> pa.Table:
+    """``table`` in chunks of ``POOL_CHUNK`` rows, as a cached pool reads back (zero-copy slices)."""
+    return pa.Table.from_batches(table.to_batches(max_chunksize=POOL_CHUNK), table.schema)
+
+
+def _read_index(run: RunDir, digest: str) -> UidIndex | None:
+    """The cached uid index of the pool with ``digest``; None when absent, stale or damaged."""
+    path = pool_index_path(run)
+    if not path.exists():
+        return None
+    try:
+        table = feather.read_table(path, memory_map=True)
+        meta = json.loads((table.schema.metadata or {}).get(_INDEX_META, b"{}"))
+        if meta.get("digest") != digest or meta.get("key_version") != KEY_VERSION:
+            return None
+        key, row = (_one_chunk(table.column(c)).to_numpy() for c in ("key", "row"))  # zero-copy from the map
+        if key.dtype != np.uint64 or row.dtype != np.int64 or len(key) != len(row):
+            return None
+        return UidIndex(int(meta["width"]), key, row)
+    except (pa.ArrowInvalid, OSError, ValueError, KeyError, TypeError):
+        return None  # a stale or damaged cache is rebuilt
+
+
 def load_pool(run_root: str | os.PathLike[str], init: str | None = None) -> Pool:
     """The pool: every embedded sample, or the subset of the manifest ``init`` names.
 
@@ -150,17 +208,26 @@ def load_pool(run_root: str | os.PathLike[str], init: str | None = None) -> Pool
             table = feather.read_table(cache, memory_map=True)
             meta = json.loads((table.schema.metadata or {}).get(_POOL_META, b"{}"))
             if meta.get("fingerprint") == fp:
-                return Pool(table.replace_schema_metadata(None), source, meta["digest"], fp)
+                digest = meta["digest"]
+                table = table.replace_schema_metadata(None)
+                if any(len(c) != POOL_CHUNK for c in table.column("uid").chunks[:-1]):
+                    table = _rechunk(table.combine_chunks())  # written with another chunk size
+                return Pool(table, source, digest, fp, uid_index=_read_index(run, digest))
         except (pa.ArrowInvalid, OSError, ValueError):
             pass  # a stale or damaged cache is rebuilt
     table = _read_sorted(files)
     if table.num_rows == 0:
         raise InputError(f"the pool of {run.root} ({source}) is empty")
-    if pc.count_distinct(table.column("uid")).as_py() != table.num_rows:
+    uids = table.column("uid").chunk(0)  # one chunk after _read_sorted
+    index = UidIndex.build(uids)  # sorted fixed-width keys: built only for distinct uids
+    if index is None and pc.count_distinct(uids).as_py() != table.num_rows:
         raise InputError(f"the pool of {run.root} ({source}) has duplicate uids; re-embed or fix the selection")
     if init is not None:
         _check_embedded(run, table, files[0])
-    return Pool(table, source, hash_strings(table.column("uid")), fp, fresh=True)
+    pool = Pool(_rechunk(table), source, hash_strings(uids), fp, fresh=True, uid_index=index,
+                index_fresh=index is not None)
+    pool._uids = uids
+    return pool
 
 
 def _check_embedded(run: RunDir, table: pa.Table, manifest: Path) -> None:
@@ -183,7 +250,20 @@ def write_pool_cache(run: RunDir, pool: Pool) -> None:
     meta = {_POOL_META: json.dumps({"fingerprint": pool.fingerprint, "digest": pool.digest,
                                     "source": pool.source}).encode()}
     with atomic_path(pool_cache_path(run)) as tmp:
-        feather.write_feather(pool.table.replace_schema_metadata(meta), tmp, compression="uncompressed")
+        feather.write_feather(pool.table.replace_schema_metadata(meta), tmp, compression="uncompressed",
+                              chunksize=POOL_CHUNK)
+
+
+def write_pool_index(run: RunDir, pool: Pool) -> None:
+    """Persist the pool's uid index for the next rounds (atomic; one record batch, memory-mapped on read)."""
+    index = pool.uid_index
+    if index is None:
+        return
+    meta = {_INDEX_META: json.dumps({"digest": pool.digest, "width": index.width,
+                                     "key_version": KEY_VERSION}).encode()}
+    table = pa.table({"key": index.key, "row": index.row}).replace_schema_metadata(meta)
+    with atomic_path(pool_index_path(run)) as tmp:
+        feather.write_feather(table, tmp, compression="uncompressed", chunksize=max(1, len(index)))
 
 
 @dataclass

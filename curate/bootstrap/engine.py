@@ -9,6 +9,7 @@ Files under ``RUN/bootstrap/``:
     state.json                    the state after the latest round (same as rounds/round-<latest>.json)
     rounds/round-NNNN.json        the state after round N (a rerun of N+1 starts from it)
     pool.arrow                    the pool in canonical (shard, position) order; ``row`` below indexes it
+    pool-index.arrow              sorted keys of fixed-width uids → pool row (maps loss uids onto rows)
     decisions/round-NNNN.parquet  per-sample history of round N: round, row, candidate, pruned, reason
     candidates/round-NNNN.parquet SCAN: every sample scored in preparation round N (see methods.py)
     infobatch/scores-round-NNNN.parquet  InfoBatch: the score of every pool row used to decide round N
@@ -26,7 +27,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curate.bootstrap.data import RoundLosses, load_pool, map_losses, pool_cache_path, write_pool_cache
+from curate.bootstrap.data import (
+    RoundLosses,
+    load_pool,
+    map_losses,
+    pool_cache_path,
+    pool_index_path,
+    write_pool_cache,
+    write_pool_index,
+)
 from curate.bootstrap.methods import Decision, RoundContext, get_method, knob_names, list_methods
 from curate.errors import InputError, UsageError
 from curate.io.manifest import Manifest, build_manifest, header_path, write_manifest
@@ -197,8 +206,8 @@ def bootstrap_round(
     def losses(r: int) -> RoundLosses:
         return map_losses(run, r, pool, _kept_mask(run, r, len(pool)))
 
-    def read_table(rel: str) -> pa.Table:
-        return read_parquet(run.bootstrap_dir / rel)
+    def read_table(rel: str, columns: list[str] | None = None) -> pa.Table:
+        return read_parquet(run.bootstrap_dir / rel, columns)
 
     ctx = RoundContext(round_, pool, int(cfg["seed"]), dict(prev["method_state"]) if prev else {}, losses, read_table)
     dec = impl.step(ctx)
@@ -250,11 +259,13 @@ def bootstrap_round(
     }
 
     # Everything is decided and validated: write (each file atomically; state last).
-    outputs = [pool_cache_path(run), decisions_path(run, round_), run.manifest_file(round_),
+    outputs = [pool_cache_path(run), pool_index_path(run), decisions_path(run, round_), run.manifest_file(round_),
                header_path(run.manifest_file(round_)), snapshot_path(run, round_), state_path(run)]
     _remove_stale_temps([*outputs, *(run.bootstrap_dir / rel for rel in dec.tables)])
     if pool.fresh:
         write_pool_cache(run, pool)
+    if pool.index_fresh:
+        write_pool_index(run, pool)
     for rel, table in sorted(dec.tables.items()):
         write_table(run.bootstrap_dir / rel, table)
     write_table(decisions_path(run, round_), _decisions_table(round_, dec))

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from curate.bootstrap import schedule as sch
-from curate.bootstrap.candidates import epoch_loss, find_candidates
+from curate.bootstrap.candidates import _canonical_candidates, epoch_loss
 from curate.bootstrap.data import Pool, RoundLosses
 from curate.errors import UsageError
 
@@ -45,7 +45,7 @@ class RoundContext:
     seed: int
     state: dict[str, Any]  # the method's state after the previous round ({} before round 0)
     losses: Callable[[int], RoundLosses]  # validated losses of an earlier round (raises if missing)
-    read_table: Callable[[str], pa.Table]  # a table the method wrote earlier under RUN/bootstrap/
+    read_table: Callable[..., pa.Table]  # (path under RUN/bootstrap/, columns=None): a table written earlier
 
 
 @dataclass
@@ -142,8 +142,9 @@ def scan_candidates(losses: RoundLosses, p: ScanParams, seed: int, prep_round: i
     Columns: ``row`` (pool row), ``batch``, ``loss_rank`` (mean within-batch percentile,
     1 = highest loss), ``candidate`` (redundant | ill_matched | both | null).
     """
-    batch = losses.batch if p.rank_scope == "batch" else np.zeros(len(losses), np.int64)
-    c = find_candidates(
+    n = len(losses)
+    batch = losses.batch if p.rank_scope == "batch" else np.zeros(n, np.int64)
+    canon, c = _canonical_candidates(  # results in canonical (batch, row) order: row i is losses row canon[i]
         batch,
         losses.loss_a,
         losses.loss_b,
@@ -152,21 +153,37 @@ def scan_candidates(losses: RoundLosses, p: ScanParams, seed: int, prep_round: i
         rng=rng_for(seed, prep_round, STREAM_CANDIDATES),
         tiebreak=losses.row,
     )
-    code = c.redundant.astype(np.int8) + 2 * c.ill_matched.astype(np.int8) - 1  # -1 none, 0, 1, 2
-    order = np.argsort(losses.row, kind="stable")
+    order, rows = _by_row(losses.row[canon])
+    code = c.redundant.astype(np.int8)
+    code += 2 * c.ill_matched.astype(np.int8)
+    code -= 1  # -1 none, 0 redundant, 1 ill_matched, 2 both
     code = code[order]
-    kinds = pa.DictionaryArray.from_arrays(
-        pa.array(np.where(code < 0, 0, code).astype(np.int8), mask=code < 0), pa.array(CANDIDATE_KINDS)
-    )
-    rows = losses.row[order]
+    none = code < 0
+    code[none] = 0
+    kinds = pa.DictionaryArray.from_arrays(pa.array(code, mask=none), pa.array(CANDIDATE_KINDS))
     return pa.table(
         {
             "row": pa.array(rows),
-            "batch": pa.array(losses.batch[order]),
+            "batch": pa.array(losses.batch[canon[order]]),
             "loss_rank": pa.array(c.loss_rank[order]),
             "candidate": kinds,
         }
     )
+
+
+def _by_row(rows: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(order, rows[order]) for distinct non-negative ``rows`` ascending (a numpy sort, no argsort)."""
+    n = len(rows)
+    ib = int(n - 1).bit_length() if n else 0
+    if n and rows.min() >= 0 and int(rows.max()).bit_length() + ib <= 63:
+        key = rows << ib
+        key |= np.arange(n, dtype=np.int64)
+        key.sort()
+        order = key & ((1 << ib) - 1)
+        key >>= ib
+        return order, key
+    order = np.argsort(rows, kind="stable")
+    return order, rows[order]
 
 
 def kind_codes(col: pa.ChunkedArray | pa.Array, labels: tuple[str, ...] = CANDIDATE_KINDS) -> np.ndarray:
@@ -174,9 +191,12 @@ def kind_codes(col: pa.ChunkedArray | pa.Array, labels: tuple[str, ...] = CANDID
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if not pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_encode()
-    remap = np.array([labels.index(v) for v in arr.dictionary.to_pylist()] + [-1], np.int8)  # few values
-    idx = arr.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return remap[idx]
+    values = arr.dictionary.to_pylist()  # few values
+    idx = arr.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    if values == list(labels[: len(values)]) and idx.dtype == np.int8:
+        return idx  # the dictionary is a prefix of labels (as written by scan_candidates): codes as they are
+    remap = np.array([labels.index(v) for v in values] + [-1], np.int8)
+    return remap[idx.astype(np.int64)]
 
 
 def candidates_path(prep_round: int) -> str:
@@ -223,7 +243,7 @@ class Scan(Method):
                 dec.tables[candidates_path(prep)] = table
                 st["candidates_round"] = prep
             else:
-                table = ctx.read_table(candidates_path(st["candidates_round"]))
+                table = ctx.read_table(candidates_path(st["candidates_round"]), ["row", "candidate"])
             code = kind_codes(table.column("candidate"))
             mask = code >= 0
             if p.prune_mode != "both":
@@ -278,7 +298,7 @@ class InfoBatch(Method):
         if ctx.state.get("scores_round") is None:
             scores = np.full(n, p.init_score, np.float64)
         else:
-            scores = ctx.read_table(_scores_path(ctx.state["scores_round"])).column("score").to_numpy()
+            scores = ctx.read_table(_scores_path(ctx.state["scores_round"]), ["score"]).column("score").to_numpy()
             scores = scores.astype(np.float64)
         if n_round > 0:
             lo = ctx.losses(n_round - 1)

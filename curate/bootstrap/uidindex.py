@@ -1,0 +1,199 @@
+"""Uid → pool-row lookup for fixed-width uids (DataComp's 32-hex uids) without hashing strings in Arrow.
+
+When every pool uid has the same byte length L, a uid's bytes are read straight from the Arrow string
+buffer as ``ceil(L / 8)`` little-endian 64-bit words and mixed into one 64-bit key. The index is the
+pool's keys, sorted, with the pool row of each (cached beside the pool in ``RUN/bootstrap``). A lookup
+sorts the query keys once (a numpy sort of ``key prefix | query position``: no argsort), merges them into
+the index with a binary search over sorted keys, and verifies every match byte for byte against the pool's
+uid; a failed check retries with the full key. The result is exactly ``pyarrow.compute.index_in``'s
+(pool row, -1 where absent) for any input: key collisions cost a retry, never a wrong row. Uids that are
+not all of the pool's width make :meth:`UidIndex.lookup` return None (the caller falls back to Arrow).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+#: Version of the key function; stored with a cached index so that a change invalidates old caches.
+KEY_VERSION = 1
+
+_U64 = np.uint64
+_M0, _M1, _M2 = _U64(0x9E3779B97F4A7C15), _U64(0xBF58476D1CE4E5B9), _U64(0x94D049BB133111EB)
+_VERIFY_BLOCK = 1 << 20  # rows compared per step (bounds the temporaries of the byte check)
+
+
+def _bits(x: int) -> int:
+    return int(x).bit_length()
+
+
+def _one_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
+
+
+def fixed_width(col: pa.Array | pa.ChunkedArray) -> int | None:
+    """The common byte length of the values of a string column (no nulls, at least 1 byte), else None."""
+    arr = _one_array(col)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) or arr.null_count or not len(arr):
+        return None
+    offs = _offsets(arr)
+    width = int(offs[1] - offs[0])
+    if width < 1 or not np.all(np.diff(offs) == width):
+        return None
+    return width
+
+
+def _offsets(arr: pa.Array) -> np.ndarray:
+    dtype = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    return np.frombuffer(arr.buffers()[1], dtype)[arr.offset : arr.offset + len(arr) + 1]
+
+
+def uid_words(col: pa.Array | pa.ChunkedArray, width: int) -> npt.NDArray[np.uint64] | None:
+    """The uids as an ``(n, ceil(width / 8))`` little-endian uint64 matrix (zero-copy when width % 8 == 0).
+
+    None when a value is null or not ``width`` bytes long.
+    """
+    arr = _one_array(col)
+    n = len(arr)
+    w = -(-width // 8)
+    if n == 0:
+        return np.zeros((0, w), "<u8")
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) or arr.null_count:
+        return None
+    offs = _offsets(arr)
+    if int(offs[-1] - offs[0]) != n * width or not np.all(np.diff(offs) == width):
+        return None
+    data = np.frombuffer(arr.buffers()[2], np.uint8, count=n * width, offset=int(offs[0]))
+    if width % 8 == 0:
+        return data.view("<u8").reshape(n, w)
+    padded = np.zeros((n, w * 8), np.uint8)
+    padded[:, :width] = data.reshape(n, width)
+    return padded.view("<u8")
+
+
+def mix(words: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """A 64-bit key per row of ``words`` (multiply-xorshift per word, splitmix64 finaliser)."""
+    n, w = words.shape
+    k = np.full(n, w, _U64)
+    tmp = np.empty(n, _U64)
+    for j in range(w):
+        np.bitwise_xor(k, words[:, j], out=k)
+        np.multiply(k, _M0, out=k)
+        np.right_shift(k, _U64(31), out=tmp)
+        np.bitwise_xor(k, tmp, out=k)
+    for shift, mult in ((30, _M1), (27, _M2)):
+        np.right_shift(k, _U64(shift), out=tmp)
+        np.bitwise_xor(k, tmp, out=k)
+        np.multiply(k, mult, out=k)
+    np.right_shift(k, _U64(31), out=tmp)
+    np.bitwise_xor(k, tmp, out=k)
+    return k
+
+
+def _prefix_sort(keys: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.intp], int]:
+    """Sort ``keys`` by their top bits with one numpy sort of ``prefix | position``.
+
+    Returns (sorted packed values, positions in that order, number of low bits used for the position).
+    Positions with equal prefixes come out in position order, not key order.
+    """
+    n = len(keys)
+    b = _bits(n - 1)
+    low = _U64((1 << b) - 1)
+    packed = keys & ~low
+    packed |= np.arange(n, dtype=_U64)
+    packed.sort()
+    return packed, (packed & low).astype(np.intp), b
+
+
+def _same_rows(a: npt.NDArray[np.uint64], rows: np.ndarray, b: npt.NDArray[np.uint64], b_rows: np.ndarray | None
+               ) -> npt.NDArray[np.bool_]:
+    """``a[rows] == b[b_rows]`` row-wise (``b_rows=None``: all of ``b``), in blocks."""
+    out = np.empty(len(rows), bool)
+    for s in range(0, len(rows), _VERIFY_BLOCK):
+        ga = a[rows[s : s + _VERIFY_BLOCK]]
+        gb = b[s : s + _VERIFY_BLOCK] if b_rows is None else b[b_rows[s : s + _VERIFY_BLOCK]]
+        diff = ga[:, 0] ^ gb[:, 0]
+        for j in range(1, a.shape[1]):
+            diff |= ga[:, j] ^ gb[:, j]
+        out[s : s + _VERIFY_BLOCK] = diff == 0
+    return out
+
+
+@dataclass(frozen=True)
+class UidIndex:
+    """The pool's uid keys, sorted and unique, with the pool row of each."""
+
+    width: int  # byte length of every pool uid
+    key: npt.NDArray[np.uint64]  # ascending, unique
+    row: npt.NDArray[np.int64]  # pool row of key[i]
+
+    @classmethod
+    def build(cls, uids: pa.Array | pa.ChunkedArray) -> UidIndex | None:
+        """Index the pool uids; None if they are not all of one width or two of them share a key.
+
+        A built index therefore also proves that the uids are distinct.
+        """
+        width = fixed_width(uids)
+        words = uid_words(uids, width) if width else None
+        if words is None:
+            return None
+        keys = mix(words)
+        packed, row, b = _prefix_sort(keys)
+        key = keys[row]
+        del keys
+        # equal prefixes come out in row order, not key order: sort those (few, short) runs by key
+        packed >>= _U64(b)
+        eq = np.flatnonzero(packed[1:] == packed[:-1])
+        if len(eq):
+            sel = np.union1d(eq, eq + 1)
+            order = np.lexsort((key[sel], packed[sel]))
+            key[sel], row[sel] = key[sel][order], row[sel][order]
+        del packed
+        if np.any(key[1:] <= key[:-1]):
+            return None  # duplicate uids, or a key collision: use Arrow's hash join
+        return cls(width, key, row.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def lookup(self, pool_words: npt.NDArray[np.uint64], query: pa.Array | pa.ChunkedArray
+               ) -> npt.NDArray[np.int64] | None:
+        """Pool row of every query uid (-1 where absent); None if a query uid is not ``width`` bytes long.
+
+        ``pool_words``: ``uid_words`` of the pool's uids in pool-row order (for the byte check).
+        """
+        qw = uid_words(query, self.width)
+        if qw is None:
+            return None
+        m, n = len(qw), len(self.key)
+        out = np.full(m, -1, np.int64)
+        if m == 0 or n == 0:
+            return out
+        kq = mix(qw)
+        packed, qpos, b = _prefix_sort(kq)
+        sh = _U64(b)
+        packed >>= sh  # the query keys' prefixes, ascending
+        pool_prefix = self.key >> sh
+        at = np.searchsorted(pool_prefix, packed)
+        np.minimum(at, n - 1, out=at)
+        hit = pool_prefix[at] == packed
+        del packed, pool_prefix
+        out[qpos[hit]] = self.row[at[hit]]
+        del at, hit, qpos
+        cand = np.flatnonzero(out >= 0)
+        full = len(cand) == m
+        ok = _same_rows(pool_words, out[cand], qw, None if full else cand)
+        retry = cand[~ok]
+        out[retry] = -1
+        if len(retry):  # the first pool key with the same prefix was another uid: search the full key
+            at = np.minimum(np.searchsorted(self.key, kq[retry]), n - 1)
+            hit = self.key[at] == kq[retry]
+            retry, rows = retry[hit], self.row[at[hit]]
+            ok = _same_rows(pool_words, rows, qw, retry)
+            out[retry[ok]] = rows[ok]
+        return out
