@@ -115,8 +115,6 @@ def test_local_engine_runs_items_in_process(tmp_path: Path) -> None:
     with make_engine("local", device="cpu") as eng:
         res = eng.run_items(FileWorker(str(tmp_path)), ITEMS, ev)
         assert eng.map(scaled, [7, 9], {"factor": 4}) == [28, 36]
-        with eng.group(dict, [{"a": 1}, {"a": 2}]) as grp:
-            assert grp.call([(1, "get", ("a",)), (0, "get", ("a",))]) == [2, 1]
     assert [r["item"] for r in res] == ITEMS
     assert {r["pid"] for r in res} == {os.getpid()} and {r["device"] for r in res} == {"cpu"}
     assert ev.advanced == len(ITEMS)

@@ -42,11 +42,9 @@ def engine():
         yield eng
 
 
-def test_ray_engine_map_group_and_items(engine, tmp_path: Path) -> None:
+def test_ray_engine_map_and_items(engine, tmp_path: Path) -> None:
     assert engine.distributed and engine.worker_device() == "cpu" and engine.parallelism() == 2
     assert engine.map(scaled, list(range(5)), {"factor": np.int64(3)}) == [0, 3, 6, 9, 12]
-    with engine.group(dict, [{"a": 1}, {"a": 2}]) as grp:
-        assert grp.call([(1, "get", ("a",)), (0, "get", ("a",))]) == [2, 1]
     ev = Events()
     res = engine.run_items(FileWorker(str(tmp_path)), ITEMS, ev)
     assert [r["item"] for r in res] == ITEMS and {r["device"] for r in res} == {"cpu"}

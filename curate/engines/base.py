@@ -1,12 +1,10 @@
 """The engine contract and registry.
 
-An *engine* decides where work runs; the stages (embed, select) decide what the work is. Three kinds
+An *engine* decides where work runs; the stages (embed, select) decide what the work is. Two kinds
 of work cover every stage:
 
 * :meth:`Engine.map` — a stateless function over a list of items (one task per item), with large
-  read-only inputs shared once (``shared``): select's per-partition and per-cluster work.
-* :meth:`Engine.group` — stateful workers, each built once and then called many times: ClipCov's
-  per-class greedy sequences, which the driver merges.
+  read-only inputs shared once (``shared``): select's per-class and per-cluster work.
 * :meth:`Engine.run_items` — model-holding workers over a list of work items (shards): embed.
   ``local`` runs them in this process, or in one process per device (``devices``); ``ray`` runs
   them on a Ray Data actor pool.
@@ -21,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from curate.errors import UsageError
@@ -90,26 +88,6 @@ class ItemWorker(ABC):
         return 0.0
 
 
-class WorkerGroup(ABC):
-    """Stateful workers made by :meth:`Engine.group`; worker ``i`` holds ``factory(inits[i], **shared)``."""
-
-    @abstractmethod
-    def call(self, calls: Sequence[tuple[int, str, tuple[Any, ...]]]) -> list[Any]:
-        """Run ``worker[i].method(*args)`` for each ``(i, method, args)`` (in parallel); results in order."""
-
-    def close(self) -> None:  # noqa: B027  (optional hook)
-        """Free the workers."""
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def __enter__(self) -> WorkerGroup:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class Engine(ABC):
     """Where work runs. Use as a context manager: ``with make_engine("ray") as eng: ...``."""
 
@@ -144,11 +122,11 @@ class Engine(ABC):
         return False
 
     def worker_device(self) -> str:
-        """The torch device that ``map`` tasks and ``group`` workers compute on."""
+        """The torch device that ``map`` tasks compute on."""
         return self.options.device
 
     def parallelism(self) -> int:
-        """How many ``map`` tasks or ``group`` workers run at once."""
+        """How many ``map`` tasks run at once."""
         return 1
 
     # -- work --------------------------------------------------------------------------------------
@@ -167,27 +145,8 @@ class Engine(ABC):
         """
 
     @abstractmethod
-    def group(
-        self, factory: Callable[..., Any], inits: Sequence[Any], shared: Mapping[str, Any] | None = None
-    ) -> WorkerGroup:
-        """Build ``len(inits)`` stateful workers, worker ``i`` = ``factory(inits[i], **shared)``."""
-
-    @abstractmethod
     def run_items(self, worker: ItemWorker, items: Sequence[Any], progress: Progress | None = None) -> list[Any]:
         """Run ``worker`` over ``items``; return one result per item, in item order."""
-
-
-@dataclass
-class LocalGroup(WorkerGroup):
-    """Workers held in this process (the local engine's :class:`WorkerGroup`)."""
-
-    workers: list[Any] = field(default_factory=list)
-
-    def call(self, calls: Sequence[tuple[int, str, tuple[Any, ...]]]) -> list[Any]:
-        return [getattr(self.workers[i], method)(*args) for i, method, args in calls]
-
-    def __len__(self) -> int:
-        return len(self.workers)
 
 
 def local_map(

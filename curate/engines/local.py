@@ -8,9 +8,7 @@ from typing import Any
 from curate.engines.base import (
     Engine,
     ItemWorker,
-    LocalGroup,
     R,
-    WorkerGroup,
     local_map,
     null_progress,
     register_engine,
@@ -34,12 +32,6 @@ class LocalEngine(Engine):
         progress: Progress | None = None,
     ) -> list[R]:
         return local_map(fn, items, shared, progress)
-
-    def group(
-        self, factory: Callable[..., Any], inits: Sequence[Any], shared: Mapping[str, Any] | None = None
-    ) -> WorkerGroup:
-        kw = dict(shared or {})
-        return LocalGroup([factory(init, **kw) for init in inits])
 
     def run_items(self, worker: ItemWorker, items: Sequence[Any], progress: Progress | None = None) -> list[Any]:
         progress = null_progress(progress)

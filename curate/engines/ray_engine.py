@@ -5,7 +5,7 @@ it with an actor pool: each actor builds the :class:`ItemWorker` once (loads the
 when the cluster has GPUs) and processes ``items_per_task`` items per call. Items are written by the
 worker itself (per-item atomic outputs), so a retried or repeated item is harmless and a rerun after
 a failure resumes where the outputs stop. ``map`` runs one Ray task per item with the ``shared``
-inputs put in the object store once; ``group`` holds stateful workers in Ray actors.
+inputs put in the object store once (tasks reuse warm worker processes; actors would each start one).
 
 Ray is imported lazily: the rest of curate works without it (``pip install 'curate[ray]'``).
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.engines.base import Engine, ItemWorker, R, WorkerGroup, null_progress, register_engine
+from curate.engines.base import Engine, ItemWorker, R, null_progress, register_engine
 from curate.errors import CurateError, InputError, StrictModeError, UsageError
 from curate.progress import NullProgress, Progress
 
@@ -60,16 +60,6 @@ def _call(fn: Callable[..., Any], item: Any, **shared: Any) -> Any:
     return fn(item, **shared)
 
 
-class _Holder:
-    """Actor body of a :class:`RayGroup` worker."""
-
-    def __init__(self, factory: Callable[..., Any], init: Any, **shared: Any) -> None:
-        self.obj = factory(init, **shared)
-
-    def call(self, method: str, args: tuple[Any, ...]) -> Any:
-        return getattr(self.obj, method)(*args)
-
-
 class _ItemActor:
     """Ray Data actor: opens the worker once, then processes batches of item indices."""
 
@@ -92,29 +82,6 @@ class _ItemActor:
 
 _ERRORS: dict[str, type[CurateError]] = {c.__name__: c for c in (CurateError, UsageError, InputError,
                                                                   StrictModeError)}
-
-
-class RayGroup(WorkerGroup):
-    """Stateful workers in Ray actors."""
-
-    def __init__(self, ray: Any, actors: list[Any]) -> None:
-        self.ray, self.actors = ray, actors
-
-    def call(self, calls: Sequence[tuple[int, str, tuple[Any, ...]]]) -> list[Any]:
-        futures = [self.actors[i].call.remote(method, tuple(args)) for i, method, args in calls]
-        try:
-            return list(self.ray.get(futures))
-        except Exception as exc:
-            _reraise(exc)
-            raise
-
-    def close(self) -> None:
-        for a in self.actors:
-            self.ray.kill(a)
-        self.actors = []
-
-    def __len__(self) -> int:
-        return len(self.actors)
 
 
 @register_engine
@@ -183,7 +150,7 @@ class RayEngine(Engine):
 
     # -- resources -------------------------------------------------------------------------------
     def gpus_per_worker(self) -> float:
-        """GPUs each task/actor asks for: the option, else 1 when the cluster has GPUs (0 for --device cpu)."""
+        """GPUs each task or actor asks for: the option, else 1 when the cluster has GPUs (0 for --device cpu)."""
         if self.options.gpus_per_worker is not None:
             return float(self.options.gpus_per_worker)
         if self.options.device == "cpu":
@@ -234,14 +201,6 @@ class RayEngine(Engine):
                 ray.cancel(f)
             _reraise(exc)
             raise
-
-    def group(
-        self, factory: Callable[..., Any], inits: Sequence[Any], shared: Mapping[str, Any] | None = None
-    ) -> WorkerGroup:
-        ray = self._require()
-        refs = {k: ray.put(v) for k, v in (shared or {}).items()}
-        actor = ray.remote(_Holder).options(num_cpus=1, num_gpus=self.gpus_per_worker())
-        return RayGroup(ray, [actor.remote(factory, init, **refs) for init in inits])
 
     def run_items(self, worker: ItemWorker, items: Sequence[Any], progress: Progress | None = None) -> list[Any]:
         ray = self._require()

@@ -454,28 +454,18 @@ class ClassGreedy:
         return np.asarray(rows, np.int64), np.asarray(gains, np.float64)
 
 
-def _greedy_group(classes: list[tuple[int, int]], img: np.ndarray, txt: np.ndarray, unary: np.ndarray,
-                  cross: np.ndarray, label: np.ndarray, device: str, dtype: str) -> dict[int, ClassGreedy]:
-    """Engine worker: the :class:`ClassGreedy` of each class ``(s, e)``, on its own copy of the rows."""
-    out = {}
-    for s, e in classes:
-        blocks = Blocks(np.array(img[s:e]), np.array(txt[s:e]), device, dtype)
-        out[s] = ClassGreedy(blocks, 0, e - s, unary[s:e], cross[s:e], label[s:e])
+def _greedy_task(classes: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                 device: str, dtype: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Engine task: the first ``m`` picks of each class ``(m, s, img, txt, unary, cross, label)``.
+
+    A class's sequence is deterministic, so a longer request recomputes the same prefix and goes on.
+    """
+    out = []
+    for m, s, img, txt, unary, cross, label in classes:
+        blocks = Blocks(np.array(img), np.array(txt), device, dtype)
+        rows, gains = ClassGreedy(blocks, 0, len(unary), unary, cross, label).take(m)
+        out.append((rows + s, gains))
     return out
-
-
-class _GreedyWorker:
-    """A group of classes' greedy sequences held by one engine worker (``take`` by class start row)."""
-
-    def __init__(self, classes: list[tuple[int, int]], **shared: Any) -> None:
-        self.classes = _greedy_group(classes, **shared)
-
-    def take(self, requests: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        out = []
-        for s, m in requests:
-            rows, gains = self.classes[s].take(m)
-            out.append((rows + s, gains))
-        return out
 
 
 def select_greedy(
@@ -484,12 +474,12 @@ def select_greedy(
     """Exact greedy on the per-pick deductions: merge the classes' own greedy sequences by gain.
 
     Each class's sequence (:class:`ClassGreedy`) depends only on that class, so with a distributed
-    ``engine`` the classes run in its workers, in chunks the merge asks for, with the same bits.
+    ``engine`` the sequences are computed by its tasks, as far as the merge needs them, with the same bits.
     """
     n_cls = len(st.bounds) - 1
     sizes = np.diff(st.bounds)
     if engine is not None and engine.distributed:
-        fetch, closer = _remote_classes(st, budget, engine)
+        fetch = _remote_sequences(st, budget, engine)
     else:
         local = [ClassGreedy(st.blocks, s, e, st.unary[s:e], st.cross[s:e], st.label[s:e])
                  for s, e in itertools.pairwise(st.bounds)]
@@ -497,10 +487,9 @@ def select_greedy(
         def fetch(ks: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
             return [local[k].take(1) for k in ks]
 
-        closer = None
     buf: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0))] * n_cls
-    pos = np.zeros(n_cls, np.int64)
-    taken = np.zeros(n_cls, np.int64)
+    pos = np.zeros(n_cls, np.int64)  # next unmerged entry of buf[k]
+    taken = np.zeros(n_cls, np.int64)  # entries of class k fetched so far
     heap: list[tuple[float, int, int]] = []
 
     def refill(ks: list[int]) -> None:
@@ -515,63 +504,51 @@ def select_greedy(
         if pos[k] < len(buf[k][0]):
             heapq.heappush(heap, (-float(buf[k][1][pos[k]]), k, int(buf[k][0][pos[k]])))
 
-    try:
-        refill(list(range(n_cls)))
-        for k in range(n_cls):
-            push(k)
-        picks = np.empty(budget, np.int64)
-        gains = np.empty(budget, np.float64)
-        for t in range(budget):
-            if progress is not None and t % 1024 == 0:
-                progress.advance(min(1024, budget - t))
-            neg, k, j = heapq.heappop(heap)
-            picks[t], gains[t] = j, -neg
-            pos[k] += 1
-            push(k)
-    finally:
-        if closer is not None:
-            closer()
+    refill(list(range(n_cls)))
+    for k in range(n_cls):
+        push(k)
+    picks = np.empty(budget, np.int64)
+    gains = np.empty(budget, np.float64)
+    for t in range(budget):
+        if progress is not None and t % 1024 == 0:
+            progress.advance(min(1024, budget - t))
+        neg, k, j = heapq.heappop(heap)
+        picks[t], gains[t] = j, -neg
+        pos[k] += 1
+        push(k)
     return picks, gains
 
 
-def _remote_classes(st: ClipCovState, budget: int, engine: Engine) -> tuple[Any, Any]:
-    """Class sequences held by ``engine`` workers; ``fetch(ks)`` asks each class for its next chunk.
+def _remote_sequences(st: ClipCovState, budget: int, engine: Engine) -> Any:
+    """``fetch(ks)``: the next picks of classes ``ks``, computed by ``engine`` tasks.
 
-    A class is first asked for about twice its proportional share of the budget (at least 16 picks),
-    then for twice what it gave so far whenever the merge has used up its chunk.
+    A class is first asked for about twice its share of the budget (at least 16 picks), then for twice
+    as many as before whenever the merge has used them up; a task recomputes the class's sequence from
+    its start (it is deterministic), so no state lives between tasks.
     """
     bounds = st.bounds
-    n_cls = len(bounds) - 1
     sizes = np.diff(bounds)
     n = int(bounds[-1])
-    costs = sizes.astype(np.float64) ** 2
-    runs = balanced_runs(costs, engine.parallelism())
-    owner = np.zeros(n_cls, np.int64)
-    for w, (a, b) in enumerate(runs):
-        owner[a:b] = w
     img, txt = st.blocks.img.cpu().numpy(), st.blocks.txt.cpu().numpy()
-    shared = {"img": img, "txt": txt, "unary": st.unary, "cross": st.cross, "label": st.label,
-              "device": engine.worker_device(), "dtype": str(st.blocks.dtype).removeprefix("torch.")}
-    inits = [[(int(bounds[k]), int(bounds[k + 1])) for k in range(a, b)] for a, b in runs]
-    group = engine.group(_GreedyWorker, inits, shared)
-    given = np.zeros(n_cls, np.int64)
+    dtype = str(st.blocks.dtype).removeprefix("torch.")
+    given = np.zeros(len(sizes), np.int64)
 
     def fetch(ks: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-        want = {k: int(max(16, 2 * given[k], -(-2 * budget * sizes[k] // n) if given[k] == 0 else 0)) for k in ks}
-        calls = []
-        for w in sorted({int(owner[k]) for k in ks}):
-            req = [(int(bounds[k]), want[k]) for k in ks if owner[k] == w]
-            calls.append((w, "take", (req,)))
-        answers = group.call(calls)
-        got: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for (_, _, (req,)), ans in zip(calls, answers, strict=True):
-            for (s, _), res in zip(req, ans, strict=True):
-                k = int(np.searchsorted(bounds, s, side="right") - 1)
-                got[k] = res
-                given[k] += len(res[0])
-        return [got[k] for k in ks]
+        want = [int(min(sizes[k], max(16, 2 * given[k], -(-2 * budget * int(sizes[k]) // n)))) for k in ks]
+        payload = []
+        for k, m in zip(ks, want, strict=True):
+            s, e = int(bounds[k]), int(bounds[k + 1])
+            payload.append((m, s, img[s:e], txt[s:e], st.unary[s:e], st.cross[s:e], st.label[s:e]))
+        runs = balanced_runs([float(sizes[k]) * m for k, m in zip(ks, want, strict=True)], 4 * engine.parallelism())
+        results = engine.map(_greedy_task, [payload[a:b] for a, b in runs],
+                             {"device": engine.worker_device(), "dtype": dtype})
+        out = []
+        for k, (rows, gains) in zip(ks, (r for res in results for r in res), strict=True):
+            out.append((rows[given[k] :], gains[given[k] :]))
+            given[k] = len(rows)
+        return out
 
-    return fetch, group.close
+    return fetch
 
 
 @register
