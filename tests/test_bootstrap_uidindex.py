@@ -75,7 +75,7 @@ def test_key_collisions_fall_back_to_exact_comparison(monkeypatch: pytest.Monkey
     # keys with 3 significant bits in the prefix and many equal prefixes: exercises the by-key retry
     monkeypatch.setattr(uidindex, "mix", lambda w: real_mix(w) & np.uint64(0xE0000000000FFFFF))
     query = pool[::3] + _hex(rng, 300)
-    _check(pool, [query[i] for i in rng.permutation(len(query))])
+    _check(pool, [query[i] for i in rng.permutation(len(query))], chunks=4)
     # colliding keys for distinct pool uids: no index (Arrow decides)
     monkeypatch.setattr(uidindex, "mix", lambda w: real_mix(w) & np.uint64(0xFF))
     assert UidIndex.build(pa.array(pool)) is None

@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -67,7 +68,20 @@ class Pool:
     uid_index: UidIndex | None = None  # sorted fixed-width uid keys (built on first use when not cached)
     index_fresh: bool = False  # uid_index was built here (not read from the cache): the caller may cache it
     _uids: pa.Array | None = field(default=None, init=False, repr=False, compare=False)
+    _whole: pa.Table | None = field(default=None, init=False, repr=False, compare=False)  # one chunk per column
     _index_tried: bool = field(default=False, init=False, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, table: pa.Table, source: str, digest: str, fingerprint: str, **kw: Any) -> Pool:
+        """A pool over ``table`` (any chunking), held in ``POOL_CHUNK``-row chunks (zero-copy when ``table`` is
+        one chunk per column; the uid column then stays available as one array without a copy)."""
+        whole = table if all(c.num_chunks == 1 for c in table.columns) else None
+        if whole is None and any(len(c) != POOL_CHUNK for c in table.column("uid").chunks[:-1]):
+            whole = table.combine_chunks()
+        pool = cls(_rechunk(whole) if whole is not None else table, source, digest, fingerprint, **kw)
+        if whole is not None:
+            pool._whole, pool._uids = whole, whole.column("uid").chunk(0)
+        return pool
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -209,10 +223,8 @@ def load_pool(run_root: str | os.PathLike[str], init: str | None = None) -> Pool
             meta = json.loads((table.schema.metadata or {}).get(_POOL_META, b"{}"))
             if meta.get("fingerprint") == fp:
                 digest = meta["digest"]
-                table = table.replace_schema_metadata(None)
-                if any(len(c) != POOL_CHUNK for c in table.column("uid").chunks[:-1]):
-                    table = _rechunk(table.combine_chunks())  # written with another chunk size
-                return Pool(table, source, digest, fp, uid_index=_read_index(run, digest))
+                return Pool.of(table.replace_schema_metadata(None), source, digest, fp,
+                               uid_index=_read_index(run, digest))
         except (pa.ArrowInvalid, OSError, ValueError):
             pass  # a stale or damaged cache is rebuilt
     table = _read_sorted(files)
@@ -224,10 +236,7 @@ def load_pool(run_root: str | os.PathLike[str], init: str | None = None) -> Pool
         raise InputError(f"the pool of {run.root} ({source}) has duplicate uids; re-embed or fix the selection")
     if init is not None:
         _check_embedded(run, table, files[0])
-    pool = Pool(_rechunk(table), source, hash_strings(uids), fp, fresh=True, uid_index=index,
-                index_fresh=index is not None)
-    pool._uids = uids
-    return pool
+    return Pool.of(table, source, hash_strings(uids), fp, fresh=True, uid_index=index, index_fresh=index is not None)
 
 
 def _check_embedded(run: RunDir, table: pa.Table, manifest: Path) -> None:
@@ -245,25 +254,41 @@ def _check_embedded(run: RunDir, table: pa.Table, manifest: Path) -> None:
         )
 
 
-def write_pool_cache(run: RunDir, pool: Pool) -> None:
-    """Persist a freshly read pool for the next rounds (atomic)."""
+def write_arrow(path: str | os.PathLike[str], table: pa.Table) -> None:
+    """An uncompressed Arrow IPC file with one record batch (memory-mapped without copies on read)."""
+    feather.write_feather(table, path, compression="uncompressed", chunksize=max(1, table.num_rows))
+
+
+def pool_cache_table(pool: Pool) -> pa.Table:
+    """What ``RUN/bootstrap/pool.arrow`` holds: the pool table with its fingerprint and digest."""
     meta = {_POOL_META: json.dumps({"fingerprint": pool.fingerprint, "digest": pool.digest,
                                     "source": pool.source}).encode()}
+    table = pool._whole if pool._whole is not None else pool.table
+    return table.replace_schema_metadata(meta)
+
+
+def pool_index_table(pool: Pool) -> pa.Table | None:
+    """What ``RUN/bootstrap/pool-index.arrow`` holds (None without a fixed-width uid index)."""
+    index = pool.uid_index
+    if index is None:
+        return None
+    meta = {_INDEX_META: json.dumps({"digest": pool.digest, "width": index.width,
+                                     "key_version": KEY_VERSION}).encode()}
+    return pa.table({"key": index.key, "row": index.row}).replace_schema_metadata(meta)
+
+
+def write_pool_cache(run: RunDir, pool: Pool) -> None:
+    """Persist a freshly read pool for the next rounds (atomic)."""
     with atomic_path(pool_cache_path(run)) as tmp:
-        feather.write_feather(pool.table.replace_schema_metadata(meta), tmp, compression="uncompressed",
-                              chunksize=POOL_CHUNK)
+        write_arrow(tmp, pool_cache_table(pool))
 
 
 def write_pool_index(run: RunDir, pool: Pool) -> None:
-    """Persist the pool's uid index for the next rounds (atomic; one record batch, memory-mapped on read)."""
-    index = pool.uid_index
-    if index is None:
-        return
-    meta = {_INDEX_META: json.dumps({"digest": pool.digest, "width": index.width,
-                                     "key_version": KEY_VERSION}).encode()}
-    table = pa.table({"key": index.key, "row": index.row}).replace_schema_metadata(meta)
-    with atomic_path(pool_index_path(run)) as tmp:
-        feather.write_feather(table, tmp, compression="uncompressed", chunksize=max(1, len(index)))
+    """Persist the pool's uid index for the next rounds (atomic)."""
+    table = pool_index_table(pool)
+    if table is not None:
+        with atomic_path(pool_index_path(run)) as tmp:
+            write_arrow(tmp, table)
 
 
 @dataclass

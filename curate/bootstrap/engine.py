@@ -17,30 +17,36 @@ Files under ``RUN/bootstrap/``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curate.bootstrap.data import (
+    Pool,
     RoundLosses,
     load_pool,
     map_losses,
     pool_cache_path,
+    pool_cache_table,
     pool_index_path,
-    write_pool_cache,
-    write_pool_index,
+    pool_index_table,
+    write_arrow,
 )
 from curate.bootstrap.methods import Decision, RoundContext, get_method, knob_names, list_methods
 from curate.errors import InputError, UsageError
-from curate.io.manifest import Manifest, build_manifest, header_path, write_manifest
-from curate.io.tables import read_parquet, write_table
-from curate.run import RunDir, read_json, write_json
+from curate.io.manifest import Manifest, build_manifest, header_path, manifest_file_table
+from curate.io.tables import read_parquet
+from curate.run import RunDir, atomic_path, read_json, write_json
 
 STATE_FORMAT_VERSION = 1
 DEFAULT_METHOD = "scan"
@@ -146,6 +152,49 @@ def _remove_stale_temps(paths: list[Path]) -> None:
             tmp.unlink(missing_ok=True)
 
 
+class _Writes:
+    """Output files written to temporary names in worker threads (pyarrow and numpy release the GIL), then
+    renamed in submission order by ``commit``; ``abort`` removes the temporaries (``atomic_path`` semantics).
+    """
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self._executor = executor
+        self._pending: list[tuple[contextlib.AbstractContextManager[Path], Future[None]]] = []
+
+    def add(self, path: Path, write: Callable[[Path], None]) -> None:
+        cm = atomic_path(path)
+        tmp = cm.__enter__()
+        self._pending.append((cm, self._executor.submit(write, tmp)))
+
+    def _finish(self, error: BaseException | None) -> None:
+        pending, self._pending = self._pending, []
+        errors = [f.exception() for _, f in pending]  # waits for every write
+        error = error or next((e for e in errors if e is not None), None)
+        for cm, _ in pending:
+            if error is None:
+                cm.__exit__(None, None, None)  # rename onto the final name
+            else:
+                cm.__exit__(type(error), error, error.__traceback__)  # remove the temporary
+        if error is not None:
+            raise error
+
+    def commit(self) -> None:
+        self._finish(None)
+
+    def abort(self, error: BaseException) -> None:
+        self._finish(error)
+
+
+#: Parquet options of the tables under RUN/bootstrap (read back only by curate): dictionary pages only for
+#: low-cardinality columns, no page statistics. The manifest keeps pyarrow's defaults.
+_DICTIONARY_COLUMNS = {"round", "batch"}
+
+
+def _write_internal(table: pa.Table) -> Callable[[Path], None]:
+    dictionary = [f.name for f in table.schema if pa.types.is_dictionary(f.type) or f.name in _DICTIONARY_COLUMNS]
+    return lambda tmp: pq.write_table(table, tmp, use_dictionary=dictionary, write_statistics=False)
+
+
 # --- the round ----------------------------------------------------------------------------------
 def _kept_mask(run: RunDir, round_: int, n: int) -> np.ndarray:
     """Pool rows that were in round ``round_``'s manifest (from its decisions file)."""
@@ -211,31 +260,32 @@ def bootstrap_round(
 
     ctx = RoundContext(round_, pool, int(cfg["seed"]), dict(prev["method_state"]) if prev else {}, losses, read_table)
     dec = impl.step(ctx)
-
-    rows = pool.table.filter(pa.array(dec.keep))
-    if dec.weight is not None:
-        rows = rows.append_column("weight", pa.array(dec.weight[dec.keep], pa.float32()))
+    # Decided and validated: from here on files are written, each to a temporary name (in worker threads,
+    # while the manifest is built), renamed in order once all are complete; the state goes last.
+    outputs = [pool_cache_path(run), pool_index_path(run), decisions_path(run, round_), run.manifest_file(round_),
+               header_path(run.manifest_file(round_)), snapshot_path(run, round_), state_path(run)]
+    _remove_stale_temps([*outputs, *(run.bootstrap_dir / rel for rel in dec.tables)])
+    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1))) as executor:
+        writes = _Writes(executor)
+        try:
+            if pool.fresh:
+                cache = pool_cache_table(pool)
+                writes.add(pool_cache_path(run), lambda tmp: write_arrow(tmp, cache))
+            index = pool_index_table(pool) if pool.index_fresh else None
+            if index is not None:
+                writes.add(pool_index_path(run), lambda tmp: write_arrow(tmp, index))
+            for rel, table in sorted(dec.tables.items()):
+                writes.add(run.bootstrap_dir / rel, _write_internal(table))
+            writes.add(decisions_path(run, round_), _write_internal(_decisions_table(round_, dec)))
+            manifest = _manifest(pool, dec, cfg, round_, command)
+            writes.add(run.manifest_file(round_), lambda tmp: pq.write_table(manifest_file_table(manifest), tmp))
+        except BaseException as exc:
+            writes.abort(exc)
+            raise
+        writes.commit()
+    path = run.manifest_file(round_)
+    write_json(header_path(path), manifest.header)
     reasons = dec.pruned_by_reason()
-    boot = {
-        "method": cfg["method"],
-        "pool_source": pool.source,
-        "record_losses": dec.record_losses,
-        **dec.header,
-    }
-    manifest = build_manifest(
-        rows,
-        kind="bootstrap",
-        command=command,
-        params={"method": cfg["method"], "init": cfg["init"], **cfg["params"]},
-        seed=int(cfg["seed"]),
-        round=round_,
-        phase=dec.phase,
-        parent=f"manifests/round-{round_ - 1:04d}.parquet" if round_ > 0 else None,
-        pool_size=len(pool),
-        pruned_by_reason=reasons,
-        extra={"bootstrap": boot},
-        presorted=True,  # pool rows are in (shard, position) order with unique uids; filtering keeps that
-    )
     summary = {
         "round": round_,
         "method": cfg["method"],
@@ -257,19 +307,6 @@ def bootstrap_round(
         "method_state": dec.state,
         "history": [*(prev["history"] if prev else []), summary],
     }
-
-    # Everything is decided and validated: write (each file atomically; state last).
-    outputs = [pool_cache_path(run), pool_index_path(run), decisions_path(run, round_), run.manifest_file(round_),
-               header_path(run.manifest_file(round_)), snapshot_path(run, round_), state_path(run)]
-    _remove_stale_temps([*outputs, *(run.bootstrap_dir / rel for rel in dec.tables)])
-    if pool.fresh:
-        write_pool_cache(run, pool)
-    if pool.index_fresh:
-        write_pool_index(run, pool)
-    for rel, table in sorted(dec.tables.items()):
-        write_table(run.bootstrap_dir / rel, table)
-    write_table(decisions_path(run, round_), _decisions_table(round_, dec))
-    path = write_manifest(run.manifest_file(round_), manifest)
     write_json(snapshot_path(run, round_), state)
     write_json(state_path(run), state)
     run.update(
@@ -278,6 +315,33 @@ def bootstrap_round(
         command=f"{command} --round {round_}",
     )
     return RoundResult(round_, path, manifest, summary)
+
+
+def _manifest(pool: Pool, dec: Decision, cfg: dict[str, Any], round_: int, command: str) -> Manifest:
+    """The round's manifest: the kept pool rows (in pool order) and the header."""
+    rows = pool.table.filter(pa.array(dec.keep))
+    if dec.weight is not None:
+        rows = rows.append_column("weight", pa.array(dec.weight[dec.keep], pa.float32()))
+    boot = {
+        "method": cfg["method"],
+        "pool_source": pool.source,
+        "record_losses": dec.record_losses,
+        **dec.header,
+    }
+    return build_manifest(
+        rows,
+        kind="bootstrap",
+        command=command,
+        params={"method": cfg["method"], "init": cfg["init"], **cfg["params"]},
+        seed=int(cfg["seed"]),
+        round=round_,
+        phase=dec.phase,
+        parent=f"manifests/round-{round_ - 1:04d}.parquet" if round_ > 0 else None,
+        pool_size=len(pool),
+        pruned_by_reason=dec.pruned_by_reason(),
+        extra={"bootstrap": boot},
+        presorted=True,  # pool rows are in (shard, position) order with unique uids; filtering keeps that
+    )
 
 
 def history(run_root: str | os.PathLike[str]) -> pa.Table:

@@ -110,18 +110,27 @@ def _prefix_sort(keys: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint64], 
     return packed, (packed & low).astype(np.intp), b
 
 
-def _same_rows(a: npt.NDArray[np.uint64], rows: np.ndarray, b: npt.NDArray[np.uint64], b_rows: np.ndarray | None
-               ) -> npt.NDArray[np.bool_]:
-    """``a[rows] == b[b_rows]`` row-wise (``b_rows=None``: all of ``b``), in blocks."""
+def _rows_match(pool: np.ndarray, rows: np.ndarray, words: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+    """Per row: ``rows[i] < 0`` or the pool uid ``rows[i]`` has the bytes ``words[i]``.
+
+    ``pool``: the pool's words as one void item per uid (``np.take`` of those is a plain memcpy per row).
+    """
     out = np.empty(len(rows), bool)
+    w = words.shape[1]
     for s in range(0, len(rows), _VERIFY_BLOCK):
-        ga = a[rows[s : s + _VERIFY_BLOCK]]
-        gb = b[s : s + _VERIFY_BLOCK] if b_rows is None else b[b_rows[s : s + _VERIFY_BLOCK]]
-        diff = ga[:, 0] ^ gb[:, 0]
-        for j in range(1, a.shape[1]):
-            diff |= ga[:, j] ^ gb[:, j]
-        out[s : s + _VERIFY_BLOCK] = diff == 0
+        r = rows[s : s + _VERIFY_BLOCK]
+        got = np.take(pool, np.maximum(r, 0)).view("<u8").reshape(-1, w)
+        want = words[s : s + _VERIFY_BLOCK]
+        diff = got[:, 0] ^ want[:, 0]
+        for j in range(1, w):
+            diff |= got[:, j] ^ want[:, j]
+        np.logical_or(r < 0, diff == 0, out=out[s : s + _VERIFY_BLOCK])
     return out
+
+
+def _as_items(words: npt.NDArray[np.uint64]) -> np.ndarray:
+    """Rows of a C-contiguous word matrix as single void items (a view)."""
+    return np.ascontiguousarray(words).view(f"V{8 * words.shape[1]}").reshape(len(words))
 
 
 @dataclass(frozen=True)
@@ -167,14 +176,17 @@ class UidIndex:
 
         ``pool_words``: ``uid_words`` of the pool's uids in pool-row order (for the byte check).
         """
-        qw = uid_words(query, self.width)
-        if qw is None:
-            return None
-        m, n = len(qw), len(self.key)
+        parts = []  # the query's words per chunk (zero-copy views of the Arrow buffers)
+        for chunk in query.chunks if isinstance(query, pa.ChunkedArray) else [query]:
+            words = uid_words(chunk, self.width)
+            if words is None:
+                return None
+            parts.append(words)
+        m, n = sum(len(p) for p in parts), len(self.key)
         out = np.full(m, -1, np.int64)
         if m == 0 or n == 0:
             return out
-        kq = mix(qw)
+        kq = np.concatenate([mix(p) for p in parts]) if len(parts) != 1 else mix(parts[0])
         packed, qpos, b = _prefix_sort(kq)
         sh = _U64(b)
         packed >>= sh  # the query keys' prefixes, ascending
@@ -185,15 +197,21 @@ class UidIndex:
         del packed, pool_prefix
         out[qpos[hit]] = self.row[at[hit]]
         del at, hit, qpos
-        cand = np.flatnonzero(out >= 0)
-        full = len(cand) == m
-        ok = _same_rows(pool_words, out[cand], qw, None if full else cand)
-        retry = cand[~ok]
-        out[retry] = -1
-        if len(retry):  # the first pool key with the same prefix was another uid: search the full key
-            at = np.minimum(np.searchsorted(self.key, kq[retry]), n - 1)
-            hit = self.key[at] == kq[retry]
-            retry, rows = retry[hit], self.row[at[hit]]
-            ok = _same_rows(pool_words, rows, qw, retry)
-            out[retry[ok]] = rows[ok]
+        # byte check, chunk by chunk in query order; a failed one retries with the full key
+        pool = _as_items(pool_words)
+        offsets = np.cumsum([0] + [len(p) for p in parts])
+        retry = []
+        for off, words in zip(offsets, parts, strict=False):
+            seg = out[off : off + len(words)]
+            bad = np.flatnonzero(~_rows_match(pool, seg, words))
+            seg[bad] = -1
+            retry.append(bad + off)
+        todo = np.concatenate(retry)
+        if len(todo):  # the first pool key with the same prefix belonged to another uid
+            at = np.minimum(np.searchsorted(self.key, kq[todo]), n - 1)
+            rows = np.where(self.key[at] == kq[todo], self.row[at], -1)
+            part = np.searchsorted(offsets, todo, side="right") - 1
+            words = np.concatenate([parts[k][todo[part == k] - offsets[k]] for k in range(len(parts))])
+            ok = _rows_match(pool, rows, words) & (rows >= 0)
+            out[todo[ok]] = rows[ok]
         return out

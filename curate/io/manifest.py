@@ -52,12 +52,37 @@ class Manifest:
         return self.table.column("uid").to_numpy(zero_copy_only=False)
 
 
+def _joined(uids: pa.Array) -> bytes:
+    """``"\n".join(uids.to_pylist()).encode()`` straight from the Arrow buffers (no Python strings)."""
+    n = len(uids)
+    if n == 0:
+        return b""
+    if uids.null_count or not (pa.types.is_string(uids.type) or pa.types.is_large_string(uids.type)):
+        return "\n".join(uids.to_pylist()).encode()  # (a null raises here, as it always did)
+    dtype = np.int64 if pa.types.is_large_string(uids.type) else np.int32
+    offs = np.frombuffer(uids.buffers()[1], dtype)[uids.offset : uids.offset + n + 1].astype(np.int64)
+    size = int(offs[-1] - offs[0])
+    if size == 0:
+        return b"\n" * (n - 1)
+    data = np.frombuffer(uids.buffers()[2], np.uint8, count=size, offset=int(offs[0]))
+    lengths = np.diff(offs)
+    if bool(np.all(lengths == lengths[0])):  # all of one length (hex uids): one reshape
+        width = int(lengths[0])
+        rows = np.full((n, width + 1), ord("\n"), np.uint8)
+        rows[:, :width] = data.reshape(n, width)
+        return rows.reshape(-1)[:-1].tobytes()
+    out = np.full(size + n - 1, ord("\n"), np.uint8)
+    keep = np.ones(len(out), bool)
+    keep[offs[1:-1] - offs[0] + np.arange(n - 1)] = False  # the separator after value i sits at end_i + i
+    out[keep] = data
+    return out.tobytes()
+
+
 def content_hash(table: pa.Table) -> str:
     """sha256 over the sorted manifest rows (uid, weight): equal hash means the same subset."""
     h = hashlib.sha256()
     for batch in table.select(["uid", "weight"]).to_batches(max_chunksize=1 << 16):
-        uids = batch.column(0).to_pylist()
-        h.update("\n".join(uids).encode())
+        h.update(_joined(batch.column(0)))
         h.update(batch.column(1).to_numpy(zero_copy_only=False).astype("<f4").tobytes())
     return h.hexdigest()
 
@@ -97,7 +122,11 @@ def build_manifest(
     w = table.column("weight").to_numpy()
     if len(w) and (not np.all(np.isfinite(w)) or np.any(w <= 0)):
         raise InputError("manifest weights must be finite and positive")
-    per_shard = table.group_by("shard").aggregate([("uid", "count")]).sort_by("shard")
+    if presorted:
+        shards, counts = _runs(table.column("shard"))
+    else:
+        per_shard = table.group_by("shard").aggregate([("uid", "count")]).sort_by("shard")
+        shards, counts = per_shard.column("shard").to_pylist(), per_shard.column("uid_count").to_pylist()
     kept = table.num_rows
     pruned = (pool_size - kept) if pool_size is not None else None
     header: dict[str, Any] = {
@@ -115,18 +144,24 @@ def build_manifest(
             "pruned": pruned,
             "pruned_by_reason": dict(sorted((pruned_by_reason or {}).items())),
         },
-        "shards": [
-            {"shard": s, "kept": int(c)}
-            for s, c in zip(
-                per_shard.column("shard").to_pylist(), per_shard.column("uid_count").to_pylist(), strict=True
-            )
-        ],
+        "shards": [{"shard": s, "kept": int(c)} for s, c in zip(shards, counts, strict=True)],
         "weighted": bool(len(w) and np.any(w != 1.0)),
         "content_hash": content_hash(table),
     }
     if extra:
         header.update(extra)
     return Manifest(table, header)
+
+
+def _runs(col: pa.ChunkedArray) -> tuple[list[str], list[int]]:
+    """Values and lengths of the runs of equal values of a sorted column (per-shard counts without hashing)."""
+    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    n = len(arr)
+    if n == 0:
+        return [], []
+    change = pc.not_equal(arr.slice(1), arr.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.r_[0, np.flatnonzero(change) + 1]
+    return arr.take(pa.array(starts)).to_pylist(), np.diff(np.r_[starts, n]).tolist()
 
 
 def header_path(path: str | os.PathLike[str]) -> Path:
@@ -138,12 +173,15 @@ def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> Path:
     path = Path(path)
     if path.suffix != ".parquet":
         raise ValueError(f"manifest path must end in .parquet: {path}")
-    meta = {HEADER_KEY: json.dumps(manifest.header, sort_keys=True).encode()}
-    table = manifest.table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(manifest_file_table(manifest), tmp)
     write_json(header_path(path), manifest.header)
     return path
+
+
+def manifest_file_table(manifest: Manifest) -> pa.Table:
+    """The table a manifest's Parquet file holds: the rows, with the header in the schema metadata."""
+    return manifest.table.replace_schema_metadata({HEADER_KEY: json.dumps(manifest.header, sort_keys=True).encode()})
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
