@@ -110,6 +110,17 @@ def matrix(col: list[Any]) -> np.ndarray:
     return np.asarray(col, dtype=np.float32)
 
 
+def cli_in_new_session(argv: list[str]) -> None:
+    """``curate ARGV`` in this (forked) process as a session leader, so that a test can kill it with its workers."""
+    import multiprocessing
+
+    os.setsid()
+    multiprocessing.set_start_method("fork", force=True)  # as in a fresh `curate` process (not the server's)
+    from curate.cli.app import main
+
+    sys.exit(main(argv))
+
+
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``curate ARGS`` in a subprocess from the repo root; capture text output."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "CURATE_OFFLINE": "1", **(env or {})}
