@@ -203,11 +203,11 @@ class _Layout:
         return packed
 
 
-def _rank_desc(layout: _Layout, loss: np.ndarray) -> npt.NDArray[np.int64]:
-    """``rank_desc`` through ``_Layout.sorted_rows`` (one numpy sort instead of a stable argsort)."""
+def _rank_desc(layout: _Layout, loss: np.ndarray) -> npt.NDArray[np.int64] | npt.NDArray[np.int32]:
+    """``rank_desc`` through ``_Layout.sorted_rows`` (one numpy sort instead of a stable argsort; int32)."""
     if not layout.packs:
         return rank_desc(layout.groups, loss)
-    rank = np.empty(len(loss), np.int64)
+    rank = np.empty(len(loss), np.int32)  # packs: positions fit in 31 bits
     rank[layout.sorted_rows(None, _key32(loss, descending=True))] = layout.pos
     return rank
 
@@ -252,15 +252,16 @@ def _canonical_candidates(
     ra = _rank_desc(layout, np.ascontiguousarray(loss_a, dtype=np.float32)[canon])
     rb = ra if loss_b is None else _rank_desc(layout, np.ascontiguousarray(loss_b, dtype=np.float32)[canon])
     k_hi, k_lo = quota(groups, rho_max), quota(groups, rho_min)
-    u_red = rng.integers(0, 2**32, n, dtype=np.uint64)
-    u_ill = rng.integers(0, 2**32, n, dtype=np.uint64)
-    lo_thr, hi_thr = (groups.size - k_lo)[gid], k_hi[gid]  # rank >= size - k_lo: redundant; < k_hi: ill
-    red = _top_up_packed(layout, ra >= lo_thr, rb >= lo_thr, k_lo, u_red)
-    ill = _top_up_packed(layout, ra < hi_thr, rb < hi_thr, k_hi, u_ill)
-    del lo_thr, hi_thr, u_red, u_ill
-    # loss_rank = 1 - (ra + rb) / (2 (size - 1)), 0.5 in batches of one; same float64 operations per row
+    thr = (groups.size - k_lo).astype(ra.dtype)[gid]  # rank >= size - k_lo: redundant
+    u = rng.integers(0, 2**32, n, dtype=np.uint64)  # the first draw: top-up of the redundant sets
+    red = _top_up_packed(layout, ra >= thr, rb >= thr, k_lo, u)
+    thr = k_hi.astype(ra.dtype)[gid]  # rank < k_hi: ill-matched
+    u = rng.integers(0, 2**32, n, dtype=np.uint64)  # the second draw: top-up of the ill-matched sets
+    ill = _top_up_packed(layout, ra < thr, rb < thr, k_hi, u)
+    del thr, u
+    # loss_rank = 1 - (ra + rb) / (2 (size - 1)), 0.5 in batches of one; the same float64 operations per row
     den2 = 2.0 * np.maximum(groups.size - 1, 1).astype(np.float64)
-    pct = np.add(ra, rb)
+    pct = np.add(ra, rb, dtype=np.int64)
     pct = np.divide(pct, den2[gid])
     np.subtract(1.0, pct, out=pct)
     single = groups.size <= 1

@@ -297,8 +297,8 @@ class RoundLosses:
 
     row: npt.NDArray[np.int64]  # pool row of each loss row
     batch: npt.NDArray[np.int64]
-    loss_a: npt.NDArray[np.float64]
-    loss_b: npt.NDArray[np.float64] | None
+    loss_a: npt.NDArray[np.float32]  # as stored (float32); every use converts exactly
+    loss_b: npt.NDArray[np.float32] | None
     files: int
 
     def __len__(self) -> int:
@@ -306,8 +306,9 @@ class RoundLosses:
 
     @property
     def loss(self) -> npt.NDArray[np.float64]:
-        """The training loss per sample: (loss_a + loss_b) / 2, or loss_a alone."""
-        return self.loss_a if self.loss_b is None else (self.loss_a + self.loss_b) / 2.0
+        """The training loss per sample: (loss_a + loss_b) / 2, or loss_a alone (float64)."""
+        a = self.loss_a.astype(np.float64)
+        return a if self.loss_b is None else (a + self.loss_b.astype(np.float64)) / 2.0
 
 
 def loss_files(run: RunDir, round_: int) -> list[Path]:
@@ -355,14 +356,14 @@ def map_losses(
     for col in ("uid", "batch", "loss_a"):
         if table.column(col).null_count:
             raise InputError(f"the loss table of round {round_} in {where} has nulls in {col}")
-    loss_a = table.column("loss_a").to_numpy().astype(np.float64)
+    loss_a = table.column("loss_a").to_numpy()
     lb = table.column("loss_b")
     if lb.null_count == table.num_rows:
         loss_b = None
     elif lb.null_count:
         raise InputError(f"the loss table of round {round_} in {where} has nulls in loss_b (fill all or none)")
     else:
-        loss_b = lb.to_numpy().astype(np.float64)
+        loss_b = lb.to_numpy()
     for name, arr in (("loss_a", loss_a), ("loss_b", loss_b)):
         if arr is not None and not np.all(np.isfinite(arr)):
             bad = int(np.sum(~np.isfinite(arr)))
@@ -374,20 +375,23 @@ def map_losses(
     row = pool.index_of(uids)
     unknown = row < 0
     if allowed is not None:
-        unknown |= ~allowed[np.where(unknown, 0, row)]
+        unknown |= ~allowed[np.where(unknown, 0, row) if unknown.any() else row]
     if unknown.any():
         first = uids[int(np.flatnonzero(unknown)[0])].as_py()
         raise InputError(
             f"the loss table of round {round_} has {int(unknown.sum())} uids that were not in round "
             f"{round_}'s manifest (e.g. {first}); record losses only for samples of that manifest"
         )
-    counts = np.bincount(row, minlength=len(pool))
-    if counts.max(initial=0) > 1:
+    seen = np.zeros(len(pool), np.uint8)
+    seen[row] = 1
+    if np.count_nonzero(seen) < len(row):  # some row twice: count them (error path only)
+        counts = np.bincount(row, minlength=len(pool))
         dup = int(np.sum(counts > 1))
         first = pool.uids[int(np.flatnonzero(counts > 1)[0])].as_py()
         raise InputError(
             f"the loss table of round {round_} has {dup} duplicate uids (e.g. {first}); "
             "record each sample once per round (no resampling within a round)"
         )
-    batch = table.column("batch").to_numpy().astype(np.int64)
+    del seen, unknown
+    batch = table.column("batch").to_numpy().astype(np.int64, copy=False)
     return RoundLosses(row, batch, loss_a, loss_b, nfiles)

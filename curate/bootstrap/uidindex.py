@@ -96,18 +96,21 @@ def mix(words: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
 
 
 def _prefix_sort(keys: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.intp], int]:
-    """Sort ``keys`` by their top bits with one numpy sort of ``prefix | position``.
+    """Sort ``keys`` (in place: they are overwritten) by their top bits: one numpy sort of ``prefix | position``.
 
-    Returns (sorted packed values, positions in that order, number of low bits used for the position).
+    Returns (the sorted prefixes with the low bits cleared, positions in that order, number of low bits).
     Positions with equal prefixes come out in position order, not key order.
     """
     n = len(keys)
     b = _bits(n - 1)
     low = _U64((1 << b) - 1)
-    packed = keys & ~low
+    packed = keys
+    packed &= ~low
     packed |= np.arange(n, dtype=_U64)
     packed.sort()
-    return packed, (packed & low).astype(np.intp), b
+    pos = (packed & low).astype(np.intp)
+    packed &= ~low
+    return packed, pos, b
 
 
 def _rows_match(pool: np.ndarray, rows: np.ndarray, words: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
@@ -151,12 +154,9 @@ class UidIndex:
         words = uid_words(uids, width) if width else None
         if words is None:
             return None
-        keys = mix(words)
-        packed, row, b = _prefix_sort(keys)
-        key = keys[row]
-        del keys
+        packed, row, _ = _prefix_sort(mix(words))
+        key = mix(words)[row]
         # equal prefixes come out in row order, not key order: sort those (few, short) runs by key
-        packed >>= _U64(b)
         eq = np.flatnonzero(packed[1:] == packed[:-1])
         if len(eq):
             sel = np.union1d(eq, eq + 1)
@@ -186,15 +186,14 @@ class UidIndex:
         out = np.full(m, -1, np.int64)
         if m == 0 or n == 0:
             return out
-        kq = np.concatenate([mix(p) for p in parts]) if len(parts) != 1 else mix(parts[0])
-        packed, qpos, b = _prefix_sort(kq)
-        sh = _U64(b)
-        packed >>= sh  # the query keys' prefixes, ascending
-        pool_prefix = self.key >> sh
-        at = np.searchsorted(pool_prefix, packed)
+        packed, qpos, b = _prefix_sort(np.concatenate([mix(p) for p in parts]) if len(parts) != 1 else mix(parts[0]))
+        low = _U64((1 << b) - 1)
+        at = np.searchsorted(self.key, packed)  # the first pool key with a prefix >= the query's
         np.minimum(at, n - 1, out=at)
-        hit = pool_prefix[at] == packed
-        del packed, pool_prefix
+        hit = self.key[at]
+        hit &= ~low
+        hit = hit == packed  # the same prefix
+        del packed
         out[qpos[hit]] = self.row[at[hit]]
         del at, hit, qpos
         # byte check, chunk by chunk in query order; a failed one retries with the full key
@@ -208,10 +207,11 @@ class UidIndex:
             retry.append(bad + off)
         todo = np.concatenate(retry)
         if len(todo):  # the first pool key with the same prefix belonged to another uid
-            at = np.minimum(np.searchsorted(self.key, kq[todo]), n - 1)
-            rows = np.where(self.key[at] == kq[todo], self.row[at], -1)
             part = np.searchsorted(offsets, todo, side="right") - 1
             words = np.concatenate([parts[k][todo[part == k] - offsets[k]] for k in range(len(parts))])
+            kq = mix(words)
+            at = np.minimum(np.searchsorted(self.key, kq), n - 1)
+            rows = np.where(self.key[at] == kq, self.row[at], -1)
             ok = _rows_match(pool, rows, words) & (rows >= 0)
             out[todo[ok]] = rows[ok]
         return out
