@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.bootstrap.data import load_pool, loss_files, map_losses
+from curate.bootstrap.data import load_pool, loss_files, map_losses, read_table
 from curate.bootstrap.engine import load_state
 from curate.bootstrap.methods import ScanParams, candidates_path, scan_candidates
 from curate.errors import InputError, UsageError
 from curate.io.manifest import Manifest, build_manifest, write_manifest
-from curate.io.tables import read_parquet, write_table
+from curate.io.tables import write_table
 from curate.run import RunDir
 
 DEFAULT_NAME = "scan-coreset"
@@ -65,7 +65,7 @@ def derive_coreset(
     for r in _prepare_rounds(state):
         f = run.bootstrap_dir / candidates_path(r)
         if f.exists():
-            t = read_parquet(f, ["row", "loss_rank", "candidate"])
+            t = read_table(f, ["row", "loss_rank", "candidate"])
         elif loss_files(run, r):  # the last preparation round, not yet followed by a mutation round
             t = scan_candidates(map_losses(run, r, pool), params, int(state["seed"]), r)
         else:

@@ -20,6 +20,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
+import pyarrow.parquet as pq
 
 from curate.bootstrap.uidindex import KEY_VERSION, UidIndex, uid_words
 from curate.errors import InputError, UsageError
@@ -40,6 +41,24 @@ LOSS_SCHEMA = pa.schema(
         pa.field("loss_b", pa.float32(), nullable=True),
     ]
 )
+
+
+def read_table(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    """``curate.io.tables.read_parquet`` (same errors) through ``ParquetFile`` on a memory map.
+
+    For one file this skips the dataset layer: one chunk per column, no copy of the file into memory, and
+    at 10M rows a fraction of the time and fresh memory of ``pq.read_table``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"file not found: {path}")
+    try:
+        pf = pq.ParquetFile(path, memory_map=True)
+        if columns is not None and not set(columns) <= set(pf.schema_arrow.names):
+            return read_parquet(path, columns)  # ParquetFile skips absent columns: raise read_parquet's error
+        return pf.read(columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"corrupt Parquet file {path}: {str(exc).splitlines()[0]}") from None
 
 
 def hash_strings(col: pa.Array | pa.ChunkedArray) -> str:
@@ -157,7 +176,7 @@ def _fingerprint(files: list[Path], source: str) -> str:
 
 def _read_sorted(files: list[Path]) -> pa.Table:
     """Per-shard tables concatenated in shard order; sorted with Arrow only if a file is not in order."""
-    tables = [read_parquet(f, POOL_COLUMNS).select(POOL_COLUMNS).cast(_POOL_SCHEMA) for f in files]
+    tables = [read_table(f, POOL_COLUMNS).select(POOL_COLUMNS).cast(_POOL_SCHEMA) for f in files]
     keyed = []
     ordered = True
     for t in tables:
@@ -244,7 +263,7 @@ def _check_embedded(run: RunDir, table: pa.Table, manifest: Path) -> None:
     emb = embedding_files(run.root)
     if not emb:
         raise InputError(f"no embeddings in {run.root}; run 'curate embed SHARDS --run {run.root}' first")
-    known = pa.chunked_array([read_parquet(f, ["uid"]).column("uid").combine_chunks() for f in emb])
+    known = pa.chunked_array([read_table(f, ["uid"]).column("uid").combine_chunks() for f in emb])
     missing = pc.invert(pc.is_in(table.column("uid"), value_set=known.combine_chunks()))
     n = pc.sum(missing).as_py() or 0
     if n:
@@ -327,7 +346,7 @@ def read_losses(run: RunDir, round_: int) -> tuple[pa.Table, int]:
         )
     tables = []
     for f in files:
-        t = read_parquet(f)
+        t = read_table(f)
         missing = {"uid", "batch", "loss_a"} - set(t.column_names)
         if missing:
             raise InputError(f"loss table {f} lacks columns {sorted(missing)} (need uid, batch, loss_a[, loss_b])")

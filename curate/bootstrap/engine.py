@@ -40,12 +40,12 @@ from curate.bootstrap.data import (
     pool_cache_table,
     pool_index_path,
     pool_index_table,
+    read_table,
     write_arrow,
 )
 from curate.bootstrap.methods import Decision, RoundContext, get_method, knob_names, list_methods
 from curate.errors import InputError, UsageError
 from curate.io.manifest import Manifest, build_manifest, header_path, manifest_file_table
-from curate.io.tables import read_parquet
 from curate.run import RunDir, atomic_path, read_json, write_json
 
 STATE_FORMAT_VERSION = 1
@@ -201,7 +201,7 @@ def _kept_mask(run: RunDir, round_: int, n: int) -> np.ndarray:
     keep = np.ones(n, bool)
     p = decisions_path(run, round_)
     if p.exists():
-        t = read_parquet(p, ["row", "pruned"])
+        t = read_table(p, ["row", "pruned"])
         rows = t.column("row").to_numpy()
         keep[rows[t.column("pruned").to_numpy(zero_copy_only=False)]] = False
     return keep
@@ -255,10 +255,10 @@ def bootstrap_round(
     def losses(r: int) -> RoundLosses:
         return map_losses(run, r, pool, _kept_mask(run, r, len(pool)))
 
-    def read_table(rel: str, columns: list[str] | None = None) -> pa.Table:
-        return read_parquet(run.bootstrap_dir / rel, columns)
+    def read_own(rel: str, columns: list[str] | None = None) -> pa.Table:
+        return read_table(run.bootstrap_dir / rel, columns)
 
-    ctx = RoundContext(round_, pool, int(cfg["seed"]), dict(prev["method_state"]) if prev else {}, losses, read_table)
+    ctx = RoundContext(round_, pool, int(cfg["seed"]), dict(prev["method_state"]) if prev else {}, losses, read_own)
     dec = impl.step(ctx)
     # Decided and validated: from here on files are written, each to a temporary name (in worker threads,
     # while the manifest is built), renamed in order once all are complete; the state goes last.
@@ -351,6 +351,6 @@ def history(run_root: str | os.PathLike[str]) -> pa.Table:
     if state is None:
         return DECISIONS_SCHEMA.insert(2, pa.field("uid", pa.string())).empty_table()
     pool = load_pool(run.root, state["init"])
-    tables = [read_parquet(decisions_path(run, r)) for r in range(int(state["round"]) + 1)]
+    tables = [read_table(decisions_path(run, r)) for r in range(int(state["round"]) + 1)]
     table = pa.concat_tables(tables)
     return table.add_column(2, "uid", pool.uids.take(table.column("row")))
