@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -43,7 +44,7 @@ class FileWorker(ItemWorker):
             if item == self.crash_on:
                 os._exit(3)
             time.sleep(self.sleep)
-            rec = {"item": item, "pid": os.getpid(), "device": self.device}
+            rec = {"item": item, "pid": os.getpid(), "device": self.device, "start_method": mp.get_start_method()}
             write_json(Path(self.out) / f"{item}.json", rec)
             results.append(rec)
             progress.advance(1)
@@ -127,6 +128,8 @@ def test_two_cpu_processes_split_items_by_rank_and_keep_order(tmp_path: Path) ->
     pids = [r["pid"] for r in res]
     assert len(set(pids)) == 2 and os.getpid() not in pids
     assert all(pids[i] == pids[i % 2] for i in range(len(ITEMS)))  # rank r got items[r::2]
+    # the children's own pools (embed's decode workers) start as this process's would, not by spawn
+    assert {r["start_method"] for r in res} == {mp.get_start_method()}
     assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(ITEMS)
     assert ev.started == ["files"] and ev.advanced == len(ITEMS) and ev.finished == 1  # relayed progress
 

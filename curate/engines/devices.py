@@ -99,9 +99,13 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="curate-parent-watch", daemon=True).start()
 
 
-def _child(worker: ItemWorker, device: str, rank: int, items: list[Any], threads: int, parent: int, q: Any) -> None:
+def _child(worker: ItemWorker, device: str, rank: int, items: list[Any], threads: int, parent: int, q: Any,
+           start_method: str) -> None:
     """Entry point of one device process."""
     _die_with_parent(parent)
+    # a spawned process defaults to spawn; the worker's own pools (DataLoader decode workers) get the
+    # parent's default back, or each of them would start a fresh interpreter too
+    mp.set_start_method(start_method, force=True)
     if "torch" in sys.modules:  # imported while the worker was unpickled
         sys.modules["torch"].set_num_threads(threads)
     else:
@@ -129,6 +133,7 @@ def run_per_device(
     """
     progress = progress or NullProgress()
     world = len(devices)
+    method = mp.get_start_method()
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     threads = threads_per_process(world)
@@ -137,7 +142,7 @@ def run_per_device(
     for rank, dev in enumerate(devices):
         if not shares[rank]:
             continue
-        p = ctx.Process(target=_child, args=(worker, dev, rank, shares[rank], threads, os.getpid(), q),
+        p = ctx.Process(target=_child, args=(worker, dev, rank, shares[rank], threads, os.getpid(), q, method),
                         name=f"curate-device-{rank}", daemon=False)
         p.start()
         procs.append((rank, p))
