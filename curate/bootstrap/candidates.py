@@ -133,43 +133,86 @@ def _key32(loss: np.ndarray, descending: bool) -> npt.NDArray[np.uint32]:
     return key
 
 
-def _canonical_order(batch: npt.NDArray[np.int64], tiebreak: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
-    """Row permutation into (batch, tiebreak) order.
+def _distinct(values: npt.NDArray[np.int64], vmax: int) -> bool:
+    """Whether non-negative ``values`` (all <= vmax) are pairwise distinct."""
+    if vmax < 8 * len(values) + (1 << 20):
+        seen = np.zeros(vmax + 1, np.uint8)
+        seen[values] = 1
+        return int(np.count_nonzero(seen)) == len(values)
+    return len(np.unique(values)) == len(values)
 
-    With distinct non-negative tie-breaks (pool rows) that fit next to the batch id in 63 bits: one numpy
-    sort of the packed keys (the tie-break identifies the row). Otherwise an argsort as before.
-    """
+
+def _canonical_order(batch: npt.NDArray[np.int64], tiebreak: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    """Row permutation into (batch, tiebreak) order by argsort (the general path)."""
     n = len(batch)
     if n == 0:
         return np.zeros(0, np.intp)
     bmin, tmin, tmax = int(batch.min()), int(tiebreak.min()), int(tiebreak.max())
-    span = int(batch.max()) - bmin + 1
-    if tmin >= 0 and tmax < 8 * n + (1 << 20) and _bits(span - 1) + _bits(tmax) <= 63:
-        inv = np.full(tmax + 1, -1, np.intp)
-        inv[tiebreak] = np.arange(n)
-        if np.count_nonzero(inv >= 0) == n:  # distinct tie-breaks
-            tb = _bits(tmax)
-            key = batch - bmin
-            key <<= tb
-            key |= tiebreak
-            key.sort()
-            key &= (1 << tb) - 1
-            return inv[key]
-    if tmin >= 0 and span * (tmax + 1) < 2**62:
+    if tmin >= 0 and (int(batch.max()) - bmin + 1) * (tmax + 1) < 2**62:
         return np.argsort((batch - bmin) * (tmax + 1) + tiebreak)
     return np.lexsort((tiebreak, batch))
 
 
+def _canonical(
+    batch: npt.NDArray[np.int64], tiebreak: npt.NDArray[np.int64], distinct: bool
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+    """(rows in canonical (batch, tiebreak) order, their ``batch - batch.min()`` ascending).
+
+    With distinct non-negative tie-breaks (pool rows; ``distinct=True`` says the caller checked) and when
+    ``batch | tiebreak | row`` fits in 63 bits: one numpy sort of the packed keys, whose low bits give the
+    row and whose high bits give the batch. Otherwise ``_canonical_order``. Same order either way.
+    """
+    n = len(batch)
+    if n == 0:
+        return np.zeros(0, np.intp), np.zeros(0, np.int64)
+    bmin, tmin, tmax = int(batch.min()), int(tiebreak.min()), int(tiebreak.max())
+    tb, ib = _bits(tmax), _bits(n - 1)
+    if tmin >= 0 and _bits(int(batch.max()) - bmin) + tb + ib <= 63 and (distinct or _distinct(tiebreak, tmax)):
+        key = batch - bmin
+        key <<= tb
+        key |= tiebreak
+        key <<= ib
+        key |= np.arange(n, dtype=np.int64)
+        key.sort()
+        canon = (key & ((1 << ib) - 1)).astype(np.intp, copy=False)
+        key >>= tb + ib
+        return canon, key
+    canon = _canonical_order(batch, tiebreak)
+    b = batch[canon]
+    b -= bmin
+    return canon, b
+
+
+def _dense_groups(b_sorted: npt.NDArray[np.int64]) -> Groups:
+    """``Groups`` of a sorted, non-negative batch column (a lookup table instead of a cumulative sum)."""
+    n = len(b_sorted)
+    span = int(b_sorted[-1]) + 1 if n else 0
+    if not n or span > 4 * n + (1 << 20):
+        gid = _sorted_groups(b_sorted)
+        return Groups(gid, np.bincount(gid, minlength=int(gid.max(initial=-1)) + 1).astype(np.int64))
+    counts = np.bincount(b_sorted, minlength=span)
+    present = counts > 0
+    if present.all():  # consecutive batch ids (the usual case): the offsets are the group ids
+        return Groups(b_sorted, counts.astype(np.int64))
+    remap = np.cumsum(present) - 1
+    return Groups(remap[b_sorted], counts[present].astype(np.int64))
+
+
 @dataclass(frozen=True)
 class _Layout:
-    """Rows in canonical order, grouped: per-row group id, group start and position within the group."""
+    """Rows in canonical order, grouped: each row's group start and position within its group and, when
+    (group, 32-bit key, position) fits in a non-negative int64, ``(group << (32 + pos_bits)) | pos``.
+    """
 
     groups: Groups
     start: npt.NDArray[np.int64]  # first row of the row's group
     pos: npt.NDArray[np.int64]  # row index - start
     pos_bits: int  # bits for a position within the largest group
-    packs: bool  # (group, 32-bit key, position) fits in a non-negative int64
-    base: npt.NDArray[np.int64] | None  # (group << (32 + pos_bits)) | position, when it packs
+    base: npt.NDArray[np.int64] | None
+
+    @property
+    def packs(self) -> bool:
+        return self.base is not None
 
     @classmethod
     def of(cls, groups: Groups) -> _Layout:
@@ -180,21 +223,22 @@ class _Layout:
         pos = np.arange(n, dtype=np.int64)
         pos -= start
         pb = _bits(int(groups.size.max(initial=1)) - 1)
-        packs = _bits(groups.n_groups - 1) + 32 + pb <= 63
         base = None
-        if packs:
+        if _bits(groups.n_groups - 1) + 32 + pb <= 63:
             base = np.left_shift(groups.gid, 32 + pb)
             base |= pos
-        return cls(groups, start, pos, pb, packs, base)
+        return cls(groups, start, pos, pb, base)
 
     def sorted_rows(self, rows: np.ndarray | None, key32: np.ndarray) -> npt.NDArray[np.int64]:
         """Rows (all, or the ascending subset ``rows``) in (group, key32, row) order via one numpy sort.
 
         ``key32``: one value < 2**32 per row of ``rows``. Needs ``packs``.
         """
-        assert self.base is not None
+        if self.base is None:
+            raise ValueError("sorted_rows needs a layout that packs")
         pb = self.pos_bits
-        packed = np.left_shift(key32, pb, dtype=np.int64, casting="unsafe")
+        packed = key32.astype(np.int64)
+        packed <<= pb
         packed |= self.base if rows is None else self.base[rows]
         packed.sort()  # keys are distinct: the order is unique, that of a stable argsort of (group, key32)
         packed &= (1 << pb) - 1
@@ -226,8 +270,29 @@ def _top_up_packed(
     if len(pool):
         order = layout.sorted_rows(pool, u[pool])
         g = groups.gid[pool]  # == gid[order]: same group ranges
-        both[order[_pos_in_group(g) < need[g]]] = True
+        per_group = np.bincount(g, minlength=groups.n_groups)
+        first = np.cumsum(per_group) - per_group
+        pos = np.arange(len(pool), dtype=np.int64)
+        pos -= first[g]  # position among the group's pool rows, in sorted order
+        both[order[pos < need[g]]] = True
     return both
+
+
+def _loss_rank(groups: Groups, ra: np.ndarray, rb: np.ndarray) -> npt.NDArray[np.float32]:
+    """``1 - (ra + rb) / (2 (size - 1))`` (0.5 in batches of one) as float32, computed in float64 in blocks."""
+    n = len(ra)
+    den2 = 2.0 * np.maximum(groups.size - 1, 1).astype(np.float64)
+    single = groups.size <= 1
+    out = np.empty(n, np.float32)
+    block = 1 << 20
+    for s in range(0, n, block):
+        g = groups.gid[s : s + block]
+        x = np.add(ra[s : s + block], rb[s : s + block], dtype=np.int64)
+        x = np.divide(x, den2[g])
+        np.subtract(1.0, x, out=x)
+        x[single[g]] = 0.5
+        out[s : s + block] = x
+    return out
 
 
 def _canonical_candidates(
@@ -239,14 +304,20 @@ def _canonical_candidates(
     rho_min: float,
     rng: np.random.Generator,
     tiebreak: np.ndarray | None = None,
+    distinct: bool = False,
 ) -> tuple[npt.NDArray[np.intp], Candidates]:
-    """``find_candidates`` in canonical (batch, tiebreak) order: (canon, candidates of rows ``canon``)."""
+    """``find_candidates`` in canonical (batch, tiebreak) order: (canon, candidates of rows ``canon``).
+
+    ``distinct=True``: the caller guarantees distinct tie-breaks (pool rows).
+    """
     n = len(loss_a)
     batch = np.asarray(batch, np.int64)
-    tiebreak = np.arange(n, dtype=np.int64) if tiebreak is None else np.asarray(tiebreak, np.int64)
-    canon = _canonical_order(batch, tiebreak)
-    gid = _sorted_groups(batch[canon])
-    groups = Groups(gid, np.bincount(gid, minlength=int(gid.max(initial=-1)) + 1).astype(np.int64))
+    if tiebreak is None:
+        tiebreak, distinct = np.arange(n, dtype=np.int64), True
+    canon, b_sorted = _canonical(batch, np.asarray(tiebreak, np.int64), distinct)
+    groups = _dense_groups(b_sorted)
+    del b_sorted
+    gid = groups.gid
     layout = _Layout.of(groups)
     # losses are compared as float32: convert, then gather 4-byte values
     ra = _rank_desc(layout, np.ascontiguousarray(loss_a, dtype=np.float32)[canon])
@@ -258,16 +329,8 @@ def _canonical_candidates(
     thr = k_hi.astype(ra.dtype)[gid]  # rank < k_hi: ill-matched
     u = rng.integers(0, 2**32, n, dtype=np.uint64)  # the second draw: top-up of the ill-matched sets
     ill = _top_up_packed(layout, ra < thr, rb < thr, k_hi, u)
-    del thr, u
-    # loss_rank = 1 - (ra + rb) / (2 (size - 1)), 0.5 in batches of one; the same float64 operations per row
-    den2 = 2.0 * np.maximum(groups.size - 1, 1).astype(np.float64)
-    pct = np.add(ra, rb, dtype=np.int64)
-    pct = np.divide(pct, den2[gid])
-    np.subtract(1.0, pct, out=pct)
-    single = groups.size <= 1
-    if single.any():
-        pct[single[gid]] = 0.5
-    return canon, Candidates(red, ill, pct.astype(np.float32))
+    del thr, u, layout
+    return canon, Candidates(red, ill, _loss_rank(groups, ra, rb))
 
 
 def find_candidates(

@@ -152,6 +152,7 @@ def scan_candidates(losses: RoundLosses, p: ScanParams, seed: int, prep_round: i
         rho_min=p.rho_min,
         rng=rng_for(seed, prep_round, STREAM_CANDIDATES),
         tiebreak=losses.row,
+        distinct=True,  # map_losses rejects duplicate uids
     )
     order, rows = _by_row(losses.row[canon])
     code = c.redundant.astype(np.int8)
