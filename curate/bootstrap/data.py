@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,16 +175,23 @@ def _fingerprint(files: list[Path], source: str) -> str:
     return h.hexdigest()
 
 
+def _read_one(path: Path) -> tuple[str, pa.Table, bool]:
+    """(its shard, the pool columns of one file, whether it holds one shard in position order)."""
+    t = read_table(path, POOL_COLUMNS).select(POOL_COLUMNS).cast(_POOL_SCHEMA)
+    shards = pc.unique(t.column("shard"))
+    pos = t.column("position").to_numpy()
+    return (shards[0].as_py() if len(shards) else ""), t, len(shards) <= 1 and bool(np.all(pos[1:] > pos[:-1]))
+
+
 def _read_sorted(files: list[Path]) -> pa.Table:
-    """Per-shard tables concatenated in shard order; sorted with Arrow only if a file is not in order."""
-    tables = [read_table(f, POOL_COLUMNS).select(POOL_COLUMNS).cast(_POOL_SCHEMA) for f in files]
-    keyed = []
-    ordered = True
-    for t in tables:
-        shards = pc.unique(t.column("shard"))
-        pos = t.column("position").to_numpy()
-        ordered &= len(shards) <= 1 and bool(np.all(pos[1:] > pos[:-1]))
-        keyed.append((shards[0].as_py() if len(shards) else "", t))
+    """Per-shard tables concatenated in shard order; sorted with Arrow only if a file is not in order.
+
+    Files are read by a few threads (pyarrow releases the GIL); the first bad file in order raises.
+    """
+    with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as ex:
+        read = list(ex.map(_read_one, files))
+    ordered = all(ok for _, _, ok in read)
+    keyed = [(shard, t) for shard, t, _ in read]
     keyed.sort(key=lambda kt: kt[0].encode())  # Arrow sorts strings bytewise
     table = pa.concat_tables([t for _, t in keyed]) if keyed else _POOL_SCHEMA.empty_table()
     if not ordered:

@@ -319,7 +319,7 @@ def bootstrap_round(
 
 def _manifest(pool: Pool, dec: Decision, cfg: dict[str, Any], round_: int, command: str) -> Manifest:
     """The round's manifest: the kept pool rows (in pool order) and the header."""
-    rows = pool.table.filter(pa.array(dec.keep))
+    rows = pool.table if dec.keep.all() else pool.table.filter(pa.array(dec.keep))  # same chunks either way
     if dec.weight is not None:
         rows = rows.append_column("weight", pa.array(dec.weight[dec.keep], pa.float32()))
     boot = {
