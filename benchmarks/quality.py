@@ -8,7 +8,9 @@ budgets), and a tiny CLIP is trained from random init on each arm with the refer
 protocol (``curate.trainer.cached``: the pool is decoded once into memory). Dynamic arms (SCAN,
 InfoBatch, ClipCov + SCAN) get each round's manifest from ``bootstrap_round`` and hand back per-sample
 losses with ``LossRecorder``. Every arm uses the same optimiser, learning-rate schedule and number of
-epochs, so compute (sample-epochs seen) is proportional to what the arm keeps.
+epochs, so compute (sample-epochs seen) is proportional to what the arm keeps. Two controls: ``oracle-clean``
+(a random subset of the samples the ground truth calls clean: what perfect defect filtering would give) and
+``scan-matched-random`` (each round as many uniformly random samples as SCAN kept with the same seed).
 
 Reported: zero-shot top-1 on the clean test split (mean ± std over seeds; a seed drives model init,
 shuffling and the random subsets), sample-epochs seen (and % of full data), the ground-truth
@@ -59,7 +61,7 @@ class Arm:
     """One training arm: a static selection, or a bootstrap method (optionally started from a selection)."""
 
     name: str
-    kind: str  # "static" | "bootstrap"
+    kind: str  # "static" | "bootstrap" | "matched" (random samples, as many per round as arm ``selection``)
     selection: str | None = None  # static: selection name ("{seed}" is replaced); bootstrap: --init
     method: str | None = None  # bootstrap method
     knobs: dict[str, Any] = field(default_factory=dict)
@@ -115,12 +117,18 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
         Arm("infobatch", "bootstrap", method="infobatch", knobs={"total_rounds": setup.epochs},
             label="InfoBatch (prune 0.5, δ 0.875)"),
     ]
+    for f in setup.fractions:  # ground truth as the selector: what perfect defect filtering would give
+        p = pct(f)
+        arms.append(Arm(f"oracle-clean{p}", "static", selection=f"oracle-clean{p}-s{{seed}}",
+                        label=f"oracle: random {p}% of the truly clean samples"))
     for f in setup.fractions:  # equal compute: a subset trained for epochs / fraction (as many steps as full)
         p = pct(f)
         for m in ("random", "clip-score", "clipcov"):
             sel = f"{m}{p}-s{{seed}}" if m == "random" else f"{m}{p}"
             arms.append(Arm(f"{m}{p}-eqc", "static", selection=sel, epochs_scale=1 / f,
                             label=f"{m} {p}%, {round(setup.epochs / f)} epochs (equal compute)"))
+    arms.append(Arm("scan-matched-random", "matched", selection="scan",
+                    label="control: per round as many random samples as SCAN kept"))
     if 0.5 in setup.fractions:
         arms.append(Arm("clipcov50+scan", "bootstrap", selection="clipcov50", method="scan",
                         label="clipcov 50% start + SCAN"))
@@ -128,8 +136,10 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
 
 
 #: In the order they are trained (arm-major, so the arms the claims rest on get every seed first).
+#: ``scan-matched-random`` needs the ``scan`` run of the same seed (it is trained after every other arm).
 FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup30", "random50", "clip-score50",
-             "clipcov50", "semdedup50", "infobatch", "clipcov50+scan", "scan-rho0.4")
+             "clipcov50", "semdedup50", "infobatch", "scan-matched-random", "clipcov50+scan", "oracle-clean30",
+             "oracle-clean50", "scan-rho0.4")
 QUICK_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan")
 
 
@@ -141,6 +151,7 @@ def selection_plans(
     for f in setup.fractions:
         p = pct(f)
         plans += [(f"random{p}-s{s}", "random", f, {}, s) for s in seeds]
+        plans += [(f"oracle-clean{p}-s{s}", "oracle-clean", f, {}, s) for s in seeds]
         plans += [
             (f"clip-score{p}", "clip-score", f, {}, 0),
             (f"semdedup{p}", "semdedup", f, {}, 0),
@@ -152,6 +163,35 @@ def selection_plans(
 
 # --------------------------------------------------------------------------------------------------
 # Setup: world, proxy embeddings, selections, caches
+
+
+def selection_path(work: Path, name: str) -> Path:
+    """Manifest of a static subset: a ``curate select`` selection of the proxy run, or an oracle subset."""
+    if name.startswith("oracle-"):
+        return work / "oracle" / f"{name}.parquet"
+    return work / "run" / "selections" / name / "manifest.parquet"
+
+
+def write_oracle(run: Path, truth: Any, fraction: float, seed: int, path: Path) -> None:
+    """A random ``fraction`` of the pool drawn only from samples the ground truth calls clean (an upper bound
+    for defect filtering: no mismatched or uninformative caption, no duplicate)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from curate.bootstrap.data import load_pool
+    from curate.io.manifest import build_manifest, write_manifest
+
+    ok = pc.and_(pc.invert(truth.column("mismatched")), pc.invert(truth.column("uninformative")))
+    clean = truth.filter(pc.and_(ok, pc.is_null(truth.column("duplicate_of"))))
+    pool = load_pool(run).table
+    n = int(pool.num_rows * fraction)
+    ids = clean.column("uid").to_numpy(zero_copy_only=False)
+    if n > len(ids):
+        raise SystemExit(f"oracle subset of {n} samples needs more than the {len(ids)} clean samples")
+    pick = np.sort(np.random.default_rng(seed).choice(len(ids), n, replace=False))
+    rows = pool.filter(pc.is_in(pool.column("uid"), value_set=pa.array(ids[pick])))
+    write_manifest(path, build_manifest(rows, kind="selection", command="benchmarks/quality.py (oracle-clean)",
+                                        params={"fraction": fraction}, seed=seed, pool_size=pool.num_rows))
 
 
 def model_config(setup: Setup) -> dict[str, Any]:
@@ -209,8 +249,10 @@ def prepare(setup: Setup, seeds: list[int], work: Path, arms: list[Arm]) -> dict
     for name, method, fraction, opts, seed in selection_plans(setup, seeds, classes):
         if not any(n.replace("{seed}", str(seed)) == name for n in needed):
             continue
-        path = run / "selections" / name / "manifest.parquet"
-        if not path.exists():
+        path = selection_path(work, name)
+        if not path.exists() and method == "oracle-clean":
+            write_oracle(run, truth, fraction, seed, path)
+        elif not path.exists():
             ts = time.perf_counter()
             run_selection(run, method, fraction=fraction, name=name,
                           seed=seed, options=opts, device="cpu", force=True,
@@ -294,7 +336,9 @@ def train_arm(setup_d: dict[str, Any], arm_d: dict[str, Any], seed: int, work_s:
     run_dir = None
     if arm.kind == "static":
         sel = (arm.selection or "").replace("{seed}", str(seed))
-        plan = static_plan(read_manifest(work / "run" / "selections" / sel / "manifest.parquet"))
+        plan = static_plan(read_manifest(selection_path(work, sel)))
+    elif arm.kind == "matched":
+        plan = matched_random_plan(work, str(arm.selection), seed, cache, round(setup.epochs * arm.epochs_scale))
     else:
         run_dir = _arm_run_dir(work, arm, seed)
         init = str(work / "run" / "selections" / arm.selection / "manifest.parquet") if arm.selection else None
@@ -336,6 +380,33 @@ def train_arm(setup_d: dict[str, Any], arm_d: dict[str, Any], seed: int, work_s:
     if run_dir is not None:
         shutil.rmtree(run_dir / "losses", ignore_errors=True)  # the bulk; manifests and state stay for inspection
     return out
+
+
+def matched_random_plan(work: Path, ref: str, seed: int, cache: Any, rounds: int) -> Any:
+    """Each round, as many samples as arm ``ref`` (same seed) trained on, drawn uniformly from the pool.
+
+    The control for a dynamic method: the same steps and learning-rate schedule, only the choice of
+    samples differs (random instead of the method's).
+    """
+    import pyarrow as pa
+
+    from curate.io.manifest import Manifest, read_manifest
+    from curate.trainer.cached import RoundPlan
+
+    ref_dir = work / "arms" / f"{ref}-s{seed}" / "manifests"
+    counts = [len(read_manifest(p)) for p in sorted(ref_dir.glob("round-*.parquet"))]
+    if len(counts) != rounds:
+        raise SystemExit(f"arm {ref} seed {seed} has {len(counts)} round manifests in {ref_dir}, not {rounds}; "
+                         "train it (to the end) first")
+    uids = cache.uids
+
+    def plan(r: int) -> RoundPlan:
+        k = counts[r]
+        pick = np.sort(np.random.default_rng([seed, r, 7]).choice(len(uids), k, replace=False))
+        table = pa.table({"uid": pa.array(uids[pick].tolist()), "weight": pa.array(np.ones(k, np.float32))})
+        return RoundPlan(Manifest(table), phase="random" if k < len(uids) else "full")
+
+    return plan
 
 
 def error_breakdown(
@@ -514,7 +585,12 @@ def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, 
             if d:
                 lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
     eqc = [f"{m}{pct(f)}-eqc" for f in setup.fractions for m in ("random", "clip-score", "clipcov")]
-    for a in ("scan", "scan-rho0.4", "infobatch", "clipcov50+scan", "clipcov50", "random50", *eqc):
+    for a, b in (("scan", "scan-matched-random"),):
+        d = paired(res, a, b, seeds)
+        if d:
+            lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
+    for a in ("scan", "scan-rho0.4", "scan-matched-random", "infobatch", "clipcov50+scan", "clipcov50", "random50",
+              "oracle-clean30", "oracle-clean50", *eqc):
         d = paired(res, a, "full", seeds)
         if d:
             lines.append(f"| {a} − full | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
@@ -614,22 +690,26 @@ def main() -> None:
 
     res = load_results(out_json, setup, args.fresh)
     prep = prepare(setup, seeds, work, list(arms.values()))
-    res["selections"] = prep["selections"]
+    res["selections"] = {**res.get("selections", {}), **prep["selections"]}
     res["world"] = prep["world"]
     todo = [(n, s) for n in chosen for s in seeds if f"{n}/s{s}" not in res["runs"]]
+    # a matched control reads its reference arm's manifests: train it only once every other run has finished
+    waves = [[t for t in todo if arms[t[0]].kind != "matched"], [t for t in todo if arms[t[0]].kind == "matched"]]
     log(f"{len(todo)} training runs to do ({len(arms) * len(seeds) - len(todo)} cached in {out_json})")
     t_train = time.perf_counter()
     setup_d = asdict(setup)
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
-        futs = {pool.submit(train_arm, setup_d, asdict(arms[n]), s, str(work)): (n, s) for n, s in todo}
-        for fut in as_completed(futs):
-            n, s = futs[fut]
-            r = fut.result()
-            res["runs"][f"{n}/s{s}"] = r
-            save_results(out_json, res)
-            log(f"{n} seed {s}: zero-shot {r['zero_shot'] * 100:.1f}%, "
-                f"{r['sample_epochs'] / r['full_sample_epochs'] * 100:.0f}% of full sample-epochs, {r['seconds']:.0f}s")
+        for wave in waves:
+            futs = {pool.submit(train_arm, setup_d, asdict(arms[n]), s, str(work)): (n, s) for n, s in wave}
+            for fut in as_completed(futs):
+                n, s = futs[fut]
+                r = fut.result()
+                res["runs"][f"{n}/s{s}"] = r
+                save_results(out_json, res)
+                log(f"{n} seed {s}: zero-shot {r['zero_shot'] * 100:.1f}%, "
+                    f"{r['sample_epochs'] / r['full_sample_epochs'] * 100:.0f}% of full sample-epochs, "
+                    f"{r['seconds']:.0f}s")
     res["timings"] = {**prep["timings"], "training": time.perf_counter() - t_train}
     res["wall_seconds"] = time.perf_counter() - t_start
     res["jobs"] = args.jobs
