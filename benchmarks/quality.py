@@ -19,6 +19,7 @@ composition of every static subset and of the sample-epochs each arm trained on.
     python benchmarks/quality.py --quick                   # < 20 min on 2 cores: 1 seed, 5 arms, small pool
     python benchmarks/quality.py                           # the BENCHMARKS table: 3 seeds, every arm (hours)
     python benchmarks/quality.py --jobs 2                  # two single-threaded training processes
+    python benchmarks/quality.py --no-train                # only regenerate the markdown from the finished runs
 
 Finished runs are kept in the results JSON, so a rerun (after a crash, or with more --seeds) only
 trains what is missing.
@@ -518,15 +519,21 @@ def paired(res: dict[str, Any], a: str, b: str, seeds: list[int]) -> list[float]
 def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, Arm], cmd: str) -> str:
     full = arm_runs(res, "full", seeds)
     full_acc = [r["zero_shot"] for r in full]
+    inv = res.get("invocations", [])
+    unrecorded = len(res["runs"]) - sum(i["trained"] for i in inv)
+    invocations = "; ".join(
+        f"{i['date']}: {i['wall_seconds'] / 60:.1f} min wall, {i['trained']} runs trained, {i['jobs']} process(es), "
+        f"load average {i['load_start']} → {i['load_end']}" for i in inv
+    ) or "none recorded"
+    if unrecorded > 0:
+        invocations += f"; {unrecorded} runs by invocations that did not record themselves (interrupted or older)"
     lines = [
         "# Quality benchmark: training from scratch on curated data",
         "",
         f"Command: `{cmd}`  ",
         f"Date: {res.get('date', '?')}; machine: {res.get('machine', '?')}, shared with other work; "
         f"{setup.threads} torch thread per training process. Invocations that produced these results: "
-        + "; ".join(f"{i['date']}: {i['wall_seconds'] / 60:.1f} min wall, {i['trained']} runs trained, "
-                    f"{i['jobs']} process(es), load average {i['load_start']} → {i['load_end']}"
-                    for i in res.get("invocations", [])) + ".",
+        f"{invocations}.",
         "",
         f"World: `make_sample(seed={setup.world_seed}, n_train={setup.n_train}, n_test={setup.n_test}, "
         f"image_size={setup.image_size})`, 30 classes. Proxy for static selection: `--model {setup.proxy}` "
@@ -649,6 +656,14 @@ def load_average() -> str:
         return "?"
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "?"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
@@ -663,6 +678,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="results markdown (default benchmarks/results/quality.md; "
                     "quick: WORKDIR/quality.md); the JSON goes next to it")
     ap.add_argument("--fresh", action="store_true", help="discard finished runs in the results JSON")
+    ap.add_argument("--no-train", action="store_true",
+                    help="train nothing: only regenerate the markdown from the finished runs of the chosen arms")
     ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
     args = ap.parse_args()
 
@@ -693,9 +710,12 @@ def main() -> None:
     res["selections"] = {**res.get("selections", {}), **prep["selections"]}
     res["world"] = prep["world"]
     todo = [(n, s) for n in chosen for s in seeds if f"{n}/s{s}" not in res["runs"]]
+    log(f"{len(todo)} training runs to do ({len(arms) * len(seeds) - len(todo)} cached in {out_json})")
+    if args.no_train:
+        log("--no-train: the missing runs are left out of the tables")
+        todo = []
     # a matched control reads its reference arm's manifests: train it only once every other run has finished
     waves = [[t for t in todo if arms[t[0]].kind != "matched"], [t for t in todo if arms[t[0]].kind == "matched"]]
-    log(f"{len(todo)} training runs to do ({len(arms) * len(seeds) - len(todo)} cached in {out_json})")
     t_train = time.perf_counter()
     setup_d = asdict(setup)
     ctx = get_context("spawn")
@@ -710,24 +730,25 @@ def main() -> None:
                 log(f"{n} seed {s}: zero-shot {r['zero_shot'] * 100:.1f}%, "
                     f"{r['sample_epochs'] / r['full_sample_epochs'] * 100:.0f}% of full sample-epochs, "
                     f"{r['seconds']:.0f}s")
-    res["timings"] = {**prep["timings"], "training": time.perf_counter() - t_train}
-    res["wall_seconds"] = time.perf_counter() - t_start
-    res["jobs"] = args.jobs
-    res["load_start"], res["load_end"] = load_start, load_average()
-    res["date"] = dt.date.today().isoformat()
-    res["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} " \
-                     f"{platform.python_version()}"
-    res.setdefault("invocations", []).append(
-        {k: res[k] for k in ("date", "wall_seconds", "jobs", "load_start", "load_end")} | {"trained": len(todo)}
-    )
-    save_results(out_json, res)
-    cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    if not args.no_train:  # a render-only call leaves the record of the training invocations as it is
+        res["timings"] = {**prep["timings"], "training": time.perf_counter() - t_train}
+        res["wall_seconds"] = time.perf_counter() - t_start
+        res["jobs"] = args.jobs
+        res["load_start"], res["load_end"] = load_start, load_average()
+        res["date"] = dt.date.today().isoformat()
+        res["machine"] = f"{platform.machine()} ({cpu_model()}), {os.cpu_count()} CPUs, " \
+                         f"{platform.python_implementation()} {platform.python_version()}"
+        res.setdefault("invocations", []).append(
+            {k: res[k] for k in ("date", "wall_seconds", "jobs", "load_start", "load_end")} | {"trained": len(todo)}
+        )
+        save_results(out_json, res)
+    cmd = "python benchmarks/quality.py " + " ".join(a for a in sys.argv[1:] if a != "--no-train")
     out_md.parent.mkdir(parents=True, exist_ok=True)
     kept = ""  # hand-written analysis below the marker survives a rerun
     if out_md.exists() and ANALYSIS_MARKER in (text := out_md.read_text()):
         kept = text[text.index(ANALYSIS_MARKER):]
     out_md.write_text(render(res, setup, seeds, arms, cmd.strip()) + ("\n" + kept if kept else ""))
-    log(f"wrote {out_md} and {out_json} ({res['wall_seconds'] / 60:.1f} min)")
+    log(f"wrote {out_md} and {out_json} ({(time.perf_counter() - t_start) / 60:.1f} min)")
 
     def mean_acc(name: str) -> float | None:
         runs = arm_runs(res, name, seeds)
@@ -742,7 +763,7 @@ def main() -> None:
     if scan:
         share = 100 * np.mean([r["sample_epochs"] / r["full_sample_epochs"] for r in scan])
         figures.append(metric("scan_sample_epoch_share", share, "%", "lower"))
-    figures.append(metric("wall_time", res["wall_seconds"], "s", "lower"))
+    figures.append(metric("wall_time", res.get("wall_seconds", time.perf_counter() - t_start), "s", "lower"))
     write_summary(args.summary_json, "quality", figures)
 
 
