@@ -3,7 +3,12 @@ errors, and ``curate select --engine ray`` giving exactly the local engine's tab
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'cura
 
 import test_engines  # noqa: E402
 from test_engines import ITEMS, Events, FileWorker, failing, scaled  # noqa: E402
+from test_engines_embed import assert_same_run, engine_world, kill_world  # noqa: E402
 
 from curate.cli.app import main  # noqa: E402
 from curate.engines import make_engine  # noqa: E402
@@ -135,3 +141,68 @@ def test_select_cli_engine_ray(pool_run, tmp_path: Path, capsys) -> None:
     assert main([*args, "--ray-address", "auto"]) == 2
     assert capsys.readouterr().err.strip() == "error: --ray-address does not apply to --engine local"
     del classes
+
+
+# --- embed: the same tables with --engine ray; a killed driver, then a rerun --------------------------
+
+
+@pytest.fixture(scope="module")
+def embed_world(tmp_path_factory):
+    from curate.embed import EmbedConfig, run_embed
+    from tests.embed_helpers import make_local_dir
+
+    root = tmp_path_factory.mktemp("embed")
+    shards, _ = engine_world(root / "shards")
+    model = f"local-dir:{make_local_dir(root / 'model', seed=5)}"
+    ref = root / "ref"
+    run_embed(EmbedConfig(shards=shards, run=str(ref), model=model, device="cpu", batch_size=4, workers=1))
+    return {"shards": shards, "model": model, "ref": ref}
+
+
+def test_embed_with_ray_resumes_a_run_to_the_local_tables(embed_world, tmp_path: Path) -> None:
+    """Three shards embedded in this process, the rest by Ray Data actors: the same tables and stats."""
+    from curate.embed import EmbedConfig, run_embed
+
+    run = tmp_path / "run"
+    cfg = EmbedConfig(shards=embed_world["shards"], run=str(run), model=embed_world["model"], batch_size=4,
+                      workers=1)
+    run_embed(dataclasses.replace(cfg, shards=embed_world["shards"][:3], device="cpu"))
+    res = run_embed(dataclasses.replace(cfg, engine="ray"))
+    n = len(embed_world["shards"])
+    assert res.shards_done == n - 3 and res.shards_skipped == 3 and res.failed == []
+    rest = [embed_world["ref"] / "embeddings" / f"{Path(s).stem}.parquet" for s in embed_world["shards"][3:]]
+    assert res.samples_written == sum(pq.read_metadata(p).num_rows for p in rest)
+    assert_same_run(embed_world["ref"], run)
+    assert run_embed(dataclasses.replace(cfg, engine="ray")).shards_done == 0
+
+
+@pytest.mark.slow
+def test_embed_ray_driver_killed_then_rerun(embed_world, tmp_path: Path) -> None:
+    """kill -9 of a ``curate embed --engine ray`` driver mid-run: Ray ends its actors; a rerun with the ray
+    engine skips the finished shards and ends with the tables of an uninterrupted run."""
+    from curate.embed import EmbedConfig, run_embed
+    from tests.embed_helpers import CURATE, REPO
+
+    shards = kill_world(tmp_path / "shards")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    model = embed_world["model"]
+    run_embed(EmbedConfig(shards=shards, run=str(ref), model=model, device="cpu", batch_size=4, workers=1))
+    address = ray.get_runtime_context().gcs_address  # the driver joins this module's Ray as a second job
+    args = ["embed", *shards, "--run", str(run), "--model", model, "--batch-size", "4", "--workers", "1",
+            "--engine", "ray", "--ray-address", address]
+    proc = subprocess.Popen([*CURATE, *args], cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "embeddings").exists() or not list((run / "embeddings").glob("*.parquet")):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(3.0)  # Ray ends the dead driver's actors
+    done = sorted(p.name for p in (run / "embeddings").glob("*.parquet"))
+    assert 0 < len(done) < len(shards)
+    res = run_embed(EmbedConfig(shards=shards, run=str(run), model=model, batch_size=4, workers=1, engine="ray"))
+    assert res.shards_skipped >= len(done) and res.shards_done == len(shards) - res.shards_skipped
+    assert_same_run(ref, run)
+    assert not [p for p in (run / "embeddings").iterdir() if p.name.startswith(".")]

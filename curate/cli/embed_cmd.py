@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import enum
+
 import typer
 from rich.table import Table
 
 from curate.cli._app import app
 from curate.cli._common import RichProgress, err, print_json
 from curate.embed import EmbedConfig, run_embed
+from curate.engines import list_engines
 from curate.io.shards import DEFAULT_MAX_PIXELS
+
+EngineName = enum.Enum("EngineName", {n: n for n in list_engines()}, type=str)  # type: ignore[misc]
 
 _EPILOG = (
     "Examples:\n\n"
     "  curate embed shards/sample --run runs/demo --model sample\n\n"
     "  curate embed 'data/{00000..00099}.tar' --run runs/dc --model ViT-B-32 --pretrained ckpt/vit_b_32.safetensors\n\n"
-    "  curate embed 'data/{00000..00099}.tar' --run runs/dc --model ViT-B-32 --pretrained ckpt.pt --refresh"
+    "  curate embed 'data/{00000..00099}.tar' --run runs/dc --model ViT-B-32 --pretrained ckpt.pt --refresh\n\n"
+    "  curate embed 'data/{00000..00999}.tar' --run runs/dc --model ViT-B-32 --pretrained ckpt.pt --devices all\n\n"
+    "  curate embed 's3://bucket/{00000..09999}.tar' --run /shared/runs/dc --model ViT-B-32 --pretrained ckpt.pt "
+    "--engine ray --ray-address auto"
 )
 
 
@@ -37,6 +45,11 @@ def embed(
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad sample instead of skipping it."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Images with more pixels are dropped as bombs."),
     refresh: bool = typer.Option(False, "--refresh", help="Re-embed shards whose file changed since embedding."),
+    devices: str = typer.Option(None, help="One process per device: all, 0,1,... (GPUs) or cpu,cpu; "
+                                "instead of --device."),
+    engine: EngineName = typer.Option("local", help="Where shards are embedded: local (this machine) or ray."),
+    ray_address: str = typer.Option(None, help="--engine ray: cluster address (auto, ray://HOST:10001); "
+                                    "default: start a local Ray."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Embed shards with an open_clip model into RUN/embeddings/<shard>.parquet (resumable per shard).
@@ -46,7 +59,7 @@ def embed(
     cfg = EmbedConfig(
         shards=shards, run=run, model=model, pretrained=pretrained, device=device, batch_size=batch_size,
         workers=workers, precision=precision, captions=captions, strict=strict, max_pixels=max_pixels,
-        refresh=refresh,
+        refresh=refresh, devices=devices, engine=engine.value, ray_address=ray_address,
     )
     res = run_embed(cfg, RichProgress(enabled=not json_out))
     summary = {

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,10 +30,11 @@ from curate.embed.state import (
     run_shard_urls,
     shard_states,
 )
-from curate.errors import UsageError
+from curate.engines import Engine, ItemWorker, get_engine, make_engine, parse_devices
+from curate.errors import CurateError, UsageError
 from curate.io.shards import DEFAULT_MAX_PIXELS, ErrorPolicy, expand_shards, shard_name
 from curate.io.tables import EMBEDDINGS_FORMAT_VERSION, embedding_schema, fixed_list, write_table
-from curate.models import PRECISIONS, SAMPLE_MODEL, LoadedModel, check_device, load_model
+from curate.models import PRECISIONS, SAMPLE_MODEL, LoadedModel, _autocast_dtype, check_device, load_model
 from curate.progress import NullProgress, Progress
 from curate.run import RunDir, write_json
 
@@ -60,9 +62,14 @@ class EmbedConfig:
     draft: bool = True
     fast_preprocess: bool = True
     refresh: bool = False
+    engine: str = "local"
+    devices: str | None = None  # local engine: one process per device ("all", "0,1", "cpu,cpu")
+    ray_address: str | None = None  # ray engine: cluster address; None starts a local Ray for the call
+    ray_num_cpus: int | None = None  # ray engine: CPUs of the local Ray instance curate starts
 
     def validate(self) -> None:
         """Check option values before any work (one-line ``UsageError`` on a bad one)."""
+        self.make_engine()
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.workers < 0:
@@ -77,6 +84,37 @@ class EmbedConfig:
             raise UsageError(f"--model {self.model} needs --pretrained (an open_clip tag or a checkpoint file): "
                              "embeddings from random weights are meaningless")
         check_device(self.device)
+
+    def device_list(self) -> list[str]:
+        """``--devices`` as torch device strings (empty: this process only)."""
+        if self.devices is None:
+            return []
+        if self.device != "auto":
+            raise UsageError("use either --device (this process) or --devices (one process per device), not both")
+        devices = parse_devices(self.devices)
+        if len({d.split(":")[0] for d in devices}) > 1:
+            raise UsageError(f"--devices {self.devices!r} mixes CPU and GPU devices (their tables would record "
+                             "different precisions); use only GPUs or only cpu")
+        return devices
+
+    def make_engine(self) -> Engine:
+        """The engine this config asks for (validated, not started)."""
+        get_engine(self.engine)  # unknown name: one-line error listing the choices
+        devices = self.device_list()
+        return make_engine(self.engine, device=self.device, devices=devices if len(devices) > 1 else None,
+                           address=self.ray_address, num_cpus=self.ray_num_cpus,
+                           items_per_task=max(1, self.workers) if self.engine == "ray" else None)
+
+    def worker_device(self, engine: Engine) -> str:
+        """The device the model runs on in a worker of ``engine`` (this process when there is one worker)."""
+        devices = self.device_list()
+        if engine.distributed:
+            return engine.worker_device()
+        return devices[0] if devices else self.device
+
+    def is_parallel(self, engine: Engine) -> bool:
+        """True when workers other than this process load the model."""
+        return engine.distributed or len(self.device_list()) > 1
 
 
 @dataclass
@@ -202,7 +240,7 @@ class _Outputs:
     def __init__(self, run: RunDir, dim: int, provenance: dict[str, Any], fingerprints: dict[str, Any]) -> None:
         self.run, self.dim, self.provenance, self.fingerprints = run, dim, provenance, fingerprints
         self.buffers: dict[str, _ShardBuffer] = {}
-        self.written = 0
+        self.written: dict[str, int] = {}  # rows written per finished shard
         self.failed: list[str] = []
 
     def add(self, batch: dict[str, Any], img: torch.Tensor, txt: torch.Tensor | None, rows: torch.Tensor) -> None:
@@ -218,7 +256,7 @@ class _Outputs:
         meta = {**self.provenance, "shard": done.shard, "source": self.fingerprints.get(done.shard), "stats": stats}
         table = buf.table(done.shard, self.dim, meta)
         _write_shard(self.run, done.shard, table, stats)
-        self.written += table.num_rows
+        self.written[done.shard] = table.num_rows
 
 
 def _model_identity(rec: dict[str, Any]) -> tuple[Any, ...]:
@@ -239,16 +277,22 @@ def _check_compatible(prev: dict[str, Any], model: LoadedModel, cfg: EmbedConfig
                          "use the same setting or a new --run folder")
 
 
-def _provenance(model: LoadedModel, cfg: EmbedConfig, draft: int | None, fast: FastImageTransform | None
-                ) -> dict[str, Any]:
+def _provenance(model: LoadedModel, cfg: EmbedConfig, draft: int | None, fast: FastImageTransform | None,
+                device_type: str | None = None) -> dict[str, Any]:
+    """What the tables record about how they were made; ``device_type``: the workers' device, when the
+    model was loaded here only to describe it."""
     info = model.info
+    precision = model.precision_name
+    if device_type is not None:
+        dtype = _autocast_dtype(cfg.precision, torch.device(device_type))
+        precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")  # type: ignore[arg-type]
     return {
         "format_version": EMBEDDINGS_FORMAT_VERSION,
         "dim": model.embed_dim,
         **{k: info[k] for k in ("model", "arch", "pretrained", "pretrained_sha256", "image_size", "mean",
                                 "std", "interpolation", "resize_mode", "context_length", "open_clip")},
-        "precision": model.precision_name,
-        "device_type": model.device.type,
+        "precision": precision,
+        "device_type": device_type or model.device.type,
         "draft_decode": bool(draft),
         # the fast path is used only where it equals open_clip's transform bit for bit (see preprocess.py)
         "preprocess": "curate-fast" if fast else "open_clip",
@@ -267,38 +311,46 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
     """Embed every shard of ``cfg.shards`` that the run has not finished yet.
 
     With ``cfg.refresh``, shards whose input changed since they were embedded (size or mtime) are
-    embedded again and their tables replaced atomically; without it they are only reported.
+    embedded again and their tables replaced atomically; without it they are only reported. The work
+    runs in this process, in one process per device (``cfg.devices``) or on Ray (``cfg.engine``); every
+    way writes the same tables (docs/engines.md).
     """
     cfg.validate()
     progress = progress or NullProgress()
     urls = expand_shards(cfg.shards)
     run = RunDir(cfg.run)
     prev = run.load().get(STEP) or {}
-    model = load_model(cfg.model, cfg.pretrained, device=cfg.device, precision=cfg.precision)
-    _check_compatible(prev, model, cfg, run.root)
-    with run_lock(run, STEP):
-        remove_stale_temp_files([run.embeddings_dir, run.stats_file(STEP).with_suffix("")])
-        states = _merge_states(run, urls)
-        mine = {shard_name(u) for u in urls}
-        changed = [s for s in states if s.changed and not s.missing]
-        missing = [s.name for s in states if s.done and s.missing]
-        refresh = {s.name for s in changed if s.name in mine} if cfg.refresh else set()
-        todo = [s for s in states if s.name in mine and (not s.done or s.name in refresh)]
-        size = model.info.get("image_size")
-        draft = (min(size) if isinstance(size, list) else size) if cfg.draft else None
-        fast = fast_transform(model.preprocess, model.info) if cfg.fast_preprocess else None
-        provenance = _provenance(model, cfg, draft, fast)
-        record = {**provenance, "pretrained_arg": cfg.pretrained, "draft": cfg.draft, "captions": cfg.captions}
-        run.update(STEP, {**record, "shards": [s.record() for s in states]},
-                   command=f"embed ({len(todo)} of {len(urls)} shards to do)")
-        start = time.perf_counter()
-        written, failed = (_embed_shards(run, model, cfg, todo, draft, provenance, progress, fast)
-                           if todo else (0, []))
-        seconds = time.perf_counter() - start
-        states = shard_states(run, [s.url for s in states])
-        run.update(STEP, {**record, "shards": [s.record() for s in states]})
-        agg = aggregate_stats(run, [s.name for s in states])
-        write_json(run.stats_file(STEP), agg)
+    with cfg.make_engine() as engine:
+        parallel = cfg.is_parallel(engine)
+        device = cfg.worker_device(engine)
+        # workers elsewhere load their own copy; this one (on the CPU) gives the provenance and the checks
+        model = load_model(cfg.model, cfg.pretrained, device="cpu" if parallel else device, precision=cfg.precision)
+        _check_compatible(prev, model, cfg, run.root)
+        with run_lock(run, STEP):
+            remove_stale_temp_files([run.embeddings_dir, run.stats_file(STEP).with_suffix("")])
+            states = _merge_states(run, urls)
+            mine = {shard_name(u) for u in urls}
+            changed = [s for s in states if s.changed and not s.missing]
+            missing = [s.name for s in states if s.done and s.missing]
+            refresh = {s.name for s in changed if s.name in mine} if cfg.refresh else set()
+            todo = [s for s in states if s.name in mine and (not s.done or s.name in refresh)]
+            worker = EmbedWorker(cfg, str(run.root.resolve()), _draft_size(model, cfg), cfg.fast_preprocess)
+            worker.expect = _provenance(model, cfg, worker.draft, worker.fast_for(model),
+                                        device_type=_device_type(device) if parallel else None)
+            if not parallel:
+                worker.model = model  # this process: no second load
+            record = {**worker.expect, "pretrained_arg": cfg.pretrained, "draft": cfg.draft, "captions": cfg.captions}
+            run.update(STEP, {**record, "shards": [s.record() for s in states]},
+                       command=f"embed ({len(todo)} of {len(urls)} shards to do)")
+            start = time.perf_counter()
+            results = engine.run_items(worker, [_work_item(s) for s in todo], progress) if todo else []
+            seconds = time.perf_counter() - start
+            written = sum(r["written"] for r in results)
+            failed = [s.name for s, r in zip(todo, results, strict=True) if r["failed"]]
+            states = shard_states(run, [s.url for s in states])
+            run.update(STEP, {**record, "shards": [s.record() for s in states]})
+            agg = aggregate_stats(run, [s.name for s in states])
+            write_json(run.stats_file(STEP), agg)
     return EmbedResult(
         run=str(run.root), shards_total=len(urls), shards_done=len(todo), shards_skipped=len(urls) - len(todo),
         samples_written=written, seconds=seconds, stats=agg["totals"],
@@ -307,19 +359,84 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
     )
 
 
+def _draft_size(model: LoadedModel, cfg: EmbedConfig) -> int | None:
+    """JPEG draft-decoding target (the model's shorter input side), or None when draft decoding is off."""
+    if not cfg.draft:
+        return None
+    size = model.info.get("image_size")
+    return min(size) if isinstance(size, list) else size
+
+
+def _device_type(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def _work_item(state: ShardState) -> dict[str, Any]:
+    """A shard as work for a worker: where to read it (local paths made absolute for other processes and
+    nodes), its name, and the fingerprint recorded with its table."""
+    url = state.url
+    if "://" not in url and not url.startswith("pipe:") and Path(url).exists():
+        url = str(Path(url).resolve())
+    return {"url": url, "name": state.name,
+            "source": {k: v for k, v in state.current.items() if k != "missing"}}
+
+
+class EmbedWorker(ItemWorker):
+    """Embeds shards into a run folder: the same worker in this process, in ``--devices`` processes and in
+    Ray actors. Picklable until :meth:`open` loads the model; each shard's table is written by the worker.
+    """
+
+    label = "embed"
+    unit = "img"
+
+    def __init__(self, cfg: EmbedConfig, run_root: str, draft: int | None, fast: bool) -> None:
+        self.cfg, self.run_root, self.draft, self.fast = cfg, run_root, draft, fast
+        self.expect: dict[str, Any] = {}  # provenance the driver recorded: a worker must match it
+        self.model: LoadedModel | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "model": None}
+
+    def fast_for(self, model: LoadedModel) -> FastImageTransform | None:
+        return fast_transform(model.preprocess, model.info) if self.fast else None
+
+    def open(self, device: str) -> None:
+        if self.model is None:
+            cfg = self.cfg
+            self.model = load_model(cfg.model, cfg.pretrained, device=device, precision=cfg.precision)
+        got = _provenance(self.model, self.cfg, self.draft, self.fast_for(self.model))
+        diff = sorted(k for k in set(got) | set(self.expect) if got.get(k) != self.expect.get(k))
+        if self.expect and diff:
+            raise CurateError(f"a worker loaded {self.cfg.model} differently from the driver ({', '.join(diff)}: "
+                              f"{[got.get(k) for k in diff]} vs {[self.expect.get(k) for k in diff]}); "
+                              "check that every node has the same checkpoint and package versions")
+
+    def close(self) -> None:
+        self.model = None
+
+    def process(self, items: Sequence[Any], progress: Progress) -> list[Any]:
+        assert self.model is not None, "open() first"
+        fingerprints = {it["name"]: it["source"] for it in items}
+        out = _embed_shards(RunDir(self.run_root), self.model, self.cfg, [it["url"] for it in items], fingerprints,
+                            self.draft, self.expect, progress, self.fast_for(self.model))
+        return [{"written": out.written.get(it["name"], 0), "failed": it["name"] in out.failed} for it in items]
+
+    def progress_units(self, result: Any) -> float:
+        return float(result["written"])
+
+
 def _embed_shards(
-    run: RunDir, model: LoadedModel, cfg: EmbedConfig, todo: list[ShardState], draft: int | None,
-    provenance: dict[str, Any], progress: Progress, fast: FastImageTransform | None,
-) -> tuple[int, list[str]]:
+    run: RunDir, model: LoadedModel, cfg: EmbedConfig, urls: list[str], fingerprints: dict[str, Any],
+    draft: int | None, provenance: dict[str, Any], progress: Progress, fast: FastImageTransform | None,
+) -> _Outputs:
     """Decode in worker processes, encode in this one, finish and write shards in a writer thread."""
     policy = ErrorPolicy(strict=cfg.strict, max_pixels=cfg.max_pixels)
-    fingerprints = {s.name: {k: v for k, v in s.current.items() if k != "missing"} for s in todo}
     on_cpu = model.device.type == "cpu"  # CPU models: the workers normalise; CUDA: the GPU does, from uint8
-    ds = ShardBatches([s.url for s in todo], fast or model.preprocess, model.tokenizer, cfg.batch_size, policy,
+    ds = ShardBatches(urls, fast or model.preprocess, model.tokenizer, cfg.batch_size, policy,
                       cfg.captions, draft, int(model.info.get("context_length") or 77),
                       pixels="uint8" if fast else "float",
                       normalize=(model.info["mean"], model.info["std"]) if fast and on_cpu else None)
-    workers = min(cfg.workers, len(todo))
+    workers = min(cfg.workers, len(urls))
     loader = DataLoader(
         ds, batch_size=None, num_workers=workers, collate_fn=_identity,
         pin_memory=model.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
@@ -336,7 +453,7 @@ def _embed_shards(
     if on_cpu:
         # leave the decode workers their cores: OpenMP threads that wait for a busy core make every small op
         # of the model take milliseconds (measured: 2.2 ms -> 24-215 ms per tiny batch on 2 busy cores)
-        torch.set_num_threads(max(1, _cores() - workers))
+        torch.set_num_threads(max(1, min(threads, _cores() - workers)))
     progress.start("embed", total=None, unit="img")
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate-embed-out") as writer:
@@ -355,7 +472,7 @@ def _embed_shards(
     finally:
         torch.set_num_threads(threads)
         progress.finish()
-    return outputs.written, outputs.failed
+    return outputs
 
 
 def _cores() -> int:
