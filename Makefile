@@ -11,7 +11,7 @@ env: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,report]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,report,ray]"
 	touch $(STAMP)
 
 # The main job on the embedded sample shards and tiny model, offline: embed → select → export →
