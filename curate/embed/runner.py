@@ -317,7 +317,7 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
     """
     cfg.validate()
     progress = progress or NullProgress()
-    urls = expand_shards(cfg.shards)
+    urls = _absolute(expand_shards(cfg.shards))
     run = RunDir(cfg.run)
     prev = run.load().get(STEP) or {}
     with cfg.make_engine() as engine:
@@ -359,6 +359,12 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
     )
 
 
+def _absolute(urls: list[str]) -> list[str]:
+    """Local shard paths made absolute: run.json and the tables then name shards that later commands
+    (report, reshard, a resumed embed) find from any working directory. URLs and ``pipe:`` stay as given."""
+    return [u if "://" in u or u.startswith("pipe:") else os.path.abspath(u) for u in urls]
+
+
 def _draft_size(model: LoadedModel, cfg: EmbedConfig) -> int | None:
     """JPEG draft-decoding target (the model's shorter input side), or None when draft decoding is off."""
     if not cfg.draft:
@@ -372,12 +378,9 @@ def _device_type(device: str) -> str:
 
 
 def _work_item(state: ShardState) -> dict[str, Any]:
-    """A shard as work for a worker: where to read it (local paths made absolute for other processes and
-    nodes), its name, and the fingerprint recorded with its table."""
-    url = state.url
-    if "://" not in url and not url.startswith("pipe:") and Path(url).exists():
-        url = str(Path(url).resolve())
-    return {"url": url, "name": state.name,
+    """A shard as work for a worker: where to read it (local paths are absolute, see ``_absolute``), its
+    name, and the fingerprint recorded with its table."""
+    return {"url": state.url, "name": state.name,
             "source": {k: v for k, v in state.current.items() if k != "missing"}}
 
 
