@@ -7,15 +7,20 @@
 2. ``ManifestFilter`` over the resulting manifest: index build time, then the memory of a fresh
    worker process that filters the samples of a few shards (RSS and private memory).
 
-Each measured step runs in a fresh process (peak RSS = ``VmHWM`` of that process).
+Each measured step runs in a fresh process (peak RSS = ``VmHWM`` of that process). ``--rows`` takes
+several sizes; every size's figures are merged into ``<out>.json`` across invocations, and the report
+(``--out``) lists them all, with the bytes of each table the run wrote and log-log plots of time and
+peak RSS vs N (``<out>_time.png``, ``<out>_memory.png``). A ``## Notes`` section written by hand at the
+end of an existing report is kept.
 
-    python benchmarks/bootstrap_scale.py --rows 10000000 --out benchmarks/results/bootstrap_scale.md
+    python benchmarks/bootstrap_scale.py --rows 1000000 3000000 10000000 --out benchmarks/results/bootstrap_scale.md
 """
 
 from __future__ import annotations
 
 import argparse
 import binascii
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -24,7 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from datetime import date
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -142,81 +147,183 @@ def machine() -> str:
             f" pyarrow {pa.__version__}, numpy {np.__version__}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=10_000_000)
-    ap.add_argument("--per-shard", type=int, default=10_000)
-    ap.add_argument("--dir", default=None, help="work folder (default: a temporary folder, removed after)")
-    ap.add_argument("--out", default=None, help="write the results as Markdown here")
-    ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
-    args = ap.parse_args()
-    work = Path(args.dir or tempfile.mkdtemp(prefix="curate-bench-"))
+def _bytes(paths: list[Path]) -> int:
+    return sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+
+
+def measure(work: Path, rows: int, per_shard: int) -> dict:
+    """Every step of the benchmark for a pool of ``rows`` samples in ``work``; returns its figures."""
     root = work / "run"
-    try:
-        t0 = time.perf_counter()
-        make_run(root, args.rows, args.per_shard)
-        setup = time.perf_counter() - t0
-        # round 0: preparation on the full pool; reads and validates the 1,000 embedding files once
-        r0 = _in_child(_measure_round, str(root), 0, {"warmup_rounds": 0})
-        write_round_losses(root, 0, seed=1)
-        r1 = _in_child(_measure_round, str(root), 1, {})  # first mutation round: candidates from 10M losses
-        r2 = _in_child(_measure_round, str(root), 2, {})  # next mutation round: reads the candidate file
-        from curate.trainer import build_index
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    make_run(root, rows, per_shard)
+    setup = time.perf_counter() - t0
+    # round 0: preparation on the full pool; reads and validates the embedding files once
+    r0 = _in_child(_measure_round, str(root), 0, {"warmup_rounds": 0})
+    write_round_losses(root, 0, seed=1)
+    r1 = _in_child(_measure_round, str(root), 1, {})  # first mutation round: candidates from N losses
+    r2 = _in_child(_measure_round, str(root), 2, {})  # next mutation round: reads the candidate file
+    from curate.trainer import build_index
 
-        manifest = root / "manifests" / "round-0002.parquet"
-        t1 = time.perf_counter()
-        index = build_index(manifest)
-        build_s = time.perf_counter() - t1
-        kept2 = r2["summary"]["kept"]
-        index_mb = index.stat().st_size / 1e6
-        filt = _in_child(_measure_filter, str(manifest), 4, args.per_shard)
-        loss_mb = sum(f.stat().st_size for f in (root / "losses").rglob("*.parquet")) / 1e6
-    finally:
-        if args.dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    manifest = root / "manifests" / "round-0002.parquet"
+    t1 = time.perf_counter()
+    index = build_index(manifest)
+    build_s = time.perf_counter() - t1
+    filt = _in_child(_measure_filter, str(manifest), 4, per_shard)
+    boot = root / "bootstrap"
+    sizes = {
+        "embeddings (pool columns only)": _bytes([root / "embeddings"]),
+        "loss table (one preparation round)": _bytes([root / "losses"]),
+        "pool cache (pool.arrow + pool-index.arrow)": _bytes([boot / "pool.arrow", boot / "pool-index.arrow"]),
+        "decisions (3 rounds)": _bytes([boot / "decisions"]),
+        "candidates (one preparation round)": _bytes([boot / "candidates"]),
+        "manifests (3 rounds)": _bytes([root / "manifests"]),
+        "ManifestFilter index (round 2)": index.stat().st_size,
+    }
+    return {
+        "rows": rows, "per_shard": per_shard, "setup_s": setup, "r0": r0, "r1": r1, "r2": r2,
+        "build_s": build_s, "filter": filt, "bytes": sizes,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip(),
+        "load_before": load_before, "load_after": os.getloadavg(),
+    }
 
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    s1, s2 = r1["summary"], r2["summary"]
-    lines = [
-        "# bootstrap scale",
+
+def size_section(res: dict) -> list[str]:
+    s0, s1, s2, filt = res["r0"]["summary"], res["r1"]["summary"], res["r2"]["summary"], res["filter"]
+    n, kept2 = res["rows"], res["r2"]["summary"]["kept"]
+    loads = " / ".join(" ".join(f"{x:.2f}" for x in res[k]) for k in ("load_before", "load_after"))
+    return [
+        f"## {n:,} rows",
         "",
-        f"- date: {date.today().isoformat()}, commit {rev}",
-        f"- machine: {machine()}",
-        f"- command: `python benchmarks/bootstrap_scale.py --rows {args.rows} --per-shard {args.per_shard}`",
-        f"- pool: {args.rows:,} samples in {-(-args.rows // args.per_shard):,} shards; losses of the preparation"
-        f" round: {args.rows:,} rows in global batches of {BATCH} ({loss_mb:,.0f} MB Parquet); setup {setup:.0f} s",
+        f"- date: {res['date']}, commit {res['commit']}",
+        f"- command: `python benchmarks/bootstrap_scale.py --rows {n} --per-shard {res['per_shard']}`",
+        f"- load average (`uptime`, 1/5/15 min) before / after: {loads}",
+        f"- pool: {n:,} samples in {-(-n // res['per_shard']):,} shards; losses of the preparation round:"
+        f" {n:,} rows in global batches of {BATCH}; setup {res['setup_s']:.0f} s",
         "",
         "| step | time | peak RSS | result |",
         "|---|---:|---:|---|",
-        f"| `bootstrap --round 0` (read + validate + cache the pool, full manifest) | {r0['seconds']:.1f} s |"
-        f" {r0['peak_rss_mb']:,.0f} MB | kept {r0['summary']['kept']:,} ({r0['summary']['phase']}) |",
-        f"| `bootstrap --round 1` (loss table → candidates → manifest) | {r1['seconds']:.1f} s |"
-        f" {r1['peak_rss_mb']:,.0f} MB | {s1['candidates']['total']:,} candidates, kept {s1['kept']:,}"
+        f"| `bootstrap --round 0` (read + validate + cache the pool, full manifest) | {res['r0']['seconds']:.1f} s |"
+        f" {res['r0']['peak_rss_mb']:,.0f} MB | kept {s0['kept']:,} ({s0['phase']}) |",
+        f"| `bootstrap --round 1` (loss table → candidates → manifest) | {res['r1']['seconds']:.1f} s |"
+        f" {res['r1']['peak_rss_mb']:,.0f} MB | {s1['candidates']['total']:,} candidates, kept {s1['kept']:,}"
         f" (ρ_cur {s1['rho_cur']:.2f}) |",
-        f"| `bootstrap --round 2` (candidate file → manifest) | {r2['seconds']:.1f} s | {r2['peak_rss_mb']:,.0f} MB |"
-        f" kept {s2['kept']:,} (ρ_cur {s2['rho_cur']:.2f}) |",
-        f"| ManifestFilter index build ({kept2:,}-row manifest, once per manifest) | {build_s:.1f} s | - |"
-        f" {index_mb:,.0f} MB memory-mapped file |",
+        f"| `bootstrap --round 2` (candidate file → manifest) | {res['r2']['seconds']:.1f} s |"
+        f" {res['r2']['peak_rss_mb']:,.0f} MB | kept {s2['kept']:,} (ρ_cur {s2['rho_cur']:.2f}) |",
+        f"| ManifestFilter index build ({kept2:,}-row manifest, once per manifest) | {res['build_s']:.1f} s | - |"
+        f" {res['bytes']['ManifestFilter index (round 2)'] / 1e6:,.0f} MB memory-mapped file |",
         f"| ManifestFilter in a fresh worker, {filt['samples']:,} samples from 4 shards | {filt['seconds']:.2f} s |"
         f" {filt['peak_rss_mb']:,.0f} MB | +{filt['rss_mb']:,.0f} MB RSS, +{filt['private_mb']:,.0f} MB private"
         f" (interpreter + imports: {filt['base_rss_mb']:,.0f} MB); kept {filt['kept']:,} |",
         "",
+        "| table written | MB | bytes per pool sample |",
+        "|---|---:|---:|",
+        *(f"| {k} | {v / 1e6:,.0f} | {v / n:.1f} |" for k, v in res["bytes"].items()),
+        "",
+    ]
+
+
+def write_report(out: Path, results: list[dict]) -> None:
+    notes = ""
+    if out.exists() and "\n## Notes" in out.read_text():
+        notes = out.read_text()[out.read_text().index("\n## Notes") + 1 :]
+    lines = [
+        "# bootstrap scale",
+        "",
+        f"- machine: {machine()}",
+        f"- report written {datetime.now(timezone.utc).isoformat(timespec='seconds')}; load average (`uptime`)"
+        f" then: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        "- the machine was shared with another engineer's training job using about one of the two cores; each",
+        "  size records the load average before and after its run. Times are as measured, not adjusted.",
+        "",
         "Peak RSS includes the Python interpreter and imports (~100-200 MB). The filter's memory-mapped index is",
         "shared page cache, not private memory: a worker's private memory grows only by the key dicts of the few",
         "shards it is reading (LRU of 4), independent of the manifest size.",
+        "",
+        "| N (pool = loss rows) | round 0 | round 1 | round 2 | peak RSS round 0 / 1 / 2 | date |",
+        "|---:|---:|---:|---:|---:|---|",
+        *(f"| {r['rows']:,} | {r['r0']['seconds']:.1f} s | {r['r1']['seconds']:.1f} s | {r['r2']['seconds']:.1f} s |"
+          f" {r['r0']['peak_rss_mb']:,.0f} / {r['r1']['peak_rss_mb']:,.0f} / {r['r2']['peak_rss_mb']:,.0f} MB |"
+          f" {r['date'][:10]} |" for r in results),
+        "",
+        f"Plots: `{out.stem}_time.png`, `{out.stem}_memory.png` (log-log).",
+        "",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
+    for res in results:
+        lines += size_section(res)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + ("\n" + notes if notes else ""))
+
+
+def plot(results: list[dict], out: Path) -> None:
+    """``<out>_time.png`` and ``<out>_memory.png``: one line per round, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    steps = {"r0": "round 0 (pool → manifest)", "r1": "round 1 (N losses → manifest)",
+             "r2": "round 2 (candidates → manifest)"}
+    for key, unit, scale, suffix in (("seconds", "time (s)", 1, "time"), ("peak_rss_mb", "peak RSS (GB)", 1e-3,
+                                                                          "memory")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for step, name in steps.items():
+            ax.plot([r["rows"] for r in results], [r[step][key] * scale for r in results], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers at 1, 2, 5 × 10^k instead of 10^k powers
+            axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.10g}"))
+            axis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel("pool size N = loss-table rows")
+        ax.set_ylabel(unit)
+        ax.set_title(f"curate bootstrap: {unit.split(' (')[0]} vs N", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out.with_name(f"{out.stem}_{suffix}.png"), dpi=100)
+        plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, nargs="+", default=[10_000_000])
+    ap.add_argument("--per-shard", type=int, default=10_000)
+    ap.add_argument("--dir", default=None, help="work folder (default: a temporary folder, removed after)")
+    ap.add_argument("--out", default=None, help="write the results as Markdown here (and merge them into .json)")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots (they need matplotlib)")
+    ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
+    args = ap.parse_args()
+    new = []
+    for rows in args.rows:
+        work = Path(args.dir) / f"rows-{rows}" if args.dir else Path(tempfile.mkdtemp(prefix="curate-bench-"))
+        try:
+            new.append(measure(work, rows, args.per_shard))
+        finally:
+            if args.dir is None:
+                shutil.rmtree(work, ignore_errors=True)
+        print("\n".join(size_section(new[-1])), flush=True)
+    if args.out:
+        out = Path(args.out)
+        store = out.with_suffix(".json")
+        results = json.loads(store.read_text()) if store.exists() else []
+        results = sorted([r for r in results if r["rows"] not in args.rows] + new, key=lambda r: r["rows"])
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(results, indent=1) + "\n")
+        write_report(out, results)
+        if not args.no_plots:
+            plot(results, out)
     from summary import metric, write_summary
 
+    last = new[-1]
     write_summary(args.summary_json, "bootstrap_scale", [
-        metric(f"round 1 from {args.rows:,} losses: time", r1["seconds"], "s"),
-        metric(f"round 1 from {args.rows:,} losses: peak RSS", r1["peak_rss_mb"], "MB"),
-        metric("ManifestFilter worker: private memory", filt["private_mb"], "MB"),
+        metric(f"round 1 from {last['rows']:,} losses: time", last["r1"]["seconds"], "s"),
+        metric(f"round 1 from {last['rows']:,} losses: peak RSS", last["r1"]["peak_rss_mb"], "MB"),
+        metric("ManifestFilter worker: private memory", last["filter"]["private_mb"], "MB"),
     ])
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":
