@@ -9,7 +9,6 @@ from rich.table import Table
 
 from curate.cli._app import app
 from curate.cli._common import RichProgress, err, print_json
-from curate.embed import EmbedConfig, run_embed
 from curate.engines import list_engines
 from curate.io.shards import DEFAULT_MAX_PIXELS
 
@@ -56,6 +55,8 @@ def embed(
 
     Reruns skip embedded shards; shards changed since (size, mtime) are reported, re-embedded by --refresh.
     """
+    from curate.embed import EmbedConfig, run_embed  # torch and open_clip load only when embedding
+
     cfg = EmbedConfig(
         shards=shards, run=run, model=model, pretrained=pretrained, device=device, batch_size=batch_size,
         workers=workers, precision=precision, captions=captions, strict=strict, max_pixels=max_pixels,
