@@ -27,7 +27,7 @@ SCORE_LABELS: dict[str, str] = {
     "clip-score": "CLIP score",
     "clipcov": "unary gain u_i",
     "random": "random key",
-    "semdedup": "1 - similarity to nearest duplicate",
+    "semdedup": "1 - similarity to an earlier cluster mate (2 = first of its cluster)",
 }
 #: The same, as a short label under gallery thumbnails (None: not worth showing there).
 SCORE_SHORT: dict[str, str | None] = {
