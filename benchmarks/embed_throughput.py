@@ -43,6 +43,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import metric, write_summary  # noqa: E402
+
 from curate.embed import EmbedConfig, run_embed  # noqa: E402
 from curate.embed.preprocess import fast_transform, normalize_pixels  # noqa: E402
 from curate.io.shards import ErrorPolicy, caption_for_tokenizer, decode_image, expand_shards, iter_shard  # noqa: E402
@@ -328,6 +331,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="Interleaved repeats (default 1 quick, 3 full).")
     ap.add_argument("--big", type=int, default=1200, help="Images in the 256 px world (full mode).")
     ap.add_argument("--out", default=None, help="Write the Markdown report here.")
+    ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
     args = ap.parse_args()
     args.repeats = args.repeats or (1 if args.quick else 3)
     cmd = "python benchmarks/embed_throughput.py " + " ".join(sys.argv[1:])
@@ -352,6 +356,14 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
+    med = results[0]["median"]
+    write_summary(args.summary_json, "embed_throughput", [
+        metric("decode-only images/s (sample)", med["decode-only"], "img/s", "higher"),
+        metric("curate embed images/s (sample)", med["curate embed"], "img/s", "higher"),
+        metric("curate embed / decode-only", med["curate embed"] / med["decode-only"], "ratio", "higher"),
+        metric("near-free model / decode-only", med["curate embed, near-free model"] / med["decode-only"], "ratio",
+               "higher"),
+    ])
 
 
 if __name__ == "__main__":

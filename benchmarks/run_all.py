@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         ["--sizes", "10000", "100000", "1000000"],
     ),
     "bootstrap_scale": ("bootstrap_scale.py", ["--rows", "1000000", "--per-shard", "10000"], []),
+    "decode_rate": ("decode_rate.py", ["--n", "60", "--repeats", "1"], []),
 }
 
 
