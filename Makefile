@@ -22,7 +22,7 @@ demo: $(STAMP)
 # All tests on CPU (GPU tests skip themselves). pytest's exit code 5 (no tests collected) fails too.
 test: $(STAMP)
 	@scripts/ensure_chromium.sh
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra tests; rc=$$?; \
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -ra tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
 lint: $(STAMP)
