@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,report,ray]"
+	# open_clip's trainer (tests/test_trainer_loop.py runs examples/open_clip_rounds.sh with it) needs the
+	# webdataset its training requirements pin; kept apart from curate's and used only by that trainer
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/open_clip_train-deps webdataset==0.2.86
 	touch $(STAMP)
 
 # The main job on the embedded sample shards and tiny model, offline: embed → select → export →

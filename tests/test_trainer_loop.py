@@ -6,6 +6,7 @@ The run is embedded once per module with ``curate embed``; each test works on a 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -153,4 +154,52 @@ def test_open_clip_rounds_script_with_stand_in_trainer(run: RunDir, tmp_path: Pa
     assert [c["seen"] for c in calls] == kept  # the trainer read exactly the kept samples
     # losses only where the next round needs them (SCAN: after the preparation round 0, not mutation round 1)
     assert _loss_uids(run, 0) == _manifest_uids(run, 0)
+    assert not run.losses_dir(1).exists()
+
+
+#: webdataset 0.2.86 for open_clip_train, installed apart by ``make env`` (or pointed to by the variable)
+OPEN_CLIP_TRAIN_DEPS = Path(os.environ.get("CURATE_OPEN_CLIP_TRAIN_DEPS")
+                            or Path(__file__).resolve().parents[1] / ".venv" / "open_clip_train-deps")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("open_clip_train") is None, reason="open_clip_train is not installed")
+@pytest.mark.skipif(not (OPEN_CLIP_TRAIN_DEPS / "webdataset").is_dir(),
+                    reason=f"no webdataset<=0.2.86 for open_clip_train in {OPEN_CLIP_TRAIN_DEPS} (see make env)")
+def test_open_clip_rounds_script_with_open_clip_train(run: RunDir, tmp_path: Path) -> None:
+    """The same recipe with open_clip's real trainer (``python -m open_clip_train.main``), unchanged, on CPU:
+    two rounds, one epoch each, resumed from its own checkpoints; curate losses after the preparation round."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    (tiny / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {}}))
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(TINY, pretrained=None).state_dict(), tiny / "open_clip_pytorch_model.bin")
+    logs = tmp_path / "logs"
+    env = {
+        **os.environ, "RUN": str(run.root), "MODEL": f"local-dir:{tiny}", "ROUNDS": "2", "NAME": "real",
+        "LOGS": str(logs), "KNOBS": "--warmup-rounds 0 --t-cos 1", "DATA_MODE": "reshard",
+        "PYTHON": sys.executable, "CURATE": f"{sys.executable} -m curate.cli.app",
+        "EXTRA": "--batch-size 12 --workers 1 --lr 1e-4 --warmup 0", "LOSS_ARGS": "--batch-size 12",
+        # open_clip_train's own environment: its data pipeline needs webdataset <= 0.2.86 (with 1.x it fails with
+        # KeyError: 'fname'); make env installs that version apart, for the trainer only
+        "TRAIN": f"env PYTHONPATH={OPEN_CLIP_TRAIN_DEPS} {sys.executable} -m open_clip_train.main",
+    }
+    proc = subprocess.run(["bash", str(repo / "examples" / "open_clip_rounds.sh")], env=env, capture_output=True,
+                          text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpts = logs / "real" / "checkpoints"
+    assert (ckpts / "epoch_1.pt").exists() and (ckpts / "epoch_2.pt").exists()
+    state = [torch.load(ckpts / f"epoch_{e}.pt", map_location="cpu", weights_only=True) for e in (1, 2)]
+    assert [s["epoch"] for s in state] == [1, 2]  # the second call resumed the first one's run
+    w = "text_projection"
+    keys = [k for k in state[0]["state_dict"] if k.endswith(w)]
+    assert keys and not torch.equal(state[0]["state_dict"][keys[0]], state[1]["state_dict"][keys[0]])  # trained on
+    kept = [len(_manifest_uids(run, n)) for n in range(2)]
+    assert kept[1] < kept[0] == N_TRAIN
+    assert _loss_uids(run, 0) == _manifest_uids(run, 0)  # losses of the real trainer's checkpoint, every sample
     assert not run.losses_dir(1).exists()
