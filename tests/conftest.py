@@ -7,14 +7,15 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("CURATE_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see curate/cli/__init__.py
 
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Callable
+from pathlib import Path
 
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import pytest
+from PIL import Image
 
-from curate.io.tarwrite import write_tar  # noqa: E402
+from curate.io.tarwrite import write_tar
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 
