@@ -580,8 +580,10 @@ def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, 
               "| comparison | Δ top-1 points (mean ± std over seeds) | per seed |", "|---|---|---|"]
     for f in setup.fractions:
         p = pct(f)
-        for a, b in ((f"clipcov{p}", f"random{p}"), (f"clipcov{p}", f"clip-score{p}"),
-                     (f"clipcov{p}", f"semdedup{p}"), (f"clipcov-kmeans{p}", f"random{p}")):
+        for a, b in ((f"clipcov{p}", f"random{p}"), (f"clip-score{p}", f"random{p}"), (f"semdedup{p}", f"random{p}"),
+                     (f"oracle-clean{p}", f"random{p}"), (f"clipcov{p}", f"clip-score{p}"),
+                     (f"clipcov{p}", f"semdedup{p}"), (f"clipcov{p}", f"oracle-clean{p}"),
+                     (f"clipcov-kmeans{p}", f"random{p}")):
             d = paired(res, a, b, seeds)
             if d:
                 lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
@@ -592,7 +594,7 @@ def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, 
             if d:
                 lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
     eqc = [f"{m}{pct(f)}-eqc" for f in setup.fractions for m in ("random", "clip-score", "clipcov")]
-    for a, b in (("scan", "scan-matched-random"),):
+    for a, b in (("scan", "scan-matched-random"), ("clipcov50+scan", "scan"), ("clipcov50+scan", "clipcov50")):
         d = paired(res, a, b, seeds)
         if d:
             lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
