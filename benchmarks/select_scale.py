@@ -5,7 +5,12 @@ d=512, in 1000 classes of Zipf(1) sizes (largest ≈ 13% of N); image and captio
 noisy copies of their class centre (cosine to the centre ≈ 0.6). clipcov gets the class centres as
 class-text embeddings (so its zero-shot argmax over 1000 classes is timed, prompt encoding is not).
 
+A run that passes ``--timeout`` seconds or ``--max-rss-gb`` of peak RSS is stopped and recorded as not
+run, with what it had reached and a power-law extrapolation from the two largest sizes measured for that
+method. The report is Markdown plus two log-log plots (time and peak RSS vs N, one line per method).
+
     python benchmarks/select_scale.py --sizes 10000 100000 1000000 --out benchmarks/results/select_scale.md
+    python benchmarks/select_scale.py --report-only   # rewrite the report and plots from select_scale.json
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -130,7 +137,7 @@ def machine() -> dict:
         ),
         platform.processor(),
     )
-    free = subprocess.run(["free", "-g"], capture_output=True, text=True).stdout.strip()
+    free = subprocess.run(["free", "-g"], capture_output=True, text=True).stdout.rstrip()
     import torch
 
     return {
@@ -143,6 +150,38 @@ def machine() -> dict:
     }
 
 
+def run_child(cmd: list[str], timeout: float, max_rss_gb: float) -> tuple[subprocess.CompletedProcess | None, str,
+                                                                                float]:
+    """Run ``cmd``, polling its peak RSS; stop it past ``timeout`` s or ``max_rss_gb``.
+
+    Returns ``(completed process or None if stopped, why it was stopped, peak RSS seen in GB)``.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, why = 0.0, ""
+    while True:
+        try:
+            out, err = proc.communicate(timeout=1.0)
+            return subprocess.CompletedProcess(cmd, proc.returncode, out, err), "", peak
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024**2)
+        except OSError:
+            continue
+        secs = time.perf_counter() - t0
+        if secs > timeout:
+            why = f"stopped after {secs:.0f} s (--timeout {timeout:.0f})"
+        elif peak > max_rss_gb:
+            why = f"stopped at {secs:.0f} s: peak RSS passed {max_rss_gb:g} GB (--max-rss-gb)"
+        if why:
+            proc.kill()
+            proc.communicate()
+            return None, why, peak
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -151,23 +190,43 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=900.0, help="stop a run after this many seconds")
+    ap.add_argument("--max-rss-gb", type=float, default=16.0, help="stop a run whose peak RSS passes this")
     ap.add_argument("--workdir", default="/tmp/curate-select-scale")
     ap.add_argument("--out", default="benchmarks/results/select_scale.md")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots (they need matplotlib)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from the JSON store; run nothing")
     ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
     ap.add_argument("--one", nargs=2, metavar=("RUN", "LABEL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(Path(args.one[0]), args.one[1], args.fraction, args.seed)))
         return
-    store = Path(args.out).with_suffix(".json")  # every finished (N, method) row, merged across invocations
+    out = Path(args.out)
+    store = out.with_suffix(".json")  # every finished (N, method) row, merged across invocations
     rows: list[dict] = json.loads(store.read_text()) if store.exists() else []
+
+    def report() -> None:
+        for r in rows:  # table sizes of rows recorded before sizes were (still in the work folder)
+            sel = Path(args.workdir) / f"n{r['pool']}" / "selections" / r["label"]
+            if "seconds" in r and "bytes" not in r and sel.is_dir():
+                r["bytes"] = {"embeddings": dir_bytes(sel.parents[1] / "embeddings"),
+                              **{f.stem: f.stat().st_size for f in sel.glob("*.parquet")}}
+        store.write_text(json.dumps(rows, indent=1) + "\n")
+        write_report(out, rows, machine())
+        if not args.no_plots:
+            plot(rows, out)
+
+    if args.report_only:
+        report()
+        return
 
     def record(row: dict) -> None:
         rows[:] = [r for r in rows if (r["pool"], r["label"]) != (row["pool"], row["label"])] + [row]
         rows.sort(key=lambda r: (r["pool"], list(METHODS).index(r["label"])))
         store.parent.mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(rows, indent=1) + "\n")
-        write_report(Path(args.out), rows, machine())
+        write_report(out, rows, machine())
 
     for n in args.sizes:
         run = Path(args.workdir) / f"n{n}"
@@ -176,35 +235,32 @@ def main() -> None:
             make_pool(run, n, args.dim, args.classes, args.seed)
             print(f"pool N={n:,}: generated in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         for label in args.methods:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--one",
-                str(run),
-                label,
-                "--fraction",
-                str(args.fraction),
-                "--seed",
-                str(args.seed),
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            cmd = [sys.executable, __file__, "--one", str(run), label, "--fraction", str(args.fraction),
+                   "--seed", str(args.seed)]
+            load_before = os.getloadavg()[0]
+            date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            proc, why, seen_gb = run_child(cmd, args.timeout, args.max_rss_gb)
+            if proc is None:
+                record({"label": label, "pool": n, "not_run": why, "rss_seen_gb": seen_gb, "date": date,
+                        "load_before": load_before, "load_after": os.getloadavg()[0]})
+                print(f"N={n:,} {label}: NOT RUN, {why}; peak RSS seen {seen_gb:.2f} GB", file=sys.stderr, flush=True)
+                continue
             if proc.returncode != 0:
                 err = (proc.stderr.strip().splitlines() or ["?"])[-1]
                 record({"label": label, "pool": n, "error": err})
                 print(f"N={n:,} {label}: FAILED {err}", file=sys.stderr, flush=True)
                 continue
             row = json.loads(proc.stdout.strip().splitlines()[-1])
-            row["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            row["load_after"] = os.getloadavg()[0]
+            row.update(date=date, load_before=load_before, load_after=os.getloadavg()[0])
+            row["bytes"] = {"embeddings": dir_bytes(run / "embeddings"),
+                            **{f.stem: f.stat().st_size for f in (run / "selections" / label).glob("*.parquet")}}
             record(row)
-            print(
-                f"N={n:,} {label}: {row['seconds']:.1f}s, peak RSS {row['peak_rss_gb']:.2f} GB",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"N={n:,} {label}: {row['seconds']:.1f}s, peak RSS {row['peak_rss_gb']:.2f} GB",
+                  file=sys.stderr, flush=True)
+    report()
     from summary import metric, write_summary
 
-    done = [r for r in rows if r["pool"] in args.sizes and "error" not in r]
+    done = [r for r in rows if r["pool"] in args.sizes and "seconds" in r]
     write_summary(args.summary_json, "select_scale", [
         m for r in done for m in (
             metric(f"{r['label']} N={r['pool']:,}: time", r["seconds"], "s"),
@@ -213,37 +269,82 @@ def main() -> None:
     ])
 
 
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def stopped_after(row: dict) -> float | None:
+    """Seconds a stopped run had used (``not_run`` reads "stopped after S s" or "stopped at S s")."""
+    m = re.search(r"stopped (?:after|at) (\d+) s", row.get("not_run", ""))
+    return float(m.group(1)) if m else None
+
+
+def extrapolate(rows: list[dict], label: str, n: int, key: str) -> tuple[float, float] | None:
+    """``label``'s ``key`` at ``n`` from its two largest measured sizes: time by the power law through them,
+    ``(value, exponent)``; peak RSS by the straight line through them (a fixed base of imported libraries
+    plus bytes per sample), ``(value, GB per million samples)``."""
+    pts = sorted((r["pool"], r[key]) for r in rows if r["label"] == label and key in r and r["pool"] < n)
+    if len(pts) < 2:
+        return None
+    (n1, y1), (n2, y2) = pts[-2:]
+    if key == "peak_rss_gb":
+        slope = (y2 - y1) / (n2 - n1)
+        return y2 + slope * (n - n2), slope * 1e6
+    b = math.log(y2 / y1) / math.log(n2 / n1)
+    return y2 * (n / n2) ** b, b
+
+
 def write_report(out: Path, rows: list[dict], m: dict) -> None:
     lines = [
         "# `curate select` scaling: time and peak memory vs pool size",
         "",
         f"Date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}  ",
         "Command: `python benchmarks/select_scale.py --sizes 10000 100000 1000000` (defaults: d=512, 1000 classes,",
-        "fraction 0.1; rows of several invocations are merged through `select_scale.json`)  ",
+        "fraction 0.1, `--timeout 900 --max-rss-gb 16`; rows of several invocations are merged through",
+        "`select_scale.json`)  ",
         f"Machine: {m['nproc']} CPU cores ({m['cpu']}), GPU: {m['gpu']}, torch threads {m['torch_threads']}  ",
         "",
         "```",
         f"$ free -g\n{m['free_g']}",
         "```",
         "",
-        f"Load average when the report was written: {m['load']} (the machine is shared with other jobs;",
-        "timings on a busy 2-core machine vary by up to 2-3x between repeats).",
+        f"Load average (`uptime`, 1/5/15 min) when the report was written: {m['load']}. The machine was shared",
+        "with another engineer's training job using about one of the two cores; each row gives the 1-minute",
+        "load average just before and just after its run. Times are as measured, not adjusted for the load;",
+        "on this machine they vary by up to 2-3x between repeats.",
         "",
         "Pool: N synthetic samples, d=512, 1000 classes with Zipf(1) sizes (largest ≈ 13% of N),",
         "float16 Parquet as written by `curate embed`; budget = 10% of N. Time = `run_selection` wall time",
         "(read the embeddings, score, decide, write scores + manifest) in a process that has already imported",
-        "torch, faiss and open_clip (the cold imports cost the `import s` column once per process; about 1.1 GB",
-        "of the peak RSS is those libraries); peak RSS of the process.",
+        "torch, faiss and open_clip (the cold imports cost the `import s` column once per process, and they are",
+        "most of the ≈0.6 GB peak RSS of the cheapest run, random at N=10,000); peak RSS (VmHWM) of the process.",
         "clipcov = reference variant with 1000-class zero-shot partition from given class embeddings;",
         "clipcov-greedy = exact gains; clipcov-kmeans = faiss k-means K=1000 partition; semdedup = k-means with",
-        "sqrt(N) clusters, budget met by the eps rule. `load avg` = 1-minute load average right after the run.",
+        "sqrt(N) clusters, budget met by the eps rule.",
         "",
-        "| N | method | seconds | peak RSS (GB) | kept | import s | load avg | notes |",
+        "| N | method | seconds | peak RSS (GB) | kept | import s | load before / after | notes |",
         "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
+    not_run = []
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['pool']:,} | {r['label']} | — | — | — | — | — | failed: {r['error']} |")
+            continue
+        load = " / ".join(f"{r[k]:.1f}" if k in r else "–" for k in ("load_before", "load_after"))
+        if "not_run" in r:
+            t, m_ = extrapolate(rows, r["label"], r["pool"], "seconds"), extrapolate(rows, r["label"], r["pool"],
+                                                                                     "peak_rss_gb")
+            est = []
+            if t:
+                n2, t2 = max((q["pool"], q["seconds"]) for q in rows if q["label"] == r["label"] and "seconds" in q)
+                est.append(f"~{t[0]:,.0f} s (N^{t[1]:.2f}), ~{t2 * (r['pool'] / n2) ** 2:,.0f} s (N²)")
+            if m_:
+                est.append(f"~{m_[0]:.1f} GB (linear, {m_[1]:.1f} GB per million samples)")
+            not_run.append(r)
+            lines.append(
+                f"| {r['pool']:,} | {r['label']} | not run | ≥ {r['rss_seen_gb']:.2f} seen | — | — | {load} | "
+                f"{r['not_run']}; extrapolated from the two largest measured N: {', '.join(est) or '—'} |"
+            )
             continue
         notes = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -252,10 +353,85 @@ def write_report(out: Path, rows: list[dict], m: dict) -> None:
         )
         lines.append(
             f"| {r['pool']:,} | {r['label']} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | "
-            f"{r['kept']:,} | {r['import_seconds']:.1f} | {r.get('load_after', float('nan')):.1f} | {notes} |"
+            f"{r['kept']:,} | {r['import_seconds']:.1f} | {load} | {notes} |"
         )
+    if not_run:
+        lines += [
+            "",
+            "*Not run*: stopped at the time or memory limit; `≥ X seen` is the peak RSS it had reached. Peak",
+            "RSS is extrapolated along the straight line through the two largest measured sizes. Two",
+            "extrapolations of the time are shown, both estimates, not measurements: the power law through the",
+            "method's two largest measured sizes (exponent shown; drawn dashed in the plots), and N² growth from",
+            "the largest measured size (the growth of ClipCov's cross terms and of semdedup's per-cluster scan",
+            "when the number of classes is fixed). Where the power law gives less than the time the stopped run",
+            "had already used, that run shows the power law underestimates: the exponent measured between the",
+            "small sizes is below the asymptotic one, and the time lies between the limit and the N² figure.",
+        ]
+    sized = [r for r in rows if "bytes" in r]
+    if sized:
+        lines += [
+            "",
+            "## Table sizes (bytes per pool sample)",
+            "",
+            "Parquet files written by this benchmark, divided by N: the embedding tables (ids + two d=512",
+            "float16 vectors + clip_score, as `curate embed` writes them) and each selection's `scores.parquet`",
+            "and `manifest.parquet` (10% kept). The synthetic uids and keys are sequential and compress far",
+            "better than real random 128-bit uids (`bootstrap_scale.md` measures tables of random uids), so the",
+            "id part of these sizes is a lower bound; the two float16 vectors (2,048 bytes raw) dominate.",
+            "",
+            "| N | embeddings | method | scores | manifest |",
+            "|---:|---:|---|---:|---:|",
+        ]
+        for r in sized:
+            b, n = r["bytes"], r["pool"]
+            lines.append(f"| {n:,} | {b['embeddings'] / n:,.0f} | {r['label']} | {b.get('scores', 0) / n:.1f} | "
+                         f"{b.get('manifest', 0) / n:.1f} |")
+    lines += ["", f"Plots: `{out.stem}_time.png`, `{out.stem}_memory.png` (log-log, one line per method)."]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    """``<out>_time.png`` and ``<out>_memory.png``: log-log, one line per method; extrapolations dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    for key, unit, suffix in (("seconds", "time (s)", "time"), ("peak_rss_gb", "peak RSS (GB)", "memory")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for i, label in enumerate(METHODS):
+            pts = sorted((r["pool"], r[key]) for r in rows if r["label"] == label and key in r)
+            if not pts:
+                continue
+            colour = f"C{i}"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour, label=label)
+            for r in rows:
+                if r["label"] != label or "not_run" not in r:
+                    continue
+                est = extrapolate(rows, label, r["pool"], key)
+                if est:
+                    ax.plot([pts[-1][0], r["pool"]], [pts[-1][1], est[0]], ls="--", marker="o", mfc="none",
+                            color=colour)
+                reached = r["rss_seen_gb"] if key == "peak_rss_gb" else stopped_after(r)
+                if reached:
+                    ax.plot([r["pool"]], [reached], marker="^", ms=9, color=colour, ls="none")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers at 1, 2, 5 × 10^k instead of 10^k powers
+            axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.10g}"))
+            axis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel("pool size N (samples)")
+        ax.set_ylabel(unit)
+        ax.set_title(f"curate select: {unit.split(' (')[0]} vs N\n(▲ stopped at the limit, the full run needs more;"
+                     " dashed: extrapolated)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out.with_name(f"{out.stem}_{suffix}.png"), dpi=100)
+        plt.close(fig)
 
 
 if __name__ == "__main__":
