@@ -263,7 +263,7 @@ def plot(results: list[dict], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import ticker
+    from summary import log_log_axes
 
     steps = {"r0": "round 0 (pool → manifest)", "r1": "round 1 (N losses → manifest)",
              "r2": "round 2 (candidates → manifest)"}
@@ -272,17 +272,7 @@ def plot(results: list[dict], out: Path) -> None:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for step, name in steps.items():
             ax.plot([r["rows"] for r in results], [r[step][key] * scale for r in results], marker="o", label=name)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        for axis in (ax.xaxis, ax.yaxis):  # plain numbers at 1, 2, 5 × 10^k instead of 10^k powers
-            axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
-            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.10g}"))
-            axis.set_minor_formatter(ticker.NullFormatter())
-        ax.set_xlabel("pool size N = loss-table rows")
-        ax.set_ylabel(unit)
-        ax.set_title(f"curate bootstrap: {unit.split(' (')[0]} vs N", fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        log_log_axes(ax, "pool size N = loss-table rows", unit, f"curate bootstrap: {unit.split(' (')[0]} vs N")
         fig.tight_layout()
         fig.savefig(out.with_name(f"{out.stem}_{suffix}.png"), dpi=100)
         plt.close(fig)

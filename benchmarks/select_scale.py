@@ -397,7 +397,7 @@ def plot(rows: list[dict], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import ticker
+    from summary import log_log_axes
 
     for key, unit, suffix in (("seconds", "time (s)", "time"), ("peak_rss_gb", "peak RSS (GB)", "memory")):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -417,18 +417,9 @@ def plot(rows: list[dict], out: Path) -> None:
                 reached = r["rss_seen_gb"] if key == "peak_rss_gb" else stopped_after(r)
                 if reached:
                     ax.plot([r["pool"]], [reached], marker="^", ms=9, color=colour, ls="none")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        for axis in (ax.xaxis, ax.yaxis):  # plain numbers at 1, 2, 5 × 10^k instead of 10^k powers
-            axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
-            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.10g}"))
-            axis.set_minor_formatter(ticker.NullFormatter())
-        ax.set_xlabel("pool size N (samples)")
-        ax.set_ylabel(unit)
-        ax.set_title(f"curate select: {unit.split(' (')[0]} vs N\n(▲ stopped at the limit, the full run needs more;"
-                     " dashed: extrapolated)", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        log_log_axes(ax, "pool size N (samples)", unit,
+                     f"curate select: {unit.split(' (')[0]} vs N\n(▲ stopped at the limit, the full run needs more;"
+                     " dashed: extrapolated)", title_size=9)
         fig.tight_layout()
         fig.savefig(out.with_name(f"{out.stem}_{suffix}.png"), dpi=100)
         plt.close(fig)
