@@ -1,4 +1,4 @@
-"""``curate export`` and ``curate reshard``: hand a manifest to other tools."""
+"""``curate export``, ``curate reshard`` and ``curate merge``: hand a manifest to other tools."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from curate.cli._app import app
 from curate.cli._common import RichProgress, err, print_json
 from curate.io.export import FORMATS, export_manifest
+from curate.io.merge import merge_manifests
 from curate.io.reshard import reshard
 
 Format = enum.Enum("Format", {f: f for f in FORMATS}, type=str)  # type: ignore[misc]
@@ -57,3 +58,28 @@ def reshard_cmd(
     err.print(f"wrote {res.written:,} samples in {len(res.shards)} shards to {res.out_dir}")
     if res.prefixed_keys:
         err.print("note: keys repeat across source shards, so output keys are '<source shard>/<key>'")
+
+
+@app.command(
+    "merge",
+    epilog="Example (a pool selected in two sub-pools, each embedded into its own run):\n\n"
+    "  curate merge runs/part-00/selections/clipcov runs/part-01/selections/clipcov --out clipcov-all.parquet",
+)
+def merge_cmd(
+    manifests: list[str] = typer.Argument(..., help="Manifests (.parquet, .json, selection folders) of disjoint runs."),
+    out_path: str = typer.Option(..., "--out", "-o", help="The merged manifest (.parquet; a .json header beside it)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+    json_out: bool = typer.Option(False, "--json", help="Print the merged header's counts as JSON."),
+) -> None:
+    """Join the manifests of sub-pools selected separately (no shared uid or shard) into one manifest."""
+    merged = merge_manifests(manifests, out_path, force=force,
+                             command="curate merge " + " ".join([*manifests, "--out", out_path]))
+    if json_out:
+        print_json({"out": out_path, **merged.header["counts"], "inputs": len(manifests),
+                    "content_hash": merged.header["content_hash"]})
+        return
+    pool = merged.header["counts"]["pool"]
+    of = f" of {pool:,}" if pool else ""
+    err.print(f"merged {len(manifests)} manifests: {len(merged):,}{of} samples in "
+              f"{len(merged.header['shards'])} shards → {out_path}")
+    typer.echo(out_path)  # stdout: pipes into a trainer like bootstrap's manifest path

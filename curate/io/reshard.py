@@ -47,9 +47,12 @@ class ReshardResult:
     prefixed_keys: bool = False
 
 
-def _source_urls(names: list[str], manifest_path: Path, shards: str | None) -> dict[str, str]:
+def _source_urls(names: list[str], manifest_path: Path, shards: str | None,
+                 header_urls: dict[str, str] | None = None) -> dict[str, str]:
     if shards is not None:
         mapping = {shard_name(u): u for u in expand_shards(shards)}
+    elif header_urls:  # a merged manifest carries its shards' URLs
+        mapping = dict(header_urls)
     else:
         run = run_of_manifest(manifest_path)
         embed = RunDir(run).load().get("embed", {}) if run is not None else {}
@@ -119,7 +122,7 @@ def reshard(
     shard_col = table.column("shard").to_numpy(zero_copy_only=False)
     key_col = table.column("key").to_numpy(zero_copy_only=False)
     names = list(dict.fromkeys(shard_col.tolist()))
-    urls = _source_urls(names, path, shards)
+    urls = _source_urls(names, path, shards, manifest.header.get("shard_urls"))
     wanted: dict[str, set[str]] = {n: set() for n in names}
     for s, k in zip(shard_col.tolist(), key_col.tolist(), strict=True):
         wanted[s].add(k)

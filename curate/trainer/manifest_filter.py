@@ -207,7 +207,8 @@ def shard_urls(
     """URLs of the shards that still hold kept samples, in manifest order.
 
     The name → URL map comes from ``urls`` (a shard spec, a list of URLs, or a mapping), else from the
-    run's ``run.json`` (embed section), else the bare shard names are returned.
+    manifest's header (merged manifests), else from the run's ``run.json`` (embed section), else the
+    bare shard names are returned.
     """
     m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     names = _shard_names(m)
@@ -216,6 +217,8 @@ def shard_urls(
         mapping = dict(urls)
     elif urls is not None:
         mapping = {shard_name(u): u for u in expand_shards(urls)}
+    elif m.header.get("shard_urls"):  # a merged manifest (curate merge) carries its shards' URLs
+        mapping = dict(m.header["shard_urls"])
     elif run is not None and RunDir(run).exists():
         embed = RunDir(run).load().get("embed") or {}
         mapping = {s["name"]: s["url"] for s in embed.get("shards", []) if "url" in s} or None

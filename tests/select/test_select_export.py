@@ -142,3 +142,62 @@ def test_reshard_reports_missing_and_unsafe_samples(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"found 1 of 3 manifest samples; missing 00000/../evil, 00000/gone"):
         reshard(path, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_merge_sub_pools_export_reshard_and_shard_urls(tmp_path: Path, make_shards: Callable[..., list[str]],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Two runs (sub-pools of one pool, disjoint shards) selected apart; `curate merge` joins their
+    manifests, and export, reshard and shard_urls find every shard's URL without a run folder."""
+    import json
+
+    from curate.cli.app import main
+    from curate.io.manifest import read_manifest
+    from curate.trainer import shard_urls
+
+    source = make_shards(n_shards=4, per_shard=10)
+    samples = {(s.shard, s.key): s for u in source for s in iter_shard(u)}
+    parts = []
+    for name, urls in (("a", source[:2]), ("b", source[2:])):
+        names = [shard_name(u) for u in urls]
+        rows = [(s, k, samples[(s, k)].position) for s, k in sorted(samples) if s in names][::2]
+        parts.append(_manifest(tmp_path / name, rows, [{"name": shard_name(u), "url": u} for u in urls]))
+    out = tmp_path / "merged" / "all.parquet"
+    assert main(["merge", str(parts[0].parent), str(parts[1]), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    merged = read_manifest(out)
+    assert len(merged) == 20 and merged.header["kind"] == "merge"
+    assert merged.header["counts"]["pool"] == 200 and merged.header["counts"]["kept"] == 20
+    assert [s["content_hash"] for s in merged.header["sources"]] == [read_manifest(p).header["content_hash"]
+                                                                     for p in parts]
+    assert json.loads(out.with_suffix(".json").read_text()) == merged.header
+    assert sorted(merged.uids) == sorted([*read_manifest(parts[0]).uids, *read_manifest(parts[1]).uids])
+    assert shard_urls(merged) == source  # URLs from both runs, from the header alone
+    urls_file, n = export_manifest(out, "urls", tmp_path / "urls.txt")
+    assert n == 4 and urls_file.read_text().splitlines() == source
+    res = reshard(out, tmp_path / "reshard", shard_size=8)
+    assert res.written == 20
+    # bad merges: one line, nothing written
+    assert main(["merge", str(parts[0]), "--out", str(tmp_path / "m1.parquet")]) == 2
+    assert main(["merge", str(parts[0]), str(parts[1]), "--out", str(out)]) == 2  # exists: needs --force
+    assert main(["merge", str(parts[0]), str(parts[1]), "--out", str(parts[0])]) == 2
+    assert main(["merge", str(parts[0]), str(out), "--out", str(tmp_path / "m2.parquet")]) == 3  # overlap
+    assert "is in both" in capsys.readouterr().err
+    assert main(["merge", str(parts[0]), str(tmp_path / "nope"), "--out", str(tmp_path / "m3.parquet")]) == 3
+    assert not any((tmp_path / f"m{i}.parquet").exists() for i in (1, 2, 3))
+    assert main(["merge", str(parts[0]), str(parts[1]), "--out", str(out), "--force", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kept"] == 20
+
+
+def test_merge_refuses_a_uid_in_two_manifests(tmp_path: Path) -> None:
+    from curate.io.merge import merge_manifests
+
+    a = _manifest(tmp_path / "a", [("00000", "k1", 0)])
+    b = _manifest(tmp_path / "b", [("00000", "k1", 0)])  # the same sample: shard names clash first
+    with pytest.raises(InputError, match="is in both"):
+        merge_manifests([a, b], tmp_path / "m.parquet")
+    table = pa.table({"uid": [hex_uid(hash(("00000", "k1")) % 10**9)], "shard": ["00009"], "key": ["z"],
+                      "position": pa.array([0], pa.int32())})
+    c = write_manifest(tmp_path / "c.parquet", build_manifest(table, kind="selection", command="test"))
+    with pytest.raises(InputError, match="appear in more than one manifest"):
+        merge_manifests([a, c], tmp_path / "m.parquet")
+    assert not (tmp_path / "m.parquet").exists()
