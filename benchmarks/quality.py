@@ -17,7 +17,7 @@ shuffling and the random subsets), sample-epochs seen (and % of full data), the 
 composition of every static subset and of the sample-epochs each arm trained on.
 
     python benchmarks/quality.py --quick                   # < 20 min on 2 cores: 1 seed, 5 arms, small pool
-    python benchmarks/quality.py                           # the BENCHMARKS table: 3 seeds, every arm (hours)
+    python benchmarks/quality.py                           # the BENCHMARKS table: 3 seeds, the FULL_ARMS (hours)
     python benchmarks/quality.py --jobs 2                  # two single-threaded training processes
     python benchmarks/quality.py --no-train                # only regenerate the markdown from the finished runs
 
@@ -140,7 +140,7 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
 #: ``scan-matched-random`` needs the ``scan`` run of the same seed (it is trained after every other arm).
 FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup30", "random50", "clip-score50",
              "clipcov50", "semdedup50", "infobatch", "scan-matched-random", "clipcov50+scan", "oracle-clean30",
-             "oracle-clean50", "scan-rho0.4")
+             "oracle-clean50", "random30-eqc", "clipcov30-eqc", "clip-score30-eqc", "scan-rho0.4")
 QUICK_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan")
 
 
@@ -589,7 +589,9 @@ def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, 
                 lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
     for f in setup.fractions:
         p = pct(f)
-        for a, b in ((f"clipcov{p}-eqc", f"random{p}-eqc"), (f"clipcov{p}-eqc", f"clip-score{p}-eqc")):
+        for a, b in ((f"clipcov{p}-eqc", f"random{p}-eqc"), (f"clipcov{p}-eqc", f"clip-score{p}-eqc"),
+                     (f"clipcov{p}-eqc", f"clipcov{p}"), (f"clip-score{p}-eqc", f"clip-score{p}"),
+                     (f"random{p}-eqc", f"random{p}")):
             d = paired(res, a, b, seeds)
             if d:
                 lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
