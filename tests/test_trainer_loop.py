@@ -123,6 +123,17 @@ def test_no_hook_trainer_with_curate_losses(run: RunDir, tmp_path: Path, capsys:
     assert main(["losses", "--run", r, "--round", "7", "--checkpoint", str(ckpt)]) == 3
 
 
+def _tiny_local_dir(folder: Path) -> Path:
+    """The tiny architecture as an open_clip ``local-dir:`` folder (config + random weights, seed 0)."""
+    import json
+
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {}}))
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(TINY, pretrained=None).state_dict(), folder / "open_clip_pytorch_model.bin")
+    return folder
+
+
 @pytest.mark.slow
 def test_open_clip_rounds_script_with_stand_in_trainer(run: RunDir, tmp_path: Path) -> None:
     """examples/open_clip_rounds.sh drives rounds through the CLI, resharding each round's manifest."""
@@ -132,11 +143,7 @@ def test_open_clip_rounds_script_with_stand_in_trainer(run: RunDir, tmp_path: Pa
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    tiny = tmp_path / "tiny"
-    tiny.mkdir()
-    (tiny / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {}}))
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model(TINY, pretrained=None).state_dict(), tiny / "open_clip_pytorch_model.bin")
+    tiny = _tiny_local_dir(tmp_path / "tiny")
     env = {
         **os.environ, "RUN": str(run.root), "MODEL": f"local-dir:{tiny}", "ROUNDS": "2", "NAME": "t",
         "LOGS": str(tmp_path / "logs"), "KNOBS": "--warmup-rounds 0 --t-cos 1", "DATA_MODE": "reshard",
@@ -169,16 +176,11 @@ OPEN_CLIP_TRAIN_DEPS = Path(os.environ.get("CURATE_OPEN_CLIP_TRAIN_DEPS")
 def test_open_clip_rounds_script_with_open_clip_train(run: RunDir, tmp_path: Path) -> None:
     """The same recipe with open_clip's real trainer (``python -m open_clip_train.main``), unchanged, on CPU:
     two rounds, one epoch each, resumed from its own checkpoints; curate losses after the preparation round."""
-    import json
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    tiny = tmp_path / "tiny"
-    tiny.mkdir()
-    (tiny / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {}}))
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model(TINY, pretrained=None).state_dict(), tiny / "open_clip_pytorch_model.bin")
+    tiny = _tiny_local_dir(tmp_path / "tiny")
     logs = tmp_path / "logs"
     env = {
         **os.environ, "RUN": str(run.root), "MODEL": f"local-dir:{tiny}", "ROUNDS": "2", "NAME": "real",
