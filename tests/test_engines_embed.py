@@ -67,16 +67,20 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert ra == rb
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("engines")
+def reference_world(root: Path, seed: int) -> dict:
+    """``engine_world`` shards, a ``local-dir:`` model and their uninterrupted one-process run (``ref``)."""
     shards, drops = engine_world(root / "shards")
     # a local-dir: model: a config registered at run time exists only in the process that registered it
-    model = f"local-dir:{make_local_dir(root / 'model', seed=3)}"
+    model = f"local-dir:{make_local_dir(root / 'model', seed=seed)}"
     ref = root / "ref"
     res = run_embed(EmbedConfig(shards=shards, run=str(ref), model=model, device="cpu", batch_size=4, workers=1))
     assert res.shards_done == N_SHARDS + 1 and res.failed == []
     return {"root": root, "shards": shards, "drops": drops, "model": model, "ref": ref}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return reference_world(tmp_path_factory.mktemp("engines"), seed=3)
 
 
 def cfg(world: dict, run: Path, **kw: object) -> EmbedConfig:

@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'cura
 
 import test_engines  # noqa: E402
 from test_engines import ITEMS, Events, FileWorker, failing, scaled  # noqa: E402
-from test_engines_embed import assert_same_run, engine_world, kill_world  # noqa: E402
+from test_engines_embed import assert_same_run, kill_world, reference_world  # noqa: E402
 
 from curate.cli.app import main  # noqa: E402
 from curate.engines import make_engine  # noqa: E402
@@ -148,15 +148,7 @@ def test_select_cli_engine_ray(pool_run, tmp_path: Path, capsys) -> None:
 
 @pytest.fixture(scope="module")
 def embed_world(tmp_path_factory):
-    from curate.embed import EmbedConfig, run_embed
-    from tests.embed_helpers import make_local_dir
-
-    root = tmp_path_factory.mktemp("embed")
-    shards, _ = engine_world(root / "shards")
-    model = f"local-dir:{make_local_dir(root / 'model', seed=5)}"
-    ref = root / "ref"
-    run_embed(EmbedConfig(shards=shards, run=str(ref), model=model, device="cpu", batch_size=4, workers=1))
-    return {"shards": shards, "model": model, "ref": ref}
+    return reference_world(tmp_path_factory.mktemp("embed"), seed=5)
 
 
 def test_embed_with_ray_resumes_a_run_to_the_local_tables(embed_world, tmp_path: Path) -> None:

@@ -97,24 +97,14 @@ class EmbedConfig:
                              "different precisions); use only GPUs or only cpu")
         return devices
 
-    def make_engine(self) -> Engine:
-        """The engine this config asks for (validated, not started)."""
+    def make_engine(self, devices: list[str] | None = None) -> Engine:
+        """The engine this config asks for (validated, not started); ``devices``: ``device_list()``."""
         get_engine(self.engine)  # unknown name: one-line error listing the choices
-        devices = self.device_list()
+        devices = self.device_list() if devices is None else devices
         return make_engine(self.engine, device=self.device, devices=devices if len(devices) > 1 else None,
                            address=self.ray_address, num_cpus=self.ray_num_cpus,
                            items_per_task=max(1, self.workers) if self.engine == "ray" else None)
 
-    def worker_device(self, engine: Engine) -> str:
-        """The device the model runs on in a worker of ``engine`` (this process when there is one worker)."""
-        devices = self.device_list()
-        if engine.distributed:
-            return engine.worker_device()
-        return devices[0] if devices else self.device
-
-    def is_parallel(self, engine: Engine) -> bool:
-        """True when workers other than this process load the model."""
-        return engine.distributed or len(self.device_list()) > 1
 
 
 @dataclass
@@ -320,9 +310,11 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
     urls = _absolute(expand_shards(cfg.shards))
     run = RunDir(cfg.run)
     prev = run.load().get(STEP) or {}
-    with cfg.make_engine() as engine:
-        parallel = cfg.is_parallel(engine)
-        device = cfg.worker_device(engine)
+    devices = cfg.device_list()
+    with cfg.make_engine(devices) as engine:
+        parallel = engine.distributed or len(devices) > 1  # workers other than this process load the model
+        # the device the model runs on in a worker (this process when there is one worker)
+        device = engine.worker_device() if engine.distributed else (devices[0] if devices else cfg.device)
         # workers elsewhere load their own copy; this one (on the CPU) gives the provenance and the checks
         model = load_model(cfg.model, cfg.pretrained, device="cpu" if parallel else device, precision=cfg.precision)
         _check_compatible(prev, model, cfg, run.root)
