@@ -22,10 +22,13 @@ model. Runs are interleaved (variant order rotates each repeat); medians are rep
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the curate CLI sets it (inherited by every variant)
+
 import argparse
 import datetime as dt
 import json
-import os
 import shutil
 import statistics
 import subprocess

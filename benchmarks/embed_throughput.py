@@ -9,6 +9,8 @@ Variants run side by side, interleaved, on the same shards and the same number o
   in the workers, the model in the main process, Parquet written by a writer thread).
 * ``curate embed, near-free model``: the same with a one-layer random model of the same input size, to
   show what embed reaches when the model is not the bottleneck (as on a GPU).
+* ``curate embed, --threads cores-workers`` (full mode): the model on the cores the decode workers leave
+  (at least one), as curate did before it gave a CPU model every core.
 * ``open_clip preprocess`` (full mode): embed with open_clip's own per-image transform and full-size
   decoding; the cosine between its image embeddings and curate embed's shows what the fast path changes.
 
@@ -22,9 +24,12 @@ full mode runs three interleaved repeats and adds a world of 256 px images (draf
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the curate CLI sets it, before torch loads
+
 import argparse
 import datetime as dt
-import os
 import platform
 import resource
 import shutil
@@ -346,7 +351,9 @@ def main() -> None:
         tmp = Path(tmp_s)
         args.null_checkpoint = null_checkpoint(tmp)
         variants = ["decode-only", "curate embed", "curate embed, near-free model"]
-        variants += [] if args.quick else ["open_clip preprocess"]
+        leave = f"curate embed, --threads {max(1, (os.cpu_count() or 1) - args.workers)}"
+        VARIANTS[leave] = {"threads": max(1, (os.cpu_count() or 1) - args.workers)}
+        variants += [] if args.quick else [leave, "open_clip preprocess"]
         results = [measure("sample (64 px)", urls, args, tmp, draft, variants)]
         if not args.quick:
             results.append(measure("256 px world", big_world(tmp, args.big), args, tmp, draft, variants))

@@ -122,6 +122,34 @@ def test_worker_count_does_not_change_tables(tmp_path, make_shards, ckpt):
     assert a == b
 
 
+@pytest.mark.parametrize(
+    ("threads", "wait_policy", "want"),
+    [(None, "PASSIVE", 4), (None, "", 3), (1, "PASSIVE", 1), (2, "", 2)],
+)
+def test_cpu_model_threads(tmp_path, make_shards, ckpt, monkeypatch, threads, wait_policy, want):
+    """--threads wins; else every core with passive OpenMP waits, else the cores the decode worker leaves."""
+    import curate.embed.runner as runner
+
+    seen: list[int] = []
+    forward = runner._forward
+
+    def spy(*args, **kw):
+        seen.append(torch.get_num_threads())
+        return forward(*args, **kw)
+
+    monkeypatch.setattr(runner, "_forward", spy)
+    monkeypatch.setattr(runner, "_cores", lambda: 4)
+    monkeypatch.setenv("OMP_WAIT_POLICY", wait_policy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        embed(make_shards(2, 5), tmp_path / "run", ckpt, workers=1, threads=threads)
+        assert seen and set(seen) == {want}
+        assert torch.get_num_threads() == 4  # restored after the run
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_rerun_skips_finished_shards(tmp_path, make_shards, ckpt):
     shards = make_shards(3, 4)
     first = embed(shards[:2], tmp_path / "run", ckpt)

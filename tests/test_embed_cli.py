@@ -59,6 +59,7 @@ TINY = ["--model", TINY_ARCH, "--pretrained", "{ckpt}"]
         ([*TINY, "--batch-size", "0"], 2, "--batch-size must be >= 1"),
         ([*TINY, "--batch-size", "many"], 2, "Invalid value for '--batch-size'"),
         ([*TINY, "--workers", "-2"], 2, "--workers must be >= 0"),
+        ([*TINY, "--threads", "0"], 2, "--threads must be >= 1"),
         ([*TINY, "--precision", "fp8"], 2, "--precision must be one of auto, fp32, fp16, bf16"),
         ([*TINY, "--captions", "sometimes"], 2, "--captions must be one of"),
         ([*TINY, "--max-pixels", "0"], 2, "--max-pixels must be >= 1"),

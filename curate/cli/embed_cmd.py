@@ -39,6 +39,7 @@ def embed(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch_size: int = typer.Option(256, help="Images per model batch."),
     workers: int = typer.Option(2, help="Decode worker processes (0 = decode in the main process)."),
+    threads: int = typer.Option(None, help="CPU threads of the model on a CPU device (default: every core)."),
     precision: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
     captions: str = typer.Option("auto", help="auto (image-only shards allowed), required, ignore."),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad sample instead of skipping it."),
@@ -59,7 +60,7 @@ def embed(
 
     cfg = EmbedConfig(
         shards=shards, run=run, model=model, pretrained=pretrained, device=device, batch_size=batch_size,
-        workers=workers, precision=precision, captions=captions, strict=strict, max_pixels=max_pixels,
+        workers=workers, threads=threads, precision=precision, captions=captions, strict=strict, max_pixels=max_pixels,
         refresh=refresh, devices=devices, engine=engine.value, ray_address=ray_address,
     )
     res = run_embed(cfg, RichProgress(enabled=not json_out))

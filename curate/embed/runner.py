@@ -55,6 +55,7 @@ class EmbedConfig:
     device: str = "auto"
     batch_size: int = 256
     workers: int = 2
+    threads: int | None = None  # CPU threads of a CPU model (None: see ``_model_threads``)
     precision: str = "auto"
     captions: str = "auto"
     strict: bool = False
@@ -74,6 +75,8 @@ class EmbedConfig:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1 (got {self.threads})")
         if self.captions not in CAPTION_MODES:
             raise UsageError(f"--captions must be one of {', '.join(CAPTION_MODES)} (got {self.captions!r})")
         if self.precision not in PRECISIONS:
@@ -446,9 +449,7 @@ def _embed_shards(
     queue: deque[Future[None]] = deque()
     threads = torch.get_num_threads()
     if on_cpu:
-        # leave the decode workers their cores: OpenMP threads that wait for a busy core make every small op
-        # of the model take milliseconds (measured: 2.2 ms -> 24-215 ms per tiny batch on 2 busy cores)
-        torch.set_num_threads(max(1, min(threads, _cores() - workers)))
+        torch.set_num_threads(cfg.threads or _model_threads(threads, workers))
     progress.start("embed", total=None, unit="img")
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate-embed-out") as writer:
@@ -468,6 +469,20 @@ def _embed_shards(
         torch.set_num_threads(threads)
         progress.finish()
     return outputs
+
+
+def _model_threads(threads: int, workers: int) -> int:
+    """Threads of a CPU model while ``workers`` decode processes run beside it (unless ``--threads`` says).
+
+    With passive OpenMP waits (``OMP_WAIT_POLICY=PASSIVE``, which the CLI sets) the model gets every core:
+    it is most of the work, and the workers' share interleaves (BENCHMARKS §6: 1.2× the images/s of
+    leaving the workers their cores, also with the cores busy with other jobs). With spinning waits,
+    threads that wait for a core taken by a worker make every small op of the model take milliseconds
+    (measured: 2.2 ms -> 24-215 ms per tiny batch on 2 busy cores), so the workers keep their cores.
+    """
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return max(1, min(threads, _cores()))
+    return max(1, min(threads, _cores() - workers))
 
 
 def _cores() -> int:
