@@ -179,3 +179,14 @@ def test_huge_declared_member_fails_fast() -> None:
     ti.size = 1 << 40
     with pytest.raises(TarDamage, match=r"ends inside member 'big\.jpg'"):
         list(TarReader(io.BytesIO(ti.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024)), lambda d: None))
+
+
+def test_a_key_that_is_not_utf8_drops_only_its_sample(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT, encoding="latin-1") as tf:
+        for name in ["a.jpg", "a.txt", "caf\xe9.jpg", "caf\xe9.txt", "c.jpg", "c.txt"]:  # Latin-1 bytes for é
+            ti = tarfile.TarInfo(name)
+            ti.size = 1
+            tf.addfile(ti, io.BytesIO(b"x"))
+    keys, stats = _read(tmp_path, out.getvalue())
+    assert keys == ["a", "c"] and stats == Counter(seen=3, dropped_name_not_utf8=1)

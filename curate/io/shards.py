@@ -56,6 +56,7 @@ DROP_REASONS: dict[str, str] = {
     "duplicate_key": "the key appeared earlier in the shard (duplicate sample or non-contiguous members)",
     "duplicate_member": "the same extension appears twice in one sample",
     "unsafe_member": "a member name is absolute or contains '..'",
+    "name_not_utf8": "the sample's key is not valid UTF-8 (keys are stored as text)",
     "non_file_member": "a member is a symlink, hardlink, directory or device",
     "truncated_sample": "the shard ended inside this sample (truncated or corrupt tar)",
 }
@@ -255,6 +256,12 @@ def _finish_group(
 ) -> RawSample | None:
     """Validate one group of members; return a sample or count the drop and return None."""
     stats["seen"] += 1
+    if not key.isascii():
+        try:
+            key.encode()
+        except UnicodeEncodeError:  # a name in another encoding (read with surrogate escapes, as tarfile does)
+            _drop(stats, "name_not_utf8", shard, key, policy)
+            return None
     exts: dict[str, bytes] = {}
     for ext, name, kind, data in members:
         if name.startswith("/") or ".." in name.split("/"):

@@ -104,6 +104,26 @@ def _truncated(path: Path) -> Path:
     return path
 
 
+def _damaged_header(path: Path) -> Path:
+    """A member header in the middle of the shard whose checksum no longer matches (one flipped byte)."""
+    _with_good(path, [("bad.jpg", image_bytes()), ("bad.txt", b"x")])
+    data = bytearray(path.read_bytes())
+    at = next(i for i in range(0, len(data), 512) if data[i:i + 8] == b"bad.jpg\0")
+    data[at] = ord("B")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _latin1_name(path: Path) -> Path:
+    """A sample whose member names are Latin-1 bytes, not UTF-8 (as in old tars)."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT, encoding="latin-1") as tf:
+        for name, data in [*_good("a"), ("bad\xe9.jpg", image_bytes()), ("bad\xe9.txt", b"x"), *_good("z")]:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return path
+
+
 def _mode_image(mode: str, fmt: str) -> bytes:
     if mode == "I;16":
         img = Image.fromarray(np.linspace(0, 60000, 32 * 32, dtype=np.uint16).reshape(32, 32))
@@ -151,6 +171,9 @@ def _d(build: Callable[[Path], Path], stats: dict[str, int], written: int, valid
 G = 2 * GOOD_PER_SHARD
 DEFECTS: dict[str, Defect] = {
     "truncated_tar": _d(_truncated, {"shard_truncated_tar": 1, "dropped_truncated_sample": 1}, -1),
+    # only the damaged member is lost: its caption is left as a sample without an image
+    "damaged_header": _d(_damaged_header, {"shard_damaged_tar": 1, "dropped_missing_image": 1}, G),
+    "latin1_name": _d(_latin1_name, {"dropped_name_not_utf8": 1}, G),
     "zero_byte_image": _d(_image_case(b""), {"dropped_corrupt_image": 1}, G),
     "corrupt_jpeg": _d(_image_case(image_bytes("red", 64)[:300]), {"dropped_corrupt_image": 1}, G),
     "garbage_image": _d(
