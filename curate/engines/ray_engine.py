@@ -123,6 +123,9 @@ class RayEngine(Engine):
                                       "log_to_driver": False}
             if address in (None, "local"):
                 kwargs["num_cpus"] = self.options.num_cpus
+                # the instance is this call's own: Ray's notice that it uses token authentication (it does,
+                # the secure default) is noise here; for a cluster the user runs, it stays
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             try:
                 ray.init(address=None if address == "local" else address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
