@@ -13,11 +13,11 @@ import torch
 import webdataset as wds
 
 from curate.bootstrap.data import read_losses
-from curate.errors import InputError
+from curate.errors import InputError, StrictModeError
 from curate.io.manifest import build_manifest, write_manifest
 from curate.io.shards import shard_name
 from curate.run import RunDir
-from curate.trainer import LossRecorder, ManifestFilter, clip_loss_per_sample, shard_urls
+from curate.trainer import LossRecorder, ManifestFilter, TarSamples, clip_loss_per_sample, shard_urls
 
 
 def _raw_samples(paths: list[str]) -> list[dict]:
@@ -77,6 +77,39 @@ def test_manifest_filter_in_dataloader_workers(make_shards: Callable[..., list[s
                             ManifestFilter(mpath), wds.to_tuple("__uid__"))
     loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=2)
     assert sorted(u for (u,) in loader) == sorted(manifest.table["uid"].to_pylist())
+
+
+def test_tar_samples_equal_webdataset_and_feed_the_filter(make_shards: Callable[..., list[str]],
+                                                           tmp_path: Path) -> None:
+    paths = make_shards(n_shards=3, per_shard=10)
+    reader = TarSamples()
+    got = list(wds.DataPipeline(wds.SimpleShardList(paths), reader))
+    assert got == _raw_samples(paths)  # the same dicts, fields and bytes as wds.tarfile_to_samples
+    assert reader.stats == {"seen": 30}
+    manifest, _ = _subset_manifest(paths)
+    mpath = write_manifest(tmp_path / "m.parquet", manifest)
+    pipe = wds.DataPipeline(wds.SimpleShardList(paths), wds.split_by_worker, TarSamples(), ManifestFilter(mpath),
+                            wds.to_tuple("__uid__"))
+    loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=2)
+    assert sorted(u for (u,) in loader) == sorted(manifest.table["uid"].to_pylist())
+
+
+def test_tar_samples_read_past_a_damaged_header(make_shards: Callable[..., list[str]], tmp_path: Path) -> None:
+    (path,) = make_shards(n_shards=1, per_shard=8)
+    data = bytearray(Path(path).read_bytes())
+    names = [s["__key__"] for s in _raw_samples([path])]
+    at = data.find(f"{names[3]}.".encode())  # the first member header of the 4th sample
+    assert at % 512 == 0
+    data[at] ^= 0x20  # its checksum no longer matches
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    assert [s["__key__"] for s in _raw_samples([str(bad)])] == names[:3]  # tarfile stops at the damage
+    reader = TarSamples()
+    keys = [s["__key__"] for s in wds.DataPipeline(wds.SimpleShardList([str(bad)]), reader)]
+    assert keys[:3] == names[:3] and keys[-4:] == names[4:]  # only the 4th sample's first member is lost
+    assert reader.stats["shard_damaged_tar"] == 1
+    with pytest.raises(StrictModeError, match="damaged_tar"):
+        list(TarSamples(strict=True)([str(bad)]))
 
 
 def test_shard_urls(make_shards: Callable[..., list[str]], tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 """The trainer kit: what an external training loop needs to take part in ``curate bootstrap``.
 
+- ``TarSamples``: curate's shard reader as a webdataset stage (for ``tarfile_to_samples``): faster, and
+  damage is skipped and counted, never the end of an epoch.
 - ``ManifestFilter``: a webdataset stage keeping a manifest's samples before decoding (+ uid, weight).
 - ``DecodePairs``: decodes only image (pixel-bounded) and caption of kept samples; never unpickles.
 - ``shard_urls``: the shard URLs that still hold kept samples of a manifest.
@@ -17,9 +19,10 @@ from typing import Any
 from curate.trainer.decode import DecodePairs
 from curate.trainer.losses import LossRecorder, clip_loss_per_sample
 from curate.trainer.manifest_filter import ManifestFilter, build_index, shard_urls
+from curate.trainer.read import TarSamples
 
-__all__ = ["DecodePairs", "LossRecorder", "ManifestFilter", "TrainConfig", "build_index", "clip_loss_per_sample",
-           "shard_urls", "train_rounds"]
+__all__ = ["DecodePairs", "LossRecorder", "ManifestFilter", "TarSamples", "TrainConfig", "build_index",
+           "clip_loss_per_sample", "shard_urls", "train_rounds"]
 
 
 def __getattr__(name: str) -> Any:
