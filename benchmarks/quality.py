@@ -130,6 +130,8 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
                             label=f"{m} {p}%, {round(setup.epochs / f)} epochs (equal compute)"))
     arms.append(Arm("scan-matched-random", "matched", selection="scan",
                     label="control: per round as many random samples as SCAN kept"))
+    arms.append(Arm("scan-rho0.4-matched-random", "matched", selection="scan-rho0.4",
+                    label="control: per round as many random samples as SCAN (ρ 0.4) kept"))
     if 0.5 in setup.fractions:
         arms.append(Arm("clipcov50+scan", "bootstrap", selection="clipcov50", method="scan",
                         label="clipcov 50% start + SCAN"))
@@ -137,10 +139,12 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
 
 
 #: In the order they are trained (arm-major, so the arms the claims rest on get every seed first).
-#: ``scan-matched-random`` needs the ``scan`` run of the same seed (it is trained after every other arm).
+#: ``scan-matched-random`` needs the ``scan`` run of the same seed (it is trained after it); the same for
+#: ``scan-rho0.4-matched-random`` and ``scan-rho0.4``.
 FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup30", "random50", "clip-score50",
              "clipcov50", "semdedup50", "infobatch", "scan-matched-random", "clipcov50+scan", "oracle-clean30",
-             "oracle-clean50", "random30-eqc", "clipcov30-eqc", "clip-score30-eqc", "scan-rho0.4")
+             "oracle-clean50", "random30-eqc", "clipcov30-eqc", "clip-score30-eqc", "scan-rho0.4",
+             "scan-rho0.4-matched-random", "clipcov-kmeans30", "clipcov-kmeans50", "random50-eqc", "clipcov50-eqc")
 QUICK_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan")
 
 
@@ -583,7 +587,7 @@ def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, 
         for a, b in ((f"clipcov{p}", f"random{p}"), (f"clip-score{p}", f"random{p}"), (f"semdedup{p}", f"random{p}"),
                      (f"oracle-clean{p}", f"random{p}"), (f"clipcov{p}", f"clip-score{p}"),
                      (f"clipcov{p}", f"semdedup{p}"), (f"clipcov{p}", f"oracle-clean{p}"),
-                     (f"clipcov-kmeans{p}", f"random{p}")):
+                     (f"clipcov-kmeans{p}", f"random{p}"), (f"clipcov-kmeans{p}", f"clipcov{p}")):
             d = paired(res, a, b, seeds)
             if d:
                 lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
@@ -596,12 +600,13 @@ def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, 
             if d:
                 lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
     eqc = [f"{m}{pct(f)}-eqc" for f in setup.fractions for m in ("random", "clip-score", "clipcov")]
-    for a, b in (("scan", "scan-matched-random"), ("clipcov50+scan", "scan"), ("clipcov50+scan", "clipcov50")):
+    for a, b in (("scan", "scan-matched-random"), ("scan-rho0.4", "scan-rho0.4-matched-random"),
+                 ("clipcov50+scan", "scan"), ("clipcov50+scan", "clipcov50")):
         d = paired(res, a, b, seeds)
         if d:
             lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
-    for a in ("scan", "scan-rho0.4", "scan-matched-random", "infobatch", "clipcov50+scan", "clipcov50", "random50",
-              "oracle-clean30", "oracle-clean50", *eqc):
+    for a in ("scan", "scan-rho0.4", "scan-matched-random", "scan-rho0.4-matched-random", "infobatch",
+              "clipcov50+scan", "clipcov50", "random50", "oracle-clean30", "oracle-clean50", *eqc):
         d = paired(res, a, "full", seeds)
         if d:
             lines.append(f"| {a} − full | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
