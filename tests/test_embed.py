@@ -150,6 +150,25 @@ def test_cpu_model_threads(tmp_path, make_shards, ckpt, monkeypatch, threads, wa
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize(
+    ("workers", "device_type", "share", "want"),
+    [(None, "cpu", 16, 2), (None, "cuda", 16, 15), (None, "cuda", 2, 2), (None, "cuda", 128, 32),
+     (0, "cuda", 16, 0), (5, "cpu", 16, 5)],
+)
+def test_decode_workers_default(workers, device_type, share, want):
+    """--workers wins; a GPU model gets the process's cores but one for decoding, a CPU model 2."""
+    from curate.embed.runner import _decode_workers
+
+    assert _decode_workers(workers, device_type, share) == want
+
+
+def test_default_workers_embed_like_explicit(tmp_path, make_shards, ckpt):
+    shards = make_shards(3, 4)
+    embed(shards, tmp_path / "auto", ckpt, workers=None)
+    embed(shards, tmp_path / "w0", ckpt, workers=0)
+    assert run_tables(tmp_path / "auto") == run_tables(tmp_path / "w0")
+
+
 def test_rerun_skips_finished_shards(tmp_path, make_shards, ckpt):
     shards = make_shards(3, 4)
     first = embed(shards[:2], tmp_path / "run", ckpt)

@@ -38,7 +38,8 @@ def embed(
     pretrained: str = typer.Option(None, help="open_clip pretrained tag or a local checkpoint path."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch_size: int = typer.Option(256, help="Images per model batch."),
-    workers: int = typer.Option(2, help="Decode worker processes (0 = decode in the main process)."),
+    workers: int = typer.Option(None, help="Decode worker processes (0 = decode in the main process; default: "
+                                "2 for a CPU model, the cores but one (≤ 32) for a GPU model)."),
     threads: int = typer.Option(None, help="CPU threads of the model on a CPU device (default: every core)."),
     precision: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
     captions: str = typer.Option("auto", help="auto (image-only shards allowed), required, ignore."),

@@ -54,7 +54,7 @@ class EmbedConfig:
     pretrained: str | None = None
     device: str = "auto"
     batch_size: int = 256
-    workers: int = 2
+    workers: int | None = None  # decode worker processes (None: see ``_decode_workers``)
     threads: int | None = None  # CPU threads of a CPU model (None: see ``_model_threads``)
     precision: str = "auto"
     captions: str = "auto"
@@ -73,7 +73,7 @@ class EmbedConfig:
         self.make_engine()
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1 (got {self.threads})")
@@ -106,7 +106,7 @@ class EmbedConfig:
         devices = self.device_list() if devices is None else devices
         return make_engine(self.engine, device=self.device, devices=devices if len(devices) > 1 else None,
                            address=self.ray_address, num_cpus=self.ray_num_cpus,
-                           items_per_task=max(1, self.workers) if self.engine == "ray" else None)
+                           items_per_task=max(1, self.workers or 2) if self.engine == "ray" else None)
 
 
 
@@ -434,7 +434,7 @@ def _embed_shards(
                       cfg.captions, draft, int(model.info.get("context_length") or 77),
                       pixels="uint8" if fast else "float",
                       normalize=(model.info["mean"], model.info["std"]) if fast and on_cpu else None)
-    workers = min(cfg.workers, len(urls))
+    workers = min(_decode_workers(cfg.workers, model.device.type, torch.get_num_threads()), len(urls))
     loader = DataLoader(
         ds, batch_size=None, num_workers=workers, collate_fn=_identity,
         pin_memory=model.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
@@ -469,6 +469,20 @@ def _embed_shards(
         torch.set_num_threads(threads)
         progress.finish()
     return outputs
+
+
+def _decode_workers(workers: int | None, device_type: str, share: int) -> int:
+    """Decode worker processes: ``--workers`` when given, else by where the model runs.
+
+    A GPU model leaves the CPU to decoding, and decoding then sets the pace (BENCHMARKS §6), so it gets
+    every core of this process's share (``share``: torch's threads, which ``--devices`` divides among its
+    processes) but one, from 2 up to 32. A CPU model is most of the work and needs the cores itself: 2.
+    """
+    if workers is not None:
+        return workers
+    if device_type == "cuda":
+        return max(2, min(share - 1, 32))
+    return 2
 
 
 def _model_threads(threads: int, workers: int) -> int:
