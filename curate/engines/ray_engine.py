@@ -200,8 +200,10 @@ class RayEngine(Engine):
                 progress.advance(len(done))
             return list(ray.get(futures))
         except Exception as exc:
-            for f in futures:
-                ray.cancel(f)
+            # The other tasks are left to finish (their results are dropped; a Ray instance curate started is
+            # shut down by ``close``). Not ``ray.cancel``: cancelling races with tasks that are completing,
+            # and Ray then aborts the driver ("Tried to complete task that was not pending"; seen in this
+            # project's test suite, Ray 2.60; ray-project/ray#54846).
             _reraise(exc)
             raise
 
