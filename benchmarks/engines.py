@@ -5,6 +5,7 @@ alternation, ``--repeats`` times; the Ray start-up is timed once, apart. embed (
 are embedded into fresh runs with the local engine, ``--devices cpu,cpu`` and the ray engine.
 
     python benchmarks/engines.py --run RUN [--embed SHARDS] --out benchmarks/results/engines.md
+    python benchmarks/engines.py --quick      # make bench: embed the sample with each engine, select on it once
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import metric, write_summary
+
 from curate.embed import EmbedConfig, run_embed
 from curate.engines import make_engine
 from curate.select import run_selection
+
+SAMPLE = str(Path(__file__).resolve().parents[1] / "shards" / "sample" / "train")
 
 METHODS = {
     "clipcov reference (kmeans:30)": ("clipcov", {"partition": "kmeans:30"}, 0.3),
@@ -75,24 +81,29 @@ def bench_embed(shards: str, model: str, work: Path) -> list[tuple[str, float, b
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="an embedded run (select benchmark)")
+    ap.add_argument("--run", help="an embedded run (select benchmark; default with --embed: its local run)")
     ap.add_argument("--embed", help="shards to embed with each engine (embed benchmark)")
     ap.add_argument("--model", default="sample")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="--embed the sample shards, --repeats 1 (make bench)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.embed, args.repeats = args.embed or SAMPLE, 1
+    if not args.run and not args.embed:
+        ap.error("give --run, --embed or --quick")
     import ray
 
     t0 = time.perf_counter()
     ray.init(include_dashboard=False, logging_level="warning", log_to_driver=False)
     start = time.perf_counter() - t0
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    with make_engine("ray") as engine:
-        sel = bench_select(Path(args.run), engine, args.repeats)
-    emb = []
-    if args.embed:
-        with tempfile.TemporaryDirectory() as tmp:
-            emb = bench_embed(args.embed, args.model, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        emb = bench_embed(args.embed, args.model, Path(tmp)) if args.embed else []
+        run = Path(args.run) if args.run else Path(tmp) / "local"
+        with make_engine("ray") as engine:
+            sel = bench_select(run, engine, args.repeats)
     ray.shutdown()
     load = os.getloadavg()
     lines = [
@@ -104,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Ray start-up (`ray.init`, once, not in the times below): {start:.1f} s.",
         "",
-        f"## select (median of {args.repeats}; pool of `{args.run}`)",
+        f"## select (median of {args.repeats}; pool of `{args.run or 'the local embed run'}`)",
         "",
         "| method | local s | ray s | ray / local | tables equal |",
         "|---|---:|---:|---:|---|",
@@ -119,6 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.out:
         args.out.write_text(text)
+    metrics = [metric(f"select {m}: ray / local time", b / a, "ratio") for m, a, b, _ in sel]
+    metrics += [metric(f"embed {label}: time / local", t / emb[0][1], "ratio") for label, t, _ in emb[1:]]
+    equal = all(s for *_, s in sel) and all(same for *_, same in emb)
+    metrics.append(metric("every engine's tables equal to local (1 = yes)", float(equal), "", better="higher"))
+    write_summary(args.summary_json, "engines", metrics)
 
 
 if __name__ == "__main__":
