@@ -65,9 +65,6 @@ class _Counting:
         self.nbytes += len(data)
         return data
 
-    def readable(self) -> bool:
-        return True
-
 
 def _decompressed(raw: _Counting) -> tuple[IO[bytes] | _Counting, bool]:
     """The tar byte stream of ``raw`` (decompressed when its first bytes say so) and whether it was."""
