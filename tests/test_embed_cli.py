@@ -222,6 +222,16 @@ def _fork(ctx: mp.context.BaseContext, args: list[str], run: Path) -> mp.process
 
 
 @pytest.mark.slow
+def _killpg(pid: int) -> bool:
+    """SIGKILL a process group; False when it had ended already (the fork server reaps its children, so a
+    process that ends between ``is_alive`` and the kill is gone, not a zombie)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_sigkill_at_random_points_resumes_to_identical_tables(tmp_path):
     """kill -9 of ``curate embed`` (with its decode workers) at random points of its work, then resume.
 
@@ -251,14 +261,14 @@ def test_sigkill_at_random_points_resumes_to_identical_tables(tmp_path):
         attempts += 1
         proc = _fork(ctx, [*base, "--workers", str(rng.choice([0, 1, 2]))], run)
         proc.join(timeout=rng.uniform(0.0, work))
-        if proc.is_alive():
-            os.killpg(proc.pid, signal.SIGKILL)  # the embed process and its decode workers die mid-work
+        if proc.is_alive() and _killpg(proc.pid):  # the embed process and its decode workers die mid-work
             proc.join()
             kills += 1
             _check_visible_tables(run, ref)
             done = len(run_tables(run))
             partial += 0 < done < len(ref)
             continue
+        proc.join()
         assert proc.exitcode == 0
         assert run_tables(run) == ref  # resumed to the same content: no duplicated or missing uid
         assert not [p for p in (run / "embeddings").iterdir() if p.name.startswith(".")]

@@ -150,10 +150,20 @@ class Command:
         self.proc.join(timeout)
         return self.proc.exitcode
 
-    def kill(self) -> None:
+    def kill(self) -> bool:
+        """SIGKILL the command; False when it had ended already.
+
+        The fork server, not this process, is the command's parent and reaps it, so a command that ends
+        between a ``wait`` timeout and the kill is gone (``ProcessLookupError``), not a zombie.
+        """
         assert self.proc.pid is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
+        try:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            self.proc.join()
+            return False
         self.proc.join()
+        return True
 
     @property
     def stderr(self) -> str:
@@ -205,8 +215,7 @@ def kill_and_rerun(
         at = rng.uniform(0.05, 1.0) * wall
         rep.kill_times.append(round(at, 2))
         cmd = Command(args, err_path)
-        if cmd.wait(timeout=at) is None:
-            cmd.kill()
+        if cmd.wait(timeout=at) is None and cmd.kill():
             rep.kills += 1
         else:
             rep.finished_first += 1
