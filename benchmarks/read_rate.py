@@ -67,7 +67,8 @@ def webdataset_samples(urls: list[str]) -> Iterable[Any]:
 
 def curate_reader(urls: list[str], fn: Callable[..., Iterable[Any]] = iter_shard) -> Iterable[Any]:
     for url in urls:
-        yield from fn(url)
+        for s in fn(url):
+            yield s.uid, s.content_hash  # what curate embed stores (hashed on first use since 2026-11-23)
 
 
 def iter_shard_at(rev: str) -> Callable[..., Iterable[Any]]:

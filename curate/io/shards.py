@@ -21,6 +21,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 
@@ -204,19 +205,26 @@ def make_content_hash(image: bytes | None, caption: str | None) -> str:
 # --- samples ----------------------------------------------------------------------------------
 @dataclass
 class RawSample:
-    """One sample of a shard, before decoding."""
+    """One sample of a shard, before decoding; ``uid`` and ``content_hash`` are hashed on first use (a
+    trainer's reader, ``curate.trainer.TarSamples``, never needs them)."""
 
     shard: str
     url: str
     key: str
     position: int
-    uid: str
-    content_hash: str
     image_bytes: bytes | None
     image_ext: str | None
     caption: str | None
     meta: dict[str, Any] | None
     members: dict[str, bytes] = field(repr=False, default_factory=dict)
+
+    @cached_property
+    def uid(self) -> str:
+        return make_uid(self.shard, self.key, self.meta)
+
+    @cached_property
+    def content_hash(self) -> str:
+        return make_content_hash(self.image_bytes, self.caption)
 
 
 @dataclass
@@ -295,11 +303,8 @@ def _finish_group(
         _drop(stats, "missing_image", shard, key, policy)
         return None
     image = exts[image_ext]
-    return RawSample(
-        shard=shard, url=url, key=key, position=position, uid=make_uid(shard, key, meta),
-        content_hash=make_content_hash(image, caption), image_bytes=image, image_ext=image_ext,
-        caption=caption, meta=meta, members=exts,
-    )
+    return RawSample(shard=shard, url=url, key=key, position=position, image_bytes=image, image_ext=image_ext,
+                     caption=caption, meta=meta, members=exts)
 
 
 def _first_line(exc: BaseException) -> str:

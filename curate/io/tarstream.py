@@ -86,7 +86,6 @@ class _Blocks:
     """
 
     def __init__(self, stream: IO[bytes] | _Counting, compressed: bool = False) -> None:
-        self.stream = stream
         self.read = stream.read1 if compressed else stream.read  # type: ignore[union-attr]
         self.chunk = _SMALL_CHUNK if compressed else _CHUNK
         self.buf = b""

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from curate.io.shards import DEFAULT_MAX_PIXELS, ErrorPolicy, iter_shard
+from curate.io.shards import ErrorPolicy, iter_shard
 
 
 class TarSamples:
@@ -29,7 +29,7 @@ class TarSamples:
     """
 
     def __init__(self, strict: bool = False) -> None:
-        self.policy = ErrorPolicy(strict=strict, max_pixels=DEFAULT_MAX_PIXELS)
+        self.policy = ErrorPolicy(strict=strict)  # nothing is decoded here: the pixel limit is DecodePairs'
         self.stats: Counter[str] = Counter()
 
     def __call__(self, source: Iterable[dict[str, Any] | str]) -> Iterator[dict[str, Any]]:
