@@ -7,6 +7,7 @@ shell tools) and in the Parquet schema metadata (so the Parquet file is self-con
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -151,6 +152,134 @@ def build_manifest(
     if extra:
         header.update(extra)
     return Manifest(table, header)
+
+
+def read_manifest_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A manifest's JSON header, from its Parquet footer (the rows are not read)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"file not found: {path}")
+    try:
+        md = pq.read_schema(path).metadata or {}
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"corrupt Parquet file {path}: {str(exc).splitlines()[0]}") from None
+    raw = md.get(HEADER_KEY)
+    return json.loads(raw) if raw else {}
+
+
+class ManifestWriter:
+    """Write a manifest whose rows arrive in pieces, already in (shard, position) order.
+
+    Memory is one piece plus the per-shard counts: the rows go to a temporary Parquet file as they
+    come, the content hash is taken over the same 65,536-row batches :func:`content_hash` uses, and
+    :meth:`finish` copies the rows into the final file with the header in its metadata.
+    """
+
+    BATCH = 1 << 16
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if self.path.suffix != ".parquet":
+            raise ValueError(f"manifest path must end in .parquet: {self.path}")
+        self._rows = self.path.with_name(f".{self.path.name}.rows-{os.getpid()}.tmp")
+        self._writer = pq.ParquetWriter(self._rows, MANIFEST_SCHEMA)
+        self._hash = hashlib.sha256()
+        self._pending: list[pa.Table] = []
+        self._held = 0
+        self._last: tuple[str, int] | None = None
+        self.shards: list[str] = []
+        self.counts: list[int] = []
+        self.kept = 0
+        self.weighted = False
+
+    def add(self, rows: pa.Table) -> None:
+        """Append rows ``uid, shard, key, position[, weight]`` that follow every row added before."""
+        if rows.num_rows == 0:
+            return
+        if "weight" not in rows.column_names:
+            rows = rows.append_column("weight", pa.array(np.ones(rows.num_rows, np.float32)))
+        table = rows.select(["uid", "shard", "key", "position", "weight"]).cast(MANIFEST_SCHEMA)
+        shard = table.column("shard")
+        pos = table.column("position").to_numpy()
+        first = (shard[0].as_py(), int(pos[0]))
+        if self._last is not None and first <= self._last:
+            raise InputError(f"manifest rows out of (shard, position) order at {first}; re-run 'curate embed'")
+        same = pc.equal(shard.slice(1), shard.slice(0, len(pos) - 1)).to_numpy(zero_copy_only=False)
+        if np.any(same & (np.diff(pos) <= 0)) or not pc.all(pc.greater_equal(
+                shard.slice(1), shard.slice(0, len(pos) - 1))).as_py():
+            raise InputError("manifest rows out of (shard, position) order; re-run 'curate embed'")
+        self._last = (shard[-1].as_py(), int(pos[-1]))
+        w = table.column("weight").to_numpy()
+        if not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise InputError("manifest weights must be finite and positive")
+        self.weighted = self.weighted or bool(np.any(w != 1.0))
+        names, lengths = _runs(shard)
+        for name, n in zip(names, lengths, strict=True):
+            if self.shards and self.shards[-1] == name:
+                self.counts[-1] += n
+            else:
+                self.shards.append(name)
+                self.counts.append(n)
+        self._writer.write_table(table)
+        self.kept += table.num_rows
+        self._pending.append(table.select(["uid", "weight"]))
+        self._held += table.num_rows
+        while self._held >= self.BATCH:
+            self._hash_batch(self.BATCH)
+
+    def _hash_batch(self, n: int) -> None:
+        t = pa.concat_tables(self._pending)
+        batch, rest = t.slice(0, n).combine_chunks(), t.slice(n)
+        self._hash.update(_joined(batch.column(0).chunk(0) if batch.num_rows else pa.array([], pa.string())))
+        self._hash.update(batch.column(1).to_numpy().astype("<f4").tobytes())
+        self._pending, self._held = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def finish(self, *, kind: str, command: str, pool_size: int | None = None, **header: Any) -> dict[str, Any]:
+        """Write the manifest (and its .json header) atomically; return the header."""
+        if self._held:
+            self._hash_batch(self._held)
+        self._writer.close()
+        pruned = (pool_size - self.kept) if pool_size is not None else None
+        extra = header.pop("extra", None) or {}
+        head: dict[str, Any] = {
+            "format_version": MANIFEST_FORMAT_VERSION,
+            "kind": kind,
+            "command": command,
+            "params": header.get("params") or {},
+            "seed": header.get("seed"),
+            "round": header.get("round"),
+            "phase": header.get("phase"),
+            "parent": header.get("parent"),
+            "counts": {
+                "pool": pool_size,
+                "kept": self.kept,
+                "pruned": pruned,
+                "pruned_by_reason": dict(sorted((header.get("pruned_by_reason") or {}).items())),
+            },
+            "shards": [{"shard": s, "kept": int(c)} for s, c in zip(self.shards, self.counts, strict=True)],
+            "weighted": self.weighted,
+            "content_hash": self._hash.hexdigest(),
+            **extra,
+        }
+        meta = {HEADER_KEY: json.dumps(head, sort_keys=True).encode()}
+        try:
+            src = pq.ParquetFile(self._rows)
+            with atomic_path(self.path) as tmp:
+                with pq.ParquetWriter(tmp, MANIFEST_SCHEMA.with_metadata(meta)) as out:
+                    for i in range(src.num_row_groups):
+                        out.write_table(src.read_row_group(i).replace_schema_metadata(meta))
+                    if src.num_row_groups == 0:
+                        out.write_table(MANIFEST_SCHEMA.empty_table().replace_schema_metadata(meta))
+        finally:
+            self._rows.unlink(missing_ok=True)
+        write_json(header_path(self.path), head)
+        return head
+
+    def abort(self) -> None:
+        """Drop what was written (an error before ``finish``)."""
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._rows.unlink(missing_ok=True)
 
 
 def _runs(col: pa.ChunkedArray) -> tuple[list[str], list[int]]:

@@ -28,6 +28,7 @@ from curate.errors import UsageError
 from curate.progress import NullProgress, Progress
 
 BudgetMode = Literal["required", "optional", "none"]
+DEFAULT_MEMORY = 1 << 30  # bytes per process besides its partition's embeddings
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Pool:
     text_present: np.ndarray | None = None  # False where the sample has no caption embedding (null)
     clip_score: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)  # the float16 Arrow columns the matrices came from
 
     def __len__(self) -> int:
         return int(self.ids.num_rows)
@@ -85,6 +87,7 @@ class SelectContext:
     class_text: np.ndarray | None = None  # precomputed class embeddings (clipcov; tests, benchmarks)
     class_names: list[str] | None = None
     engine: Engine | None = None  # where the heavy per-partition work runs (None: this process)
+    memory: int = DEFAULT_MEMORY  # bytes a process may hold besides its partition (see docs/scale.md)
 
 
 class Reasons:
@@ -112,35 +115,86 @@ class Reasons:
 
 
 @dataclass
-class Scores:
-    """The output of ``Selector.score``: per-sample columns plus eligibility."""
+class BlockScan:
+    """What a selector computes for one block of pool rows (pass 1), row-aligned with the block.
+
+    ``columns`` go to the score table; ``reasons`` (a :class:`Reasons` whose default is the reason of
+    eligible rows not picked) says why ineligible rows can't be picked; ``partition`` (int32, -1 for
+    none) sends eligible rows to pass 2, with their embeddings and the ``carry`` scalars; ``sums`` are
+    pool-wide float64 sums, added up in block order.
+    """
 
     columns: dict[str, np.ndarray]
     eligible: np.ndarray
     reasons: Reasons
-    state: dict[str, Any] = field(default_factory=dict)  # handed to decide(), not written
-    info: dict[str, Any] = field(default_factory=dict)  # goes to the manifest header
+    partition: np.ndarray | None = None
+    carry: dict[str, np.ndarray] = field(default_factory=dict)
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
-class Decision:
-    """The output of ``Selector.decide``: selected pool indices in pick order, plus extras."""
+class PartitionOutput:
+    """What pass 2 computes for one partition: score-table columns for its rows, and its pick
+    sequence for methods whose decision merges sequences (``SequenceCursor``)."""
 
-    order: np.ndarray
-    columns: dict[str, np.ndarray] = field(default_factory=dict)
-    reason: str | None = "budget"  # reason of eligible samples not picked (None: decide set them)
-    info: dict[str, Any] = field(default_factory=dict)
-    parents: list[dict[str, Any]] = field(default_factory=list)
+    columns: dict[str, np.ndarray]
+    cursor: Any = None
+
+
+@dataclass(frozen=True)
+class RankBy:
+    """Decision: the rows with the largest ``column`` (ties: lower pool row first), ``budget`` of them,
+    or every row with ``column >= minimum`` when ``budget`` is None. ``info`` names the header entry
+    that records the value of the last row kept."""
+
+    column: str
+    budget: int | None
+    minimum: float | None = None
+    reason: str = "budget"
+    info: str | None = None
+
+
+@dataclass(frozen=True)
+class KeepWhere:
+    """Decision: the rows whose bool ``column`` is true, in pool order; the scan gave the others a reason."""
+
+    column: str
+
+
+@dataclass(frozen=True)
+class MergeSequences:
+    """Decision: merge the partitions' pick sequences (pass 2 cursors) into ``budget`` picks."""
+
+    budget: int
+    reason: str = "budget"
+
+
+DecisionRule = RankBy | KeepWhere | MergeSequences
 
 
 class Selector(ABC):
-    """A selection method. Subclasses set the class attributes and implement score/decide."""
+    """A selection method, as stages of the partitioned pipeline (``curate.select.pipeline``).
+
+    1. ``setup`` (driver): pool-wide inputs every task shares (class embeddings, k-means centroids);
+       it may read a bounded sample of the pool.
+    2. ``scan`` (pass 1, one task per block of rows): per-row columns, eligibility, reasons, a
+       partition for pass 2, and pool-wide sums.
+    3. ``reduce`` (driver): shared inputs that need the sums (pool means).
+    4. ``partition`` (pass 2, one task per partition or group of small ones, only when
+       ``partitioned``): columns of the partition's rows and, optionally, its pick sequence.
+    5. ``rule``: how the decision picks rows (a :data:`DecisionRule` over the columns).
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]
     config_class: ClassVar[type[SelectorConfig]] = SelectorConfig
     needs: ClassVar[frozenset[str]] = frozenset()  # pool parts: "image", "text", "clip_score"
     budget_mode: ClassVar[BudgetMode] = "required"
+    #: score-table columns after the common ones, in order, with their numpy dtype (f8 NaN / i4 -1 = null)
+    columns: ClassVar[dict[str, str]] = {}
+    #: pass 2 exists; and which embeddings it reads ("image", "text")
+    partitioned: ClassVar[bool] = False
+    partition_parts: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: SelectorConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -152,13 +206,44 @@ class Selector(ABC):
         if self.budget_mode == "none" and budget is not None:
             raise UsageError(f"--method {self.name} takes no --fraction/--count")
 
-    @abstractmethod
-    def score(self, pool: Pool, ctx: SelectContext) -> Scores:
-        """Per-sample columns and the eligible mask."""
+    def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
+        """Shared inputs for the tasks (small: no per-sample data)."""
+        return {}
 
     @abstractmethod
-    def decide(self, pool: Pool, scores: Scores, budget: int | None, ctx: SelectContext) -> Decision:
-        """Pick samples among ``scores.eligible``; return their pool indices in pick order."""
+    def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
+        """Pass 1 over pool rows ``start .. start + len(chunk)``."""
+
+    def reduce(self, sums: dict[str, np.ndarray], counts: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
+        """More shared inputs from the pool-wide sums and the rows per partition (driver)."""
+        return {}
+
+    def partition(self, data: Any, shared: dict[str, Any]) -> PartitionOutput:
+        """Pass 2 over one partition (:class:`curate.select.pipeline.PartitionData`)."""
+        raise TypeError(f"{self.name} has no pass 2")
+
+    @abstractmethod
+    def rule(self, budget: int | None, shared: dict[str, Any]) -> DecisionRule:
+        """How the decision picks rows."""
+
+    def info(self, shared: dict[str, Any]) -> dict[str, Any]:
+        """Entries for the manifest header's ``info`` (JSON-able)."""
+        return {}
+
+    def partition_names(self, shared: dict[str, Any]) -> list[str] | None:
+        """Names of the partitions (for per-partition counts), when they have names."""
+        return None
+
+    def restore_cursor(self, data: Any, state: dict[str, np.ndarray], shared: dict[str, Any]) -> Any:
+        """A pick-sequence cursor of pass 2 from its saved ``state()`` (methods that merge sequences)."""
+        raise TypeError(f"{self.name} has no pick sequences")
+
+    def check_result(self, kept: int) -> None:  # noqa: B027  (optional hook)
+        """Refuse a result that should not be written (e.g. an empty set operation)."""
+
+    def parents(self, shared: dict[str, Any]) -> list[dict[str, Any]]:
+        """The selections this one was derived from (manifest header ``parents``)."""
+        return []
 
     def tag(self) -> str:
         """A short string naming the options that replace a budget (e.g. ``t0.3``), for default names."""

@@ -2,36 +2,41 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from curate.engines.base import Engine
 from curate.errors import InputError, UsageError
 from curate.select.base import (
-    Decision,
+    BlockScan,
+    PartitionOutput,
     Pool,
+    RankBy,
     Reasons,
-    Scores,
     SelectContext,
     Selector,
     SelectorConfig,
     register,
-    top_k,
 )
-from curate.select.partition import kmeans
+from curate.select.partition import argmax_rows, default_kmeans_sample, sample_rows, train_kmeans
 
 _BLOCK_ELEMENTS = 1 << 24
-PRIOR_CHUNK_ELEMENTS = 1 << 28  # a cluster with more pairs is cut into chunks (engine work units)
-MAX_PRIOR_CHUNKS = 32
 
 
-def _need_eligible(scores: Scores, budget: int, method: str) -> None:
-    n_ok = int(scores.eligible.sum())
-    if budget > n_ok:
-        dropped = ", ".join(f"{k}: {v}" for k, v in scores.reasons.counts().items() if k != "budget")
-        raise InputError(f"{method} can rank {n_ok} samples ({dropped}) but the budget is {budget}; lower it")
+def rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``<a_i, b_i>`` per row, float64 accumulation (each row's value depends on that row only)."""
+    import torch
+
+    return (torch.from_numpy(np.ascontiguousarray(a)) * torch.from_numpy(np.ascontiguousarray(b))).sum(
+        1, dtype=torch.float64).numpy()
+
+
+def block_uniform(seed: int, start: int, n: int) -> np.ndarray:
+    """Values ``start .. start+n`` of ``default_rng(seed).random(pool size)``, without drawing the others."""
+    rng = np.random.default_rng(seed)
+    rng.bit_generator.advance(start)
+    return rng.random(n)
 
 
 @dataclass(frozen=True)
@@ -41,19 +46,22 @@ class RandomConfig(SelectorConfig):
 
 @register
 class RandomSelector(Selector):
-    """Uniform random subset (numpy ``default_rng(seed)``); every sample is eligible."""
+    """Uniform random subset: the ``budget`` rows with the largest ``default_rng(seed).random(pool)``."""
 
     name = "random"
     summary = "uniform random subset (seeded)"
     config_class = RandomConfig
+    columns: ClassVar[dict[str, str]] = {"score": "f8"}
 
-    def score(self, pool: Pool, ctx: SelectContext) -> Scores:
-        key = np.random.default_rng(ctx.seed).random(len(pool))
-        return Scores({"score": key}, np.ones(len(pool), bool), Reasons(len(pool)))
+    def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
+        return {"seed": ctx.seed}
 
-    def decide(self, pool: Pool, scores: Scores, budget: int | None, ctx: SelectContext) -> Decision:
-        assert budget is not None
-        return Decision(order=top_k(scores.columns["score"], scores.eligible, budget))
+    def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
+        n = len(chunk)
+        return BlockScan({"score": block_uniform(shared["seed"], start, n)}, np.ones(n, bool), Reasons(n))
+
+    def rule(self, budget: int | None, shared: dict[str, Any]) -> RankBy:
+        return RankBy("score", budget)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class ClipScoreSelector(Selector):
     config_class = ClipScoreConfig
     needs = frozenset({"clip_score"})
     budget_mode = "optional"
+    columns: ClassVar[dict[str, str]] = {"score": "f8"}
     config: ClipScoreConfig
 
     def check_budget(self, budget: int | None) -> None:
@@ -89,23 +98,18 @@ class ClipScoreSelector(Selector):
     def tag(self) -> str:
         return f"t{self.config.threshold:g}" if self.config.threshold is not None else ""
 
-    def score(self, pool: Pool, ctx: SelectContext) -> Scores:
-        assert pool.clip_score is not None
-        cs = pool.clip_score.astype(np.float64)
+    def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
+        assert chunk.clip_score is not None
+        cs = chunk.clip_score.astype(np.float64)
         ok = np.isfinite(cs)
-        reasons = Reasons(len(pool))
+        reasons = Reasons(len(chunk))
         reasons.set(~ok, "no_clip_score")
-        return Scores({"score": np.where(ok, cs, np.nan)}, ok, reasons)
+        return BlockScan({"score": np.where(ok, cs, np.nan)}, ok, reasons)
 
-    def decide(self, pool: Pool, scores: Scores, budget: int | None, ctx: SelectContext) -> Decision:
-        cs = scores.columns["score"]
+    def rule(self, budget: int | None, shared: dict[str, Any]) -> RankBy:
         if self.config.threshold is not None:
-            keep = scores.eligible & (cs >= self.config.threshold)
-            return Decision(order=top_k(cs, keep, int(keep.sum())), reason="below_threshold")
-        assert budget is not None
-        _need_eligible(scores, budget, self.name)
-        order = top_k(cs, scores.eligible, budget)
-        return Decision(order=order, info={"effective_threshold": float(cs[order[-1]])})
+            return RankBy("score", None, minimum=self.config.threshold, reason="below_threshold")
+        return RankBy("score", budget, info="effective_threshold")
 
 
 KEEP_CHOICES = ("farthest", "closest", "random")
@@ -120,11 +124,13 @@ class SemDedupConfig(SelectorConfig):
         keep: which member of a group of near-duplicates survives: the one ``farthest`` from the cluster
             centroid, the ``closest``, or a ``random`` one.
         clusters: k-means clusters (default: round(sqrt(pool size))).
+        kmeans_sample: rows k-means trains on (a seeded uniform sample; default 256 per cluster, at most 500k).
     """
 
     eps: float | None = None
     keep: str = "farthest"
     clusters: int | None = None
+    kmeans_sample: int | None = None
 
     def validate(self) -> None:
         if self.eps is not None and not (0.0 <= self.eps <= 2.0):
@@ -133,6 +139,8 @@ class SemDedupConfig(SelectorConfig):
             raise UsageError(f"--keep must be one of {', '.join(KEEP_CHOICES)}, got {self.keep!r}")
         if self.clusters is not None and self.clusters < 1:
             raise UsageError(f"--clusters must be a positive integer, got {self.clusters}")
+        if self.kmeans_sample is not None and self.kmeans_sample < 1:
+            raise UsageError(f"--kmeans-sample must be a positive integer, got {self.kmeans_sample}")
 
 
 def max_prior_similarity(x: np.ndarray) -> np.ndarray:
@@ -144,31 +152,12 @@ def _prior_block_rows(n: int) -> int:
     return max(1, _BLOCK_ELEMENTS // max(n, 1))
 
 
-def prior_chunks(n: int) -> list[tuple[int, int]]:
-    """Row ranges of a cluster of ``n`` members computed as separate units (block-aligned)."""
-    bs = _prior_block_rows(n)
-    blocks = -(-(n - 1) // bs) if n > 1 else 0
-    chunks = min(max(blocks, 1), MAX_PRIOR_CHUNKS, max(1, -(-(n * n // 2) // PRIOR_CHUNK_ELEMENTS)))
-    step = -(-max(blocks, 1) // chunks) * bs
-    starts = [0, *range(1 + step, n, step)]
-    return list(itertools.pairwise([*starts, n]))
-
-
-def _prior_task(units: list[tuple[int, int, int, int]], image: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
-    """Engine task: ``max_prior_similarity`` of each unit ``(s, e, lo, hi)`` (cluster = order[s:e])."""
-    out = []
-    for s, e, lo, hi in units:
-        x = image[order[s : s + hi]]
-        out.append(_prior_rows(x, e - s, lo, hi))
-    return out
-
-
 def _prior_rows(x: np.ndarray, n: int, lo: int, hi: int) -> np.ndarray:
     """Rows lo:hi of ``max_prior_similarity`` of a cluster of ``n`` members whose first rows are ``x``.
 
-    The blocks depend only on ``n``, and chunk bounds (:func:`prior_chunks`) lie on block starts, so
-    chunks computed separately give the same bits as one call over the whole cluster. Products run in
-    torch, whose CPU results do not depend on the thread count (numpy's BLAS results do).
+    The blocks depend only on ``n``, so any row range on a block start gives the same bits as one call
+    over the whole cluster. Products run in torch, whose CPU results do not depend on the thread count
+    (numpy's BLAS results do).
     """
     import torch
 
@@ -182,24 +171,6 @@ def _prior_rows(x: np.ndarray, n: int, lo: int, hi: int) -> np.ndarray:
         sims.masked_fill_(later, -torch.inf)
         out[b0 - lo : b1 - lo] = sims.max(dim=1).values.numpy()
     return out
-
-
-def cluster_priors(image: np.ndarray, order: np.ndarray, starts: np.ndarray, engine: Engine | None) -> np.ndarray:
-    """``max_prior_similarity`` of every cluster ``order[s:e]``; engine tasks when it is distributed."""
-    prior = np.empty(len(order))
-    if engine is None or not engine.distributed:
-        for s, e in itertools.pairwise(starts):
-            prior[s:e] = _prior_rows(image[order[s:e]], int(e - s), 0, int(e - s))
-        return prior
-    from curate.select.clipcov import balanced_runs
-
-    units = [(int(s), int(e), lo, hi) for s, e in itertools.pairwise(starts) for lo, hi in prior_chunks(int(e - s))]
-    costs = [(hi - lo) * hi for _, _, lo, hi in units]
-    tasks = [units[a:b] for a, b in balanced_runs(costs, 4 * engine.parallelism())]
-    results = engine.map(_prior_task, tasks, {"image": image, "order": order})
-    for (s, _, lo, hi), part in zip(units, (r for res in results for r in res), strict=True):
-        prior[s + lo : s + hi] = part
-    return prior
 
 
 @register
@@ -217,6 +188,9 @@ class SemDedupSelector(Selector):
     config_class = SemDedupConfig
     needs = frozenset({"image"})
     budget_mode = "optional"
+    columns: ClassVar[dict[str, str]] = {"score": "f8", "dup_sim": "f8", "centroid_sim": "f8", "partition": "i4"}
+    partitioned = True
+    partition_parts = frozenset({"image"})
     config: SemDedupConfig
 
     def check_budget(self, budget: int | None) -> None:
@@ -226,43 +200,60 @@ class SemDedupSelector(Selector):
     def tag(self) -> str:
         return f"eps{self.config.eps:g}" if self.config.eps is not None else ""
 
-    def score(self, pool: Pool, ctx: SelectContext) -> Scores:
-        assert pool.image is not None and pool.image_ok is not None
-        n = len(pool)
-        ok = pool.image_ok
+    def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
+        from curate.select.source import gather_rows
+
+        k = self.config.clusters or max(1, round(np.sqrt(len(source))))
+        size = self.config.kmeans_sample or default_kmeans_sample(k)
+        rows = sample_rows(len(source), size, ctx.seed)
+        data = gather_rows(source, {"image"}, rows, lambda c: c.image_ok)
+        if len(data) == 0:
+            raise InputError("no sample has a valid image embedding; semdedup needs them")
+        if k > len(data):
+            raise UsageError(f"k-means with K={k} needs at least {k} valid samples, the pool has {len(data)}")
+        centroids = train_kmeans(data, k, ctx.seed)
+        return {"centroids": centroids, "n_partitions": k, "seed": ctx.seed, "carry": ("pref",),
+                "kmeans_rows": len(data)}
+
+    def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
+        assert chunk.image is not None and chunk.image_ok is not None
+        n = len(chunk)
+        ok = chunk.image_ok
         reasons = Reasons(n)
         reasons.set(~ok, "bad_image_emb")
-        n_ok = int(ok.sum())
-        if n_ok == 0:
-            raise InputError("no sample has a valid image embedding; semdedup needs them")
-        k = self.config.clusters or max(1, round(np.sqrt(n_ok)))
-        labels, centroids = kmeans(pool.image, ok, k, ctx.seed)
-        idx = np.flatnonzero(ok)
+        centroids = shared["centroids"]
+        labels = argmax_rows(chunk.image, centroids, ok)
         csim = np.full(n, np.nan)
-        csim[idx] = np.einsum("ij,ij->i", pool.image[idx], centroids[labels[idx]])
+        idx = np.flatnonzero(ok)
+        csim[idx] = rowdot(chunk.image[idx], centroids[labels[idx]])
         if self.config.keep == "farthest":
-            pref = csim[idx]  # ascending similarity = farthest first
+            pref = csim  # ascending similarity = farthest first
         elif self.config.keep == "closest":
-            pref = -csim[idx]
+            pref = -csim
         else:
-            pref = np.random.default_rng(ctx.seed).random(len(idx))
-        order = idx[np.lexsort((pref, labels[idx]))]  # by cluster, then preference
-        lab = labels[order]
-        starts = np.r_[0, np.flatnonzero(lab[1:] != lab[:-1]) + 1, len(order)]
-        prior = cluster_priors(pool.image, order, starts, ctx.engine)
-        score = np.full(n, np.nan)
-        score[order] = np.minimum(1.0 - prior, 2.0)
-        dup = np.full(n, np.nan)
-        dup[order] = np.where(np.isfinite(prior), prior, np.nan)
-        cols = {"score": score, "dup_sim": dup, "centroid_sim": csim, "partition": labels}
-        return Scores(cols, ok, reasons, info={"clusters": int(k), "keep": self.config.keep})
+            pref = block_uniform(shared["seed"], start, n)
+        return BlockScan({"centroid_sim": csim, "partition": labels}, ok, reasons, partition=labels,
+                         carry={"pref": pref})
 
-    def decide(self, pool: Pool, scores: Scores, budget: int | None, ctx: SelectContext) -> Decision:
-        score = scores.columns["score"]
+    def reduce(self, sums: dict[str, np.ndarray], counts: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
+        if counts.size == 0 or counts.sum() == 0:
+            raise InputError("no sample has a valid image embedding; semdedup needs them")
+        return {}
+
+    def partition(self, data: Any, shared: dict[str, Any]) -> PartitionOutput:
+        n = len(data)
+        order = np.argsort(data.carry["pref"], kind="stable")  # rows are in pool order: ties keep it
+        prior = max_prior_similarity(data.matrix("image", order))
+        score = np.empty(n)
+        dup = np.empty(n)
+        score[order] = np.minimum(1.0 - prior, 2.0)
+        dup[order] = np.where(np.isfinite(prior), prior, np.nan)
+        return PartitionOutput({"score": score, "dup_sim": dup})
+
+    def rule(self, budget: int | None, shared: dict[str, Any]) -> RankBy:
         if self.config.eps is not None:
-            keep = scores.eligible & (score >= self.config.eps)
-            return Decision(order=top_k(score, keep, int(keep.sum())), reason="duplicate")
-        assert budget is not None
-        _need_eligible(scores, budget, self.name)
-        order = top_k(score, scores.eligible, budget)
-        return Decision(order=order, reason="duplicate", info={"effective_eps": float(score[order[-1]])})
+            return RankBy("score", None, minimum=self.config.eps, reason="duplicate")
+        return RankBy("score", budget, reason="duplicate", info="effective_eps")
+
+    def info(self, shared: dict[str, Any]) -> dict[str, Any]:
+        return {"clusters": int(shared["n_partitions"]), "keep": self.config.keep}

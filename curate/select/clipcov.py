@@ -17,20 +17,35 @@ lazily evaluated marginal gains). Everything is block-wise: no n_k × n_k matrix
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from curate.engines.base import Engine
 from curate.errors import InputError, UsageError
-from curate.progress import NullProgress, Progress
-from curate.select.base import Decision, Pool, Reasons, Scores, SelectContext, Selector, SelectorConfig, register
-from curate.select.partition import kmeans, model_class_text, parse_partition, read_class_names, zeroshot_labels
+from curate.select.base import (
+    BlockScan,
+    MergeSequences,
+    PartitionOutput,
+    Pool,
+    Reasons,
+    SelectContext,
+    Selector,
+    SelectorConfig,
+    register,
+)
+from curate.select.partition import (
+    argmax_rows,
+    default_kmeans_sample,
+    model_class_text,
+    parse_partition,
+    read_class_names,
+    sample_rows,
+    train_kmeans,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -55,12 +70,14 @@ class ClipCovConfig(SelectorConfig):
         partition: ``imagenet`` (zero-shot ImageNet-1k pseudo-labels with the run's model) or ``kmeans:K``.
         classes: a file of class names (one per line) for zero-shot labels instead of ImageNet-1k.
         dtype: ``float32`` or ``float64`` for similarity blocks (float64 for exactness tests).
+        kmeans_sample: rows ``kmeans:K`` trains on (a seeded uniform sample; default 256 per cluster, at most 500k).
     """
 
     variant: str = "reference"
     partition: str = "imagenet"
     classes: str | None = None
     dtype: str = "float32"
+    kmeans_sample: int | None = None
 
     def validate(self) -> None:
         if self.variant not in ("reference", "greedy"):
@@ -70,6 +87,8 @@ class ClipCovConfig(SelectorConfig):
             raise UsageError("--classes gives zero-shot labels; it cannot be combined with --partition kmeans:K")
         if self.dtype not in ("float32", "float64"):
             raise UsageError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.kmeans_sample is not None and (kind != "kmeans" or self.kmeans_sample < 1):
+            raise UsageError("--kmeans-sample takes a positive integer, with --partition kmeans:K")
 
 
 def torch_index_add(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -196,23 +215,6 @@ def cross_part(x: Any, y: Any) -> tuple[Any, Any]:
     return rows, cols
 
 
-def _cross_task(units: list[tuple[int, int, int, int]], img: np.ndarray, txt: np.ndarray, device: str,
-                dtype: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Engine task: ``cross_part`` for each unit ``(s, e, r0, r1)`` (class rows s:e, chunk rows r0:r1)."""
-    import torch
-
-    out = []
-    cache: tuple[int, int, Any] | None = None
-    for s, e, r0, r1 in units:
-        if cache is None or cache[:2] != (s, e):
-            y = torch.from_numpy(np.array(txt[s:e])).to(device=device, dtype=getattr(torch, dtype))
-            cache = (s, e, y)
-        x = torch.from_numpy(np.array(img[s + r0 : s + r1])).to(device=device, dtype=getattr(torch, dtype))
-        rows, cols = cross_part(x, cache[2])
-        out.append((rows.cpu().numpy(), cols.cpu().numpy()))
-    return out
-
-
 def balanced_runs(costs: Sequence[float], parts: int) -> list[tuple[int, int]]:
     """Cut a sequence into at most ``parts`` contiguous runs of about equal total cost."""
     if not len(costs):
@@ -223,169 +225,81 @@ def balanced_runs(costs: Sequence[float], parts: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(edges.tolist()))
 
 
-def distributed_cross(img: np.ndarray, txt: np.ndarray, bounds: np.ndarray, engine: Engine, device: str,
-                      dtype: str, progress: Progress) -> np.ndarray:
-    """r_j of every class with the chunk units run as engine tasks; same bits as :meth:`Blocks.cross`."""
-    units = [(int(s), int(e), r0, r1) for s, e in itertools.pairwise(bounds) for r0, r1 in cross_chunks(int(e - s))]
-    costs = [(r1 - r0) * (e - s) for s, e, r0, r1 in units]
-    runs = balanced_runs(costs, 4 * engine.parallelism())
-    tasks = [units[a:b] for a, b in runs]
-    progress.start("clipcov: cross terms", total=len(tasks), unit="tasks")
-    results = engine.map(_cross_task, tasks, {"img": img, "txt": txt, "device": device, "dtype": dtype}, progress)
-    progress.finish()
-    parts = iter([r for res in results for r in res])
-    out = []
-    for s, e in itertools.pairwise(bounds):
-        n = int(e - s)
-        rows = np.zeros(n, np.float64)
-        cols = np.zeros(n, np.float64)
-        for r0, r1 in cross_chunks(n):
-            part_rows, part_cols = next(parts)
-            rows[r0:r1] = part_rows
-            cols += part_cols
-        out.append((rows + cols) / n)
-    return np.concatenate(out) if out else np.zeros(0)
+class ClassReference:
+    """The reference variant's pick sequence of one class, which depends on nothing outside the class.
 
-
-def _group_cumcount(c: np.ndarray) -> np.ndarray:
-    """0-based running count of each value of ``c`` (vectorised)."""
-    o = np.argsort(c, kind="stable")
-    cs = c[o]
-    start = np.r_[0, np.flatnonzero(cs[1:] != cs[:-1]) + 1]
-    first = np.repeat(start, np.diff(np.r_[start, len(cs)]))
-    out = np.empty(len(c), np.int64)
-    out[o] = np.arange(len(c)) - first
-    return out
-
-
-@dataclass
-class ClipCovState:
-    """Class-sorted arrays the selection loop works on (row r of ``blocks`` = sorted sample r)."""
-
-    blocks: Blocks
-    bounds: np.ndarray  # class c occupies rows bounds[c]:bounds[c+1]
-    cls: np.ndarray  # class index (0..C-1) of each sorted row
-    unary: np.ndarray
-    cross: np.ndarray
-    label: np.ndarray
-    perm: np.ndarray  # sorted row -> pool index
-    easy: np.ndarray
-    centre: np.ndarray
-    classes: np.ndarray  # class index c -> label value (row of class_text)
-
-
-def prepare(
-    img: np.ndarray,
-    txt: np.ndarray,
-    labels: np.ndarray,
-    class_text: np.ndarray,
-    rows: np.ndarray | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    progress: Progress | None = None,
-    engine: Engine | None = None,
-) -> ClipCovState:
-    """Sort ``rows`` (default: all) by class and compute every per-sample term of the unary score.
-
-    ``img``/``txt`` are L2-normalised; ``labels[i]`` indexes ``class_text`` (the class label embeddings).
-    Empty classes are skipped. The pool means of the centre terms are taken over ``rows``. With a
-    distributed ``engine`` the cross terms (the O(Σ n_k² d) part) run as its tasks, with the same bits.
+    Picks go in score order; after the pick that makes (c + 1) a multiple of ``period`` the class's
+    unselected members lose their redundancy with the picks since the last refresh and the two
+    class-wide shifts, and are re-sorted (ties: pool order). ``take(m)`` returns the next ``m`` picks as
+    (local rows, score at pick, refresh-after flags); ``state()`` / :meth:`restore` carry the cursor
+    between tasks.
     """
-    rows = np.arange(len(img)) if rows is None else np.asarray(rows)
-    perm = rows[np.argsort(labels[rows], kind="stable")]
-    present, first = np.unique(labels[perm], return_index=True)
-    bounds = np.r_[first, len(perm)]
-    cls = np.repeat(np.arange(len(present)), np.diff(bounds))
-    img_s, txt_s = img[perm], txt[perm]
-    blocks = Blocks(img_s, txt_s, device, dtype)
-    t = blocks.torch
-    easy = blocks.rowdot(blocks.img, blocks.txt)
-    progress = progress or NullProgress()
-    if engine is not None and engine.distributed:
-        cross = distributed_cross(img_s, txt_s, bounds, engine, engine.worker_device(), dtype, progress)
-    else:
-        progress.start("clipcov: cross terms", total=len(perm))
-        parts = []
-        for s, e in itertools.pairwise(bounds):
-            parts.append(blocks.cross(s, e))
-            progress.advance(e - s)
-        progress.finish()
-        cross = np.concatenate(parts)
-    del img_s, txt_s
-    ct = t.from_numpy(np.ascontiguousarray(class_text[present])).to(blocks.device, blocks.dtype)
-    label = blocks.rowdot(blocks.txt, ct, t.from_numpy(cls).to(blocks.device))
-    t_mean, i_mean = blocks.txt.mean(0), blocks.img.mean(0)
-    t_mean, i_mean = t_mean / t_mean.norm(), i_mean / i_mean.norm()
-    centre = (blocks.img @ t_mean).double().cpu().numpy() + (blocks.txt @ i_mean).double().cpu().numpy()
-    unary = W_CROSS * cross + W_EASY * easy + W_LABEL * label - W_CENTRE * centre
-    return ClipCovState(blocks, bounds, cls, unary, cross, label, perm, easy, centre, present)
 
+    def __init__(self, blocks: Blocks, unary: np.ndarray, cross: np.ndarray, label: np.ndarray,
+                 period: int = UPDATE_PERIOD) -> None:
+        self.blocks, self.cross, self.label, self.period = blocks, cross, label, period
+        self.n = len(unary)
+        self.score = unary.astype(np.float64).copy()
+        self.selected = np.zeros(self.n, bool)
+        self.order = np.argsort(-self.score, kind="stable")
+        self.ptr = 0
+        self.count = 0
+        self.new: list[int] = []
+        self.sel_cross = 0.0
 
-def select_reference(
-    st: ClipCovState,
-    budget: int,
-    period: int = UPDATE_PERIOD,
-    trace: list[dict[str, Any]] | None = None,
-    progress: Progress | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The §1.2 loop.
+    @property
+    def done(self) -> bool:
+        return self.count >= self.n
 
-    Returns (sorted rows in pick order, score of each pick when picked, update log rows
-    ``(class, c_k, picks so far)``). ``trace``, when given, receives one dict per update with the
-    class's unselected members and their scores before and after it (for tests and debugging).
-    """
-    n_cls = len(st.bounds) - 1
-    sizes = np.diff(st.bounds).astype(np.float64)
-    score = st.unary.astype(np.float64).copy()
-    selected = np.zeros(len(score), bool)
-    counts = np.zeros(n_cls, np.int64)
-    last = np.zeros(n_cls, np.int64)  # pick index after class k's last update (new_k = its picks since)
-    sel_cross = np.zeros(n_cls, np.float64)
-    ranking = np.argsort(-score, kind="stable")
-    ptr, done = 0, 0
-    picks: list[np.ndarray] = []
-    gains: list[np.ndarray] = []
-    log = []
-    while done < budget:
-        cand = ranking[ptr : ptr + min(budget - done, _CHUNK)]
-        c = st.cls[cand]
-        after = counts[c] + _group_cumcount(c) + 1  # c_k after picking each candidate
-        fire = (after + 1) % period == 0
-        f = int(np.argmax(fire)) if fire.any() else len(cand) - 1
-        take = cand[: f + 1]
-        selected[take] = True
-        picks.append(take)
-        gains.append(score[take])
-        np.add.at(counts, c[: f + 1], 1)
-        done += len(take)
-        if progress is not None:
-            progress.advance(len(take))
-        ptr += len(take)
-        if not fire.any():
-            continue
-        k = int(c[f])
-        log.append((k, int(counts[k]), done))
-        s, e = st.bounds[k], st.bounds[k + 1]
-        so_far = np.concatenate(picks)
-        since = so_far[last[k] :]
-        nk = since[st.cls[since] == k]
-        last[k] = done
-        members = s + np.flatnonzero(~selected[s:e])
-        before = score[members].copy() if trace is not None else None
-        score[members] -= st.blocks.redundancy(members, nk) / sizes[k]
-        sel_cross[k] += st.cross[nk].sum()
-        score[members] -= sel_cross[k] / sizes[k]
-        score[members] -= (st.label[nk] / 2).sum() / sizes[k]
-        if trace is not None:
-            trace.append({"class": k, "new": nk, "members": members, "before": before, "after": score[members]})
-        # rebuild the ranking: only class k moved; merge its re-sorted members into the rest
-        rest = ranking[ptr:]
-        rest = rest[st.cls[rest] != k]
-        mk = members[np.argsort(-score[members], kind="stable")]
-        at = np.searchsorted(-score[rest], -score[mk], side="right")
-        ranking, ptr = np.insert(rest, at, mk), 0
-    order = np.concatenate(picks) if picks else np.zeros(0, np.int64)
-    return order, np.concatenate(gains) if gains else np.zeros(0), np.asarray(log, np.int64).reshape(-1, 3)
+    def take(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows, scores, flags = [], [], []
+        while len(rows) < m and self.count < self.n:
+            # picks up to the next refresh go in one vectorised step
+            r = (self.count + 1) % self.period
+            step = min(m - len(rows), self.n - self.count, self.period - r if r else self.period)
+            j = self.order[self.ptr : self.ptr + step]
+            self.ptr += len(j)
+            rows.append(j)
+            scores.append(self.score[j])
+            self.selected[j] = True
+            self.count += len(j)
+            self.new.extend(j.tolist())
+            fire = (self.count + 1) % self.period == 0
+            f = np.zeros(len(j), bool)
+            f[-1] = fire
+            flags.append(f)
+            if fire:
+                self._refresh()
+        cat = (lambda x, dt: np.concatenate(x) if x else np.zeros(0, dt))  # noqa: E731
+        return cat(rows, np.int64), cat(scores, np.float64), cat(flags, bool)
+
+    def _refresh(self) -> None:
+        members = np.flatnonzero(~self.selected)
+        nk = np.asarray(self.new, np.int64)
+        self.score[members] -= self.blocks.redundancy(members, nk) / float(self.n)
+        self.sel_cross += self.cross[nk].sum()
+        self.score[members] -= self.sel_cross / float(self.n)
+        self.score[members] -= (self.label[nk] / 2).sum() / float(self.n)
+        self.new = []
+        self.order = members[np.argsort(-self.score[members], kind="stable")]
+        self.ptr = 0
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"score": self.score, "selected": self.selected, "order": self.order, "cross": self.cross,
+                "label": self.label, "new": np.asarray(self.new, np.int64),
+                "scalars": np.asarray([self.ptr, self.count, self.period], np.int64),
+                "sel_cross": np.asarray([self.sel_cross])}
+
+    @classmethod
+    def restore(cls, blocks: Blocks, st: dict[str, np.ndarray]) -> ClassReference:
+        c = cls.__new__(cls)
+        c.blocks, c.cross, c.label = blocks, st["cross"], st["label"]
+        c.score, c.selected, c.order = st["score"].copy(), st["selected"].copy(), st["order"]
+        c.n = len(c.score)
+        c.ptr, c.count, c.period = (int(x) for x in st["scalars"])
+        c.new = st["new"].tolist()
+        c.sel_cross = float(st["sel_cross"][0])
+        return c
 
 
 class ClassGreedy:
@@ -440,8 +354,12 @@ class ClassGreedy:
                 return float(exact[i] - self.offset), int(top[i])
             self._refresh()
 
-    def take(self, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """The class's next ``m`` picks (fewer when it runs out): rows of ``blocks`` and gains."""
+    @property
+    def done(self) -> bool:
+        return bool(self.selected.all())
+
+    def take(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The class's next ``m`` picks (fewer when it runs out): local rows, gains, and no refresh flags."""
         rows, gains = [], []
         for _ in range(m):
             b = self._best()
@@ -453,185 +371,138 @@ class ClassGreedy:
             self.selected[j] = True
             self.pending.append(j)
             self.offset += (self.cross[j] + self.label[j] / 2) / self.size
-        return np.asarray(rows, np.int64), np.asarray(gains, np.float64)
+        return np.asarray(rows, np.int64), np.asarray(gains, np.float64), np.zeros(len(rows), bool)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"base": self.base, "selected": self.selected, "order": self.order, "cross": self.cross,
+                "label": self.label, "pending": np.asarray(self.pending, np.int64),
+                "scalars": np.asarray([self.s, self.head], np.int64), "floats": np.asarray([self.size, self.offset])}
+
+    @classmethod
+    def restore(cls, blocks: Blocks, st: dict[str, np.ndarray]) -> ClassGreedy:
+        c = cls.__new__(cls)
+        c.blocks, c.cross, c.label = blocks, st["cross"], st["label"]
+        c.base, c.selected, c.order = st["base"].copy(), st["selected"].copy(), st["order"]
+        c.s, c.head = (int(x) for x in st["scalars"])
+        c.size, c.offset = (float(x) for x in st["floats"])
+        c.pending = st["pending"].tolist()
+        return c
 
 
-def _greedy_task(classes: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
-                 device: str, dtype: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Engine task: the first ``m`` picks of each class ``(m, s, img, txt, unary, cross, label)``.
-
-    A class's sequence is deterministic, so a longer request recomputes the same prefix and goes on.
-    """
-    out = []
-    for m, s, img, txt, unary, cross, label in classes:
-        blocks = Blocks(np.array(img), np.array(txt), device, dtype)
-        rows, gains = ClassGreedy(blocks, 0, len(unary), unary, cross, label).take(m)
-        out.append((rows + s, gains))
-    return out
-
-
-def select_greedy(
-    st: ClipCovState, budget: int, progress: Progress | None = None, engine: Engine | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact greedy on the per-pick deductions: merge the classes' own greedy sequences by gain.
-
-    Each class's sequence (:class:`ClassGreedy`) depends only on that class, so with a distributed
-    ``engine`` the sequences are computed by its tasks, as far as the merge needs them, with the same bits.
-    """
-    n_cls = len(st.bounds) - 1
-    sizes = np.diff(st.bounds)
-    if engine is not None and engine.distributed:
-        fetch = _remote_sequences(st, budget, engine)
-    else:
-        local = [ClassGreedy(st.blocks, s, e, st.unary[s:e], st.cross[s:e], st.label[s:e])
-                 for s, e in itertools.pairwise(st.bounds)]
-
-        def fetch(ks: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-            return [local[k].take(1) for k in ks]
-
-    buf: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0))] * n_cls
-    pos = np.zeros(n_cls, np.int64)  # next unmerged entry of buf[k]
-    taken = np.zeros(n_cls, np.int64)  # entries of class k fetched so far
-    heap: list[tuple[float, int, int]] = []
-
-    def refill(ks: list[int]) -> None:
-        ks = [k for k in ks if taken[k] < sizes[k]]
-        for k, got in zip(ks, fetch(ks), strict=True):
-            buf[k], pos[k] = got, 0
-            taken[k] += len(got[0])
-
-    def push(k: int) -> None:
-        if pos[k] >= len(buf[k][0]):
-            refill([k])
-        if pos[k] < len(buf[k][0]):
-            heapq.heappush(heap, (-float(buf[k][1][pos[k]]), k, int(buf[k][0][pos[k]])))
-
-    refill(list(range(n_cls)))
-    for k in range(n_cls):
-        push(k)
-    picks = np.empty(budget, np.int64)
-    gains = np.empty(budget, np.float64)
-    for t in range(budget):
-        if progress is not None and t % 1024 == 0:
-            progress.advance(min(1024, budget - t))
-        neg, k, j = heapq.heappop(heap)
-        picks[t], gains[t] = j, -neg
-        pos[k] += 1
-        push(k)
-    return picks, gains
-
-
-def _remote_sequences(st: ClipCovState, budget: int, engine: Engine) -> Any:
-    """``fetch(ks)``: the next picks of classes ``ks``, computed by ``engine`` tasks.
-
-    A class is first asked for about twice its share of the budget (at least 16 picks), then for twice
-    as many as before whenever the merge has used them up; a task recomputes the class's sequence from
-    its start (it is deterministic), so no state lives between tasks.
-    """
-    bounds = st.bounds
-    sizes = np.diff(bounds)
-    n = int(bounds[-1])
-    img, txt = st.blocks.img.cpu().numpy(), st.blocks.txt.cpu().numpy()
-    dtype = str(st.blocks.dtype).removeprefix("torch.")
-    given = np.zeros(len(sizes), np.int64)
-
-    def fetch(ks: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-        want = [int(min(sizes[k], max(16, 2 * given[k], -(-2 * budget * int(sizes[k]) // n)))) for k in ks]
-        payload = []
-        for k, m in zip(ks, want, strict=True):
-            s, e = int(bounds[k]), int(bounds[k + 1])
-            payload.append((m, s, img[s:e], txt[s:e], st.unary[s:e], st.cross[s:e], st.label[s:e]))
-        runs = balanced_runs([float(sizes[k]) * m for k, m in zip(ks, want, strict=True)], 4 * engine.parallelism())
-        results = engine.map(_greedy_task, [payload[a:b] for a, b in runs],
-                             {"device": engine.worker_device(), "dtype": dtype})
-        out = []
-        for k, (rows, gains) in zip(ks, (r for res in results for r in res), strict=True):
-            out.append((rows[given[k] :], gains[given[k] :]))
-            given[k] = len(rows)
-        return out
-
-    return fetch
+CURSORS = {"reference": ClassReference, "greedy": ClassGreedy}
 
 
 @register
 class ClipCov(Selector):
-    """ClipCov (Joshi et al., AISTATS 2024): keep samples that preserve the image–caption cross-covariance."""
+    """ClipCov (Joshi et al., AISTATS 2024): keep samples that preserve the image–caption cross-covariance.
+
+    Pass 1 labels each sample (zero-shot class or k-means cluster) and sums the pool's embeddings;
+    pass 2 computes each class's terms and its own pick sequence; the decision merges the sequences.
+    """
 
     name = "clipcov"
-    summary = "cross-covariance preserving greedy per pseudo-class (specs/clipcov.md)"
+    summary = "cross-covariance preserving greedy per pseudo-class (docs/select.md)"
     config_class = ClipCovConfig
     needs = frozenset({"image", "text"})
     budget_mode = "required"
+    columns: ClassVar[dict[str, str]] = {"score": "f8", "easiness": "f8", "cross": "f8", "label_sim": "f8",
+                                         "centre_sim": "f8", "partition": "i4", "gain": "f8"}
+    partitioned = True
+    partition_parts = frozenset({"image", "text"})
     config: ClipCovConfig
 
-    def _class_text(self, pool: Pool, ctx: SelectContext) -> tuple[np.ndarray, list[str] | None]:
-        if ctx.class_text is not None:
-            return np.asarray(ctx.class_text, np.float32), ctx.class_names
-        names = read_class_names(self.config.classes) if self.config.classes else None
-        return model_class_text(ctx.run_root, names, device=pick_device(ctx.device))
-
-    def score(self, pool: Pool, ctx: SelectContext) -> Scores:
-        assert pool.image is not None and pool.text is not None
-        n = len(pool)
-        reasons = Reasons(n)
-        eligible = pool.image_ok & pool.text_ok
-        reasons.set(~pool.image_ok, "bad_image_emb")
-        reasons.set(pool.image_ok & ~pool.text_present, "null_text")
-        reasons.set(pool.image_ok & pool.text_present & ~pool.text_ok, "bad_text_emb")
-        idx = np.flatnonzero(eligible)
-        if len(idx) == 0:
-            raise InputError("no sample has both a valid image and a valid text embedding; clipcov needs both")
+    def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
         kind, k = parse_partition(self.config.partition)
-        info: dict[str, Any] = {"partition": self.config.partition if not self.config.classes else "classes"}
+        shared: dict[str, Any] = {"device": pick_device(ctx.device)}
         if kind == "kmeans":
             assert k is not None
-            labels, _ = kmeans(pool.image, eligible, k, ctx.seed)
-            class_text = np.zeros((k, pool.text.shape[1]), np.float32)  # class "label" = mean caption
-            sel = slice(None) if len(idx) == n else idx  # avoid an N×d copy when every row is eligible
-            class_text = torch_index_add(class_text, labels[idx], pool.text[sel])
-            class_text /= np.maximum(np.linalg.norm(class_text, axis=1, keepdims=True), 1e-12)
-            names = None
-        else:
-            class_text, names = self._class_text(pool, ctx)
-            labels = zeroshot_labels(pool.image, eligible, class_text, ctx.engine)
-        info["classes"] = int(class_text.shape[0])
-        st = prepare(
-            pool.image, pool.text, labels, class_text, idx, pick_device(ctx.device), self.config.dtype, ctx.progress,
-            ctx.engine,
-        )
-        pool.image = pool.text = None  # the class-sorted copies replace them (memory)
-        cols: dict[str, np.ndarray] = {}
-        for name, v in (
-            ("score", st.unary),
-            ("easiness", st.easy),
-            ("cross", st.cross),
-            ("label_sim", st.label),
-            ("centre_sim", st.centre),
-        ):
-            full = np.full(n, np.nan)
-            full[st.perm] = v
-            cols[name] = full
-        cols["partition"] = labels
-        info["nonempty_classes"] = len(st.bounds) - 1
-        return Scores(cols, eligible, reasons, state={"clipcov": st, "names": names}, info=info)
+            from curate.select.source import gather_rows
 
-    def decide(self, pool: Pool, scores: Scores, budget: int | None, ctx: SelectContext) -> Decision:
-        assert budget is not None
-        st: ClipCovState = scores.state["clipcov"]
-        n_ok = len(st.perm)
-        if budget > n_ok:
-            dropped = ", ".join(f"{k}: {v}" for k, v in scores.reasons.counts().items() if k != "budget")
-            raise InputError(
-                f"clipcov can score {n_ok} samples ({dropped}) but the budget is {budget}; lower --count/--fraction"
-            )
-        info: dict[str, Any] = {"variant": self.config.variant}
-        ctx.progress.start(f"clipcov: selecting ({self.config.variant})", total=budget)
-        if self.config.variant == "reference":
-            rows, gains, log = select_reference(st, budget, progress=ctx.progress)
-            info["class_updates"] = len(log)
+            rows = sample_rows(len(source), self.config.kmeans_sample or default_kmeans_sample(k), ctx.seed)
+            data = gather_rows(source, {"image", "text"}, rows, lambda c: c.image_ok & c.text_ok)
+            if len(data) == 0:
+                raise InputError("no sample has both a valid image and a valid text embedding; clipcov needs both")
+            shared.update(centres=train_kmeans(data, k, ctx.seed), names=None, n_partitions=k)
         else:
-            rows, gains = select_greedy(st, budget, progress=ctx.progress, engine=ctx.engine)
-        ctx.progress.finish()
-        gain = np.full(len(pool), np.nan)
-        gain[st.perm[rows]] = gains
-        return Decision(order=st.perm[rows], columns={"gain": gain}, info=info)
+            if ctx.class_text is not None:
+                class_text, names = np.asarray(ctx.class_text, np.float32), ctx.class_names
+            else:
+                names_in = read_class_names(self.config.classes) if self.config.classes else None
+                class_text, names = model_class_text(ctx.run_root, names_in, device=shared["device"])
+            shared.update(centres=class_text, class_text=class_text, names=names, n_partitions=len(class_text))
+        return shared
+
+    def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
+        assert chunk.image is not None and chunk.text is not None
+        n = len(chunk)
+        reasons = Reasons(n)
+        eligible = chunk.image_ok & chunk.text_ok
+        reasons.set(~chunk.image_ok, "bad_image_emb")
+        reasons.set(chunk.image_ok & ~chunk.text_present, "null_text")
+        reasons.set(chunk.image_ok & chunk.text_present & ~chunk.text_ok, "bad_text_emb")
+        labels = argmax_rows(chunk.image, shared["centres"], eligible)
+        idx = np.flatnonzero(eligible)
+        sums = {"image": chunk.image[idx].sum(0, dtype=np.float64), "text": chunk.text[idx].sum(0, dtype=np.float64)}
+        if "class_text" not in shared:  # k-means: a class's "label" is its normalised mean caption
+            k = int(shared["n_partitions"])
+            order = idx[np.argsort(labels[idx], kind="stable")]
+            per = np.zeros((k, chunk.text.shape[1]), np.float64)
+            if len(order):
+                lab = labels[order]
+                starts = np.r_[0, np.flatnonzero(np.diff(lab)) + 1]
+                per[lab[starts]] = np.add.reduceat(chunk.text[order].astype(np.float64), starts, axis=0)
+            sums["class_text"] = per
+        return BlockScan({"partition": labels}, eligible, reasons, partition=labels, sums=sums)
+
+    def reduce(self, sums: dict[str, np.ndarray], counts: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
+        if counts.size == 0 or counts.sum() == 0:
+            raise InputError("no sample has both a valid image and a valid text embedding; clipcov needs both")
+        out: dict[str, Any] = {
+            "text_mean": _unit(sums["text"]),
+            "image_mean": _unit(sums["image"]),
+        }
+        if "class_text" in sums:  # float64 until the blocks take their dtype
+            ct = sums["class_text"]
+            out["class_text"] = ct / np.maximum(np.linalg.norm(ct, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def partition(self, data: Any, shared: dict[str, Any]) -> PartitionOutput:
+        blocks = Blocks(data.matrix("image"), data.matrix("text"), shared["device"], self.config.dtype)
+        n = len(data)
+        t = blocks.torch
+        cross = blocks.cross(0, n)
+        easy = blocks.rowdot(blocks.img, blocks.txt)
+        ct = t.from_numpy(np.ascontiguousarray(shared["class_text"][data.index : data.index + 1]))
+        ct = ct.to(blocks.device, blocks.dtype)
+        label = blocks.rowdot(blocks.txt, ct, t.zeros(n, dtype=t.int64, device=blocks.device))
+        tm = t.from_numpy(shared["text_mean"]).to(blocks.device, blocks.dtype)[None, :]
+        im = t.from_numpy(shared["image_mean"]).to(blocks.device, blocks.dtype)[None, :]
+        zero = t.zeros(n, dtype=t.int64, device=blocks.device)
+        centre = blocks.rowdot(blocks.img, tm, zero) + blocks.rowdot(blocks.txt, im, zero)
+        unary = W_CROSS * cross + W_EASY * easy + W_LABEL * label - W_CENTRE * centre
+        cols = {"score": unary, "easiness": easy, "cross": cross, "label_sim": label, "centre_sim": centre}
+        if self.config.variant == "reference":
+            cursor: Any = ClassReference(blocks, unary, cross, label)
+        else:
+            cursor = ClassGreedy(blocks, 0, n, unary, cross, label)
+        return PartitionOutput(cols, cursor)
+
+    def restore_cursor(self, data: Any, state: dict[str, np.ndarray], shared: dict[str, Any]) -> Any:
+        blocks = Blocks(data.matrix("image"), data.matrix("text"), shared["device"], self.config.dtype)
+        return CURSORS[self.config.variant].restore(blocks, state)
+
+    def rule(self, budget: int | None, shared: dict[str, Any]) -> MergeSequences:
+        assert budget is not None
+        return MergeSequences(budget)
+
+    def info(self, shared: dict[str, Any]) -> dict[str, Any]:
+        return {"partition": self.config.partition if not self.config.classes else "classes",
+                "classes": int(shared["n_partitions"]), "variant": self.config.variant}
+
+    def partition_names(self, shared: dict[str, Any]) -> list[str] | None:
+        return shared.get("names")
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v)
+    return v / n if n > 0 else v

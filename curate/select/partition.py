@@ -145,14 +145,42 @@ def zeroshot_labels(
     return labels
 
 
-def kmeans(x: np.ndarray, valid: np.ndarray, k: int, seed: int, niter: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical faiss k-means on the valid rows: ``(labels with -1 for invalid, centroids (k, d))``."""
+def argmax_rows(image: np.ndarray, centres: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """``argmax_k <image_j, centres_k>`` for the rows of one block (-1 where ``valid`` is False).
+
+    One product per block of pool rows (the pipeline's blocks), in torch: its CPU products do not depend
+    on the thread count, so every engine gets the same labels.
+    """
+    if centres.ndim != 2 or centres.shape[1] != image.shape[1]:
+        raise InputError(
+            f"class embeddings have shape {centres.shape} but image embeddings have dim {image.shape[1]}; "
+            "encode the classes with the run's model"
+        )
+    labels = _argmax_task((0, len(image)), image, np.ascontiguousarray(centres, dtype=np.float32))
+    if valid is not None:
+        labels[~valid] = -1
+    return labels
+
+
+def default_kmeans_sample(k: int) -> int:
+    """Rows k-means trains on: faiss never uses more than 256 per centroid; at most 500k (1 GB at d=512)."""
+    return int(min(256 * k, 500_000))
+
+
+def sample_rows(n_rows: int, size: int, seed: int) -> np.ndarray | None:
+    """Pool rows of a seeded uniform sample of ``size`` rows (sorted); None when the pool is not larger."""
+    if n_rows <= size:
+        return None
+    rng = np.random.default_rng([seed, 0x6B6D])
+    return np.sort(rng.choice(n_rows, size=size, replace=False))
+
+
+def train_kmeans(data: np.ndarray, k: int, seed: int, niter: int = 20) -> np.ndarray:
+    """Spherical faiss k-means centroids ``(k, d)`` trained on the rows of ``data`` (all of them)."""
     import faiss  # lazy: heavy import
 
-    idx = np.flatnonzero(valid)
-    if k > len(idx):
-        raise UsageError(f"k-means with K={k} needs at least {k} valid samples, the pool has {len(idx)}")
-    data = np.ascontiguousarray(x[idx], dtype=np.float32)
+    if k > len(data):
+        raise UsageError(f"k-means with K={k} needs at least {k} valid samples, the sample has {len(data)}")
     km = faiss.Kmeans(
         data.shape[1],
         k,
@@ -161,10 +189,20 @@ def kmeans(x: np.ndarray, valid: np.ndarray, k: int, seed: int, niter: int = 20)
         spherical=True,
         verbose=False,
         min_points_per_centroid=1,  # small pools are fine; silences faiss's stderr warning
+        max_points_per_centroid=max(256, -(-len(data) // k)),  # the sample is the training set: no resampling
     )
-    km.train(data)
-    centroids = np.asarray(km.centroids, dtype=np.float32)
+    km.train(np.ascontiguousarray(data, dtype=np.float32))
+    return np.asarray(km.centroids, dtype=np.float32)
+
+
+def kmeans(x: np.ndarray, valid: np.ndarray, k: int, seed: int, niter: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical faiss k-means on the valid rows: ``(labels with -1 for invalid, centroids (k, d))``."""
+    idx = np.flatnonzero(valid)
+    if k > len(idx):
+        raise UsageError(f"k-means with K={k} needs at least {k} valid samples, the pool has {len(idx)}")
+    centroids = train_kmeans(x[idx], k, seed, niter)
     labels = np.full(len(x), -1, dtype=np.int32)
-    for s in range(0, len(idx), _BLOCK_ROWS):
-        labels[idx[s : s + _BLOCK_ROWS]] = np.argmax(data[s : s + _BLOCK_ROWS] @ centroids.T, axis=1)
+    for s in range(0, len(x), _BLOCK_ROWS):
+        e = min(len(x), s + _BLOCK_ROWS)
+        labels[s:e] = argmax_rows(x[s:e], centroids, valid[s:e])
     return labels, centroids

@@ -1,4 +1,4 @@
-"""``run_selection``: score, decide, and write ``RUN/selections/NAME/`` (scores table + manifest).
+"""``run_selection``: run a method's pipeline and write ``RUN/selections/NAME/`` (scores table + manifest).
 
 Outputs of one selection are written into a temporary folder next to the final one, which then
 replaces it in one rename, so a reader sees either the old selection or the new one, never a mix.
@@ -20,16 +20,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curate.engines import Engine, make_engine
 from curate.errors import UsageError
-from curate.io.manifest import Manifest, build_manifest, write_manifest
-from curate.io.tables import write_table
+from curate.io.manifest import Manifest, ManifestWriter, read_manifest
 from curate.io.tarwrite import remove_dead_temps
 from curate.progress import NullProgress, Progress
 from curate.run import RunDir, read_json
-from curate.select.base import Decision, Scores, SelectContext, get_selector, resolve_budget
-from curate.select.pool import load_pool
+from curate.select.base import DEFAULT_MEMORY, SelectContext, get_selector, resolve_budget
+from curate.select.pipeline import PipelineResult, WorkDir, iter_blocks, run_pipeline, work_identity
+from curate.select.source import PoolSource
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,119}$")
 
@@ -40,7 +41,7 @@ class SelectionResult:
 
     name: str
     path: Path
-    manifest: Manifest
+    header: dict[str, Any]
     pool_size: int
     kept: int
     pruned_by_reason: dict[str, int]
@@ -48,18 +49,23 @@ class SelectionResult:
     info: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest, read from disk (its rows are only loaded when asked for)."""
+        return read_manifest(self.path / "manifest.parquet")
+
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (``--json``)."""
         return {
             "name": self.name,
             "path": str(self.path),
-            "method": self.manifest.header.get("method"),
+            "method": self.header.get("method"),
             "pool": self.pool_size,
             "kept": self.kept,
             "pruned_by_reason": self.pruned_by_reason,
             "per_partition": self.per_partition,
             "info": self.info,
-            "content_hash": self.manifest.header.get("content_hash"),
+            "content_hash": self.header.get("content_hash"),
             "seconds": round(self.seconds, 3),
         }
 
@@ -79,40 +85,59 @@ def _nullable(values: np.ndarray) -> pa.Array:
     return pa.array(values)
 
 
-def scores_table(ids: pa.Table, scores: Scores, decision: Decision) -> pa.Table:
-    """``uid, shard, key, position, selected, rank, reason`` + the method's columns."""
-    n = ids.num_rows
-    rank = np.full(n, -1, np.int64)
-    rank[decision.order] = np.arange(len(decision.order))
+def scores_block(ids: pa.Table, blk: dict[str, Any], columns: dict[str, str]) -> pa.Table:
+    """One block of ``scores.parquet``: ``uid, shard, key, position, selected, rank, reason`` + method columns."""
+    rank = blk["rank"]
+    names = np.asarray(blk["reason_names"], dtype=object)
     cols: dict[str, pa.Array] = {
-        "selected": pa.array(rank >= 0),
+        "selected": pa.array(blk["selected"]),
         "rank": pa.array(rank, mask=rank < 0),
-        "reason": pa.DictionaryArray.from_arrays(
-            pa.array(scores.reasons.codes), pa.array(scores.reasons.names)
-        ).dictionary_decode(),
+        "reason": pa.array(names[blk["reason_codes"]].tolist(), pa.string()),
     }
-    for name, values in {**scores.columns, **decision.columns}.items():
-        cols[name] = _nullable(np.asarray(values))
+    for name in columns:
+        cols[name] = _nullable(np.asarray(blk["columns"][name]))
     table = ids
     for name, arr in cols.items():
         table = table.append_column(name, arr)
     return table
 
 
-def _partition_counts(scores: Scores, selected: np.ndarray) -> list[dict[str, Any]]:
-    part = scores.columns.get("partition")
-    if part is None:
-        return []
-    part = np.asarray(part)
-    ok = part >= 0
-    size = np.bincount(part[ok], minlength=1)
-    kept = np.bincount(part[ok & selected], minlength=len(size))
-    names = scores.state.get("names")
-    rows = [
-        {"partition": (names[k] if names and k < len(names) else str(k)), "pool": int(size[k]), "kept": int(kept[k])}
-        for k in np.flatnonzero(size)
-    ]
-    return sorted(rows, key=lambda r: (-r["pool"], r["partition"]))
+def _write_outputs(folder: Path, res: PipelineResult, selector: Any) -> tuple[ManifestWriter, dict[str, int],
+                                                                               np.ndarray | None]:
+    """``scores.parquet`` block by block, and the manifest's rows; the pruned counts per reason and the
+    (pool, kept) counts per partition."""
+    pruned: dict[str, int] = {}
+    per_part = None
+    if res.part_counts is not None:
+        per_part = np.zeros((res.part_counts.shape[1], 2), np.int64)
+    writer = ManifestWriter(folder / "manifest.parquet")
+    table_writer = None
+    try:
+        for blk in iter_blocks(res, selector):
+            table = scores_block(blk["ids"], blk, selector.columns)
+            if table_writer is None:
+                table_writer = pq.ParquetWriter(folder / "scores.parquet", table.schema)
+            table_writer.write_table(table)
+            codes, names = blk["reason_codes"], blk["reason_names"]
+            c = np.bincount(codes, minlength=len(names))
+            for i, n in enumerate(names):
+                if i and c[i]:
+                    pruned[n] = pruned.get(n, 0) + int(c[i])
+            sel = blk["selected"]
+            writer.add(blk["ids"].filter(pa.array(sel)))
+            part = blk["partition"]
+            if per_part is not None and part is not None:
+                ok = part >= 0
+                k = len(per_part)
+                per_part[:, 0] += np.bincount(part[ok], minlength=k)
+                per_part[:, 1] += np.bincount(part[ok & sel], minlength=k)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if table_writer is not None:
+            table_writer.close()
+    return writer, pruned, per_part
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -158,6 +183,7 @@ def run_selection(
     command: str | None = None,
     engine: Engine | str | None = None,
     engine_options: Mapping[str, Any] | None = None,
+    memory: int = DEFAULT_MEMORY,
 ) -> SelectionResult:
     """Run one selection method over a run's embeddings and write its score table and manifest.
 
@@ -173,9 +199,11 @@ def run_selection(
         force: replace an existing selection of this name made with different parameters.
         class_text, class_names: precomputed class embeddings for clipcov's zero-shot partition.
         command: the command line to record in provenance.
-        engine: where the heavy per-partition work runs: an :class:`~curate.engines.Engine` (started and
-            closed by the caller) or a registered engine name (``local``, ``ray``) with ``engine_options``
-            (e.g. ``{"address": "auto"}``). Every engine selects the same samples with the same scores.
+        engine: where the tasks run: an :class:`~curate.engines.Engine` (started and closed by the
+            caller) or a registered engine name (``local``, ``ray``) with ``engine_options`` (e.g.
+            ``{"address": "auto"}``). Every engine selects the same samples with the same scores.
+        memory: bytes a task or the driver may hold besides one partition's embeddings; above it,
+            rankings and picks spill to the selection's work folder.
     """
     t0 = time.perf_counter()
     run = RunDir(run_root)
@@ -186,8 +214,11 @@ def run_selection(
         check_name(name)
     if (fraction is not None or count is not None) and cls.budget_mode == "none":
         raise UsageError(f"--method {method} takes no --fraction/--count")
-    pool = load_pool(run.root, selector.needs)
-    budget = resolve_budget(fraction, count, len(pool))
+    if memory < 1 << 20:
+        raise UsageError(f"memory budget must be at least 1 MiB, got {memory} bytes")
+    source = PoolSource.open(run.root)
+    source.require(selector.needs | selector.partition_parts)
+    budget = resolve_budget(fraction, count, len(source))
     selector.check_budget(budget)
     name = check_name(name or selector.default_name(fraction, count))
     params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict()}
@@ -199,68 +230,66 @@ def run_selection(
         old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
         if old.get("params") != params or old.get("seed") != seed:
             raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
+    work = WorkDir(final.parent / f".work-{name}")
+    identity = work_identity(source, method, params, seed, budget, memory)
     with _engine(engine, engine_options, device) as eng:
-        ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng)
-        scores = selector.score(pool, ctx)
-        decision = selector.decide(pool, scores, budget, ctx)
-    order = np.asarray(decision.order, np.int64)
-    if not scores.eligible[order].all() or len(np.unique(order)) != len(order):
-        raise AssertionError(f"selector {method} picked ineligible or repeated samples")
-    if decision.reason is not None:
-        scores.reasons.set(scores.eligible, decision.reason)
-    scores.reasons.codes[order] = 0
-    table = scores_table(pool.ids, scores, decision)
-    info = {**scores.info, **decision.info}
-    pruned = scores.reasons.counts()
+        ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng,
+                            memory=memory)
+        res = run_pipeline(selector, source, budget, ctx, work, identity)
+    selector.check_result(res.kept)
     cmd = command or f"curate select --run {run.root} --method {method}"
-    manifest = build_manifest(
-        pool.ids.take(pa.array(order)),
-        kind="selection",
-        command=cmd,
-        params=params,
-        seed=seed,
-        pool_size=len(pool),
-        pruned_by_reason=pruned,
-        extra={
-            "method": method,
-            "selection": name,
-            "budget": budget,
-            "info": info,
-            "parents": decision.parents,
-            "embeddings": {"rows": len(pool), "meta": pool.meta},
-        },
-    )
-    final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(final.parent, f".{name}.tmp-")  # left by a killed earlier attempt
     remove_dead_temps(final.parent, f".{name}.old-")
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
-        write_table(tmp / "scores.parquet", table)
-        write_manifest(tmp / "manifest.parquet", manifest)
+        writer, pruned, per_part = _write_outputs(tmp, res, selector)
+        info = {**selector.info(res.shared), **res.info}
+        if res.part_counts is not None:
+            info["nonempty_classes" if method == "clipcov" else "nonempty_partitions"] = int(
+                (res.part_counts.sum(axis=0) > 0).sum())
+        header = writer.finish(
+            kind="selection",
+            command=cmd,
+            params=params,
+            seed=seed,
+            pool_size=len(source),
+            pruned_by_reason=pruned,
+            extra={
+                "method": method,
+                "selection": name,
+                "budget": budget,
+                "info": info,
+                "parents": selector.parents(res.shared),
+                "embeddings": {"rows": len(source), "meta": source.meta},
+            },
+        )
         _replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        res.picks.close()
     record = run.load().get("selections", {})
     record[name] = {
         "method": method,
         "params": params,
         "seed": seed,
-        "pool": len(pool),
-        "kept": len(order),
+        "pool": len(source),
+        "kept": res.kept,
         "manifest": str(Path("selections") / name / "manifest.parquet"),
-        "content_hash": manifest.header["content_hash"],
+        "content_hash": header["content_hash"],
     }
     run.update("selections", record, command=cmd)
-    selected = np.zeros(len(pool), bool)
-    selected[order] = True
+    work.remove()
+    names = selector.partition_names(res.shared)
+    rows = [{"partition": (names[k] if names and k < len(names) else str(k)), "pool": int(p), "kept": int(kk)}
+            for k, (p, kk) in enumerate(per_part) if p] if per_part is not None else []
     return SelectionResult(
         name=name,
         path=final,
-        manifest=manifest,
-        pool_size=len(pool),
-        kept=len(order),
+        header=header,
+        pool_size=len(source),
+        kept=res.kept,
         pruned_by_reason=pruned,
-        per_partition=_partition_counts(scores, selected),
+        per_partition=sorted(rows, key=lambda r: (-r["pool"], r["partition"])),
         info=info,
         seconds=time.perf_counter() - t0,
     )

@@ -1,16 +1,21 @@
-"""Set algebra over existing selections of the same run: intersect, union, difference."""
+"""Set algebra over existing selections of the same run: intersect, union, difference.
+
+A selection's score table holds one row per pool row, in pool order, with its ``selected`` flag; set
+operations read those flags block by block (the parents must have been made on the same pool).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curate.errors import InputError, UsageError
-from curate.io.manifest import read_manifest
-from curate.select.base import Decision, Pool, Reasons, Scores, SelectContext, Selector, SelectorConfig, register
+from curate.io.manifest import read_manifest_header
+from curate.select.base import BlockScan, KeepWhere, Pool, Reasons, SelectContext, Selector, SelectorConfig, register
 
 
 @dataclass(frozen=True)
@@ -29,10 +34,11 @@ class SetOpConfig(SelectorConfig):
 
 
 class SetOperation(Selector):
-    """Combine two selections' manifests; ``combine(in_a, in_b)`` says which samples stay."""
+    """Combine two selections; ``combine(in_a, in_b, reasons)`` says which samples stay."""
 
     config_class = SetOpConfig
     budget_mode = "none"
+    columns: ClassVar[dict[str, str]] = {"in_a": "bool", "in_b": "bool"}
     config: SetOpConfig
     symbol: ClassVar[str]
 
@@ -40,42 +46,56 @@ class SetOperation(Selector):
         assert self.config.of is not None
         return f"{self.config.of[0]}-{self.name}-{self.config.of[1]}"
 
-    def _member(self, pool: Pool, ctx: SelectContext, name: str) -> tuple[np.ndarray, dict[str, Any]]:
-        path = ctx.run_root / "selections" / name / "manifest.parquet"
-        if not path.exists():
-            raise InputError(f"no selection {name!r} in {ctx.run_root}/selections; run 'curate select --name {name}'")
-        man = read_manifest(path)
-        uids = pool.ids.column("uid")
-        inside = pc.is_in(uids, value_set=man.table.column("uid").combine_chunks()).to_numpy(zero_copy_only=False)
-        if int(inside.sum()) != len(man):
-            raise InputError(f"selection {name!r} holds uids that are not in this run's embeddings; re-run it")
-        parent = {
-            "name": name,
-            "path": str(path.relative_to(ctx.run_root)),
-            "method": man.header.get("method"),
-            "content_hash": man.header.get("content_hash"),
-            "kept": len(man),
-        }
-        return inside, parent
-
-    def score(self, pool: Pool, ctx: SelectContext) -> Scores:
+    def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
         assert self.config.of is not None
-        a, b = self.config.of
-        in_a, pa_ = self._member(pool, ctx, a)
-        in_b, pb = self._member(pool, ctx, b)
-        n = len(pool)
-        return Scores({"in_a": in_a, "in_b": in_b}, np.ones(n, bool), Reasons(n), state={"parents": [pa_, pb]})
+        parents, tables = [], []
+        for name in self.config.of:
+            folder = Path(ctx.run_root) / "selections" / name
+            path, scores = folder / "manifest.parquet", folder / "scores.parquet"
+            if not path.exists() or not scores.exists():
+                raise InputError(
+                    f"no selection {name!r} in {ctx.run_root}/selections; run 'curate select --name {name}'")
+            header = read_manifest_header(path)
+            rows = pq.read_metadata(scores).num_rows
+            if rows != len(source):
+                raise InputError(f"selection {name!r} was made on a pool of {rows} samples, the run has "
+                                 f"{len(source)} now; re-run it")
+            counts = header.get("counts", {})
+            parents.append({"name": name, "path": str(path.relative_to(ctx.run_root)), "method": header.get("method"),
+                            "content_hash": header.get("content_hash"), "kept": counts.get("kept")})
+            tables.append(str(scores))
+        return {"parents": parents, "scores": tables}
+
+    def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
+        from curate.select.source import read_rows
+
+        assert self.config.of is not None
+        n = len(chunk)
+        inside = []
+        uids = chunk.ids.column("uid")
+        for name, path in zip(self.config.of, shared["scores"], strict=True):
+            t = read_rows(path, start, start + n, ["uid", "selected"])
+            if not t.column("uid").equals(uids):
+                raise InputError(f"selection {name!r} holds uids that are not in this run's embeddings; re-run it")
+            inside.append(t.column("selected").to_numpy(zero_copy_only=False))
+        reasons = Reasons(n)
+        keep = self.combine(inside[0], inside[1], reasons, *self.config.of)
+        return BlockScan({"in_a": inside[0], "in_b": inside[1], "keep": keep}, np.ones(n, bool), reasons)
 
     def combine(self, in_a: np.ndarray, in_b: np.ndarray, reasons: Reasons, a: str, b: str) -> np.ndarray:
         raise NotImplementedError
 
-    def decide(self, pool: Pool, scores: Scores, budget: int | None, ctx: SelectContext) -> Decision:
-        assert self.config.of is not None
-        a, b = self.config.of
-        keep = self.combine(scores.columns["in_a"], scores.columns["in_b"], scores.reasons, a, b)
-        if not keep.any():
+    def rule(self, budget: int | None, shared: dict[str, Any]) -> KeepWhere:
+        return KeepWhere("keep")
+
+    def check_result(self, kept: int) -> None:
+        if kept == 0:
+            assert self.config.of is not None
+            a, b = self.config.of
             raise InputError(f"{a} {self.symbol} {b} is empty; nothing to write")
-        return Decision(order=np.flatnonzero(keep), reason=None, parents=scores.state["parents"])
+
+    def parents(self, shared: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(shared["parents"])
 
 
 @register

@@ -138,7 +138,7 @@ def test_semdedup_budget_equals_eps_rule(make_run: MakeRun) -> None:
 
 
 def load_image(run: Path) -> np.ndarray:
-    from curate.select.pool import load_pool
+    from oracle import load_pool
 
     return load_pool(run, {"image"}).image
 

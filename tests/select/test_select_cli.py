@@ -12,7 +12,7 @@ import pytest
 from conftest import MakeRun, normalise, read_scores
 
 from curate.cli.app import main
-from curate.select.pool import load_pool
+from oracle import load_pool
 
 
 def _world(n: int = 400, d: int = 16, k: int = 4, seed: int = 0) -> tuple[np.ndarray, ...]:

@@ -9,8 +9,8 @@ from conftest import MakeRun, normalise, read_scores
 
 from curate.errors import InputError
 from curate.select import run_selection
-from curate.select.clipcov import UPDATE_PERIOD, prepare, select_greedy, select_reference
-from curate.select.pool import load_pool
+from curate.select.clipcov import UPDATE_PERIOD
+from oracle import load_pool, prepare, select_greedy, select_reference
 
 # --------------------------------------------------------------------------------------------------
 # An independent, straightforward implementation of the notebook (specs/clipcov.md §1.2), with
@@ -250,7 +250,7 @@ def test_null_text_and_bad_embeddings_are_dropped_with_reasons(make_run: MakeRun
     assert set(t["reason"][[3, 4]]) == {"bad_image_emb"} and set(t["reason"][[10, 11, 12]]) == {"null_text"}
     assert not t["selected"][[3, 4, 10, 11, 12]].any()
     assert np.isnan(t["score"][[3, 4]]).all()
-    with pytest.raises(InputError, match="clipcov can score 395"):
+    with pytest.raises(InputError, match="clipcov can rank 395"):
         run_selection(run, "clipcov", count=396, class_text=centres, name="toomany")
 
 

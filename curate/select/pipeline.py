@@ -1,0 +1,680 @@
+"""The partitioned selection pipeline: every method, any pool size, bounded memory per process.
+
+Stages (docs/scale.md has the picture and the numbers):
+
+1. ``setup`` on the driver: pool-wide inputs (class embeddings, k-means centroids trained on a bounded,
+   seeded sample of the pool).
+2. **pass 1**, one task per block of :data:`~curate.select.source.BLOCK_ROWS` pool rows: the
+   selector's per-row terms, eligibility and partition; the block's rows that pass 2 needs are
+   written sorted by partition (float16 embeddings: the *shuffle*), and pool-wide sums are kept.
+3. ``reduce`` on the driver: shared inputs that need the sums (pool means).
+4. **pass 2**, one task per partition or per group of small partitions: terms that need the other
+   members of the partition, and the partition's pick sequence.
+5. **decision** over scalars only: a streaming top-k, a mask, or the merge of the partitions' pick
+   sequences; then the score table and the manifest are written block by block.
+
+Every task writes its output atomically under the selection's work folder, so a killed select resumes
+from the finished blocks and partitions; the work folder is removed when the selection is written.
+Tasks run in this process or on an :class:`~curate.engines.Engine` (local processes, Ray): the
+arithmetic depends only on the blocks and partitions, never on where they ran, so every engine and
+every memory budget gives the same bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curate.engines.base import Engine
+from curate.errors import InputError
+from curate.progress import NullProgress, Progress
+from curate.run import atomic_path
+from curate.select.base import (
+    KeepWhere,
+    MergeSequences,
+    RankBy,
+    SelectContext,
+    Selector,
+    get_selector,
+)
+from curate.select.ranking import ENTRY_BYTES, MemRun, RowValues, key_of, top_k, value_of
+from curate.select.source import BLOCK_ROWS, PoolSource
+
+WORK_FORMAT = 1
+SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
+_PASS1_COLUMNS = ("__eligible", "__reason", "__partition")
+
+
+# --------------------------------------------------------------------------------------------------
+# What tasks share, and where they write
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class TaskSpec:
+    """Everything a task needs besides its item (sent to every task once)."""
+
+    source: PoolSource
+    work: Path
+    method: str
+    options: dict[str, Any]
+    shared: dict[str, Any]
+    rule: Any
+    device: str = "cpu"
+    memory: int = 1 << 30
+
+    def selector(self) -> Selector:
+        cls = get_selector(self.method)
+        return cls(cls.config_class(**self.options))
+
+
+class WorkDir:
+    """``RUN/selections/.work-NAME/``: the outputs of finished tasks of one selection attempt."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def open(self, identity: dict[str, Any]) -> bool:
+        """Use the folder for ``identity``; a folder left by another attempt is emptied. True when resuming."""
+        ident = json.dumps({"format": WORK_FORMAT, **identity}, sort_keys=True, default=str)
+        marker = self.path / "work.json"
+        if marker.exists() and marker.read_text() == ident:
+            return True
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        for sub in ("p1", "sh", "p2", "seq", "runs"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        with atomic_path(marker) as tmp:
+            tmp.write_text(ident)
+        return False
+
+    def p1(self, b: int) -> Path:
+        return self.path / "p1" / f"b{b:07d}.arrow"
+
+    def sums(self, b: int) -> Path:
+        return self.path / "p1" / f"b{b:07d}.npz"
+
+    def shuffle(self, b: int) -> Path:
+        return self.path / "sh" / f"b{b:07d}.arrow"
+
+    def p2(self, t: int) -> Path:
+        return self.path / "p2" / f"t{t:07d}.arrow"
+
+    def seq(self, p: int) -> Path:
+        return self.path / "seq" / f"p{p:07d}.npz"
+
+    def run(self, kind: str, i: int) -> Path:
+        return self.path / "runs" / f"{kind}{i:07d}.bin"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _write_ipc(path: Path, batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> None:
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+        for b in batches:
+            w.write_batch(b)
+
+
+def _read_ipc(path: Path) -> pa.Table:
+    with pa.OSFile(str(path), "rb") as src:
+        return pa.ipc.open_file(src).read_all()
+
+
+RUN_DTYPE = np.dtype([("key", "<u8"), ("row", "<i8")])
+
+
+def save_key_run(path: Path, values: np.ndarray, rows: np.ndarray) -> None:
+    """A sorted run for :func:`top_k`: ``(desc key, row)`` pairs, best first, as one raw file."""
+    run = MemRun.of(values, rows)
+    rec = np.empty(len(run), dtype=RUN_DTYPE)
+    rec["key"], rec["row"] = run.key, run.row
+    with atomic_path(path) as tmp:
+        rec.tofile(tmp)
+
+
+class FileRun:
+    """A run saved by :func:`save_key_run`, read a slice at a time (no memory map: RSS stays bounded)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.n = path.stat().st_size // RUN_DTYPE.itemsize
+
+    def __len__(self) -> int:
+        return self.n
+
+    def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        with open(self.path, "rb") as fh:
+            fh.seek(a * RUN_DTYPE.itemsize)
+            rec = np.fromfile(fh, RUN_DTYPE, count=b - a)
+        return rec["key"], rec["row"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Pass 1
+# --------------------------------------------------------------------------------------------------
+def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
+    """Scan blocks ``blocks``: per-row columns, shuffle rows, sums and key runs (one set of files each)."""
+    sel = spec.selector()
+    spans = spec.source.blocks()
+    for b in blocks:
+        start, stop = spans[b]
+        chunk = spec.source.chunk(start, stop, sel.needs | sel.partition_parts)
+        scan = sel.scan(chunk, start, spec.shared)
+        n = stop - start
+        rows = np.arange(start, stop, dtype=np.int64)
+        cols: dict[str, Any] = {k: np.asarray(v) for k, v in scan.columns.items()}
+        cols["__eligible"] = np.asarray(scan.eligible, bool)
+        cols["__reason"] = scan.reasons.codes
+        part = scan.partition
+        if part is not None:
+            cols["__partition"] = np.asarray(part, np.int32)
+        meta = {b"reasons": json.dumps(scan.reasons.names).encode()}
+        table = pa.table({k: pa.array(v) for k, v in cols.items()}).replace_schema_metadata(meta)
+        if sel.partitioned and part is not None:
+            _write_shuffle(spec.work / "sh" / f"b{b:07d}.arrow", chunk, rows, np.asarray(part, np.int32),
+                           np.asarray(scan.eligible, bool), scan.carry, sel.partition_parts)
+        sums = {f"sum:{k}": np.asarray(v, np.float64) for k, v in scan.sums.items()}
+        if part is not None:
+            k = int(spec.shared.get("n_partitions", 0))
+            p = np.asarray(part)
+            sums["counts"] = np.bincount(p[p >= 0], minlength=k).astype(np.int64)
+        _save_npz(spec.work / "p1" / f"b{b:07d}.npz", **sums)
+        rule = spec.rule
+        if isinstance(rule, RankBy) and rule.column in cols:
+            ok = cols["__eligible"] & np.isfinite(np.asarray(cols[rule.column], np.float64))
+            save_key_run(spec.work / "runs" / f"b{b:07d}.bin", np.asarray(cols[rule.column])[ok], rows[ok])
+        _write_ipc(spec.work / "p1" / f"b{b:07d}.arrow", table.to_batches(max_chunksize=n) or
+                   [pa.RecordBatch.from_pylist([], schema=table.schema)], table.schema)
+    return len(blocks)
+
+
+def _write_shuffle(path: Path, chunk: Any, rows: np.ndarray, part: np.ndarray, eligible: np.ndarray,
+                   carry: dict[str, np.ndarray], parts: frozenset[str]) -> None:
+    """The block's eligible, partitioned rows sorted by (partition, row): one record batch per partition."""
+    keep = np.flatnonzero(eligible & (part >= 0))
+    order = keep[np.argsort(part[keep], kind="stable")]
+    cols: dict[str, pa.Array] = {"row": pa.array(rows[order]), "partition": pa.array(part[order])}
+    raw = {"image": "image_emb", "text": "text_emb"}
+    for p in sorted(parts):
+        col = chunk.raw[raw[p]]
+        cols[raw[p]] = col.take(pa.array(order))
+    for k, v in carry.items():
+        cols[k] = pa.array(np.asarray(v)[order])
+    table = pa.table(cols)
+    pv = part[order]
+    edges = np.r_[0, np.flatnonzero(np.diff(pv)) + 1, len(pv)] if len(pv) else np.zeros(1, np.int64)
+    meta = {b"partitions": json.dumps([int(pv[a]) for a in edges[:-1]]).encode()}
+    batches = [table.slice(int(a), int(e - a)).combine_chunks().to_batches()[0] for a, e in itertools.pairwise(edges)]
+    _write_ipc(path, batches, table.schema.with_metadata(meta))
+
+
+# --------------------------------------------------------------------------------------------------
+# Pass 2
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class PartitionData:
+    """One partition's rows (pool order), their float16 embeddings and carried scalars."""
+
+    index: int
+    rows: np.ndarray
+    raw: dict[str, pa.FixedSizeListArray] = field(default_factory=dict)
+    carry: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def matrix(self, part: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """L2-normalised float32 embeddings (``image`` or ``text``) of the partition (or of ``rows``)."""
+        from curate.select.pool import embedding_matrix
+
+        col = self.raw[{"image": "image_emb", "text": "text_emb"}[part]]
+        if rows is not None:
+            col = col.take(pa.array(np.arange(len(col))[rows]))
+        return embedding_matrix(col)[0]
+
+
+def read_partitions(work: Path, counts: np.ndarray, lo: int, hi: int, parts: frozenset[str],
+                    carry: Sequence[str]) -> list[PartitionData]:
+    """Partitions ``lo .. hi-1`` gathered from every block's shuffle file, rows in pool order."""
+    pieces: dict[int, list[pa.RecordBatch]] = {p: [] for p in range(lo, hi)}
+    blocks = np.flatnonzero(counts[:, lo:hi].sum(axis=1))
+    for b in blocks:
+        with pa.OSFile(str(work / "sh" / f"b{b:07d}.arrow"), "rb") as src:
+            reader = pa.ipc.open_file(src)
+            parts_in = json.loads(reader.schema.metadata[b"partitions"])
+            for i, p in enumerate(parts_in):
+                if lo <= p < hi:
+                    pieces[p].append(reader.get_batch(i))
+    out = []
+    raw = {"image": "image_emb", "text": "text_emb"}
+    for p in range(lo, hi):
+        if not pieces[p]:
+            continue
+        t = pa.Table.from_batches(pieces[p]).combine_chunks()
+        data = PartitionData(p, t.column("row").to_numpy())
+        for part in parts:
+            data.raw[raw[part]] = t.column(raw[part]).chunk(0)
+        for k in carry:
+            data.carry[k] = t.column(k).to_numpy(zero_copy_only=False)
+        out.append(data)
+    return out
+
+
+def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> int:
+    """Pass 2 over partitions ``lo .. hi-1``: their columns (one file, rows sorted) and pick sequences."""
+    t, lo, hi, first = task
+    sel = spec.selector()
+    counts = np.load(spec.work / "counts.npy")
+    carry = spec.shared.get("carry", ())
+    rows_all, cols_all = [], []
+    for data in read_partitions(spec.work, counts, lo, hi, sel.partition_parts, carry):
+        res = sel.partition(data, spec.shared)
+        rows_all.append(data.rows)
+        cols_all.append(res.columns)
+        if res.cursor is not None:
+            m = first.get(data.index, SEQ_MIN)
+            local, scores, flags = res.cursor.take(m)
+            _save_sequence(spec.work, data.index, data.rows, res.cursor, local, scores, flags)
+    if rows_all:
+        rows = np.concatenate(rows_all)
+        order = np.argsort(rows, kind="stable")
+        names = list(cols_all[0])
+        table = pa.table({"row": pa.array(rows[order]),
+                          **{k: pa.array(np.concatenate([c[k] for c in cols_all])[order]) for k in names}})
+    else:
+        table = pa.table({"row": pa.array(np.zeros(0, np.int64))})
+    rule = spec.rule
+    if isinstance(rule, RankBy) and rule.column in table.column_names:
+        v = table.column(rule.column).to_numpy()
+        ok = np.isfinite(v)
+        save_key_run(spec.work / "runs" / f"p{t:07d}.bin", v[ok], table.column("row").to_numpy()[ok])
+    _write_row_blocks(spec.work / "p2" / f"t{t:07d}.arrow", table)
+    return t
+
+
+def _write_row_blocks(path: Path, table: pa.Table) -> None:
+    """A row-sorted table as one record batch per pool block (the block ids go into the metadata)."""
+    rows = table.column("row").to_numpy()
+    blk = rows // BLOCK_ROWS
+    edges = np.r_[0, np.flatnonzero(np.diff(blk)) + 1, len(rows)] if len(rows) else np.zeros(1, np.int64)
+    ids = [int(blk[a]) for a in edges[:-1]]
+    meta = {b"blocks": json.dumps(ids).encode()}
+    batches = [table.slice(int(a), int(e - a)).combine_chunks().to_batches()[0] for a, e in itertools.pairwise(edges)]
+    _write_ipc(path, batches, table.schema.with_metadata(meta))
+
+
+def _save_sequence(work: Path, p: int, rows: np.ndarray, cursor: Any, local: np.ndarray, scores: np.ndarray,
+                   flags: np.ndarray, prev: dict[str, np.ndarray] | None = None) -> None:
+    """A partition's picks so far (pool rows, score at pick, refresh flags) and its cursor state, atomically."""
+    got = {"rows": rows[local], "scores": scores, "flags": flags}
+    if prev is not None:
+        got = {k: np.concatenate([prev[k], got[k]]) for k in got}
+    state = {f"state:{k}": v for k, v in cursor.state().items()}
+    _save_npz(work / "seq" / f"p{p:07d}.npz", **got, done=np.asarray(cursor.done), **state)
+
+
+def _extend_task(item: tuple[int, int], spec: TaskSpec) -> int:
+    """More picks of partition ``p`` (``m`` in all), continuing from its saved cursor."""
+    p, m = item
+    sel = spec.selector()
+    counts = np.load(spec.work / "counts.npy")
+    (data,) = read_partitions(spec.work, counts, p, p + 1, sel.partition_parts, spec.shared.get("carry", ()))
+    with np.load(spec.work / "seq" / f"p{p:07d}.npz") as z:
+        prev = {k: z[k] for k in ("rows", "scores", "flags")}
+        state = {k.removeprefix("state:"): z[k] for k in z.files if k.startswith("state:")}
+    cursor = sel.restore_cursor(data, state, spec.shared)
+    local, scores, flags = cursor.take(m - len(prev["rows"]))
+    _save_sequence(spec.work, p, data.rows, cursor, local, scores, flags, prev)
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class PipelineResult:
+    """Where the decision's picks are, and the numbers the manifest header records."""
+
+    picks: RowValues  # rank (int64) and gain (float64) of every picked row, by row
+    kept: int
+    info: dict[str, Any]
+    rule: Any
+    work: WorkDir
+    source: PoolSource
+    part_counts: np.ndarray | None
+    shared: dict[str, Any]
+
+
+def _map(engine: Engine | None, fn: Any, items: list[Any], spec: TaskSpec, progress: Progress) -> list[Any]:
+    if not items:
+        return []
+    if engine is None:
+        out = []
+        for it in items:
+            out.append(fn(it, spec))
+            progress.advance(1)
+        return out
+    return engine.map(fn, items, {"spec": spec}, progress)
+
+
+def _groups(items: list[int], parts: int) -> list[list[int]]:
+    size = max(1, -(-len(items) // max(1, parts)))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx: SelectContext, work: WorkDir,
+                 identity: dict[str, Any]) -> PipelineResult:
+    """Run every stage of ``selector`` over ``source``; the picks stay on disk under ``work``."""
+    progress = ctx.progress or NullProgress()
+    engine = ctx.engine if ctx.engine is not None and ctx.engine.distributed else None
+    shared = selector.setup(source, ctx)
+    rule = selector.rule(budget, shared)
+    work.open(identity)
+    spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, rule,
+                    device=(engine.worker_device() if engine is not None else ctx.device), memory=ctx.memory)
+    n_blocks = len(source.blocks())
+    todo = [b for b in range(n_blocks) if not work.p1(b).exists()]
+    width = 4 * (engine.parallelism() if engine is not None else 1)
+    progress.start(f"{selector.name}: pass 1", total=n_blocks, unit="blocks")
+    progress.advance(n_blocks - len(todo))
+    if engine is None:
+        for b in todo:
+            _pass1_task([b], spec)
+            progress.advance(1)
+    else:
+        engine.map(_pass1_task, _groups(todo, width), {"spec": spec}, _Scaled(progress, todo, width))
+    progress.finish()
+    sums: dict[str, np.ndarray] = {}
+    counts_rows = []
+    for b in range(n_blocks):
+        with np.load(work.sums(b)) as z:
+            for k in z.files:
+                if k.startswith("sum:"):
+                    name = k[4:]
+                    sums[name] = z[k] if name not in sums else sums[name] + z[k]
+            if "counts" in z.files:
+                counts_rows.append(z["counts"])
+    counts = np.vstack(counts_rows) if counts_rows else None
+    shared.update(selector.reduce(sums, counts if counts is not None else np.zeros((0, 0), np.int64), shared))
+    rule = selector.rule(budget, shared)
+    spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, rule,
+                    device=spec.device, memory=ctx.memory)
+    tasks: list[tuple[int, int, int, dict[int, int]]] = []
+    if selector.partitioned and counts is not None:
+        np.save(work.path / "counts.npy", counts) if not (work.path / "counts.npy").exists() else None
+        sizes = counts.sum(axis=0)
+        first = _first_requests(sizes, rule)
+        tasks = _partition_tasks(sizes, first, 4 * max(source.dim, 1), ctx.memory)
+        todo2 = [t for t in tasks if not work.p2(t[0]).exists()]
+        progress.start(f"{selector.name}: pass 2", total=len(tasks), unit="tasks")
+        progress.advance(len(tasks) - len(todo2))
+        _map(engine, _pass2_task, todo2, spec, progress)
+        progress.finish()
+    picks = RowValues({"rank": "i8", "gain": "f8"}, len(source), BLOCK_ROWS * 16,
+                      max(1 << 16, ctx.memory // ENTRY_BYTES), work.path / "picks")
+    info: dict[str, Any] = {}
+    if isinstance(rule, RankBy):
+        runs = [FileRun(p) for p in sorted((work.path / "runs").glob("*.bin"))]
+        max_key = key_of(rule.minimum) if rule.minimum is not None else None
+        n, last = 0, None
+        chunk = max(1 << 10, min(1 << 16, ctx.memory // (ENTRY_BYTES * max(1, len(runs)))))
+        for rows, keys in top_k(runs, rule.budget, chunk=chunk, max_key=max_key):
+            picks.append(rows, rank=np.arange(n, n + len(rows)), gain=np.full(len(rows), np.nan))
+            n += len(rows)
+            last = keys[-1]
+        if rule.budget is not None and n < rule.budget:
+            raise _short(selector, source, work, n, rule.budget)
+        if rule.info and last is not None:
+            info[rule.info] = float(value_of(np.asarray([last]))[0])
+        kept = n
+    elif isinstance(rule, KeepWhere):
+        kept = 0
+        for b in range(n_blocks):
+            t = _read_ipc(work.p1(b))
+            keep = np.flatnonzero(t.column(rule.column).to_numpy(zero_copy_only=False))
+            start = source.blocks()[b][0]
+            picks.append(start + keep, rank=np.arange(kept, kept + len(keep)), gain=np.full(len(keep), np.nan))
+            kept += len(keep)
+    elif isinstance(rule, MergeSequences):
+        kept, info = _merge(selector, rule, spec, counts, engine, progress, picks, source, work)
+    else:  # pragma: no cover - the rule types are closed
+        raise TypeError(rule)
+    return PipelineResult(picks, kept, info, rule, work, source, counts, shared)
+
+
+class _Scaled:
+    """Progress for grouped tasks: each finished task advances by the blocks it held."""
+
+    def __init__(self, progress: Progress, todo: list[int], width: int) -> None:
+        self.progress = progress
+        self.per = max(1, -(-len(todo) // max(1, width)))
+
+    def start(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def advance(self, n: float = 1) -> None:
+        self.progress.advance(n * self.per)
+
+    def finish(self) -> None:
+        pass
+
+
+def _short(selector: Selector, source: PoolSource, work: WorkDir, n: int, budget: int) -> InputError:
+    counts: dict[str, int] = {}
+    for b in range(len(source.blocks())):
+        t = _read_ipc(work.p1(b))
+        names = json.loads(t.schema.metadata[b"reasons"])
+        c = np.bincount(t.column("__reason").to_numpy(), minlength=len(names))
+        for i, name in enumerate(names):
+            if i > 1 and c[i]:
+                counts[name] = counts.get(name, 0) + int(c[i])
+    dropped = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    return InputError(f"{selector.name} can rank {n} samples ({dropped}) but the budget is {budget}; lower it")
+
+
+def _first_requests(sizes: np.ndarray, rule: Any) -> dict[int, int]:
+    """How many picks each partition's first sequence holds: twice its share of the budget (>= SEQ_MIN)."""
+    if not isinstance(rule, MergeSequences):
+        return {}
+    total = int(sizes.sum())
+    out = {}
+    for p in np.flatnonzero(sizes):
+        share = -(-2 * rule.budget * int(sizes[p]) // max(total, 1))
+        out[int(p)] = int(min(sizes[p], max(SEQ_MIN, share)))
+    return out
+
+
+def _partition_tasks(sizes: np.ndarray, first: dict[int, int], row_bytes: int,
+                     memory: int) -> list[tuple[int, int, int, dict[int, int]]]:
+    """Consecutive partitions grouped into tasks that hold at most a quarter of the memory budget in
+    embeddings (a partition larger than that is a task of its own). The grouping depends only on the
+    partition sizes and the budget, never on the engine, so a resumed select finds the same tasks."""
+    present = np.flatnonzero(sizes)
+    cap = max(1, memory // 4)
+    groups: list[list[int]] = []
+    held = 0
+    for p in present:
+        b = int(sizes[p]) * row_bytes
+        if groups and held + b <= cap:
+            groups[-1].append(int(p))
+            held += b
+        else:
+            groups.append([int(p)])
+            held = b
+    return [(t, g[0], g[-1] + 1, {p: first[p] for p in g if p in first}) for t, g in enumerate(groups)]
+
+
+def _merge(selector: Selector, rule: MergeSequences, spec: TaskSpec, counts: np.ndarray | None,
+           engine: Engine | None, progress: Progress, picks: RowValues, source: PoolSource,
+           work: WorkDir) -> tuple[int, dict[str, Any]]:
+    """Merge the partitions' pick sequences by score at pick time into ``rule.budget`` picks.
+
+    A partition's picks depend only on the partition; the global order takes, at each step, the
+    partition whose next pick scores highest. Ties: a partition refreshed later goes after one
+    refreshed earlier (or never), then the lower partition index.
+    """
+    assert counts is not None
+    sizes = counts.sum(axis=0)
+    present = [int(p) for p in np.flatnonzero(sizes)]
+    eligible = int(sizes.sum())
+    if rule.budget > eligible:
+        raise _short(selector, source, work, eligible, rule.budget)
+    seqs: dict[int, dict[str, np.ndarray]] = {}
+    pos: dict[int, int] = {}
+    stamp: dict[int, int] = {}
+
+    def load(p: int) -> None:
+        with np.load(work.seq(p)) as z:
+            seqs[p] = {"rows": z["rows"], "scores": z["scores"], "flags": z["flags"], "done": bool(z["done"])}
+
+    heap: list[tuple[float, int, int]] = []
+
+    def push(p: int) -> None:
+        s = seqs[p]
+        i = pos[p]
+        if i >= len(s["rows"]):
+            if s["done"]:
+                return
+            want = min(int(sizes[p]), max(2 * len(s["rows"]), SEQ_MIN))
+            _map(engine, _extend_task, [(p, want)], spec, NullProgress())
+            load(p)
+            s = seqs[p]
+            if i >= len(s["rows"]):
+                return
+        heapq.heappush(heap, (-float(s["scores"][i]), stamp[p], p))
+
+    for p in present:
+        load(p)
+        pos[p], stamp[p] = 0, -1
+        push(p)
+    progress.start(f"{selector.name}: merging", total=rule.budget)
+    out_rows = np.empty(min(rule.budget, 1 << 16), np.int64)
+    out_gain = np.empty(len(out_rows), np.float64)
+    done, fill, refreshes = 0, 0, 0
+    while done < rule.budget:
+        neg, _, p = heapq.heappop(heap)
+        s = seqs[p]
+        i = pos[p]
+        out_rows[fill], out_gain[fill] = s["rows"][i], -neg
+        fill += 1
+        done += 1
+        pos[p] = i + 1
+        if s["flags"][i]:
+            stamp[p] = done
+            refreshes += 1
+        if fill == len(out_rows) or done == rule.budget:
+            picks.append(out_rows[:fill].copy(), rank=np.arange(done - fill, done), gain=out_gain[:fill].copy())
+            progress.advance(fill)
+            fill = 0
+        push(p)
+    progress.finish()
+    return done, {"class_updates": refreshes}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading results back block by block (the score table and manifest writers)
+# --------------------------------------------------------------------------------------------------
+class Pass2Columns:
+    """Pass-2 columns of the rows of one block, gathered from every task's row-sorted file."""
+
+    def __init__(self, work: WorkDir) -> None:
+        self.files = sorted((work.path / "p2").glob("t*.arrow"))
+        self.names: list[str] = []
+        self._index: list[dict[int, int]] = []
+        for f in self.files:
+            with pa.OSFile(str(f), "rb") as src:
+                schema = pa.ipc.open_file(src).schema
+            self.names = self.names or [n for n in schema.names if n != "row"]
+            blocks = json.loads((schema.metadata or {}).get(b"blocks", b"[]"))
+            self._index.append({blk: i for i, blk in enumerate(blocks)})
+
+    def block(self, b: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        rows, cols = [], {k: [] for k in self.names}
+        for f, idx in zip(self.files, self._index, strict=True):
+            i = idx.get(b)
+            if i is None:
+                continue
+            with pa.OSFile(str(f), "rb") as src:
+                batch = pa.ipc.open_file(src).get_batch(i)
+            rows.append(batch.column(batch.schema.get_field_index("row")).to_numpy())
+            for k in self.names:
+                cols[k].append(batch.column(batch.schema.get_field_index(k)).to_numpy(zero_copy_only=False))
+        if not rows:
+            return np.zeros(0, np.int64), {}
+        r = np.concatenate(rows)
+        order = np.argsort(r, kind="stable")
+        return r[order], {k: np.concatenate(v)[order] for k, v in cols.items()}
+
+
+def iter_blocks(res: PipelineResult, selector: Selector) -> Iterator[dict[str, Any]]:
+    """Per block: ids, every score-table column, the selected mask and the reason strings."""
+    p2 = Pass2Columns(res.work) if selector.partitioned else None
+    rule = res.rule
+    decision_reason = getattr(rule, "reason", None)
+    for b, (start, stop) in enumerate(res.source.blocks()):
+        n = stop - start
+        t = _read_ipc(res.work.p1(b))
+        names = json.loads(t.schema.metadata[b"reasons"])
+        codes = t.column("__reason").to_numpy().astype(np.int16)
+        eligible = t.column("__eligible").to_numpy(zero_copy_only=False)
+        cols: dict[str, np.ndarray] = {}
+        for k, dt in selector.columns.items():
+            if k in t.column_names:
+                cols[k] = t.column(k).to_numpy(zero_copy_only=False)
+            else:
+                cols[k] = _null_column(dt, n)
+        if p2 is not None:
+            rows, got = p2.block(b)
+            local = rows - start
+            for k, v in got.items():
+                if k in cols and k not in t.column_names:
+                    cols[k][local] = v
+        prow, pcols = res.picks.slice(start, stop)
+        rank = np.full(n, -1, np.int64)
+        rank[prow - start] = pcols["rank"]
+        if "gain" in selector.columns:
+            gain = np.full(n, np.nan)
+            gain[prow - start] = pcols["gain"]
+            cols["gain"] = gain
+        selected = rank >= 0
+        names = list(names)
+        if decision_reason is not None:
+            if decision_reason not in names:
+                names.append(decision_reason)
+            codes[eligible] = names.index(decision_reason)
+        codes[selected] = 0
+        ids = res.source.read(start, stop, ["uid", "shard", "key", "position"])
+        yield {"start": start, "ids": ids, "columns": cols, "selected": selected, "rank": rank,
+               "reason_codes": codes, "reason_names": names,
+               "partition": t.column("__partition").to_numpy() if "__partition" in t.column_names else None}
+
+
+def _null_column(dtype: str, n: int) -> np.ndarray:
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return np.full(n, np.nan, dt)
+    if dt.kind in "iu":
+        return np.full(n, -1, dt)
+    return np.zeros(n, dt)
+
+
+def work_identity(source: PoolSource, method: str, params: dict[str, Any], seed: int, budget: int | None,
+                  memory: int) -> dict[str, Any]:
+    """What a work folder's outputs depend on (a resumed attempt must agree on all of it)."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"pool": source.fingerprint(), "rows": len(source), "method": method, "params": digest, "seed": seed,
+            "budget": budget, "block_rows": BLOCK_ROWS, "memory": memory}

@@ -1,0 +1,209 @@
+"""Exact rankings over per-sample scalars in bounded memory.
+
+Two pieces, both exact and both free of any dependence on how the rows arrive:
+
+* :class:`RowValues` collects ``(row, values...)`` entries in any order and gives them back by row
+  range, sorted by row: in memory while they fit the budget, else spilled to one file per row range.
+* :func:`top_k` ranks rows by a float key, best first, ties by the lower pool row (what a stable
+  ``argsort(-key)`` over the pool gives), from sorted runs that may live on disk: the runs are merged
+  a chunk at a time, so memory is the number of runs times the chunk, whatever the pool size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+ENTRY_BYTES = 32  # budget accounting per collected entry (row + a few scalars)
+
+
+def desc_key(values: np.ndarray) -> np.ndarray:
+    """``uint64`` keys whose ascending order is ``values`` descending (-0.0 equals 0.0; NaN sorts last)."""
+    v = np.asarray(values, np.float64) + 0.0  # -0.0 -> 0.0, as comparisons see them
+    b = v.view(np.uint64)
+    asc = np.where(b >> np.uint64(63), ~b, b | np.uint64(1 << 63))  # ascending float -> ascending uint
+    key = ~asc
+    key[np.isnan(v)] = np.iinfo(np.uint64).max
+    return key
+
+
+class RowValues:
+    """``(row, columns...)`` entries gathered in any order, read back by row range, sorted by row.
+
+    ``bucket_rows`` cuts the row space into ranges; when the entries exceed ``max_entries`` they go to
+    one ``.npz`` per range under ``spill_dir`` (appended in pieces), so reading a range loads one range.
+    """
+
+    def __init__(self, dtypes: dict[str, np.dtype | str], n_rows: int, bucket_rows: int,
+                 max_entries: int, spill_dir: Path) -> None:
+        self.dtypes = {k: np.dtype(v) for k, v in dtypes.items()}
+        self.n_rows, self.bucket_rows, self.max_entries = n_rows, bucket_rows, max_entries
+        self.spill_dir = spill_dir
+        self._mem: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        self._count = 0
+        self._spilled = False
+        self._pieces = 0
+        self._sorted: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
+        self._cache: tuple[int, np.ndarray, dict[str, np.ndarray]] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, rows: np.ndarray, **cols: np.ndarray) -> None:
+        rows = np.asarray(rows, np.int64)
+        if len(rows) == 0:
+            return
+        cols = {k: np.asarray(cols[k], self.dtypes[k]) for k in self.dtypes}
+        self._count += len(rows)
+        self._mem.append((rows, cols))
+        if sum(len(r) for r, _ in self._mem) > self.max_entries:
+            self._spill()
+
+    def _spill(self) -> None:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self._spilled = True
+        rows = np.concatenate([r for r, _ in self._mem])
+        cols = {k: np.concatenate([c[k] for _, c in self._mem]) for k in self.dtypes}
+        self._mem = []
+        bucket = rows // self.bucket_rows
+        order = np.argsort(bucket, kind="stable")
+        bucket, rows = bucket[order], rows[order]
+        cols = {k: v[order] for k, v in cols.items()}
+        edges = np.r_[0, np.flatnonzero(np.diff(bucket)) + 1, len(rows)]
+        for a, b in itertools.pairwise(edges):
+            path = self.spill_dir / f"b{int(bucket[a]):08d}-{self._pieces:06d}.npz"
+            with open(path, "wb") as fh:
+                np.savez(fh, row=rows[a:b], **{k: v[a:b] for k, v in cols.items()})
+        self._pieces += 1
+
+    def _load_bucket(self, b: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        rows, cols = [], {k: [] for k in self.dtypes}
+        for path in sorted(self.spill_dir.glob(f"b{b:08d}-*.npz")):
+            with np.load(path) as z:
+                rows.append(z["row"])
+                for k in self.dtypes:
+                    cols[k].append(z[k])
+        if not rows:
+            return np.zeros(0, np.int64), {k: np.zeros(0, v) for k, v in self.dtypes.items()}
+        r = np.concatenate(rows)
+        order = np.argsort(r, kind="stable")
+        return r[order], {k: np.concatenate(v)[order] for k, v in cols.items()}
+
+    def slice(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The entries with ``start <= row < stop``, sorted by row (the range must not cross a bucket
+        edge when spilled)."""
+        if self._spilled:
+            if self._mem:
+                self._spill()
+            b = start // self.bucket_rows
+            if (stop - 1) // self.bucket_rows != b:
+                raise ValueError("a slice of spilled rows must lie in one bucket")
+            if self._cache is None or self._cache[0] != b:
+                self._cache = (b, *self._load_bucket(b))
+            rows, cols = self._cache[1], self._cache[2]
+        else:
+            if self._sorted is None:
+                if self._mem:
+                    r = np.concatenate([x for x, _ in self._mem])
+                    order = np.argsort(r, kind="stable")
+                    c = {k: np.concatenate([y[k] for _, y in self._mem])[order] for k in self.dtypes}
+                    self._sorted = (r[order], c)
+                else:
+                    self._sorted = (np.zeros(0, np.int64), {k: np.zeros(0, v) for k, v in self.dtypes.items()})
+                self._mem = []
+            rows, cols = self._sorted
+        a, b = np.searchsorted(rows, [start, stop])
+        return rows[a:b], {k: v[a:b] for k, v in cols.items()}
+
+    def close(self) -> None:
+        self._mem, self._sorted, self._cache = [], None, None
+        if self._spilled:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+class MemRun:
+    """A sorted run of ``(key, row)`` held in memory (ascending key, then row)."""
+
+    def __init__(self, key: np.ndarray, row: np.ndarray) -> None:
+        self.key, self.row = np.asarray(key, np.uint64), np.asarray(row, np.int64)
+
+    @classmethod
+    def of(cls, values: np.ndarray, rows: np.ndarray) -> MemRun:
+        """``rows`` sorted by ``values`` descending (ties: lower row first)."""
+        key = desc_key(values)
+        order = np.lexsort((rows, key))
+        return cls(key[order], np.asarray(rows, np.int64)[order])
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.key[a:b], self.row[a:b]
+
+
+class RunReader(Protocol):
+    def __len__(self) -> int: ...
+
+    def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def top_k(runs: Sequence[RunReader], k: int | None, chunk: int = 1 << 14,
+          max_key: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Merge sorted runs; yield ``(rows, keys)`` pieces of the global order, best first, ``k`` rows in all.
+
+    ``max_key``: stop before the first key above it (a threshold on the value). Memory: ``chunk`` entries
+    per run. Ties between runs are settled by row, so the order does not depend on how rows were cut
+    into runs.
+    """
+    pos = [0] * len(runs)
+    left = k if k is not None else -1
+    live = [i for i, r in enumerate(runs) if len(r)]
+    while live and left != 0:
+        got = {i: runs[i].read(pos[i], min(len(runs[i]), pos[i] + chunk)) for i in live}
+        # every entry not read yet is above the smallest (key, row) that ends a chunk: all up to it can go
+        ck, cr = min((int(kk[-1]), int(rr[-1])) for kk, rr in got.values())
+        keys, rows = [], []
+        for i, (kk, rr) in got.items():
+            take = int(np.searchsorted(_composite(kk, rr, ck, cr), True, side="left"))
+            keys.append(kk[:take])
+            rows.append(rr[:take])
+            pos[i] += take
+        kk, rr = np.concatenate(keys), np.concatenate(rows)
+        order = np.lexsort((rr, kk))
+        kk, rr = kk[order], rr[order]
+        past = False
+        if max_key is not None:
+            stop = int(np.searchsorted(kk, np.uint64(max_key), side="right"))
+            past = stop < len(kk)
+            kk, rr = kk[:stop], rr[:stop]
+        if left >= 0:
+            kk, rr = kk[:left], rr[:left]
+            left -= len(kk)
+        if len(kk):
+            yield rr, kk
+        if past:
+            return
+        live = [i for i in live if pos[i] < len(runs[i])]
+
+
+def _composite(key: np.ndarray, row: np.ndarray, ck: int, cr: int) -> np.ndarray:
+    """``(key, row) > (ck, cr)`` per entry (sorted input gives a sorted bool array)."""
+    ck64 = np.uint64(ck)
+    return (key > ck64) | ((key == ck64) & (row > cr))
+
+
+def key_of(value: float) -> int:
+    """The :func:`desc_key` of one value."""
+    return int(desc_key(np.asarray([value]))[0])
+
+
+def value_of(key: np.ndarray) -> np.ndarray:
+    """The float64 values of :func:`desc_key` keys."""
+    asc = ~np.asarray(key, np.uint64)
+    b = np.where(asc >> np.uint64(63), asc & np.uint64((1 << 63) - 1), ~asc)
+    return b.view(np.float64)

@@ -1,0 +1,184 @@
+"""The selection pool as a row space that is read block by block, never whole.
+
+The pool is every row of the run's embedding tables, in *pool order*: the tables sorted by shard
+name, rows in table order (which is the shards' sample order). A row is addressed by its global
+index in that order. Work over rows is cut into blocks of :data:`BLOCK_ROWS` consecutive rows, and
+every per-row product is computed block by block, so that any engine and any memory budget does the
+same arithmetic on the same blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.errors import InputError
+from curate.io.tables import embedding_files, table_metadata
+from curate.select.base import Pool
+from curate.select.pool import ID_COLUMNS, embedding_matrix
+
+BLOCK_ROWS = 1 << 16  # rows per block: the unit of per-row arithmetic, of pass-1 tasks and of table writes
+
+_PART_COLUMNS = {"image": ("image_emb",), "text": ("text_emb",), "clip_score": ("clip_score",)}
+
+
+@dataclass
+class PoolSource:
+    """The run's embedding tables as one row space (only Parquet footers are read when opening)."""
+
+    run_root: Path
+    files: list[Path]
+    offsets: np.ndarray  # global row where each file starts; offsets[-1] = rows in the pool
+    row_groups: list[np.ndarray]  # per file: local row where each row group starts (+ its row count)
+    meta: dict[str, Any] = field(default_factory=dict)
+    columns: frozenset[str] = frozenset()
+    dim: int = 0
+
+    @classmethod
+    def open(cls, run_root: str | os.PathLike[str]) -> PoolSource:
+        """Read the footers of ``RUN/embeddings/*.parquet``; a clear error when there are none."""
+        run_root = Path(run_root)
+        files = embedding_files(run_root)
+        if not files:
+            raise InputError(f"no embeddings in {run_root}; run 'curate embed SHARDS --run {run_root}' first")
+        counts, groups, columns = [], [], None
+        dim = 0
+        for f in files:
+            try:
+                md = pq.read_metadata(f)
+                schema = pq.read_schema(f)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise InputError(f"corrupt Parquet file {f}: {str(exc).splitlines()[0]}") from None
+            names = frozenset(schema.names)
+            columns = names if columns is None else columns & names
+            if "image_emb" in names and pa.types.is_fixed_size_list(schema.field("image_emb").type):
+                dim = dim or schema.field("image_emb").type.list_size
+            counts.append(md.num_rows)
+            sizes = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+            groups.append(np.cumsum([0, *sizes]).astype(np.int64))
+        offsets = np.cumsum([0, *counts]).astype(np.int64)
+        if offsets[-1] == 0:
+            raise InputError(f"no samples in {run_root}/embeddings; check the embed step's stats")
+        return cls(run_root, files, offsets, groups, table_metadata(files[0]), columns or frozenset(), dim)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def blocks(self, rows: int = BLOCK_ROWS) -> list[tuple[int, int]]:
+        """``[start, stop)`` of every block of ``rows`` rows, in pool order."""
+        n = len(self)
+        return [(s, min(n, s + rows)) for s in range(0, n, rows)]
+
+    def fingerprint(self) -> str:
+        """A digest of the tables that make up the pool (names, sizes, modification times)."""
+        h = hashlib.sha256()
+        for f in self.files:
+            st = f.stat()
+            h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:24]
+
+    def require(self, parts: Iterable[str]) -> list[str]:
+        """The table columns that ``parts`` need (ids always); an error when the tables lack one."""
+        cols = list(ID_COLUMNS) + [c for p in parts for c in _PART_COLUMNS[p]]
+        missing = sorted(set(cols) - self.columns)
+        if missing:
+            raise InputError(f"embedding tables in {self.run_root} lack columns {missing}; re-run 'curate embed'")
+        return cols
+
+    def read(self, start: int, stop: int, columns: Sequence[str]) -> pa.Table:
+        """Rows ``[start, stop)`` of the pool (only the row groups that hold them are read)."""
+        parts = []
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        for i in range(max(first, 0), len(self.files)):
+            f0, f1 = int(self.offsets[i]), int(self.offsets[i + 1])
+            if f0 >= stop:
+                break
+            lo, hi = max(start, f0) - f0, min(stop, f1) - f0
+            if hi <= lo:
+                continue
+            g = self.row_groups[i]
+            g0 = int(np.searchsorted(g, lo, side="right")) - 1
+            g1 = int(np.searchsorted(g, hi, side="left"))
+            try:
+                t = pq.ParquetFile(self.files[i]).read_row_groups(list(range(g0, g1)), columns=list(columns))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise InputError(f"corrupt Parquet file {self.files[i]}: {str(exc).splitlines()[0]}") from None
+            parts.append(t.slice(lo - int(g[g0]), hi - lo).replace_schema_metadata(None))
+        if not parts:
+            raise ValueError(f"rows {start}:{stop} are outside the pool of {len(self)}")
+        return pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
+
+    def chunk(self, start: int, stop: int, parts: Iterable[str]) -> Pool:
+        """Rows ``[start, stop)`` as a :class:`Pool`: ids, and the normalised matrices ``parts`` asks for."""
+        parts = set(parts)
+        table = self.read(start, stop, self.require(parts))
+        return pool_from_table(table, parts, self.meta)
+
+    def iter_chunks(self, parts: Iterable[str], rows: int = BLOCK_ROWS) -> Iterator[tuple[int, Pool]]:
+        """``(start, chunk)`` for every block, in pool order."""
+        parts = set(parts)
+        for s, e in self.blocks(rows):
+            yield s, self.chunk(s, e, parts)
+
+
+def pool_from_table(table: pa.Table, parts: set[str], meta: dict[str, Any] | None = None) -> Pool:
+    """A :class:`Pool` from rows of an embedding table (matrices L2-normalised, with validity masks)."""
+    pool = Pool(ids=table.select(list(ID_COLUMNS)), meta=dict(meta or {}))
+    for col in ("image_emb", "text_emb"):
+        if col in table.column_names:
+            c = table.column(col)
+            pool.raw[col] = c.combine_chunks() if c.num_chunks != 1 else c.chunk(0)
+    if "image" in parts:
+        pool.image, pool.image_ok = embedding_matrix(table.column("image_emb"))
+    if "text" in parts:
+        pool.text, pool.text_ok = embedding_matrix(table.column("text_emb"))
+        pool.text_present = table.column("text_emb").is_valid().to_numpy(zero_copy_only=False)
+    if "clip_score" in parts:
+        pool.clip_score = table.column("clip_score").to_numpy(zero_copy_only=False).astype(np.float32)
+    return pool
+
+
+def gather_rows(source: PoolSource, parts: set[str], rows: np.ndarray | None,
+                valid: Any) -> np.ndarray:
+    """The ``image`` matrix (float32, normalised) of the pool rows ``rows`` (all rows when None) for
+    which ``valid(chunk)`` is True, in pool order, read block by block (a k-means training sample)."""
+    out = []
+    for s, e in source.blocks():
+        if rows is not None:
+            a, b = np.searchsorted(rows, [s, e])
+            if a == b:
+                continue
+            take = rows[a:b] - s
+        else:
+            take = None
+        chunk = source.chunk(s, e, parts)
+        ok = valid(chunk)
+        assert chunk.image is not None
+        if take is None:
+            out.append(chunk.image[ok])
+        else:
+            out.append(chunk.image[take[ok[take]]])
+    d = source.dim
+    return np.concatenate(out) if out else np.zeros((0, d), np.float32)
+
+
+def read_rows(path: str | os.PathLike[str], start: int, stop: int, columns: Sequence[str]) -> pa.Table:
+    """Rows ``[start, stop)`` of one Parquet file (only the row groups that hold them are read)."""
+    try:
+        f = pq.ParquetFile(path)
+        md = f.metadata
+        edges = np.cumsum([0, *[md.row_group(i).num_rows for i in range(md.num_row_groups)]])
+        g0 = int(np.searchsorted(edges, start, side="right")) - 1
+        g1 = int(np.searchsorted(edges, stop, side="left"))
+        t = f.read_row_groups(list(range(max(g0, 0), g1)), columns=list(columns))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"corrupt Parquet file {path}: {str(exc).splitlines()[0]}") from None
+    return t.slice(start - int(edges[max(g0, 0)]), stop - start)
