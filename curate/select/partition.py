@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from curate.engines.base import Engine
 from curate.errors import InputError, UsageError
 from curate.run import atomic_path
 
-_BLOCK_ROWS = 1 << 16
+
+def _block_rows() -> int:
+    from curate.select import source
+
+    return source.BLOCK_ROWS
 
 
 def parse_partition(spec: str) -> tuple[str, int | None]:
@@ -120,31 +123,6 @@ def _argmax_task(span: tuple[int, int], image: np.ndarray, class_text: np.ndarra
     return torch.argmax(x @ c.T, dim=1).numpy().astype(np.int32)
 
 
-def zeroshot_labels(
-    image: np.ndarray, valid: np.ndarray, class_text: np.ndarray, engine: Engine | None = None
-) -> np.ndarray:
-    """``argmax_k <image_j, class_text_k>`` per sample (block-wise); -1 for invalid rows.
-
-    With a distributed ``engine`` the blocks (the same ones) run as its tasks.
-    """
-    if class_text.ndim != 2 or class_text.shape[1] != image.shape[1]:
-        raise InputError(
-            f"class embeddings have shape {class_text.shape} but image embeddings have dim {image.shape[1]}; "
-            "encode the classes with the run's model"
-        )
-    ct = np.ascontiguousarray(class_text, dtype=np.float32)
-    labels = np.full(len(image), -1, dtype=np.int32)
-    spans = [(s, min(len(image), s + _BLOCK_ROWS)) for s in range(0, len(image), _BLOCK_ROWS)]
-    if engine is not None and engine.distributed and len(spans) > 1:
-        for (s, e), lab in zip(spans, engine.map(_argmax_task, spans, {"image": image, "class_text": ct}), strict=True):
-            labels[s:e] = lab
-    else:
-        for span in spans:
-            labels[span[0] : span[1]] = _argmax_task(span, image, ct)
-    labels[~valid] = -1
-    return labels
-
-
 def argmax_rows(image: np.ndarray, centres: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """``argmax_k <image_j, centres_k>`` for the rows of one block (-1 where ``valid`` is False).
 
@@ -193,16 +171,3 @@ def train_kmeans(data: np.ndarray, k: int, seed: int, niter: int = 20) -> np.nda
     )
     km.train(np.ascontiguousarray(data, dtype=np.float32))
     return np.asarray(km.centroids, dtype=np.float32)
-
-
-def kmeans(x: np.ndarray, valid: np.ndarray, k: int, seed: int, niter: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical faiss k-means on the valid rows: ``(labels with -1 for invalid, centroids (k, d))``."""
-    idx = np.flatnonzero(valid)
-    if k > len(idx):
-        raise UsageError(f"k-means with K={k} needs at least {k} valid samples, the pool has {len(idx)}")
-    centroids = train_kmeans(x[idx], k, seed, niter)
-    labels = np.full(len(x), -1, dtype=np.int32)
-    for s in range(0, len(x), _BLOCK_ROWS):
-        e = min(len(x), s + _BLOCK_ROWS)
-        labels[s:e] = argmax_rows(x[s:e], centroids, valid[s:e])
-    return labels, centroids

@@ -39,6 +39,7 @@ from curate.engines.base import Engine
 from curate.errors import InputError
 from curate.progress import NullProgress, Progress
 from curate.run import atomic_path
+from curate.select import source as _source
 from curate.select.base import (
     KeepWhere,
     MergeSequences,
@@ -48,7 +49,7 @@ from curate.select.base import (
     get_selector,
 )
 from curate.select.ranking import ENTRY_BYTES, MemRun, RowValues, key_of, top_k, value_of
-from curate.select.source import BLOCK_ROWS, PoolSource
+from curate.select.source import PoolSource
 
 WORK_FORMAT = 1
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
@@ -309,7 +310,7 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
 def _write_row_blocks(path: Path, table: pa.Table) -> None:
     """A row-sorted table as one record batch per pool block (the block ids go into the metadata)."""
     rows = table.column("row").to_numpy()
-    blk = rows // BLOCK_ROWS
+    blk = rows // _source.BLOCK_ROWS
     edges = np.r_[0, np.flatnonzero(np.diff(blk)) + 1, len(rows)] if len(rows) else np.zeros(1, np.int64)
     ids = [int(blk[a]) for a in edges[:-1]]
     meta = {b"blocks": json.dumps(ids).encode()}
@@ -424,7 +425,7 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
         progress.advance(len(tasks) - len(todo2))
         _map(engine, _pass2_task, todo2, spec, progress)
         progress.finish()
-    picks = RowValues({"rank": "i8", "gain": "f8"}, len(source), BLOCK_ROWS * 16,
+    picks = RowValues({"rank": "i8", "gain": "f8"}, len(source), _source.BLOCK_ROWS * 16,
                       max(1 << 16, ctx.memory // ENTRY_BYTES), work.path / "picks")
     info: dict[str, Any] = {}
     if isinstance(rule, RankBy):
@@ -677,4 +678,4 @@ def work_identity(source: PoolSource, method: str, params: dict[str, Any], seed:
     """What a work folder's outputs depend on (a resumed attempt must agree on all of it)."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"pool": source.fingerprint(), "rows": len(source), "method": method, "params": digest, "seed": seed,
-            "budget": budget, "block_rows": BLOCK_ROWS, "memory": memory}
+            "budget": budget, "block_rows": _source.BLOCK_ROWS, "memory": memory}

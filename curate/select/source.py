@@ -72,9 +72,10 @@ class PoolSource:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def blocks(self, rows: int = BLOCK_ROWS) -> list[tuple[int, int]]:
-        """``[start, stop)`` of every block of ``rows`` rows, in pool order."""
+    def blocks(self, rows: int | None = None) -> list[tuple[int, int]]:
+        """``[start, stop)`` of every block of ``rows`` rows (default :data:`BLOCK_ROWS`), in pool order."""
         n = len(self)
+        rows = rows or BLOCK_ROWS
         return [(s, min(n, s + rows)) for s in range(0, n, rows)]
 
     def fingerprint(self) -> str:
@@ -122,7 +123,7 @@ class PoolSource:
         table = self.read(start, stop, self.require(parts))
         return pool_from_table(table, parts, self.meta)
 
-    def iter_chunks(self, parts: Iterable[str], rows: int = BLOCK_ROWS) -> Iterator[tuple[int, Pool]]:
+    def iter_chunks(self, parts: Iterable[str], rows: int | None = None) -> Iterator[tuple[int, Pool]]:
         """``(start, chunk)`` for every block, in pool order."""
         parts = set(parts)
         for s, e in self.blocks(rows):

@@ -8,7 +8,7 @@ compare the two bit for bit. The only arithmetic shared with the product is the 
 (``Blocks``: cross terms, redundancy, row dot products) and ``ClassGreedy``.
 
 Where the pipeline defines a pool-wide quantity block by block, this oracle does the same: the pool
-means (float64 sums per block of ``BLOCK_ROWS`` pool rows, added in block order) and the k-means labels
+means (float64 sums per block of ``source.BLOCK_ROWS`` pool rows, added in block order) and the k-means labels
 (one torch product per pool block).
 """
 
@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from curate.errors import InputError
+from curate.errors import InputError, UsageError
 from curate.io.tables import embedding_files, read_embeddings, table_metadata
 from curate.progress import Progress
+from curate.select import source
 from curate.select.base import Pool
 from curate.select.clipcov import (
     UPDATE_PERIOD,
@@ -37,10 +38,49 @@ from curate.select.clipcov import (
     Blocks,
     ClassGreedy,
 )
+from curate.select.partition import _argmax_task, argmax_rows, default_kmeans_sample, sample_rows, train_kmeans
 from curate.select.pool import ID_COLUMNS, embedding_matrix
-from curate.select.source import BLOCK_ROWS
 
 _CHUNK = 2048  # picks examined per vectorised step
+
+
+def zeroshot_labels(
+    image: np.ndarray, valid: np.ndarray, class_text: np.ndarray
+) -> np.ndarray:
+    """``argmax_k <image_j, class_text_k>`` per sample (block-wise); -1 for invalid rows.
+
+    One product per pool block, as the pipeline does.
+    """
+    if class_text.ndim != 2 or class_text.shape[1] != image.shape[1]:
+        raise InputError(
+            f"class embeddings have shape {class_text.shape} but image embeddings have dim {image.shape[1]}; "
+            "encode the classes with the run's model"
+        )
+    ct = np.ascontiguousarray(class_text, dtype=np.float32)
+    labels = np.full(len(image), -1, dtype=np.int32)
+    rows = source.BLOCK_ROWS
+    spans = [(s, min(len(image), s + rows)) for s in range(0, len(image), rows)]
+    for span in spans:
+        labels[span[0] : span[1]] = _argmax_task(span, image, ct)
+    labels[~valid] = -1
+    return labels
+
+
+def kmeans(x: np.ndarray, valid: np.ndarray, k: int, seed: int, niter: int = 20,
+           sample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical faiss k-means trained on the valid rows of the seeded sample (all rows when the pool is
+    not larger than it): ``(labels with -1 for invalid, centroids (k, d))``."""
+    rows = sample_rows(len(x), sample or default_kmeans_sample(k), seed)
+    idx = np.flatnonzero(valid) if rows is None else rows[valid[rows]]
+    if k > len(idx):
+        raise UsageError(f"k-means with K={k} needs at least {k} valid samples, the pool has {len(idx)}")
+    centroids = train_kmeans(x[idx], k, seed, niter)
+    labels = np.full(len(x), -1, dtype=np.int32)
+    rows = source.BLOCK_ROWS
+    for s in range(0, len(x), rows):
+        e = min(len(x), s + rows)
+        labels[s:e] = argmax_rows(x[s:e], centroids, valid[s:e])
+    return labels, centroids
 
 
 def load_pool(run_root: str | os.PathLike[str], parts: Iterable[str] = ()) -> Pool:
@@ -71,8 +111,8 @@ def block_means(img: np.ndarray, txt: np.ndarray, rows: np.ndarray) -> tuple[np.
     ok[rows] = True
     si = np.zeros(img.shape[1])
     st = np.zeros(txt.shape[1])
-    for s in range(0, len(img), BLOCK_ROWS):
-        e = min(len(img), s + BLOCK_ROWS)
+    for s in range(0, len(img), source.BLOCK_ROWS):
+        e = min(len(img), s + source.BLOCK_ROWS)
         idx = np.flatnonzero(ok[s:e]) + s
         si = si + img[idx].sum(0, dtype=np.float64)
         st = st + txt[idx].sum(0, dtype=np.float64)
@@ -82,8 +122,8 @@ def block_means(img: np.ndarray, txt: np.ndarray, rows: np.ndarray) -> tuple[np.
 def kmeans_class_text(txt: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Normalised mean caption per cluster (float64 sums per pool block, in block order)."""
     total = np.zeros((k, txt.shape[1]))
-    for s in range(0, len(txt), BLOCK_ROWS):
-        e = min(len(txt), s + BLOCK_ROWS)
+    for s in range(0, len(txt), source.BLOCK_ROWS):
+        e = min(len(txt), s + source.BLOCK_ROWS)
         lab = labels[s:e]
         idx = np.flatnonzero(lab >= 0)
         order = idx[np.argsort(lab[idx], kind="stable")]
@@ -274,3 +314,108 @@ def select_greedy(
         pos[k] += 1
         push(k)
     return picks, gains
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole selections, as columns in pool order (what scores.parquet holds)
+# --------------------------------------------------------------------------------------------------
+def _top_k(values: np.ndarray, eligible: np.ndarray, k: int) -> np.ndarray:
+    idx = np.flatnonzero(eligible)
+    return idx[np.argsort(-values[idx], kind="stable")[:k]]
+
+
+def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    import torch
+
+    return (torch.from_numpy(np.ascontiguousarray(a)) * torch.from_numpy(np.ascontiguousarray(b))).sum(
+        1, dtype=torch.float64).numpy()
+
+
+def select(run: Any, method: str, budget: int | None, seed: int = 0, class_text: np.ndarray | None = None,
+           **opts: Any) -> dict[str, np.ndarray]:
+    """The oracle's selection: ``selected``, ``rank`` (-1 = not picked) and the method's columns."""
+    if method == "random":
+        pool = load_pool(run)
+        n = len(pool)
+        score = np.random.default_rng(seed).random(n)
+        order = _top_k(score, np.ones(n, bool), budget)
+        cols = {"score": score}
+    elif method == "clip-score":
+        pool = load_pool(run, {"clip_score"})
+        cs = pool.clip_score.astype(np.float64)
+        ok = np.isfinite(cs)
+        score = np.where(ok, cs, np.nan)
+        t = opts.get("threshold")
+        order = _top_k(score, ok & (score >= t), int((ok & (score >= t)).sum())) if t is not None else \
+            _top_k(score, ok, budget)
+        cols = {"score": score}
+    elif method == "semdedup":
+        pool = load_pool(run, {"image"})
+        n = len(pool)
+        ok = pool.image_ok
+        k = opts.get("clusters") or max(1, round(np.sqrt(n)))
+        labels, centroids = kmeans(pool.image, ok, k, seed)
+        idx = np.flatnonzero(ok)
+        csim = np.full(n, np.nan)
+        csim[idx] = _rowdot(pool.image[idx], centroids[labels[idx]])
+        keep = opts.get("keep", "farthest")
+        pref = {"farthest": csim, "closest": -csim}.get(keep)
+        if pref is None:
+            pref = np.random.default_rng(seed).random(n)
+        order_c = idx[np.lexsort((pref[idx], labels[idx]))]
+        lab = labels[order_c]
+        starts = np.r_[0, np.flatnonzero(lab[1:] != lab[:-1]) + 1, len(order_c)]
+        from curate.select.baselines import max_prior_similarity
+
+        prior = np.empty(len(order_c))
+        for s, e in itertools.pairwise(starts):
+            prior[s:e] = max_prior_similarity(pool.image[order_c[s:e]])
+        score = np.full(n, np.nan)
+        score[order_c] = np.minimum(1.0 - prior, 2.0)
+        dup = np.full(n, np.nan)
+        dup[order_c] = np.where(np.isfinite(prior), prior, np.nan)
+        eps = opts.get("eps")
+        order = _top_k(score, ok & (score >= eps), int((ok & (score >= eps)).sum())) if eps is not None else \
+            _top_k(score, ok, budget)
+        cols = {"score": score, "dup_sim": dup, "centroid_sim": csim, "partition": labels}
+    elif method == "clipcov":
+        pool = load_pool(run, {"image", "text"})
+        n = len(pool)
+        eligible = pool.image_ok & pool.text_ok
+        idx = np.flatnonzero(eligible)
+        part = opts.get("partition", "imagenet")
+        dtype = opts.get("dtype", "float32")
+        if part.startswith("kmeans:"):
+            k = int(part.split(":")[1])
+            labels, _ = kmeans(pool.image, eligible, k, seed)
+            ct = kmeans_class_text(pool.text, labels, k)
+        else:
+            assert class_text is not None
+            ct = np.asarray(class_text, np.float32)
+            labels = zeroshot_labels(pool.image, eligible, ct)
+        st = prepare(pool.image, pool.text, labels, ct, idx, dtype=dtype)
+        if opts.get("variant", "reference") == "reference":
+            rows, gains, _ = select_reference(st, budget)
+        else:
+            rows, gains = select_greedy(st, budget)
+        order = st.perm[rows]
+        cols = {}
+        for name, v in (("score", st.unary), ("easiness", st.easy), ("cross", st.cross), ("label_sim", st.label),
+                        ("centre_sim", st.centre)):
+            full = np.full(n, np.nan)
+            full[st.perm] = v
+            cols[name] = full
+        cols["partition"] = labels
+        gain = np.full(n, np.nan)
+        gain[order] = gains
+        cols["gain"] = gain
+    else:
+        raise ValueError(method)
+    rank = np.full(len(pool), -1, np.int64)
+    rank[order] = np.arange(len(order))
+    return {"selected": rank >= 0, "rank": rank, **cols}
+
+
+def ids(run: Any) -> pa.Table:
+    """The pool's ids in pool order."""
+    return load_pool(run).ids

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import MakeRun, normalise, read_scores
+from oracle import load_pool
 
 from curate.cli.app import main
-from oracle import load_pool
 
 
 def _world(n: int = 400, d: int = 16, k: int = 4, seed: int = 0) -> tuple[np.ndarray, ...]:

@@ -6,11 +6,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import MakeRun, normalise, read_scores
+from oracle import load_pool, prepare, select_greedy, select_reference
 
 from curate.errors import InputError
 from curate.select import run_selection
 from curate.select.clipcov import UPDATE_PERIOD
-from oracle import load_pool, prepare, select_greedy, select_reference
 
 # --------------------------------------------------------------------------------------------------
 # An independent, straightforward implementation of the notebook (specs/clipcov.md §1.2), with
