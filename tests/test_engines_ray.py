@@ -104,15 +104,11 @@ def _tables(sel: Path) -> tuple[object, object]:
 def test_select_with_ray_gives_the_local_tables_bit_for_bit(engine, pool_run, monkeypatch, method, options, budget):
     """Every column of scores.parquet and the manifest are identical (floats compared bit for bit).
 
-    Small chunk sizes make the big classes and clusters split into several tasks, as at scale.
+    Small blocks make pass 1 several tasks and every partition span several blocks, as at scale.
     """
-    import curate.select.baselines as bl
-    import curate.select.clipcov as cc
-    import curate.select.partition as part
+    import curate.select.source as source
 
-    monkeypatch.setattr(cc, "CROSS_CHUNK_ELEMENTS", 1 << 14)
-    monkeypatch.setattr(bl, "PRIOR_CHUNK_ELEMENTS", 1 << 12)
-    monkeypatch.setattr(part, "_BLOCK_ROWS", 512)  # zero-shot argmax in 5 blocks
+    monkeypatch.setattr(source, "BLOCK_ROWS", 512)  # pass 1 in 5 blocks
     root, centres = pool_run
     ct = centres if "partition" not in options else None
     name = f"{method}-{abs(hash(str(options))) % 10**6}"

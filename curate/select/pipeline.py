@@ -39,7 +39,6 @@ from curate.engines.base import Engine
 from curate.errors import InputError
 from curate.progress import NullProgress, Progress
 from curate.run import atomic_path
-from curate.select import source as _source
 from curate.select.base import (
     KeepWhere,
     MergeSequences,
@@ -303,14 +302,14 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
         v = table.column(rule.column).to_numpy()
         ok = np.isfinite(v)
         save_key_run(spec.work / "runs" / f"p{t:07d}.bin", v[ok], table.column("row").to_numpy()[ok])
-    _write_row_blocks(spec.work / "p2" / f"t{t:07d}.arrow", table)
+    _write_row_blocks(spec.work / "p2" / f"t{t:07d}.arrow", table, spec.source.block_rows)
     return t
 
 
-def _write_row_blocks(path: Path, table: pa.Table) -> None:
+def _write_row_blocks(path: Path, table: pa.Table, block_rows: int) -> None:
     """A row-sorted table as one record batch per pool block (the block ids go into the metadata)."""
     rows = table.column("row").to_numpy()
-    blk = rows // _source.BLOCK_ROWS
+    blk = rows // block_rows
     edges = np.r_[0, np.flatnonzero(np.diff(blk)) + 1, len(rows)] if len(rows) else np.zeros(1, np.int64)
     ids = [int(blk[a]) for a in edges[:-1]]
     meta = {b"blocks": json.dumps(ids).encode()}
@@ -425,7 +424,7 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
         progress.advance(len(tasks) - len(todo2))
         _map(engine, _pass2_task, todo2, spec, progress)
         progress.finish()
-    picks = RowValues({"rank": "i8", "gain": "f8"}, len(source), _source.BLOCK_ROWS * 16,
+    picks = RowValues({"rank": "i8", "gain": "f8"}, len(source), source.block_rows * 16,
                       max(1 << 16, ctx.memory // ENTRY_BYTES), work.path / "picks")
     info: dict[str, Any] = {}
     if isinstance(rule, RankBy):
@@ -678,4 +677,4 @@ def work_identity(source: PoolSource, method: str, params: dict[str, Any], seed:
     """What a work folder's outputs depend on (a resumed attempt must agree on all of it)."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"pool": source.fingerprint(), "rows": len(source), "method": method, "params": digest, "seed": seed,
-            "budget": budget, "block_rows": _source.BLOCK_ROWS, "memory": memory}
+            "budget": budget, "block_rows": source.block_rows, "memory": memory}

@@ -41,6 +41,7 @@ class PoolSource:
     meta: dict[str, Any] = field(default_factory=dict)
     columns: frozenset[str] = frozenset()
     dim: int = 0
+    block_rows: int = BLOCK_ROWS  # fixed when the pool is opened: tasks elsewhere cut the same blocks
 
     @classmethod
     def open(cls, run_root: str | os.PathLike[str]) -> PoolSource:
@@ -67,15 +68,16 @@ class PoolSource:
         offsets = np.cumsum([0, *counts]).astype(np.int64)
         if offsets[-1] == 0:
             raise InputError(f"no samples in {run_root}/embeddings; check the embed step's stats")
-        return cls(run_root, files, offsets, groups, table_metadata(files[0]), columns or frozenset(), dim)
+        return cls(run_root, files, offsets, groups, table_metadata(files[0]), columns or frozenset(), dim,
+                   BLOCK_ROWS)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def blocks(self, rows: int | None = None) -> list[tuple[int, int]]:
-        """``[start, stop)`` of every block of ``rows`` rows (default :data:`BLOCK_ROWS`), in pool order."""
+        """``[start, stop)`` of every block of ``rows`` rows (default: the pool's blocks), in pool order."""
         n = len(self)
-        rows = rows or BLOCK_ROWS
+        rows = rows or self.block_rows
         return [(s, min(n, s + rows)) for s in range(0, n, rows)]
 
     def fingerprint(self) -> str:
