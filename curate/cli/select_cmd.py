@@ -12,6 +12,7 @@ from curate.cli._app import app
 from curate.cli._common import RichProgress, out, print_json
 from curate.engines import list_engines
 from curate.select import SELECTORS, list_selectors, run_selection
+from curate.select.base import parse_bytes
 
 Method = enum.Enum("Method", {n: n for n in list_selectors()}, type=str)  # type: ignore[misc]
 Variant = enum.Enum("Variant", {"reference": "reference", "greedy": "greedy"}, type=str)  # type: ignore[misc]
@@ -61,9 +62,14 @@ def select(
     eps: float = typer.Option(None, help="semdedup: drop samples with cosine > 1 - EPS to a kept cluster mate."),
     keep: Keep = typer.Option(None, help="semdedup: which near-duplicate survives (default farthest)."),
     clusters: int = typer.Option(None, help="semdedup: k-means clusters (default sqrt(pool))."),
+    kmeans_sample: int = typer.Option(None, help="semdedup, clipcov --partition kmeans:K: rows k-means trains on "
+                                      "(a seeded sample; default 256 per cluster, at most 500,000)."),
     of: tuple[str, str] = typer.Option(None, "--of", help="intersect/union/difference: NAME_A NAME_B."),
     device: str = typer.Option("auto", help="clipcov: auto, cpu, cuda, cuda:N."),
-    engine: EngineName = typer.Option("local", help="Where per-partition work runs: local or ray (same result)."),
+    engine: EngineName = typer.Option("local", help="Where the tasks run: local or ray (same result)."),
+    workers: int = typer.Option(None, help="--engine local: task processes (default 1: this process)."),
+    memory: str = typer.Option("1G", help="Memory a process may hold besides one partition's embeddings "
+                               "(e.g. 512M, 4G); above it rankings spill to disk. Same result at any value."),
     ray_address: str = typer.Option(None, help="--engine ray: cluster address (auto, ray://HOST:10001); "
                                     "default: start a local Ray."),
     force: bool = typer.Option(False, "--force", help="Replace a selection of that name made with other options."),
@@ -73,13 +79,16 @@ def select(
     opts = {
         "variant": variant.value if variant else None, "partition": partition, "classes": classes,
         "threshold": threshold, "eps": eps, "keep": keep.value if keep else None, "clusters": clusters,
-        "of": tuple(of) if of and all(of) else None,
+        "of": tuple(of) if of and all(of) else None, "kmeans_sample": kmeans_sample,
     }
+    eng_opts: dict[str, Any] = {"address": ray_address} if ray_address else {}
+    if workers is not None:
+        eng_opts["workers"] = workers
     cmd = _command(run=run, method=method, fraction=fraction, count=count, name=name, seed=seed, **opts)
     res = run_selection(
         run, method.value, fraction=fraction, count=count, name=name, seed=seed, options=opts, device=device,
         force=force, progress=RichProgress(enabled=not json_out), command=cmd, engine=engine.value,
-        engine_options={"address": ray_address} if ray_address else None,
+        engine_options=eng_opts or None, memory=parse_bytes(memory, "--memory"),
     )
     if json_out:
         print_json(res.summary())

@@ -302,6 +302,20 @@ def resolve_budget(fraction: float | None, count: int | None, pool_size: int) ->
     return None
 
 
+def parse_bytes(text: str, flag: str = "--memory") -> int:
+    """``512M``, ``4G``, ``1.5G``, ``1000000`` → bytes (K, M, G, T are powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = float(num)
+    except ValueError:
+        raise UsageError(f"bad {flag} {text!r}: use a size such as 512M or 4G") from None
+    if not np.isfinite(value) or value <= 0:
+        raise UsageError(f"bad {flag} {text!r}: use a size such as 512M or 4G")
+    return int(value * units[unit])
+
+
 def top_k(values: np.ndarray, eligible: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest ``values`` among ``eligible``, best first (ties: lower index first)."""
     idx = np.flatnonzero(eligible)

@@ -143,33 +143,35 @@ class SemDedupConfig(SelectorConfig):
             raise UsageError(f"--kmeans-sample must be a positive integer, got {self.kmeans_sample}")
 
 
-def max_prior_similarity(x: np.ndarray) -> np.ndarray:
-    """For rows in preference order: ``max_{i<j} <x_i, x_j>`` per row j (-inf for row 0), block-wise."""
-    return _prior_rows(x, len(x), 0, len(x))
+def max_prior_similarity(x: Any) -> np.ndarray:
+    """For rows in preference order: ``max_{i<j} <x_i, x_j>`` per row j (-inf for row 0), block-wise.
 
-
-def _prior_block_rows(n: int) -> int:
-    return max(1, _BLOCK_ELEMENTS // max(n, 1))
-
-
-def _prior_rows(x: np.ndarray, n: int, lo: int, hi: int) -> np.ndarray:
-    """Rows lo:hi of ``max_prior_similarity`` of a cluster of ``n`` members whose first rows are ``x``.
-
-    The blocks depend only on ``n``, so any row range on a block start gives the same bits as one call
-    over the whole cluster. Products run in torch, whose CPU results do not depend on the thread count
-    (numpy's BLAS results do).
+    ``x`` is a float32 matrix or lazily normalised :class:`~curate.select.clipcov.Rows`. Products run in
+    torch, whose CPU results do not depend on the thread count (numpy's BLAS results do); their blocks
+    and tiles depend only on the number of rows, so held and lazy rows give the same bits.
     """
     import torch
 
-    bs = _prior_block_rows(n)
-    out = np.full(hi - lo, -np.inf)
-    xt = torch.from_numpy(np.ascontiguousarray(x[:hi], dtype=np.float32))
-    for b0 in range(max(lo, 1), hi, bs):
-        b1 = min(hi, b0 + bs)
-        sims = xt[b0:b1] @ xt[:b1].T  # rows b0..b1 against every earlier-or-equal row
-        later = torch.arange(b1)[None, :] >= torch.arange(b0, b1)[:, None]
-        sims.masked_fill_(later, -torch.inf)
-        out[b0 - lo : b1 - lo] = sims.max(dim=1).values.numpy()
+    from curate.select.clipcov import CROSS_TILE, Rows
+
+    if isinstance(x, np.ndarray):
+        x = Rows(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    n = len(x)
+    bs = max(1, _BLOCK_ELEMENTS // max(min(n, CROSS_TILE), 1))
+    out = np.full(n, -np.inf)
+    tiled = n > CROSS_TILE
+    for b0 in range(1, n, bs):
+        b1 = min(n, b0 + bs)
+        rows = x[b0:b1]
+        best = None
+        for c0 in range(0, b1, CROSS_TILE if tiled else b1):
+            c1 = min(b1, c0 + CROSS_TILE) if tiled else b1
+            sims = rows @ x[c0:c1].T  # rows b0..b1 against earlier-or-equal rows c0..c1
+            later = torch.arange(c0, c1)[None, :] >= torch.arange(b0, b1)[:, None]
+            sims.masked_fill_(later, -torch.inf)
+            m = sims.max(dim=1).values
+            best = m if best is None else torch.maximum(best, m)
+        out[b0:b1] = best.numpy()
     return out
 
 
@@ -243,7 +245,12 @@ class SemDedupSelector(Selector):
     def partition(self, data: Any, shared: dict[str, Any]) -> PartitionOutput:
         n = len(data)
         order = np.argsort(data.carry["pref"], kind="stable")  # rows are in pool order: ties keep it
-        prior = max_prior_similarity(data.matrix("image", order))
+        if data.held_bytes(1) <= shared.get("memory", 1 << 30) // 2:
+            prior = max_prior_similarity(data.matrix("image", order))
+        else:
+            from curate.select.clipcov import Rows
+
+            prior = max_prior_similarity(Rows.lazy(data.raw16("image")[order], "cpu", None))
         score = np.empty(n)
         dup = np.empty(n)
         score[order] = np.minimum(1.0 - prior, 2.0)

@@ -57,7 +57,8 @@ _CHUNK = 2048  # reference variant: picks examined per vectorised step
 _TOP = 16  # greedy variant: candidates re-evaluated exactly before a class refresh
 _MAX_PENDING = 128  # greedy variant: refresh a class after this many unapplied picks
 _SMALL = 1 << 15  # products up to this many entries run on one CPU thread
-CROSS_CHUNK_ELEMENTS = 1 << 28  # a class with more products is cut into chunks (engine work units)
+CROSS_CHUNK_ELEMENTS = 1 << 28  # a class with more products is cut into chunks
+CROSS_TILE = 1 << 16  # captions per tile of the cross-term products
 MAX_CROSS_CHUNKS = 32
 
 
@@ -111,23 +112,69 @@ def pick_device(device: str) -> str:
     return device
 
 
-class Blocks:
-    """Class-sorted image/text embeddings on a torch device, with block-wise similarity sums."""
+class Rows:
+    """A class's embeddings (one of image or text) as L2-normalised rows on a torch device.
 
-    def __init__(self, img: np.ndarray, txt: np.ndarray, device: str, dtype: str) -> None:
+    Either held whole (``Rows(tensor)``), or kept as the partition's float16 rows and normalised a
+    slice or a gather at a time (:meth:`lazy`): a row's value is the same either way (normalising is
+    per row), so the choice is a memory knob only.
+    """
+
+    def __init__(self, held: Any = None, raw: np.ndarray | None = None, device: str = "cpu",
+                 dtype: Any = None) -> None:
+        self.held, self.raw, self.device, self.dtype = held, raw, device, dtype
+        self.shape = tuple(held.shape) if held is not None else tuple(raw.shape)  # type: ignore[union-attr]
+
+    @classmethod
+    def lazy(cls, raw: np.ndarray, device: str, dtype: Any) -> Rows:
+        """Rows converted from ``raw`` (float16, not normalised) whenever they are read."""
+        return cls(None, raw, device, dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx: Any) -> Any:
+        if self.held is not None:
+            return self.held[idx]
+        import torch
+
+        from curate.select.pool import normalise_rows
+
+        if isinstance(idx, torch.Tensor):
+            idx = idx.cpu().numpy()
+        m = normalise_rows(self.raw[idx])  # type: ignore[index]
+        return torch.from_numpy(m).to(device=self.device, dtype=self.dtype)
+
+
+class Blocks:
+    """A class's image/text embeddings on a torch device, with block-wise similarity sums.
+
+    Every product is cut into blocks whose shapes depend only on the class size, so the held and the
+    lazy (:meth:`lazy`) forms give the same bits.
+    """
+
+    def __init__(self, img: np.ndarray | None, txt: np.ndarray | None, device: str, dtype: str) -> None:
         import torch
 
         self.torch = torch
         self.dtype = getattr(torch, dtype)
-        self.img = torch.from_numpy(img).to(device=device, dtype=self.dtype)
-        self.txt = torch.from_numpy(txt).to(device=device, dtype=self.dtype)
         self.device = device
+        if img is not None and txt is not None:
+            self.img = Rows(torch.from_numpy(img).to(device=device, dtype=self.dtype))
+            self.txt = Rows(torch.from_numpy(txt).to(device=device, dtype=self.dtype))
+
+    @classmethod
+    def lazy(cls, img16: np.ndarray, txt16: np.ndarray, device: str, dtype: str) -> Blocks:
+        """Blocks over float16 rows that are normalised a block at a time (memory: the float16 rows)."""
+        b = cls(None, None, device, dtype)
+        b.img, b.txt = Rows.lazy(img16, device, b.dtype), Rows.lazy(txt16, device, b.dtype)
+        return b
 
     def rowdot(self, a: Any, b: Any, b_rows: Any = None) -> np.ndarray:
         """Row-wise dot products ``<a_i, b_i>`` (or ``<a_i, b[b_rows[i]]>``), block-wise, float64."""
-        out = np.empty(a.shape[0], np.float64)
+        out = np.empty(len(a), np.float64)
         step = 1 << 16
-        for s in range(0, a.shape[0], step):
+        for s in range(0, len(a), step):
             bb = b[s : s + step] if b_rows is None else b[b_rows[s : s + step]]
             out[s : s + step] = (a[s : s + step] * bb).sum(1, dtype=self.torch.float64).cpu().numpy()
         return out
@@ -136,15 +183,17 @@ class Blocks:
         """r_j for the class occupying rows s:e (both sums from one pass over ``img_k @ txt_kᵀ``).
 
         The rows are taken in the chunks of :func:`cross_chunks`, each chunk's column sums starting
-        from zero, so that an engine computing the chunks elsewhere gets the same bits.
+        from zero; captions in tiles of at most ``CROSS_TILE`` columns (one tile for most classes).
         """
         t = self.torch
         n = e - s
-        x, y = self.img[s:e], self.txt[s:e]
         rows = t.zeros(n, dtype=t.float64, device=self.device)
         cols = t.zeros(n, dtype=t.float64, device=self.device)
+        tiles = cross_tiles(n)
+        held = [self.txt[s + c0 : s + c1] for c0, c1 in tiles] if len(tiles) == 1 or self.txt.held is not None \
+            else None
         for r0, r1 in cross_chunks(n):
-            part_rows, part_cols = cross_part(x[r0:r1], y)
+            part_rows, part_cols = cross_part(self.img, self.txt, s, n, r0, r1, held)
             rows[r0:r1] = part_rows
             cols += part_cols
         return ((rows + cols) / n).cpu().numpy()
@@ -178,16 +227,21 @@ class Blocks:
         return out
 
 
+def cross_tiles(n: int) -> list[tuple[int, int]]:
+    """Column tiles of a class of ``n`` captions (one tile up to ``CROSS_TILE`` captions)."""
+    return [(c, min(n, c + CROSS_TILE)) for c in range(0, n, CROSS_TILE)]
+
+
 def cross_block_rows(n: int) -> int:
-    """Rows of ``img_k`` per similarity block for a class of ``n`` samples (the block holds BLOCK_ELEMENTS)."""
-    return max(1, BLOCK_ELEMENTS // n)
+    """Rows of ``img_k`` per similarity block for a class of ``n`` samples (a block holds BLOCK_ELEMENTS)."""
+    return max(1, BLOCK_ELEMENTS // min(n, CROSS_TILE))
 
 
 def cross_chunks(n: int) -> list[tuple[int, int]]:
     """Row ranges of a class of ``n`` samples whose cross sums are computed as separate units.
 
     Small classes are one chunk; a class with more than ``CROSS_CHUNK_ELEMENTS`` products is cut at
-    block boundaries into at most ``MAX_CROSS_CHUNKS`` chunks, the units an engine spreads out.
+    block boundaries into at most ``MAX_CROSS_CHUNKS`` chunks (each chunk's column sums start at zero).
     """
     bs = cross_block_rows(n)
     blocks = -(-n // bs)
@@ -196,22 +250,31 @@ def cross_chunks(n: int) -> list[tuple[int, int]]:
     return [(r0, min(n, r0 + step)) for r0 in range(0, n, step)]
 
 
-def cross_part(x: Any, y: Any) -> tuple[Any, Any]:
-    """For image rows ``x`` (a chunk of class k) and all captions ``y`` of class k: the chunk's row sums
-    ``Σ_i' M⁺[j, i']`` and its column sums ``Σ_{i∈chunk} M⁺[i, j]`` (float64, block by block)."""
+def cross_part(img: Rows, txt: Rows, s: int, n: int, r0: int, r1: int,
+               held: list[Any] | None = None) -> tuple[Any, Any]:
+    """For image rows ``r0:r1`` of the class at rows ``s:s+n`` and all its captions: the chunk's row sums
+    ``Σ_i' M⁺[j, i']`` and its column sums ``Σ_{i∈chunk} M⁺[i, j]`` (float64, block by block, captions
+    tile by tile). ``held``: the caption tiles, when they are kept between calls."""
     import torch
 
-    n = y.shape[0]
     bs = cross_block_rows(n)
-    rows = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    cols = torch.zeros(n, dtype=torch.float64, device=x.device)
-    for b in range(0, x.shape[0], bs):
-        p = x[b : b + bs] @ y.T  # p[i, j] = <img_i, txt_j> = M_k[i, j]
-        p.clamp_(min=THRESHOLD) if THRESHOLD == 0.0 else p.masked_fill_(p <= THRESHOLD, 0.0)
-        # one cast, then two float64 sums: 2x faster on CPU than casting inside each sum (same values)
-        p = p.double()
-        rows[b : b + bs] = p.sum(1)  # Σ_i' M⁺[j, i'] for j = b..b+bs
-        cols += p.sum(0)  # Σ_i M⁺[i, j]
+    tiles = cross_tiles(n)
+    dev = img.device if img.held is None else img.held.device
+    rows = torch.zeros(r1 - r0, dtype=torch.float64, device=dev)
+    cols = torch.zeros(n, dtype=torch.float64, device=dev)
+    for b in range(r0, r1, bs):
+        x = img[s + b : s + min(r1, b + bs)]
+        for i, (c0, c1) in enumerate(tiles):
+            y = held[i] if held is not None else txt[s + c0 : s + c1]
+            p = x @ y.T  # p[i, j] = <img_i, txt_j> = M_k[i, j]
+            p.clamp_(min=THRESHOLD) if THRESHOLD == 0.0 else p.masked_fill_(p <= THRESHOLD, 0.0)
+            # one cast, then two float64 sums: 2x faster on CPU than casting inside each sum (same values)
+            p = p.double()
+            if i == 0:
+                rows[b - r0 : b - r0 + len(x)] = p.sum(1)  # Σ_i' M⁺[j, i'] for j = b..b+bs
+            else:
+                rows[b - r0 : b - r0 + len(x)] += p.sum(1)
+            cols[c0:c1] += p.sum(0)  # Σ_i M⁺[i, j]
     return rows, cols
 
 
@@ -466,8 +529,14 @@ class ClipCov(Selector):
             out["class_text"] = ct / np.maximum(np.linalg.norm(ct, axis=1, keepdims=True), 1e-12)
         return out
 
+    def _blocks(self, data: Any, shared: dict[str, Any]) -> Blocks:
+        """The partition held as float32 when that fits half the memory budget, else read lazily."""
+        if data.held_bytes() <= shared.get("memory", 1 << 30) // 2:
+            return Blocks(data.matrix("image"), data.matrix("text"), shared["device"], self.config.dtype)
+        return Blocks.lazy(data.raw16("image"), data.raw16("text"), shared["device"], self.config.dtype)
+
     def partition(self, data: Any, shared: dict[str, Any]) -> PartitionOutput:
-        blocks = Blocks(data.matrix("image"), data.matrix("text"), shared["device"], self.config.dtype)
+        blocks = self._blocks(data, shared)
         n = len(data)
         t = blocks.torch
         cross = blocks.cross(0, n)
@@ -488,7 +557,7 @@ class ClipCov(Selector):
         return PartitionOutput(cols, cursor)
 
     def restore_cursor(self, data: Any, state: dict[str, np.ndarray], shared: dict[str, Any]) -> Any:
-        blocks = Blocks(data.matrix("image"), data.matrix("text"), shared["device"], self.config.dtype)
+        blocks = self._blocks(data, shared)
         return CURSORS[self.config.variant].restore(blocks, state)
 
     def rule(self, budget: int | None, shared: dict[str, Any]) -> MergeSequences:

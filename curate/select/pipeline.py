@@ -239,12 +239,21 @@ class PartitionData:
 
     def matrix(self, part: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """L2-normalised float32 embeddings (``image`` or ``text``) of the partition (or of ``rows``)."""
-        from curate.select.pool import embedding_matrix
+        from curate.select.pool import normalise_rows
 
-        col = self.raw[{"image": "image_emb", "text": "text_emb"}[part]]
-        if rows is not None:
-            col = col.take(pa.array(np.arange(len(col))[rows]))
-        return embedding_matrix(col)[0]
+        raw = self.raw16(part)
+        return normalise_rows(raw if rows is None else raw[rows])
+
+    def raw16(self, part: str) -> np.ndarray:
+        """The partition's stored (float16) embeddings, ``(n, d)``, not normalised (no copy)."""
+        from curate.select.pool import raw_matrix
+
+        return raw_matrix(self.raw[{"image": "image_emb", "text": "text_emb"}[part]])
+
+    def held_bytes(self, parts: int = 2) -> int:
+        """Bytes of ``parts`` normalised float32 matrices of the partition."""
+        col = next(iter(self.raw.values()))
+        return len(self) * col.type.list_size * 4 * parts
 
 
 def read_partitions(work: Path, counts: np.ndarray, lo: int, hi: int, parts: frozenset[str],
@@ -382,6 +391,9 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
     progress = ctx.progress or NullProgress()
     engine = ctx.engine if ctx.engine is not None and ctx.engine.distributed else None
     shared = selector.setup(source, ctx)
+    if engine is not None and engine.worker_device() != "auto":
+        shared["device"] = engine.worker_device()  # tasks compute where the engine puts them
+    shared["memory"] = ctx.memory
     rule = selector.rule(budget, shared)
     work.open(identity)
     spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, rule,

@@ -24,18 +24,32 @@ def embedding_matrix(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.nd
     """
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    valid = col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else None
+    return _normalise(raw_matrix(col).astype(np.float32), valid)
+
+
+def raw_matrix(col: pa.FixedSizeListArray) -> np.ndarray:
+    """The values of a fixed-size-list column as an ``(n, d)`` array of their own dtype (no copy)."""
     n, d = len(col), col.type.list_size
-    flat = col.values.slice(col.offset * d, n * d).to_numpy(zero_copy_only=False)
-    mat = flat.reshape(n, d).astype(np.float32)
-    valid = np.isfinite(mat).all(axis=1)
-    if col.null_count:
-        valid &= col.is_valid().to_numpy(zero_copy_only=False)
-    mat[~valid] = 0.0
+    return col.values.slice(col.offset * d, n * d).to_numpy(zero_copy_only=False).reshape(n, d)
+
+
+def _normalise(mat: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    ok = np.isfinite(mat).all(axis=1)
+    if valid is not None:
+        ok &= valid
+    mat[~ok] = 0.0
     norms = np.linalg.norm(mat, axis=1)
-    valid &= norms > _MIN_NORM
-    mat[~valid] = 0.0
-    np.divide(mat, norms[:, None], out=mat, where=valid[:, None])
-    return mat, valid
+    ok &= norms > _MIN_NORM
+    mat[~ok] = 0.0
+    np.divide(mat, norms[:, None], out=mat, where=ok[:, None])
+    return mat, ok
+
+
+def normalise_rows(raw: np.ndarray) -> np.ndarray:
+    """Rows (float16 or other floats) as float32, L2-normalised, zero where invalid: per row the same
+    values as :func:`embedding_matrix`."""
+    return _normalise(np.asarray(raw).astype(np.float32), None)[0]
 
 
 def load_pool(run_root: str | os.PathLike[str], parts: Iterable[str] = ()) -> Pool:
