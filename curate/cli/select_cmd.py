@@ -62,6 +62,8 @@ def select(
     eps: float = typer.Option(None, help="semdedup: drop samples with cosine > 1 - EPS to a kept cluster mate."),
     keep: Keep = typer.Option(None, help="semdedup: which near-duplicate survives (default farthest)."),
     clusters: int = typer.Option(None, help="semdedup: k-means clusters (default sqrt(pool))."),
+    cross_sample: int = typer.Option(None, help="clipcov: estimate cross terms from M random members of each "
+                                     "class (unbiased; off: exact, O(n_k²) per class). See docs/scale.md."),
     kmeans_sample: int = typer.Option(None, help="semdedup, clipcov --partition kmeans:K: rows k-means trains on "
                                       "(a seeded sample; default 256 per cluster, at most 500,000)."),
     of: tuple[str, str] = typer.Option(None, "--of", help="intersect/union/difference: NAME_A NAME_B."),
@@ -80,6 +82,7 @@ def select(
         "variant": variant.value if variant else None, "partition": partition, "classes": classes,
         "threshold": threshold, "eps": eps, "keep": keep.value if keep else None, "clusters": clusters,
         "of": tuple(of) if of and all(of) else None, "kmeans_sample": kmeans_sample,
+        "cross_sample": cross_sample,
     }
     eng_opts: dict[str, Any] = {"address": ray_address} if ray_address else {}
     if workers is not None:

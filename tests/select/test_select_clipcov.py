@@ -284,3 +284,35 @@ def test_small_blocks_give_the_same_result(
     np.testing.assert_allclose(st2.cross, st.cross, rtol=1e-12)
     np.testing.assert_array_equal(select_reference(st2, 700)[0], ref)
     np.testing.assert_array_equal(select_greedy(st2, 300)[0], gr)
+
+
+def test_cross_sample_estimates_the_cross_term_from_seeded_members(make_run: MakeRun) -> None:
+    """--cross-sample M: r_j is the mean of the thresholded products over M seeded members of the class
+    (checked against a brute force on the same members); classes of at most M members stay exact; the
+    estimate is unbiased (its mean over many seeds approaches the exact term)."""
+    img, txt, centres = clustered(700, 12, [0.8, 0.2], seed=9)
+    run = make_run(img, txt)
+    pimg, ptxt = _pool_arrays(run)
+    labels = np.argmax(pimg @ centres.T, axis=1)
+    exact = brute_terms(pimg, ptxt, labels, centres)["r"]
+    big = int(np.argmax(np.bincount(labels)))
+    m = 200
+    assert np.bincount(labels)[big] > m >= np.bincount(labels).min()
+    res = run_selection(run, "clipcov", count=100, class_text=centres, seed=4, name="s",
+                        options={"dtype": "float64", "cross_sample": m})
+    got = read_scores(res.path)["cross"]
+    members = np.flatnonzero(labels == big)
+    rng = np.random.default_rng([4, big, 0x6363])
+    sample = members[np.sort(rng.choice(len(members), size=m, replace=False))]
+    mp = lambda a, b: np.maximum(a.astype(np.float64) @ b.astype(np.float64).T, 0.0)  # noqa: E731
+    want = (mp(pimg[sample], ptxt[members]).sum(0) + mp(pimg[members], ptxt[sample]).sum(1)) / m
+    np.testing.assert_allclose(got[members], want, rtol=0, atol=1e-12)
+    small = np.flatnonzero(labels != big)  # a class of at most M members: the exact term
+    np.testing.assert_allclose(got[small], exact[small], rtol=0, atol=1e-12)
+    # unbiased: the mean estimate over 60 seeds is close to the exact mean term of the class
+    est = []
+    for s in range(60):
+        rng = np.random.default_rng([s, big, 0x6363])
+        smp = members[rng.choice(len(members), size=m, replace=False)]
+        est.append((mp(pimg[smp], ptxt[members]).sum(0) + mp(pimg[members], ptxt[smp]).sum(1)) / m)
+    assert abs(np.mean(est) - exact[members].mean()) < 0.01 * abs(exact[members].mean())
