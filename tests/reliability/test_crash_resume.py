@@ -66,7 +66,13 @@ def _loop(tmp_path: Path, base: Path, args_for: Callable[[Path], list[str]], see
 
 @pytest.mark.parametrize(
     ("method", "opts"),
-    [("clipcov", ["--fraction", "0.3", "--partition", "kmeans:12"]), ("semdedup", ["--eps", "0.05"])],
+    [
+        ("clipcov", ["--fraction", "0.3", "--partition", "kmeans:12"]),
+        # a 1 MiB budget: one pass-2 task per partition and spilled picks, so kills land between tasks
+        # and the rerun resumes from the finished ones (the work folder under RUN/selections/)
+        ("clipcov", ["--fraction", "0.3", "--partition", "kmeans:12", "--variant", "greedy", "--memory", "1M"]),
+        ("semdedup", ["--eps", "0.05"]),
+    ],
 )
 def test_select_killed_and_rerun(tmp_path: Path, method: str, opts: list[str]) -> None:
     base = clustered_run(tmp_path / "base", 10_000)
