@@ -209,7 +209,8 @@ class SemDedupSelector(Selector):
     Within a cluster, members are put in preference order (``keep``); a member is a duplicate when
     its cosine similarity to an EARLIER member exceeds 1 - eps. The score is ``1 - that similarity``
     (2 for the first member), so ``--eps E`` keeps ``score >= E`` and a budget keeps the top scores,
-    which is the same as choosing the eps that hits the budget.
+    which is the same as choosing the eps that hits the budget. Under a budget, pruned samples whose
+    score is below that effective eps are ``duplicate``; those that tie with it are ``budget``.
     """
 
     name = "semdedup"
@@ -265,4 +266,10 @@ class SemDedupSelector(Selector):
         assert budget is not None
         _need_eligible(scores, budget, self.name)
         order = top_k(score, scores.eligible, budget)
-        return Decision(order=order, reason="duplicate", info={"effective_eps": float(score[order[-1]])})
+        eps = float(score[order[-1]])
+        # A pruned sample is a duplicate when --eps at the effective eps would prune it too (an earlier
+        # cluster mate has cosine > 1 - eps); the rest tie with the last kept sample (cluster heads
+        # included, score 2) and lost only to the budget.
+        scores.reasons.set(scores.eligible, "budget")
+        scores.reasons.set(scores.eligible & (score < eps), "duplicate")
+        return Decision(order=order, reason=None, info={"effective_eps": eps})

@@ -137,6 +137,38 @@ def test_semdedup_budget_equals_eps_rule(make_run: MakeRun) -> None:
     assert _kept(res) <= brute and len(brute) - 450 <= 2  # equal up to ties at the boundary
 
 
+def test_semdedup_budget_prunes_duplicates_as_duplicate_and_the_rest_as_budget(make_run: MakeRun) -> None:
+    img, group, n_groups = _dup_world()  # 60 distinct points; every other sample is a near-copy of one
+    run = make_run(img)
+    copies = len(img) - n_groups
+    # budget = the distinct points: exactly the near-copies are pruned, all of them as duplicates
+    res = run_selection(run, "semdedup", count=n_groups, options={"clusters": 6}, name="groups")
+    assert len(set(group[list(_kept(res))])) == n_groups
+    assert res.pruned_by_reason == {"duplicate": copies}
+    # budget below the 6 clusters: the effective eps is 2 (cluster heads tie); the 2 heads pruned are
+    # no one's duplicate, every other member has an earlier cluster mate (cosine > -1 = 1 - 2)
+    t = read_scores(run_selection(run, "semdedup", count=4, options={"clusters": 6}, name="heads").path)
+    heads = t["score"] == 2.0
+    assert heads.sum() == 6 and t["selected"].sum() == 4 and heads[t["selected"]].all()
+    assert list(t["reason"][heads & ~t["selected"]]) == ["budget", "budget"]
+    assert set(t["reason"][~heads]) == {"duplicate"}
+
+
+@pytest.mark.parametrize("count", [5, 40, 100, 130])
+def test_semdedup_budget_reasons_agree_with_the_effective_eps(make_run: MakeRun, count: int) -> None:
+    img, _, _ = _dup_world(seed=2)
+    run = make_run(img)
+    res = run_selection(run, "semdedup", count=count, options={"clusters": 6}, name="b")
+    t = read_scores(res.path)
+    eps = res.info["effective_eps"]
+    by_eps = read_scores(run_selection(run, "semdedup", options={"eps": eps, "clusters": 6}, name="e").path)
+    # 'duplicate' = pruned by --eps at the effective eps too; 'budget' = kept there, pruned by the count
+    assert set(np.flatnonzero(by_eps["selected"])) == set(np.flatnonzero(t["selected"] | (t["reason"] == "budget")))
+    assert ((t["reason"] == "duplicate") == (~by_eps["selected"])).all()
+    assert ((t["reason"] == "duplicate") == (t["score"] < eps)).all()
+    assert set(t["reason"]) <= {"kept", "duplicate", "budget"}
+
+
 def load_image(run: Path) -> np.ndarray:
     from curate.select.pool import load_pool
 
