@@ -71,7 +71,7 @@ def bootstrap(
     rank_scope: str = typer.Option(None, help="[scan] Rank losses per 'batch' (default) or 'global'ly."),
     prune_mode: str = typer.Option(None, help="[scan] Drop both (default), redundant or ill_matched candidates."),
     prune_ratio: float = typer.Option(None, help="[infobatch] Share of below-mean samples dropped (0.5)."),
-    delta: float = typer.Option(None, help="[infobatch] Prune in rounds < delta*total (0.875)."),
+    delta: float = typer.Option(None, help="[infobatch] Prune rounds < floor(delta*total), then full data (0.875)."),
     total_rounds: int = typer.Option(None, help="[infobatch] Rounds the trainer will run (required)."),
     init_score: float = typer.Option(None, help="[infobatch] Score of a never-trained sample (3.0)."),
     print_: str = typer.Option("path", "--print", help="What to print on stdout: 'path' or 'urls'."),
