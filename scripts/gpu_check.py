@@ -66,8 +66,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "devices_model": "sample",
         "devices_cli": "all",  # every GPU, one process each (one GPU: one process, and a second run below)
         "devices_two_on_cpu": False,
-        "pytest_cuda_files": ["tests/test_models.py", "tests/test_embed.py", "tests/test_embed_cli.py",
-                              "tests/test_engines.py", "tests/select/test_select_clipcov.py"],
+        # most CUDA-dependent first: the last step gets what is left of the budget
+        "pytest_cuda_files": ["tests/select/test_select_clipcov.py", "tests/test_models.py", "tests/test_engines.py",
+                              "tests/test_embed_cli.py", "tests/test_embed.py"],
         "timeouts": {"env": 90, "pytest_gpu": 120, "worlds": 120, "embed": 270, "preprocess": 90,
                      "clipcov": 120, "devices": 120, "ray": 60, "pytest_cuda": 180},
     },
@@ -267,98 +268,6 @@ def _make_world_part(job: tuple[int, int, int, int, str]) -> tuple[int, int]:
         tar.rename(dest / f"{part:03d}{i:04d}.tar")
     shutil.rmtree(tmp)
     return size, count
-
-
-@step("embed", "embed throughput", needs=("worlds",))
-def step_embed(ctx: Ctx) -> dict[str, Any]:
-    """Decode-only and ``curate embed`` (random weights) per world, model, precision and decode workers."""
-    import torch
-
-    from curate.embed import EmbedConfig, run_embed
-    from curate.embed.runner import _decode_workers
-    from curate.models import RANDOM_WEIGHTS
-
-    et = _bench("embed_throughput")
-    p = ctx.params
-    device = ctx.device
-    default = _decode_workers(None, device, torch.get_num_threads())
-    counts: list[tuple[str, int]] = []
-    for w in p["workers"]:
-        label, num = ("default", default) if w == "default" else (str(w), int(w))
-        if num not in [c for _, c in counts]:
-            counts.append((label, num))
-        else:
-            say(f"--workers {w} is curate's default here ({default}): measured once")
-    sampler = GpuSampler() if ctx.cuda else None
-    worlds = {size: (w, sorted(str(u) for u in Path(w["dir"]).glob("*.tar")))
-              for size, w in ctx.result("worlds")["result"]["worlds"].items()}
-    draft = min(_input_size(m) for m in p["models"])  # decode-only decodes at the scale embed does
-    decode = {}
-    for size, (_, urls) in worlds.items():
-        for _, num in counts:
-            n, sec = et.decode_only(urls, num, draft)
-            decode[(size, num)] = n / sec
-            say(f"{size} px, decode-only, {num} workers: {n} images in {sec:.2f} s = {n / sec:,.0f} images/s")
-    rows: list[dict[str, Any]] = []
-    problems: list[str] = []
-    for model in p["models"]:
-        warm = True
-        for precision in p["precisions"]:
-            for size, (world, urls) in worlds.items():
-                if warm:  # first use of the model's kernels and of the pinned-memory path: not timed
-                    _embed_run(run_embed, EmbedConfig, urls[: p["warmup_shards"]], ctx.work / "warmup", model,
-                               RANDOM_WEIGHTS, device, precision, default, p["batch_size"])
-                    warm = False
-                # every decode-worker count for the first model and precision, curate's default for the others
-                first = (model, precision) == (p["models"][0], p["precisions"][0])
-                for label, num in counts if first else counts[:1]:
-                    if ctx.cuda:
-                        torch.cuda.reset_peak_memory_stats()
-                    with sampler.window() if sampler else contextlib.nullcontext() as win:
-                        res = _embed_run(run_embed, EmbedConfig, urls, ctx.work / "embed-run", model, RANDOM_WEIGHTS,
-                                         device, precision, num, p["batch_size"])
-                    rate = res["images"] / res["seconds"]
-                    row = {"world": f"{size} px", "model": model, "precision": res["precision"], "workers": num,
-                           "workers_label": label, "images": res["images"], "seconds": round(res["seconds"], 2),
-                           "images_per_s": round(rate, 1), "decode_only_per_s": round(decode[(size, num)], 1),
-                           "ratio": round(rate / decode[(size, num)], 3)}
-                    if win is not None:
-                        row["gpu_busy"] = win.busy(res["end"] - res["seconds"], res["end"])
-                        row["gpu_samples"] = win.count
-                    if ctx.cuda:
-                        row["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                    rows.append(row)
-                    say(f"{row['world']}, {model} {row['precision']}, {num} workers: {rate:,.0f} images/s "
-                        f"({row['ratio']:.0%} of decode-only), GPU busy {row.get('gpu_busy')}")
-                    if res["images"] != world["samples"] or res["failed"] or not res["unit_norm"]:
-                        problems.append(f"{row['world']} {model} {precision} workers {num}: {res['images']} of "
-                                        f"{world['samples']} written, failed {res['failed']}, "
-                                        f"unit-norm finite embeddings: {res['unit_norm']}")
-    if sampler and sampler.kind:
-        how = f"GPU busy sampled with {sampler.kind}"
-    else:
-        how = "GPU busy not sampled (" + ("no NVML or nvidia-smi" if ctx.cuda else "no CUDA") + ")"
-    return outcome("fail" if problems else "pass", "; ".join(problems) or f"{len(rows)} runs; {how}", runs=rows,
-                   default_workers=default, gpu_sampler=sampler.kind if sampler else None)
-
-
-def _embed_run(run_embed: Any, config: Any, urls: list[str], run: Path, model: str, pretrained: str, device: str,
-               precision: str, workers: int, batch_size: int) -> dict[str, Any]:
-    """One ``run_embed`` into a fresh run folder; what it wrote and whether its embeddings are sane."""
-    import numpy as np
-
-    from curate.io.tables import read_embeddings, to_numpy_matrix
-
-    shutil.rmtree(run, ignore_errors=True)
-    res = run_embed(config(shards=urls, run=str(run), model=model, pretrained=pretrained, device=device,
-                           precision=precision, workers=workers, batch_size=batch_size))
-    end = time.monotonic()
-    emb = to_numpy_matrix(read_embeddings(run, ["image_emb"]).column("image_emb"))
-    norms = np.linalg.norm(emb, axis=1)
-    meta = json.loads((run / "run.json").read_text())["embed"]
-    return {"images": res.samples_written, "seconds": res.seconds, "end": end, "failed": res.failed,
-            "unit_norm": bool(np.isfinite(emb).all() and np.abs(norms - 1).max() < 1e-2),
-            "precision": meta.get("precision")}
 
 
 @step("preprocess", "fast preprocessing vs open_clip's transform", needs=("worlds",))
@@ -607,6 +516,98 @@ def _compare_runs(a: Path, b: Path) -> list[str]:
         ma, mb = (json.loads((t.schema.metadata or {}).get(b"curate", b"{}")) for t in (ta, tb))
         diff += [f"{name}:metadata.{k}" for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k)]
     return diff
+
+
+@step("embed", "embed throughput", needs=("worlds",))
+def step_embed(ctx: Ctx) -> dict[str, Any]:
+    """Decode-only and ``curate embed`` (random weights) per world, model, precision and decode workers."""
+    import torch
+
+    from curate.embed import EmbedConfig, run_embed
+    from curate.embed.runner import _decode_workers
+    from curate.models import RANDOM_WEIGHTS
+
+    et = _bench("embed_throughput")
+    p = ctx.params
+    device = ctx.device
+    default = _decode_workers(None, device, torch.get_num_threads())
+    counts: list[tuple[str, int]] = []
+    for w in p["workers"]:
+        label, num = ("default", default) if w == "default" else (str(w), int(w))
+        if num not in [c for _, c in counts]:
+            counts.append((label, num))
+        else:
+            say(f"--workers {w} is curate's default here ({default}): measured once")
+    sampler = GpuSampler() if ctx.cuda else None
+    worlds = {size: (w, sorted(str(u) for u in Path(w["dir"]).glob("*.tar")))
+              for size, w in ctx.result("worlds")["result"]["worlds"].items()}
+    draft = min(_input_size(m) for m in p["models"])  # decode-only decodes at the scale embed does
+    decode = {}
+    for size, (_, urls) in worlds.items():
+        for _, num in counts:
+            n, sec = et.decode_only(urls, num, draft)
+            decode[(size, num)] = n / sec
+            say(f"{size} px, decode-only, {num} workers: {n} images in {sec:.2f} s = {n / sec:,.0f} images/s")
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for model in p["models"]:
+        warm = True
+        for precision in p["precisions"]:
+            for size, (world, urls) in worlds.items():
+                if warm:  # first use of the model's kernels and of the pinned-memory path: not timed
+                    _embed_run(run_embed, EmbedConfig, urls[: p["warmup_shards"]], ctx.work / "warmup", model,
+                               RANDOM_WEIGHTS, device, precision, default, p["batch_size"])
+                    warm = False
+                # every decode-worker count for the first model and precision, curate's default for the others
+                first = (model, precision) == (p["models"][0], p["precisions"][0])
+                for label, num in counts if first else counts[:1]:
+                    if ctx.cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    with sampler.window() if sampler else contextlib.nullcontext() as win:
+                        res = _embed_run(run_embed, EmbedConfig, urls, ctx.work / "embed-run", model, RANDOM_WEIGHTS,
+                                         device, precision, num, p["batch_size"])
+                    rate = res["images"] / res["seconds"]
+                    row = {"world": f"{size} px", "model": model, "precision": res["precision"], "workers": num,
+                           "workers_label": label, "images": res["images"], "seconds": round(res["seconds"], 2),
+                           "images_per_s": round(rate, 1), "decode_only_per_s": round(decode[(size, num)], 1),
+                           "ratio": round(rate / decode[(size, num)], 3)}
+                    if win is not None:
+                        row["gpu_busy"] = win.busy(res["end"] - res["seconds"], res["end"])
+                        row["gpu_samples"] = win.count
+                    if ctx.cuda:
+                        row["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                    rows.append(row)
+                    say(f"{row['world']}, {model} {row['precision']}, {num} workers: {rate:,.0f} images/s "
+                        f"({row['ratio']:.0%} of decode-only), GPU busy {row.get('gpu_busy')}")
+                    if res["images"] != world["samples"] or res["failed"] or not res["unit_norm"]:
+                        problems.append(f"{row['world']} {model} {precision} workers {num}: {res['images']} of "
+                                        f"{world['samples']} written, failed {res['failed']}, "
+                                        f"unit-norm finite embeddings: {res['unit_norm']}")
+    if sampler and sampler.kind:
+        how = f"GPU busy sampled with {sampler.kind}"
+    else:
+        how = "GPU busy not sampled (" + ("no NVML or nvidia-smi" if ctx.cuda else "no CUDA") + ")"
+    return outcome("fail" if problems else "pass", "; ".join(problems) or f"{len(rows)} runs; {how}", runs=rows,
+                   default_workers=default, gpu_sampler=sampler.kind if sampler else None)
+
+
+def _embed_run(run_embed: Any, config: Any, urls: list[str], run: Path, model: str, pretrained: str, device: str,
+               precision: str, workers: int, batch_size: int) -> dict[str, Any]:
+    """One ``run_embed`` into a fresh run folder; what it wrote and whether its embeddings are sane."""
+    import numpy as np
+
+    from curate.io.tables import read_embeddings, to_numpy_matrix
+
+    shutil.rmtree(run, ignore_errors=True)
+    res = run_embed(config(shards=urls, run=str(run), model=model, pretrained=pretrained, device=device,
+                           precision=precision, workers=workers, batch_size=batch_size))
+    end = time.monotonic()
+    emb = to_numpy_matrix(read_embeddings(run, ["image_emb"]).column("image_emb"))
+    norms = np.linalg.norm(emb, axis=1)
+    meta = json.loads((run / "run.json").read_text())["embed"]
+    return {"images": res.samples_written, "seconds": res.seconds, "end": end, "failed": res.failed,
+            "unit_norm": bool(np.isfinite(emb).all() and np.abs(norms - 1).max() < 1e-2),
+            "precision": meta.get("precision")}
 
 
 @step("ray", "GPU Ray actors", needs=("worlds",),
