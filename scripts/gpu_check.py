@@ -249,7 +249,8 @@ def step_worlds(ctx: Ctx) -> dict[str, Any]:
         worlds[str(size)] = {"dir": str(shards[0].parent), "shards": len(shards), "samples": samples,
                              "mib": round(nbytes / 2**20, 1), "kib_per_sample": round(nbytes / 1024 / samples, 1)}
     bad = [s for s, w in worlds.items() if w["samples"] != n]
-    note = f"{len(worlds)} worlds of {n} samples in {time.perf_counter() - t0:.0f} s on {cores} cores"
+    note = (f"{n} samples at each of {', '.join(worlds)} px in {time.perf_counter() - t0:.0f} s, {parts} processes "
+            f"per world on {cores} cores")
     return outcome("fail" if bad else "pass", f"worlds {bad} are short" if bad else note, worlds=worlds)
 
 
