@@ -122,12 +122,14 @@ def test_steps_that_cannot_run_are_decided_without_running():
 
 
 def test_a_step_past_its_limit_is_stopped_and_recorded(tmp_path):
-    for sub in ("results", "logs"):
-        (tmp_path / sub).mkdir()
-    (tmp_path / "params.json").write_text(json.dumps(gc.PROFILES["cpu"]))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    res = gc._run_group(["env", "worlds"], tmp_path, True, 0.2, math.inf, env)  # importing torch takes longer
-    assert res["env"]["status"] == "timeout" and res["env"]["note"] == "stopped after 0 s"
+    work, hang = tmp_path / "work", tmp_path / "hang"
+    for d in (work / "results", work / "logs", hang):
+        d.mkdir(parents=True)
+    (work / "params.json").write_text(json.dumps(gc.PROFILES["cpu"]))
+    (hang / "sitecustomize.py").write_text("import time\ntime.sleep(600)\n")  # the step's process hangs
+    env = {**os.environ, "PYTHONPATH": f"{hang}{os.pathsep}{REPO}", "CUDA_VISIBLE_DEVICES": ""}
+    res = gc._run_group(["env", "worlds"], work, True, 1.0, math.inf, env)
+    assert res["env"]["status"] == "timeout" and res["env"]["note"] == "stopped after 1 s"
     assert res["worlds"]["status"] == "not run"
 
 
