@@ -64,7 +64,8 @@ class SelectionResult:
         }
 
 
-def selection_lock(run: RunDir, name: str) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def selection_lock(run: RunDir, name: str) -> Iterator[None]:
     """Hold the lock of selection ``name`` (``RUN/selections/.NAME.lock``, removed on release).
 
     Every command that writes or deletes a selection holds it, so two of them never write one name at
@@ -72,10 +73,17 @@ def selection_lock(run: RunDir, name: str) -> contextlib.AbstractContextManager[
     name would then hold the first one's result, or a clash of parameters, anyway).
     """
     folder = run.root / "selections"
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_locks(folder, ".*.lock")  # left by killed writers
-    return exclusive_lock(folder / f".{name}.lock", f"selection {name!r} is being written by another curate "
-                          "command; wait for it to finish or choose another --name", remove=True)
+    try:
+        remove_stale_locks(folder, ".*.lock")  # left by killed writers
+        with exclusive_lock(folder / f".{name}.lock", f"selection {name!r} is being written by another curate "
+                            "command; wait for it to finish or choose another --name", remove=True):
+            yield
+    finally:
+        if created:  # a command that failed before writing leaves no empty selections/ behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def check_name(name: str) -> str:

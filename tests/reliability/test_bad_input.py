@@ -238,8 +238,6 @@ SELECT_CASES: dict[str, Case] = {
                                                         "rand,nope"], 3, "no selection 'nope'"),
     "set algebra, three names, one missing": Case(["select", "--run", "RUN", "--method", "difference", "--of", "rand",
                                                    "rand2", "nope"], 3, "no selection 'nope'"),
-    "set algebra with a hostile name": Case(["select", "--run", "RUN", "--method", "union", "--of", "rand",
-                                             "../../escape"], 2, "bad selection name"),
     "a stray argument without --of": Case(["select", "--run", "RUN", "--method", "random", "--count", "3", "extra"], 2,
                                           "unexpected argument 'extra'"),
     # curate selections
@@ -261,7 +259,8 @@ BOOT_CASES: dict[str, Case] = {
     "negative round": Case(["bootstrap", "-r", BOOT, "-n", "-1"], 2, "--round must be >= 0"),
     "skipped round": Case(["bootstrap", "-r", BOOT, "-n", "3"], 3, "skips round 2"),
     "round before the latest": Case(["bootstrap", "-r", BOOT, "-n", "0"], 3, "to start over: curate bootstrap --run"),
-    "reset with a later round": Case(["bootstrap", "--run", BOOT, "--reset", "--round", "2"], 2, "--reset"),
+    "reset with a later round": Case(["bootstrap", "--run", BOOT, "--reset", "--round", "2"], 2,
+                                     "takes no --round other than 0"),
     "unknown method": Case(["bootstrap", "-r", "RUN", "-n", "2", "--method", "magic"], 2, "magic"),
     "knob changed after round 0": Case(["bootstrap", "-r", BOOT, "-n", "2", "--seed", "9"], 2, "fixed per run",
                                        _losses("ok")),

@@ -305,6 +305,18 @@ def test_reshard_force_replaces_only_files_reshard_wrote(tmp_path: Path, capsys:
     out = work / "out"
     assert main(_reshard_args(tmp_path, man, out, "--shard-size", "1")) == 0
     assert sorted(p.name for p in out.iterdir()) == ["000000.tar", "000001.tar", "reshard.json"]
+    # a file of the user's inside the output: refused whatever the flags, and kept
+    (out / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    assert main(_reshard_args(tmp_path, man, out, "--shard-size", "2", "--force")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds files reshard did not write (notes.txt)" in err[0], err
+    assert _tree(tmp_path) == before
+    # the same reshard again is still recognised as complete (the extra file is left alone)
+    assert main(_reshard_args(tmp_path, man, out, "--shard-size", "1")) == 0
+    assert _tree(tmp_path) == before
+    (out / "notes.txt").unlink()
     info = json.loads((out / "reshard.json").read_text())
     assert info["written_by"] == "curate reshard"
     # an output from before the marker (same keys, no "written_by") is still recognised as reshard's
@@ -313,17 +325,6 @@ def test_reshard_force_replaces_only_files_reshard_wrote(tmp_path: Path, capsys:
     assert main(_reshard_args(tmp_path, man, out, "--shard-size", "2", "--force")) == 0
     assert sorted(p.name for p in out.iterdir()) == ["000000.tar", "reshard.json"]  # 000001.tar was reshard's
     assert sorted(p.name for p in work.iterdir()) == ["m.json", "m.parquet", "out"]  # no .out.old-* left
-    # a file of the user's inside the output: refused whatever the flags, and kept
-    (out / "notes.txt").write_text("mine")
-    before = _tree(tmp_path)
-    capsys.readouterr()
-    assert main(_reshard_args(tmp_path, man, out, "--shard-size", "1", "--force")) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "holds files reshard did not write (notes.txt)" in err[0], err
-    assert _tree(tmp_path) == before
-    # the same reshard again is still recognised as complete (the extra file is left alone)
-    assert main(_reshard_args(tmp_path, man, out, "--shard-size", "2")) == 0
-    assert _tree(tmp_path) == before
 
 
 def test_reshard_cleans_a_killed_replacement_without_touching_foreign_files(tmp_path: Path) -> None:
