@@ -28,6 +28,8 @@ _EPILOG = """Examples:
 
   curate bootstrap coreset --run runs/demo --fraction 0.5     # static coreset byproduct
 
+  curate bootstrap --run runs/demo --reset                    # start the rounds over (losses are kept)
+
 Knobs (method, --rho-max, --seed, --init, ...) are fixed at round 0; later rounds reuse them."""
 
 

@@ -10,16 +10,15 @@ from curate.cli._common import err, out, print_json
 from curate.errors import UsageError
 from curate.select.manage import delete_selection, list_selections, params_text
 
-_EPILOG = """Examples:
-
-  curate selections runs/demo                      # name, method, parameters, kept, pool, created
-
-  curate selections --run runs/demo --json
-
-  curate selections runs/demo --delete random-f0.3
-
-A selection is deleted only when run.json records it, its folder holds only files curate writes there,
-and no other selection (set algebra) or the bootstrap rounds (--init) were computed from it."""
+_EPILOG = (
+    "Examples:\n\n"
+    "  curate selections runs/demo                      # name, method, parameters, kept, pool, created\n\n"
+    "  curate selections --run runs/demo --json\n\n"
+    "  curate selections runs/demo --delete random-f0.3\n\n"
+    "A selection is deleted only when run.json records it, its folder holds only files curate writes there, "
+    "and no other selection (set algebra) or the bootstrap rounds (--init) were computed from it "
+    "(docs/select.md, 'Listing and deleting selections')."
+)
 
 
 @app.command("selections", epilog=_EPILOG)
