@@ -420,14 +420,23 @@ def test_cli_json_default_path_and_errors(runs: dict[str, Path], tmp_path: Path,
     assert main(["report", "--run", run, "--out", str(dest)]) == 0
     assert capsys.readouterr().out.strip() == str(dest) and dest.read_text().startswith("<!DOCTYPE html>")
     assert dest.stat().st_mode & 0o777 == 0o644  # readable by others, like any page to share
+    assert main(["report", "--run", run, "--out", str(dest), "--thumbs", "2"]) == 0  # a curate report: replaced
+    capsys.readouterr()
+    notes = tmp_path / "notes.html"
+    notes.write_text("<p>my notes</p>")
     cases = [(["--run", str(tmp_path / "nope")], 3, "not a curate run"),
              (["--run", run, "--thumbs", "0"], 2, "--thumbs"),
              (["--run", run, "--selection", "missing"], 3, "no selection 'missing'"),
-             (["--run", run, "--out", str(tmp_path)], 2, "is a folder")]
+             (["--run", run, "--out", str(notes)], 2, "curate did not write it"),
+             (["--run", run, "--out", str(runs["select"] / "run.json"), "--force"], 2, "a file of the run")]
     for args, code, msg in cases:
         assert main(["report", *args]) == code, args
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+    assert notes.read_text() == "<p>my notes</p>"
+    assert main(["report", "--run", run, "--out", str(notes), "--force", "--thumbs", "2"]) == 0
+    assert main(["report", "--run", run, "--out", f"{tmp_path / 'pages'}/", "--thumbs", "2"]) == 0  # a folder
+    assert (tmp_path / "pages" / "report.html").read_text().startswith("<!DOCTYPE html>")
 
 
 # --- headless Chromium ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.errors import CurateError, UsageError
+from curate.fs import check_replace, output_file, run_folder_of
 from curate.report import html as h
 from curate.report import plots
 from curate.report.data import (
@@ -480,34 +481,57 @@ def render(data: RunData, options: ReportOptions | None = None) -> tuple[str, li
     return page, sections, ctx
 
 
+def is_curate_report(path: Path) -> bool:
+    """True when ``path`` is an HTML page that ``curate report`` wrote (its head carries the marker)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"<!DOCTYPE html>") and h.GENERATOR.encode() in head
+
+
+def _check_report_target(target: Path, force: bool) -> None:
+    """Refuse an ``--out`` that would replace a file curate did not write (see :func:`build_report`)."""
+    check_replace(target, force=True)  # never a folder or a link
+    run = run_folder_of(target.parent)
+    if run is not None and os.path.lexists(target) and not is_curate_report(target):
+        raise UsageError(f"--out {target} is a file of the run {run}, not a report; choose another --out")
+    check_replace(target, force, is_curate_report)
+
+
 def build_report(
     run: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
     *,
     options: ReportOptions | None = None,
     selections: list[str] | None = None,
+    force: bool = False,
 ) -> ReportResult:
     """Write the HTML report of a run (default ``RUN/reports/report.html``) atomically.
 
     Args:
         run: the run folder (needs ``run.json``; every later stage is optional).
-        out: where to write the page.
+        out: where to write the page: a file, or a folder (existing, or ending with ``/``) for
+            ``report.html``. An existing file is replaced only if it is a curate report, or with ``force``
+            (never a file of a run folder).
         options: gallery sizes and the seed of the samples shown (:class:`ReportOptions`).
         selections: the selections to show (default: all, in name order).
+        force: replace an existing ``out`` file that curate did not write.
     """
     t0 = time.perf_counter()
     options = options or ReportOptions()
     options.validate()
+    target = output_file(out, "report.html") if out is not None else None
+    if target is not None:
+        _check_report_target(target, force)
     plots.require_matplotlib()
-    if out is not None and Path(out).is_dir():
-        raise UsageError(f"--out {out} is a folder; give a file path such as {Path(out) / 'report.html'}")
     data = load_run(run, selections)
     page, sections, ctx = render(data, options)
-    path = Path(out) if out is not None else data.run.reports_dir / "report.html"
+    path = target if target is not None else data.run.reports_dir / "report.html"
     raw = page.encode("utf-8")
     with atomic_path(path) as tmp:
         tmp.write_bytes(raw)
-        tmp.chmod(0o644)  # a page to share (the temporary file is created private)
     counts: dict[str, int] = {"samples": len(data.embeddings), "selections": len(data.selections),
                               "rounds": len(data.rounds), "plots": ctx.plots, "galleries": 0, "thumbnails": 0,
                               "shards_read": 0}

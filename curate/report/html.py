@@ -127,11 +127,15 @@ def section(sid: str, title: str, body: str, has_data: bool, css: str = "") -> s
             f"<h2>{e(title)}</h2>{body}</section>")
 
 
+#: Marks a page as written by ``curate report`` (an existing --out file with it may be replaced).
+GENERATOR = '<meta name="generator" content="curate report">'
+
+
 def page(title: str, subtitle: str, nav: Sequence[tuple[str, str, bool]], sections: Sequence[str]) -> str:
     empty = ' class="empty"'
     links = "".join(f'<a href="#{e(i)}"{"" if ok else empty}>{e(t)}</a>' for i, t, ok in nav)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{GENERATOR}"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>{e(title)}</title><style>{CSS}</style></head><body><main>"
         f'<header class="top"><h1>{e(title)}</h1><p class="sub">{e(subtitle)}</p>'

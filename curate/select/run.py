@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import pyarrow as pa
 
 from curate.engines import Engine, make_engine
 from curate.errors import UsageError
+from curate.fs import exclusive_lock, make_temp_dir, remove_stale_locks
 from curate.io.manifest import Manifest, build_manifest, write_manifest
 from curate.io.tables import write_table
 from curate.io.tarwrite import remove_dead_temps
@@ -62,6 +62,28 @@ class SelectionResult:
             "content_hash": self.manifest.header.get("content_hash"),
             "seconds": round(self.seconds, 3),
         }
+
+
+@contextlib.contextmanager
+def selection_lock(run: RunDir, name: str) -> Iterator[None]:
+    """Hold the lock of selection ``name`` (``RUN/selections/.NAME.lock``, removed on release).
+
+    Every command that writes or deletes a selection holds it, so two of them never write one name at
+    once: the second is refused with one line (it does not wait: a selection can take hours, and the
+    name would then hold the first one's result, or a clash of parameters, anyway).
+    """
+    folder = run.root / "selections"
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        remove_stale_locks(folder, ".*.lock")  # left by killed writers
+        with exclusive_lock(folder / f".{name}.lock", f"selection {name!r} is being written by another curate "
+                            "command; wait for it to finish or choose another --name", remove=True):
+            yield
+    finally:
+        if created:  # a command that failed before writing leaves no empty selections/ behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def check_name(name: str) -> str:
@@ -195,62 +217,61 @@ def run_selection(
         params["class_text"] = f"given ({class_text.shape[0]} classes)"
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
     final = run.selection_dir(name)
-    if final.exists() and not force:
-        old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
-        if old.get("params") != params or old.get("seed") != seed:
-            raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
-    with _engine(engine, engine_options, device) as eng:
-        ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng)
-        scores = selector.score(pool, ctx)
-        decision = selector.decide(pool, scores, budget, ctx)
-    order = np.asarray(decision.order, np.int64)
-    if not scores.eligible[order].all() or len(np.unique(order)) != len(order):
-        raise AssertionError(f"selector {method} picked ineligible or repeated samples")
-    if decision.reason is not None:
-        scores.reasons.set(scores.eligible, decision.reason)
-    scores.reasons.codes[order] = 0
-    table = scores_table(pool.ids, scores, decision)
-    info = {**scores.info, **decision.info}
-    pruned = scores.reasons.counts()
-    cmd = command or f"curate select --run {run.root} --method {method}"
-    manifest = build_manifest(
-        pool.ids.take(pa.array(order)),
-        kind="selection",
-        command=cmd,
-        params=params,
-        seed=seed,
-        pool_size=len(pool),
-        pruned_by_reason=pruned,
-        extra={
+    with selection_lock(run, name):  # one writer per name; a second one is refused at once
+        if final.exists() and not force:
+            old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
+            if old.get("params") != params or old.get("seed") != seed:
+                raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
+        with _engine(engine, engine_options, device) as eng:
+            ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng)
+            scores = selector.score(pool, ctx)
+            decision = selector.decide(pool, scores, budget, ctx)
+        order = np.asarray(decision.order, np.int64)
+        if not scores.eligible[order].all() or len(np.unique(order)) != len(order):
+            raise AssertionError(f"selector {method} picked ineligible or repeated samples")
+        if decision.reason is not None:
+            scores.reasons.set(scores.eligible, decision.reason)
+        scores.reasons.codes[order] = 0
+        table = scores_table(pool.ids, scores, decision)
+        info = {**scores.info, **decision.info}
+        pruned = scores.reasons.counts()
+        cmd = command or f"curate select --run {run.root} --method {method}"
+        manifest = build_manifest(
+            pool.ids.take(pa.array(order)),
+            kind="selection",
+            command=cmd,
+            params=params,
+            seed=seed,
+            pool_size=len(pool),
+            pruned_by_reason=pruned,
+            extra={
+                "method": method,
+                "selection": name,
+                "budget": budget,
+                "info": info,
+                "parents": decision.parents,
+                "embeddings": {"rows": len(pool), "meta": pool.meta},
+            },
+        )
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temps(final.parent, f".{name}.tmp-")  # left by a killed earlier attempt
+        remove_dead_temps(final.parent, f".{name}.old-")
+        tmp = make_temp_dir(final.parent, f".{name}.tmp-{os.getpid()}-")  # the umask's mode, not mkdtemp's 0700
+        try:
+            write_table(tmp / "scores.parquet", table)
+            write_manifest(tmp / "manifest.parquet", manifest)
+            _replace_dir(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        run.update_entry("selections", name, {
             "method": method,
-            "selection": name,
-            "budget": budget,
-            "info": info,
-            "parents": decision.parents,
-            "embeddings": {"rows": len(pool), "meta": pool.meta},
-        },
-    )
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temps(final.parent, f".{name}.tmp-")  # left by a killed earlier attempt
-    remove_dead_temps(final.parent, f".{name}.old-")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=final.parent))
-    try:
-        write_table(tmp / "scores.parquet", table)
-        write_manifest(tmp / "manifest.parquet", manifest)
-        _replace_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    record = run.load().get("selections", {})
-    record[name] = {
-        "method": method,
-        "params": params,
-        "seed": seed,
-        "pool": len(pool),
-        "kept": len(order),
-        "manifest": str(Path("selections") / name / "manifest.parquet"),
-        "content_hash": manifest.header["content_hash"],
-    }
-    run.update("selections", record, command=cmd)
+            "params": params,
+            "seed": seed,
+            "pool": len(pool),
+            "kept": len(order),
+            "manifest": str(Path("selections") / name / "manifest.parquet"),
+            "content_hash": manifest.header["content_hash"],
+        }, command=cmd)
     selected = np.zeros(len(pool), bool)
     selected[order] = True
     return SelectionResult(

@@ -1,7 +1,13 @@
-"""Set algebra over existing selections of the same run: intersect, union, difference."""
+"""Set algebra over existing selections of the same run: intersect, union, difference.
+
+Each operation takes two or more selections (``--of A B C`` or ``--of A,B,C``): the intersection and
+the union of all of them, and the difference ``A − (B ∪ C ∪ ...)`` (what the first keeps and none of the
+others does). The score table has one membership column per input: ``in_a``, ``in_b``, ``in_c``, ...
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -12,24 +18,60 @@ from curate.errors import InputError, UsageError
 from curate.io.manifest import read_manifest
 from curate.select.base import Decision, Pool, Reasons, Scores, SelectContext, Selector, SelectorConfig, register
 
+#: Most selections one operation combines (one ``in_<letter>`` column each).
+MAX_INPUTS = 26
+_NAME_LIMIT = 120  # longest selection name (see curate.select.run.check_name)
+
+
+def split_names(values: str | Iterable[str]) -> tuple[str, ...]:
+    """Selection names from ``--of`` values: several values, comma-separated lists, or both."""
+    items = [values] if isinstance(values, str) else list(values)
+    names = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                raise UsageError(f"--of {item!r}: an empty selection name; give names like --of A B or --of A,B")
+            names.append(part)
+    return tuple(names)
+
+
+def membership_column(i: int) -> str:
+    """The score-table column that says which samples the ``i``-th input holds: ``in_a``, ``in_b``, ..."""
+    return f"in_{chr(ord('a') + i)}"
+
 
 @dataclass(frozen=True)
 class SetOpConfig(SelectorConfig):
     """Options of the set operations.
 
     Args:
-        of: the names of the two selections (in ``RUN/selections/``) to combine: A then B.
+        of: the names of the selections (in ``RUN/selections/``) to combine, in order: two or more; a
+            comma-separated string is split.
     """
 
-    of: tuple[str, str] | None = None
+    of: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.of is not None:
+            object.__setattr__(self, "of", split_names(self.of))
 
     def validate(self) -> None:
-        if self.of is None or len(self.of) != 2 or not all(self.of):
-            raise UsageError("set operations need --of NAME_A NAME_B (two existing selections)")
+        from curate.select.run import check_name
+
+        if self.of is None or len(self.of) < 2:
+            raise UsageError("set operations need --of A B [C ...] (two or more existing selections)")
+        if len(self.of) > MAX_INPUTS:
+            raise UsageError(f"set operations combine at most {MAX_INPUTS} selections, got {len(self.of)}")
+        twice = next((n for i, n in enumerate(self.of) if n in self.of[:i]), None)
+        if twice is not None:
+            raise UsageError(f"--of names selection {twice!r} twice")
+        for name in self.of:
+            check_name(name)
 
 
 class SetOperation(Selector):
-    """Combine two selections' manifests; ``combine(in_a, in_b)`` says which samples stay."""
+    """Combine selections' manifests; ``combine(inside, reasons, names)`` says which samples stay."""
 
     config_class = SetOpConfig
     budget_mode = "none"
@@ -37,8 +79,12 @@ class SetOperation(Selector):
     symbol: ClassVar[str]
 
     def default_name(self, fraction: float | None, count: int | None) -> str:
+        """``A-intersect-B``, ``A-union-B-union-C``, ``A-difference-B-difference-C`` (= A − B − C)."""
         assert self.config.of is not None
-        return f"{self.config.of[0]}-{self.name}-{self.config.of[1]}"
+        name = f"-{self.name}-".join(self.config.of)
+        if len(name) > _NAME_LIMIT:
+            raise UsageError(f"the default name {name[:40]}... is longer than {_NAME_LIMIT} characters; pass --name")
+        return name
 
     def _member(self, pool: Pool, ctx: SelectContext, name: str) -> tuple[np.ndarray, dict[str, Any]]:
         path = ctx.run_root / "selections" / name / "manifest.parquet"
@@ -60,60 +106,66 @@ class SetOperation(Selector):
 
     def score(self, pool: Pool, ctx: SelectContext) -> Scores:
         assert self.config.of is not None
-        a, b = self.config.of
-        in_a, pa_ = self._member(pool, ctx, a)
-        in_b, pb = self._member(pool, ctx, b)
+        members = [self._member(pool, ctx, name) for name in self.config.of]
         n = len(pool)
-        return Scores({"in_a": in_a, "in_b": in_b}, np.ones(n, bool), Reasons(n), state={"parents": [pa_, pb]})
+        columns = {membership_column(i): inside for i, (inside, _) in enumerate(members)}
+        return Scores(columns, np.ones(n, bool), Reasons(n), state={"parents": [p for _, p in members]})
 
-    def combine(self, in_a: np.ndarray, in_b: np.ndarray, reasons: Reasons, a: str, b: str) -> np.ndarray:
+    def combine(self, inside: list[np.ndarray], reasons: Reasons, names: tuple[str, ...]) -> np.ndarray:
         raise NotImplementedError
 
     def decide(self, pool: Pool, scores: Scores, budget: int | None, ctx: SelectContext) -> Decision:
         assert self.config.of is not None
-        a, b = self.config.of
-        keep = self.combine(scores.columns["in_a"], scores.columns["in_b"], scores.reasons, a, b)
+        names = self.config.of
+        inside = [scores.columns[membership_column(i)] for i in range(len(names))]
+        keep = self.combine(inside, scores.reasons, names)
         if not keep.any():
-            raise InputError(f"{a} {self.symbol} {b} is empty; nothing to write")
+            raise InputError(f"{f' {self.symbol} '.join(names)} is empty; nothing to write")
         return Decision(order=np.flatnonzero(keep), reason=None, parents=scores.state["parents"])
 
 
 @register
 class Intersect(SetOperation):
-    """Samples kept by both A and B."""
+    """Samples kept by every selection."""
 
     name = "intersect"
-    summary = "samples in both selections (--of A B)"
+    summary = "samples in every selection (--of A B [C ...])"
     symbol = "∩"
 
-    def combine(self, in_a: np.ndarray, in_b: np.ndarray, reasons: Reasons, a: str, b: str) -> np.ndarray:
-        reasons.set(~in_a, f"not_in:{a}")
-        reasons.set(in_a & ~in_b, f"not_in:{b}")
-        return in_a & in_b
+    def combine(self, inside: list[np.ndarray], reasons: Reasons, names: tuple[str, ...]) -> np.ndarray:
+        keep = np.ones_like(inside[0])
+        for name, member in zip(names, inside, strict=True):  # reason: the first selection without it
+            reasons.set(keep & ~member, f"not_in:{name}")
+            keep &= member
+        return keep
 
 
 @register
 class Union(SetOperation):
-    """Samples kept by A or B."""
+    """Samples kept by any selection."""
 
     name = "union"
-    summary = "samples in either selection (--of A B)"
+    summary = "samples in any of the selections (--of A B [C ...])"
     symbol = "∪"
 
-    def combine(self, in_a: np.ndarray, in_b: np.ndarray, reasons: Reasons, a: str, b: str) -> np.ndarray:
-        reasons.set(~in_a & ~in_b, "in_neither")
-        return in_a | in_b
+    def combine(self, inside: list[np.ndarray], reasons: Reasons, names: tuple[str, ...]) -> np.ndarray:
+        keep = np.logical_or.reduce(inside)
+        reasons.set(~keep, "in_neither")  # in none of them (the name is kept from the two-selection days)
+        return keep
 
 
 @register
 class Difference(SetOperation):
-    """Samples kept by A and not by B."""
+    """Samples kept by the first selection and by none of the others."""
 
     name = "difference"
-    summary = "samples in the first selection but not the second (--of A B)"
+    summary = "samples in the first selection and in none of the others: A − (B ∪ C ...) (--of A B [C ...])"
     symbol = "−"
 
-    def combine(self, in_a: np.ndarray, in_b: np.ndarray, reasons: Reasons, a: str, b: str) -> np.ndarray:
-        reasons.set(~in_a, f"not_in:{a}")
-        reasons.set(in_a & in_b, f"in:{b}")
-        return in_a & ~in_b
+    def combine(self, inside: list[np.ndarray], reasons: Reasons, names: tuple[str, ...]) -> np.ndarray:
+        keep = inside[0].copy()
+        reasons.set(~keep, f"not_in:{names[0]}")
+        for name, member in zip(names[1:], inside[1:], strict=True):  # reason: the first other that has it
+            reasons.set(keep & member, f"in:{name}")
+            keep &= ~member
+        return keep

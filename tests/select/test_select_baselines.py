@@ -213,6 +213,47 @@ def test_set_algebra_matches_python_sets_with_provenance(make_run: MakeRun) -> N
         run_selection(run, "union", count=3, options={"of": ("A", "B")})
 
 
+def test_set_algebra_of_many_selections(make_run: MakeRun, capsys: pytest.CaptureFixture[str]) -> None:
+    """--of A B C: intersection and union of all, difference A − (B ∪ C); the comma form gives the same."""
+    import json
+
+    from curate.cli.app import main
+
+    img, txt = _random_world(300)
+    run = make_run(img, txt)
+    sel = [run_selection(run, "random", count=120, seed=1, name="A"),
+           run_selection(run, "clip-score", count=90, name="B"),
+           run_selection(run, "random", count=150, seed=5, name="C")]
+    sa, sb, sc = map(_kept, sel)
+    want = {"intersect": sa & sb & sc, "union": sa | sb | sc, "difference": sa - sb - sc}
+    reasons = {"intersect": {"not_in:A": 180, "not_in:B": len(sa - sb), "not_in:C": len((sa & sb) - sc)},
+               "union": {"in_neither": 300 - len(sa | sb | sc)},
+               "difference": {"not_in:A": 180, "in:B": len(sa & sb), "in:C": len((sa - sb) & sc)}}
+    for op in want:
+        res = run_selection(run, op, options={"of": ("A", "B", "C")})
+        assert res.name == f"A-{op}-B-{op}-C"
+        assert _kept(res) == want[op]
+        assert res.pruned_by_reason == {k: v for k, v in reasons[op].items() if v}
+        scores = read_scores(res.path)
+        assert [scores[c].sum() for c in ("in_a", "in_b", "in_c")] == [120, 90, 150]
+        man = read_manifest(res.path / "manifest.parquet")
+        assert [p["name"] for p in man.header["parents"]] == ["A", "B", "C"]
+        assert man.header["params"]["of"] == ["A", "B", "C"]
+        comma = run_selection(run, op, options={"of": "A,B,C"}, name=f"{op}-comma")
+        assert comma.manifest.header["content_hash"] == res.manifest.header["content_hash"]
+    hashes = set()
+    for of in (["--of", "A", "B", "C"], ["--of", "A,B,C"], ["--of", "A", "--of", "B,C"]):
+        capsys.readouterr()
+        assert main(["select", "--run", str(run), "--method", "difference", *of, "--name", "d", "--force",
+                     "--json"]) == 0
+        hashes.add(json.loads(capsys.readouterr().out)["content_hash"])
+    assert len(hashes) == 1
+    with pytest.raises(UsageError, match="two or more"):
+        run_selection(run, "union", options={"of": ("A",)})
+    with pytest.raises(InputError, match="is empty"):
+        run_selection(run, "difference", options={"of": ("A", "A-union-B-union-C")})
+
+
 # --- driver ---------------------------------------------------------------------------------------
 
 
