@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: env demo test lint bench clean-env
+.PHONY: env demo test lint bench gpu-check clean-env
 
 env: $(STAMP)
 
@@ -33,6 +33,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --quick
+
+# On a GPU machine (docs/gpu_check.md): every CUDA path and the GPU figures in ~8 minutes, results in $OUT.
+# It uses the machine's Python and torch, plus the wheels of scripts/gpu_wheels.sh in .whl/; no venv.
+# Its CPU run, `bash scripts/gpu_check.sh --cpu`, is part of make test (tests/test_gpu_check.py).
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean-env:
 	rm -rf $(VENV)

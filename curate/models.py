@@ -4,6 +4,8 @@ Offline-first. A model is named by an open_clip architecture (``ViT-B-32``), ``l
 ``hf-hub:`` id, or ``sample`` (the tiny CLIP committed in ``shards/tiny-clip``). Weights come from an
 open_clip ``pretrained`` tag (downloaded by open_clip where the machine can reach the hub) or a local
 checkpoint file (``.safetensors``, ``.pt``, ``.bin``), always loaded with ``weights_only=True``.
+``pretrained="none"`` gives an architecture random weights instead (seeded, so every process gets the
+same ones): its embeddings mean nothing, but its speed is the trained model's (throughput checks).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ _logger = logging.getLogger(__name__)
 SAMPLE_MODEL = "sample"
 SAMPLE_ARCH = "curate-tiny"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: ``--pretrained`` value for random weights (seeded with ``RANDOM_WEIGHTS_SEED``): for speed tests only.
+RANDOM_WEIGHTS = "none"
+RANDOM_WEIGHTS_SEED = 0
 
 
 def sample_dir() -> Path:
@@ -64,6 +69,17 @@ def _quiet_logs() -> Iterator[None]:
         yield
     finally:
         logging.disable(previous)
+
+
+@contextlib.contextmanager
+def _seeded(on: bool) -> Iterator[None]:
+    """Within: torch's CPU generator seeded with ``RANDOM_WEIGHTS_SEED`` (when ``on``); restored after."""
+    if not on:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        yield
 
 
 def _file_digest(path: Path) -> str:
@@ -220,6 +236,7 @@ def load_model(
 ) -> LoadedModel:
     """Load an open_clip model by name with a pretrained tag or a local checkpoint path.
 
+    ``pretrained="none"`` (``RANDOM_WEIGHTS``): random weights, the same in every process (seeded).
     Raises ``UsageError`` for an unknown model or a pretrained tag that can't be loaded offline.
     """
     import open_clip
@@ -232,6 +249,9 @@ def load_model(
         raise UsageError(f"--pretrained is not used with {arch.split(':')[0]}: models (their weights come with them)")
     if arch.startswith("local-dir:"):
         _check_local_dir(Path(arch[len("local-dir:"):]).expanduser())
+    random_weights = weights == RANDOM_WEIGHTS
+    if random_weights:
+        weights = None
     if not is_schema and arch not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if arch.lower()[:5] in m.lower()][:5]
         hint = f" (did you mean: {', '.join(close)}?)" if close else " (see open_clip.list_models())"
@@ -243,7 +263,7 @@ def load_model(
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
         raise UsageError(f"unknown pretrained tag {weights!r} for {arch} (known tags: {tags})")
     try:
-        with _quiet_logs():
+        with _quiet_logs(), _seeded(random_weights):
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch,
                 pretrained=str(Path(weights).expanduser()) if local_file else weights,
@@ -267,7 +287,7 @@ def load_model(
     info: dict[str, Any] = {
         "model": name,
         "arch": arch,
-        "pretrained": weights,
+        "pretrained": RANDOM_WEIGHTS if random_weights else weights,
         "pretrained_sha256": _weights_digest(arch, weights if local_file else None),
         "embed_dim": int(model.text_projection.shape[1])
         if getattr(model, "text_projection", None) is not None and model.text_projection.ndim == 2

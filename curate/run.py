@@ -9,18 +9,18 @@ import contextlib
 import json
 import os
 import platform
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from curate import __version__
 from curate.errors import InputError
+from curate.fs import exclusive_lock, make_temp_file
 
 RUN_FORMAT_VERSION = 1
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+#: Seconds a ``run.json`` update waits for another process's update (each takes milliseconds).
+RUN_JSON_LOCK_WAIT = 120.0
 
 
 @contextlib.contextmanager
@@ -28,10 +28,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = make_temp_file(path.parent, f".{path.name}.{os.getpid()}-", ".tmp")  # the umask's mode
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -135,14 +132,46 @@ class RunDir:
 
     def update(self, section: str, value: Mapping[str, Any], command: str | None = None) -> None:
         """Set ``run.json[section] = value`` and append a command record, atomically."""
+        self.modify(section, lambda _: dict(value), command)
+
+    def update_entry(self, section: str, key: str, value: Any, command: str | None = None) -> None:
+        """Set ``run.json[section][key] = value`` (remove the key when ``value`` is None), atomically.
+
+        The read and the write happen under the run.json lock, so two commands recording different
+        entries at once (two selections, say) both keep theirs.
+        """
+
+        def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            entries = dict(current or {})
+            if value is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = value
+            return entries
+
+        self.modify(section, change, command)
+
+    def modify(self, section: str, change: Callable[[Any], Any], command: str | None = None) -> None:
+        """Set ``run.json[section] = change(current value or None)`` (None removes the section), atomically.
+
+        Read, change and write happen while holding ``RUN/.run-json.lock``: concurrent commands wait
+        for each other instead of losing each other's updates.
+        """
         from curate.io.tarwrite import remove_dead_temps
 
-        remove_dead_temps(self.root, f".{self.run_json.name}.")  # left by a writer killed mid-update
-        rec = self.load()
-        rec[section] = dict(value)
-        rec["versions"] = versions()
-        if command is not None:
-            rec.setdefault("commands", []).append(
-                {"command": command, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            )
-        write_json(self.run_json, rec)
+        busy = f"another curate command has been updating {self.run_json} for {RUN_JSON_LOCK_WAIT:.0f} s; try again"
+        self.root.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self.root / ".run-json.lock", busy, wait=RUN_JSON_LOCK_WAIT, remove=True):
+            remove_dead_temps(self.root, f".{self.run_json.name}.")  # left by a writer killed mid-update
+            rec = self.load()
+            value = change(rec.get(section))
+            if value is None:
+                rec.pop(section, None)
+            else:
+                rec[section] = value
+            rec["versions"] = versions()
+            if command is not None:
+                rec.setdefault("commands", []).append(
+                    {"command": command, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                )
+            write_json(self.run_json, rec)

@@ -18,6 +18,7 @@ LOGS=${LOGS:-./logs}
 KNOBS=${KNOBS:-}                   # curate bootstrap knobs for round 0, e.g. "--warmup-rounds 2 --seed 0"
 EXTRA=${EXTRA:-}                   # extra open_clip_train arguments
 DATA_MODE=${DATA_MODE:-reshard}    # reshard: sample-exact (curate reshard); urls: whole shards only
+RESHARD=${RESHARD:-${RUN%/}-reshard}  # DATA_MODE=reshard: the rounds' shards go here (never inside the run)
 PYTHON=${PYTHON:-python}
 CURATE=${CURATE:-curate}
 TRAIN=${TRAIN:-$PYTHON -m open_clip_train.main}
@@ -33,7 +34,7 @@ for ((N = 0; N < ROUNDS; N++)); do
     mapfile -t SHARDS < <($CURATE bootstrap --run "$RUN" --round "$N" "${ARGS[@]}" --print urls)
   else
     MANIFEST=$($CURATE bootstrap --run "$RUN" --round "$N" "${ARGS[@]}")
-    OUT="$RUN/reshard/round-$R"
+    OUT="$RESHARD/round-$R"
     $CURATE reshard --manifest "$MANIFEST" --out "$OUT"
     mapfile -t SHARDS < <(ls "$OUT"/*.tar)
   fi

@@ -131,3 +131,47 @@ def test_losses_for_pruned_samples_are_unknown(tmp_path: Path, capsys: pytest.Ca
     assert len(manifest_uids(run, 1)) < 40
     write_losses(run, 1, everyone, np.arange(40) // 10, np.ones(40), np.ones(40))
     _expect_error(["bootstrap", "--run", r, "--round", "2"], 3, "not in round 1's manifest", capsys, run.root)
+
+
+def test_reset_starts_the_rounds_over(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--reset removes what bootstrap wrote (SCAN and InfoBatch tables, round manifests and the trainer kit's filter
+    indexes, the run.json record) and nothing else; before, the error told users to delete folders by hand."""
+    from curate.trainer.manifest_filter import build_index
+
+    run = make_pool_run(tmp_path / "run", 100)
+    r = str(run.root)
+    for n in range(4):  # SCAN: warm-up, preparation, mutation rounds (candidates written)
+        if n:
+            record_random_losses(run, n - 1)
+        assert main(["bootstrap", "--run", r, "--round", str(n), *(["--warmup-rounds", "1"] if n == 0 else [])]) == 0
+    assert main(["bootstrap", "coreset", "--run", r, "--fraction", "0.5", "--name", "core"]) == 0
+    assert (run.bootstrap_dir / "candidates").is_dir()
+    index = build_index(run.manifest_file(3))
+    (run.root / "manifests" / "notes.txt").write_text("mine")
+    keep = {k: v for k, v in _files(run.root).items() if k.startswith(("embeddings", "losses", "selections"))}
+    capsys.readouterr()
+    assert main(["bootstrap", "--run", r, "--round", "0", "--rho-max", "0.4"]) == 3  # round 0 is done
+    assert "--reset" in capsys.readouterr().err
+    assert main(["bootstrap", "--run", r, "--reset"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "removed" in err and "kept" in err and "notes.txt" in err and "losses" in err
+    assert not run.bootstrap_dir.exists() and not index.exists()
+    assert sorted(p.name for p in (run.root / "manifests").iterdir()) == ["notes.txt"]
+    assert "bootstrap" not in RunDir(r).load() and "core" in RunDir(r).load()["selections"]
+    assert {k: v for k, v in _files(run.root).items() if k in keep} == keep  # embeddings, losses, selections
+    assert main(["bootstrap", "--run", r, "--reset", "--json"]) == 0  # nothing left to remove
+    assert json.loads(capsys.readouterr().out)["removed"] == []
+    # a new schedule with other knobs: InfoBatch, started in the same call as the reset
+    assert main(["bootstrap", "--run", r, "--reset", "--round", "0", "--method", "infobatch", "--total-rounds", "3",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "infobatch"
+    for n in (1, 2):
+        record_random_losses(run, n - 1)
+        assert main(["bootstrap", "--run", r, "--round", str(n)]) == 0
+    assert list((run.bootstrap_dir / "infobatch").iterdir())
+    capsys.readouterr()
+    assert main(["bootstrap", "--run", r, "--reset", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert len(res["removed"]) > 10 and res["kept"] == [str(run.root / "manifests" / "notes.txt")]
+    assert len(res["losses_kept"]) == 3 and not run.bootstrap_dir.exists()  # rounds 0-2, recorded again
+    _expect_error(["bootstrap", "--run", r, "--reset", "--round", "1"], 2, "--reset", capsys, run.root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from bootstrap_helpers import make_pool_run, manifest_uids, record_random_losses, uid_of, write_losses
 
 from curate.bootstrap import bootstrap_round, derive_coreset, history, load_state
-from curate.bootstrap.schedule import rho_cur
+from curate.bootstrap.schedule import infobatch_prune_rounds, rho_cur
 from curate.io.manifest import build_manifest, read_manifest, write_manifest
 from curate.io.tables import read_parquet, write_table
 
@@ -156,6 +157,42 @@ def test_infobatch_keep_ratio_weights_and_full_tail(tmp_path: Path) -> None:
     s3 = bootstrap_round(run.root, 3).summary
     assert s3["phase"] == "full" and s3["kept"] == 100
     assert set(read_manifest(run.manifest_file(3)).table["weight"].to_pylist()) == {1.0}
+
+
+def _reference_pruned_epochs(delta: str, epochs: int) -> int:
+    """InfoBatch's sampler, epoch by epoch: epoch e (from 0) prunes while e + 1 <= delta * epochs (exact)."""
+    stop = Fraction(delta) * epochs
+    return sum(1 for e in range(epochs) if e + 1 <= stop)
+
+
+@pytest.mark.parametrize("delta", ["0.875", "0.5", "0.29", "0.7", "0.1", "0", "1"])
+def test_infobatch_prunes_the_first_floor_delta_total_rounds(delta: str) -> None:
+    for total in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 16, 100, 200]:
+        k = infobatch_prune_rounds(float(delta), total)
+        assert k == _reference_pruned_epochs(delta, total), (delta, total)
+        if float(delta) < 1:
+            assert k < total  # at least the last round trains on full data
+    assert [infobatch_prune_rounds(0.875, t) for t in (1, 2, 6, 8, 10, 16, 200)] == [0, 1, 5, 7, 8, 14, 175]
+    assert infobatch_prune_rounds(0.29, 100) == 29  # not the 28 of 0.29 * 100 = 28.999... in floats
+
+
+@pytest.mark.parametrize("total", [1, 2, 6, 8])
+def test_infobatch_schedule_ends_with_full_data_rounds(tmp_path: Path, total: int) -> None:
+    run = make_pool_run(tmp_path / "run", 40)
+    phases = []
+    for r in range(total):
+        if r > 0:
+            record_random_losses(run, r - 1, seed=r)
+        s = bootstrap_round(run.root, r, method="infobatch" if r == 0 else None, knobs={"total_rounds": total}
+                            if r == 0 else None).summary  # default --delta 0.875
+        phases.append(s["phase"])
+        header = read_manifest(run.manifest_file(r)).header
+        assert header["bootstrap"]["full_from_round"] == math.floor(7 * total / 8)
+        if s["phase"] == "full":
+            assert s["kept"] == 40 and set(read_manifest(run.manifest_file(r)).table["weight"].to_pylist()) == {1.0}
+    k = math.floor(7 * total / 8)
+    assert phases == ["prune"] * k + ["full"] * (total - k)
+    assert phases[-1] == "full"
 
 
 def test_method_none_is_full_data(tmp_path: Path) -> None:

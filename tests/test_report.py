@@ -82,6 +82,32 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"embed": embed, "select": select, "full": full, "world": root / "world"}
 
 
+#: Added to a copy of the full run: set algebra, two identical random subsets (one would hide the other
+#: in an overlay), and a clipcov with more partitions than a page should draw.
+MORE_SELECTIONS = {
+    "both": ["--method", "intersect", "--of", "clip-score", "clipcov"],
+    "rand-a": ["--method", "random", "--fraction", "0.4", "--seed", "5"],
+    "rand-b": ["--method", "random", "--fraction", "0.4", "--seed", "5"],
+    "clipcov-k40": ["--method", "clipcov", "--fraction", "0.3", "--partition", "kmeans:40"],
+}
+
+
+@pytest.fixture(scope="module")
+def many(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The full run plus MORE_SELECTIONS: 8 selections of every kind (scores, set algebra, coreset)."""
+    run = tmp_path_factory.mktemp("many") / "run"
+    shutil.copytree(runs["full"], run)
+    for name, args in MORE_SELECTIONS.items():
+        assert main(["select", "--run", str(run), "--name", name, *args, "--json"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def many_report(many: Path) -> tuple[Any, Dom]:
+    res = build_report(many)
+    return res, Dom(res.path.read_text())
+
+
 @pytest.fixture(scope="module")
 def full_report(runs: dict[str, Path]) -> tuple[Any, str]:
     res = build_report(runs["full"])
@@ -254,6 +280,9 @@ def test_partial_runs_say_what_is_missing(runs: dict[str, Path]) -> None:
     check_page(page, {"overview": True, "score-distributions": True, "partitions": False,
                       "bootstrap-rounds": False, "galleries": False})
     assert res.counts["thumbnails"] == 0 and res.counts["plots"] == 1  # the CLIP-score histogram only
+    plot = Dom(page).by_id("plot-clip-score")
+    assert plot["attrs"]["data-selections"] == ""  # the pool alone, drawn
+    assert np.asarray(decode_data_uri(plot["attrs"]["src"]).convert("L")).std() > 5
     assert "No selections yet" in page and "No bootstrap rounds yet" in page and "Nothing to compare yet" in page
     res = build_report(runs["select"])
     check_page(res.path.read_text(), {"overview": True, "score-distributions": True, "partitions": True,
@@ -292,6 +321,93 @@ def test_choose_splits_kept_and_pruned_over_reasons() -> None:
     assert choose(t, 10, seed=1) == idx and len(choose(t, 4)) == 4
 
 
+def _selection_names(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "selections").iterdir())
+
+
+def _rgb(hex_colour: str) -> np.ndarray:
+    return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+
+
+def test_every_selection_has_its_own_clip_score_panel(many: Path, many_report: tuple[Any, Dom]) -> None:
+    from curate.report.plots import series_color
+
+    names = _selection_names(many)
+    assert len(names) == 8 and {"both", "scan-coreset", "semdedup", "rand-a", "rand-b"} <= set(names)
+    a = read_parquet(many / "selections" / "rand-a" / "manifest.parquet")["uid"].to_pylist()
+    assert a == read_parquet(many / "selections" / "rand-b" / "manifest.parquet")["uid"].to_pylist()
+    _, dom = many_report
+    plot = dom.by_id("plot-clip-score")
+    assert plot["attrs"]["data-selections"].split() == names
+    px = np.asarray(decode_data_uri(plot["attrs"]["src"]).convert("RGB"), dtype=np.int16)
+    for i, name in enumerate(names):  # every selection's colour covers an area, not just a legend swatch
+        area = int((np.abs(px - _rgb(series_color(i))).sum(axis=2) < 12).sum())
+        assert area > 400, (name, area)
+    assert "not shown" not in dom.by_id("score-distributions")["text"]
+
+
+def test_kept_vs_pruned_grid_shows_every_selection(many: Path, many_report: tuple[Any, Dom]) -> None:
+    _, dom = many_report
+    plot = dom.by_id("plot-selection-scores")
+    assert plot["attrs"]["data-selections"].split() == _selection_names(many)
+    text = dom.by_id("score-distributions")["text"]
+    # set algebra and SCAN's coreset have no score column: drawn over the CLIP score, and the page says so
+    assert "Drawn over the CLIP score, having no score of their own: both, scan-coreset." in text
+    assert "not shown" not in text
+
+
+def test_selections_beyond_the_panel_limit_are_named(many: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import curate.report.build as build
+
+    monkeypatch.setattr(build, "MAX_PANELS", 3)
+    res = build_report(many, tmp_path / "r.html")
+    dom = Dom(res.path.read_text())
+    names = _selection_names(many)
+    notes = [p["text"] for p in dom.find("p", "note")]
+    for plot_id, what in (("plot-clip-score", "CLIP score"), ("plot-selection-scores", "kept vs pruned")):
+        shown = dom.by_id(plot_id)["attrs"]["data-selections"].split()
+        assert shown == names[:3]
+        note = f"{what}: not shown (more than 3 selections; choose them with --selection): {', '.join(names[3:])}"
+        assert note in notes
+
+
+def _partition_counts(run: Path, name: str) -> dict[int, tuple[int, int]]:
+    t = read_parquet(run / "selections" / name / "scores.parquet", ["partition", "selected"])
+    out: dict[int, list[int]] = {}
+    for p, s in zip(t["partition"].to_pylist(), t["selected"].to_pylist(), strict=True):
+        if p is not None:
+            c = out.setdefault(p, [0, 0])
+            c[0] += 1
+            c[1] += int(s)
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def test_partitions_show_the_extremes_and_fold_every_partition(many: Path, many_report: tuple[Any, Dom]) -> None:
+    res, dom = many_report
+    page = res.path.read_text()
+    with_parts = ["clipcov", "clipcov-k40", "semdedup"]
+    summary = dom.by_id("partitions-summary")["text"]
+    for name in with_parts:
+        counts = _partition_counts(many, name)
+        plot = dom.by_id(f"plot-partitions-{name}")
+        assert int(plot["attrs"]["data-partitions"]) == min(10, len(counts))  # top 5 and bottom 5 drawn
+        folded = dom.by_id(f"partitions-all-{name}")
+        assert folded["tag"] == "details" and "open" not in folded["attrs"]
+        table = dom.by_id(f"partitions-table-{name}")
+        assert page.index(f'id="partitions-all-{name}"') < page.index(f'id="partitions-table-{name}"')
+        rows = [el for el in dom.elements[dom.elements.index(table):] if el["tag"] == "tr"][1: len(counts) + 1]
+        want = sorted(((f"cluster {k}", p, s) for k, (p, s) in counts.items()), key=lambda r: (-r[1], r[0]))
+        got = []
+        for r in rows:
+            cells = [el["text"] for el in dom.elements[dom.elements.index(r) + 1:][:4]]
+            got.append((cells[0], int(cells[1].replace(",", "")), int(cells[2].replace(",", ""))))
+        assert sorted(got, key=lambda r: (-r[1], r[0])) == want  # every non-empty partition, right counts
+        assert name in summary
+    assert len(_partition_counts(many, "clipcov-k40")) > 10  # more partitions than drawn
+    assert res.counts["plots"] == len(dom.find("img", "plot"))
+
+
 # --- CLI ------------------------------------------------------------------------------------------
 def test_cli_json_default_path_and_errors(runs: dict[str, Path], tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -304,14 +420,23 @@ def test_cli_json_default_path_and_errors(runs: dict[str, Path], tmp_path: Path,
     assert main(["report", "--run", run, "--out", str(dest)]) == 0
     assert capsys.readouterr().out.strip() == str(dest) and dest.read_text().startswith("<!DOCTYPE html>")
     assert dest.stat().st_mode & 0o777 == 0o644  # readable by others, like any page to share
+    assert main(["report", "--run", run, "--out", str(dest), "--thumbs", "2"]) == 0  # a curate report: replaced
+    capsys.readouterr()
+    notes = tmp_path / "notes.html"
+    notes.write_text("<p>my notes</p>")
     cases = [(["--run", str(tmp_path / "nope")], 3, "not a curate run"),
              (["--run", run, "--thumbs", "0"], 2, "--thumbs"),
              (["--run", run, "--selection", "missing"], 3, "no selection 'missing'"),
-             (["--run", run, "--out", str(tmp_path)], 2, "is a folder")]
+             (["--run", run, "--out", str(notes)], 2, "curate did not write it"),
+             (["--run", run, "--out", str(runs["select"] / "run.json"), "--force"], 2, "a file of the run")]
     for args, code, msg in cases:
         assert main(["report", *args]) == code, args
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+    assert notes.read_text() == "<p>my notes</p>"
+    assert main(["report", "--run", run, "--out", str(notes), "--force", "--thumbs", "2"]) == 0
+    assert main(["report", "--run", run, "--out", f"{tmp_path / 'pages'}/", "--thumbs", "2"]) == 0  # a folder
+    assert (tmp_path / "pages" / "report.html").read_text().startswith("<!DOCTYPE html>")
 
 
 # --- headless Chromium ----------------------------------------------------------------------------
@@ -340,6 +465,38 @@ def render(page: Path, tmp: Path, height: int, name: str) -> tuple[Image.Image, 
     img = Image.open(shot)
     img.load()
     return img, dom
+
+
+def section_heights(page: Path, tmp: Path) -> dict[str, int]:
+    """Rendered height in CSS pixels of each section (and ``page``: the document) at 1280 px wide."""
+    exe = chromium()
+    if exe is None:
+        pytest.skip("no chromium binary found (apt-get install chromium, or set CURATE_CHROMIUM)")
+    probe = tmp / f"probe-{page.stem}.html"  # the report has no script: a copy gets one that measures it
+    script = ('<script>addEventListener("load", () => { const b = document.body; '
+              'b.setAttribute("data-page", document.documentElement.scrollHeight); '
+              'for (const s of document.querySelectorAll("section")) b.setAttribute("data-h-" + s.id, s.offsetHeight); '
+              "});</script></body>")
+    probe.write_text(page.read_text().replace("</body>", script))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--hide-scrollbars", f"--user-data-dir={tmp / 'ud'}",
+             "--window-size=1280,900", "--virtual-time-budget=10000"]
+    dom = subprocess.run([exe, *flags, "--dump-dom", probe.as_uri()], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    body = next(el for el in Dom(dom).elements if el["tag"] == "body")["attrs"]
+    return {k.removeprefix("data-h-").removeprefix("data-"): int(v) for k, v in body.items()
+            if k.startswith(("data-h-", "data-page"))}
+
+
+def test_chromium_partition_section_height_is_bounded(many_report: tuple[Any, Dom], tmp_path: Path) -> None:
+    res, _ = many_report
+    heights = section_heights(res.path, tmp_path)
+    assert set(heights) >= {"page", "partitions", "galleries"}, heights
+    n = res.sections[[s["id"] for s in res.sections].index("partitions")]
+    assert n["has_data"]
+    # 3 selections with partitions (one with 40): a summary table, then per selection a heading, one
+    # plot of at most 5 + 5 partitions and a folded table
+    assert heights["partitions"] <= 250 + 3 * 350, heights
 
 
 def test_chromium_renders_full_and_partial_reports(full_report: tuple[Any, str], runs: dict[str, Path],

@@ -8,12 +8,13 @@ Library entry points (the CLI is a thin layer over these)::
 """
 
 from curate.bootstrap.coreset import CoresetResult, derive_coreset
-from curate.bootstrap.engine import RoundResult, bootstrap_round, history, load_state
+from curate.bootstrap.engine import ResetResult, RoundResult, bootstrap_round, history, load_state, reset_rounds
 from curate.bootstrap.methods import METHODS, get_method, knob_names, list_methods
 
 __all__ = [
     "METHODS",
     "CoresetResult",
+    "ResetResult",
     "RoundResult",
     "bootstrap_round",
     "derive_coreset",
@@ -22,4 +23,5 @@ __all__ = [
     "knob_names",
     "list_methods",
     "load_state",
+    "reset_rounds",
 ]

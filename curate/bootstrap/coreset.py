@@ -23,6 +23,7 @@ from curate.errors import InputError, UsageError
 from curate.io.manifest import Manifest, build_manifest, write_manifest
 from curate.io.tables import write_table
 from curate.run import RunDir
+from curate.select.run import check_name, selection_lock
 
 DEFAULT_NAME = "scan-coreset"
 
@@ -48,6 +49,7 @@ def derive_coreset(
     """Write the coreset selection ``name`` holding the top ``fraction`` of the pool (see module doc)."""
     if not 0.0 < fraction <= 1.0:
         raise UsageError(f"--fraction must be in (0, 1], got {fraction}")
+    check_name(name)  # a folder name inside RUN/selections, never a path
     run = RunDir(run_root)
     run.require()
     state = load_state(run.root)
@@ -107,17 +109,16 @@ def derive_coreset(
         pruned_by_reason={"frequent_candidate": int(n - selected.sum())},
         extra={"method": "scan-coreset", "selection": name},
     )
-    write_table(sel_dir / "scores.parquet", scores)
-    path = write_manifest(sel_dir / "manifest.parquet", manifest)
-    record = run.load().get("selections", {})  # same layout as `curate select`
-    record[name] = {
-        "method": "scan-coreset",
-        "params": {"fraction": fraction, "prepare_rounds": used},
-        "seed": int(state["seed"]),
-        "pool": n,
-        "kept": len(manifest),
-        "manifest": str(Path("selections") / name / "manifest.parquet"),
-        "content_hash": manifest.header["content_hash"],
-    }
-    run.update("selections", record, command=f"{command} --fraction {fraction} --name {name}")
+    with selection_lock(run, name):  # like `curate select`: one writer per selection name
+        write_table(sel_dir / "scores.parquet", scores)
+        path = write_manifest(sel_dir / "manifest.parquet", manifest)
+        run.update_entry("selections", name, {  # same layout as `curate select`
+            "method": "scan-coreset",
+            "params": {"fraction": fraction, "prepare_rounds": used},
+            "seed": int(state["seed"]),
+            "pool": n,
+            "kept": len(manifest),
+            "manifest": str(Path("selections") / name / "manifest.parquet"),
+            "content_hash": manifest.header["content_hash"],
+        }, command=f"{command} --fraction {fraction} --name {name}")
     return CoresetResult(name, path, manifest, used)

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import glob
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def _previous_state(run: RunDir, round_: int) -> dict[str, Any] | None:
         raise InputError(f"round {round_} skips round {last + 1} (latest is {last}); run '{cmd} {last + 1}' first")
     raise InputError(
         f"round {round_} is before the latest round {last}; only round {last} can be rerun "
-        f"(remove {run.bootstrap_dir} and {run.root / 'manifests'} to start over)"
+        f"(to start over: curate bootstrap --run {run.root} --reset)"
     )
 
 
@@ -140,7 +141,7 @@ def _resolve_config(
         if new is not None and new != old:
             raise UsageError(
                 f"--{k.replace('_', '-')} {new} differs from {old} used since round 0 of this run; "
-                "knobs are fixed per run (rerun from round 0 or use a new run folder)"
+                "knobs are fixed per run (start over with 'curate bootstrap --reset', or use a new run folder)"
             )
     return {k: prev[k] for k in ("method", "params", "seed", "init")}
 
@@ -249,7 +250,7 @@ def bootstrap_round(
     if prev is not None and prev["pool"]["digest"] != pool.digest:
         raise InputError(
             f"the pool of {run.root} changed since round 0 ({prev['pool']['size']} → {len(pool)} samples); "
-            "re-embedding mid-run is not supported: rerun from round 0 or use a new run folder"
+            "re-embedding mid-run is not supported: start over with 'curate bootstrap --reset', or use a new run folder"
         )
 
     def losses(r: int) -> RoundLosses:
@@ -354,3 +355,71 @@ def history(run_root: str | os.PathLike[str]) -> pa.Table:
     tables = [read_table(decisions_path(run, r)) for r in range(int(state["round"]) + 1)]
     table = pa.concat_tables(tables)
     return table.add_column(2, "uid", pool.uids.take(table.column("row")))
+
+
+# --- starting over ----------------------------------------------------------------------------------
+#: Files ``bootstrap_round`` writes, relative to ``RUN/bootstrap`` (the methods' tables included).
+BOOTSTRAP_FILES = (
+    r"state\.json", r"pool\.arrow", r"pool-index\.arrow", r"rounds/round-\d{4,}\.json",
+    r"decisions/round-\d{4,}\.parquet", r"candidates/round-\d{4,}\.parquet",
+    r"infobatch/scores-round-\d{4,}\.parquet",
+)
+#: Files of the rounds in ``RUN/manifests``: the manifest, its header, and the trainer kit's filter index.
+ROUND_FILES = (r"round-\d{4,}\.parquet", r"round-\d{4,}\.json", r"\.round-\d{4,}\.filter-[0-9a-zA-Z-]+\.arrow")
+
+
+def _ours(rel: str, patterns: tuple[str, ...]) -> bool:
+    """``rel`` is one of the patterns, or a temporary file of one (``.NAME.<pid>-*.tmp``, see atomic_path)."""
+    folder, _, base = rel.rpartition("/")
+    tmp = re.fullmatch(r"\.(.+)\.\d+-[^/]*\.tmp", base)
+    if tmp is not None:
+        rel = f"{folder}/{tmp.group(1)}" if folder else tmp.group(1)
+    return any(re.fullmatch(p, rel) for p in patterns)
+
+
+@dataclass
+class ResetResult:
+    """What ``reset_rounds`` removed, and what it left in place."""
+
+    removed: list[Path]
+    kept: list[Path]  # files in bootstrap/ or manifests/ that bootstrap did not write
+    losses: list[Path]  # the trainer's loss folders, kept
+
+
+def reset_rounds(run_root: str | os.PathLike[str], command: str = "curate bootstrap --reset") -> ResetResult:
+    """Start a run's bootstrap rounds over: remove what ``bootstrap_round`` wrote, and nothing else.
+
+    Removed: the files of ``RUN/bootstrap/`` (state, per-round snapshots, decisions, candidates, pool
+    cache), ``RUN/manifests/round-NNNN.{parquet,json}`` (with the trainer kit's filter indexes), the
+    folders left empty, and the ``bootstrap`` record of ``run.json``. Kept: ``RUN/losses/`` (the trainer's
+    per-sample losses: they took an epoch of training each, and the next rounds read them only for
+    rounds the trainer has not recorded again), selections (a SCAN coreset included), and any file
+    bootstrap did not write. After it, ``bootstrap --round 0`` starts a new schedule with new knobs.
+    """
+    run = RunDir(run_root)
+    run.require()
+    removed: list[Path] = []
+    kept: list[Path] = []
+    for folder, patterns in ((run.bootstrap_dir, BOOTSTRAP_FILES), (run.root / "manifests", ROUND_FILES)):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for p in sorted(folder.rglob("*")):
+            if p.is_dir() and not p.is_symlink():
+                continue
+            rel = p.relative_to(folder).as_posix()
+            if p.is_file() and not p.is_symlink() and _ours(rel, patterns):
+                p.unlink()
+                removed.append(p)
+            else:
+                kept.append(p)
+        for d in sorted((d for d in folder.rglob("*") if d.is_dir() and not d.is_symlink()), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only when left empty
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    if "bootstrap" in run.load():
+        run.modify("bootstrap", lambda _: None, command=command)
+    losses = run.root / "losses"
+    kept_losses = sorted(p for p in losses.glob("round-*") if p.is_dir()) if losses.is_dir() else []
+    return ResetResult(removed, kept, kept_losses)
+

@@ -4,7 +4,7 @@
   collected from its losses) and ``t_cos`` mutation rounds dropping a cosine-ramped random share of them.
 - ``infobatch``: the InfoBatch baseline (Qin et al., ICLR 2024): each round, keep a random
   ``1 - prune_ratio`` share of the samples whose last loss is below the mean, weighted by
-  ``1 / (1 - prune_ratio)``; full data in the last ``1 - delta`` share of the rounds.
+  ``1 / (1 - prune_ratio)``; full data from round ``floor(delta * total_rounds)`` on.
 - ``none``: the full pool every round (control runs).
 """
 
@@ -274,7 +274,7 @@ class Scan(Method):
 @dataclass(frozen=True)
 class InfoBatchParams:
     prune_ratio: float = 0.5  # share of the below-mean ("well learned") samples dropped each round
-    delta: float = 0.875  # prune only in rounds < delta * total_rounds (annealing: full data after)
+    delta: float = 0.875  # prune in rounds < floor(delta * total_rounds) (annealing: full data after)
     total_rounds: int | None = None  # how many rounds the trainer runs (required)
     init_score: float = 3.0  # score of a sample never trained on (InfoBatch's code uses 3.0)
 
@@ -306,7 +306,9 @@ class InfoBatch(Method):
             scores[lo.row] = lo.loss  # last seen loss; pruned samples keep their older score
         keep = np.ones(n, bool)
         weight = np.ones(n, np.float32)
-        prune = n_round < p.delta * p.total_rounds
+        assert p.total_rounds is not None
+        full_from = sch.infobatch_prune_rounds(p.delta, p.total_rounds)
+        prune = n_round < full_from
         dec = Decision(phase=sch.PRUNE if prune else sch.FULL, keep=keep, state={"scores_round": n_round})
         dec.tables[_scores_path(n_round)] = pa.table({"score": scores.astype(np.float32)})  # one per pool row
         if prune:
@@ -323,6 +325,7 @@ class InfoBatch(Method):
             dec.header["candidates"] = {"well_learned": len(well), "score_mean": float(scores.mean())}
         dec.weight = weight
         dec.header["keep_ratio"] = 1.0 - p.prune_ratio if prune else 1.0
+        dec.header["full_from_round"] = full_from
         return dec
 
 

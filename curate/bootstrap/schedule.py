@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 WARMUP, PREPARE, MUTATE, FULL, PRUNE = "warmup", "prepare", "mutate", "full", "prune"
 
@@ -32,3 +33,13 @@ def plateau(loss_pre: float, loss_cur: float, prune_td: float) -> tuple[bool, fl
     """The reference's warm-up test: (relative improvement < prune_td, relative improvement)."""
     rel = (loss_pre - loss_cur) / (loss_pre + 1e-8)
     return rel < prune_td, rel
+
+
+def infobatch_prune_rounds(delta: float, total_rounds: int) -> int:
+    """How many rounds InfoBatch prunes: rounds ``0 .. k-1`` prune, rounds ``k ..`` train on full data.
+
+    ``k = floor(delta * total_rounds)``, as in InfoBatch's code, where epoch ``e`` (from 0) prunes while
+    ``e + 1 <= delta * num_epochs``. ``delta`` is taken as the decimal it prints as, so that 0.29 × 100
+    is 29 and not the 28.999… of float arithmetic.
+    """
+    return math.floor(Fraction(repr(float(delta))) * int(total_rounds))

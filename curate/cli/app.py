@@ -29,6 +29,7 @@ from curate.cli import (  # noqa: F401  (registers commands)
     losses_cmd,
     report_cmd,
     select_cmd,
+    selections_cmd,
     shards_cmd,
 )
 from curate.cli._app import app

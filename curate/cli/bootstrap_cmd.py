@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -26,6 +27,8 @@ _EPILOG = """Examples:
   curate bootstrap --run runs/demo --round 0 --method infobatch --total-rounds 10
 
   curate bootstrap coreset --run runs/demo --fraction 0.5     # static coreset byproduct
+
+  curate bootstrap --run runs/demo --reset                    # start the rounds over (losses are kept)
 
 Knobs (method, --rho-max, --seed, --init, ...) are fixed at round 0; later rounds reuse them."""
 
@@ -71,15 +74,24 @@ def bootstrap(
     rank_scope: str = typer.Option(None, help="[scan] Rank losses per 'batch' (default) or 'global'ly."),
     prune_mode: str = typer.Option(None, help="[scan] Drop both (default), redundant or ill_matched candidates."),
     prune_ratio: float = typer.Option(None, help="[infobatch] Share of below-mean samples dropped (0.5)."),
-    delta: float = typer.Option(None, help="[infobatch] Prune in rounds < delta*total (0.875)."),
+    delta: float = typer.Option(None, help="[infobatch] Prune rounds < floor(delta*total), then full data (0.875)."),
     total_rounds: int = typer.Option(None, help="[infobatch] Rounds the trainer will run (required)."),
     init_score: float = typer.Option(None, help="[infobatch] Score of a never-trained sample (3.0)."),
     print_: str = typer.Option("path", "--print", help="What to print on stdout: 'path' or 'urls'."),
+    reset: bool = typer.Option(False, "--reset", help="Start the rounds over: remove what bootstrap wrote "
+                               "(RUN/bootstrap, RUN/manifests/round-*; losses are kept); with --round 0, then "
+                               "decide round 0."),
     json_out: bool = typer.Option(False, "--json", help="Print the round summary as JSON instead."),
 ) -> None:
     """Decide round N from round N-1's losses; write RUN/manifests/round-NNNN.parquet and print its path."""
     if ctx.invoked_subcommand is not None:
         return
+    if reset:
+        if run is None or round_ not in (None, 0):
+            raise UsageError("--reset needs --run RUN and takes no --round other than 0")
+        _reset(run, json_out and round_ is None)
+        if round_ is None:
+            return
     if run is None or round_ is None:
         raise UsageError("curate bootstrap needs --run RUN and --round N (see 'curate bootstrap --help')")
     if print_ not in ("path", "urls"):
@@ -99,6 +111,31 @@ def bootstrap(
     err.print(_summary_table(res.summary))
     lines = shard_urls(res.manifest, run=run) if print_ == "urls" else [str(res.manifest_path)]
     typer.echo("\n".join(lines))
+
+
+def _reset(run: str, json_out: bool) -> None:
+    from curate.bootstrap import reset_rounds
+
+    res = reset_rounds(run, command=f"curate bootstrap --run {run} --reset")
+    if json_out:
+        print_json({"removed": [str(p) for p in res.removed], "kept": [str(p) for p in res.kept],
+                    "losses_kept": [str(p) for p in res.losses]})
+        return
+    by_folder: dict[Path, list[str]] = {}
+    for p in res.removed:
+        by_folder.setdefault(p.parent, []).append(p.name)
+    for folder, names in by_folder.items():
+        span = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
+        err.print(f"removed {folder}/: {len(names)} file{'s' if len(names) != 1 else ''} ({span})",
+                  highlight=False, soft_wrap=True)
+    if not res.removed:
+        err.print(f"{run} has no bootstrap rounds: nothing to remove", highlight=False, soft_wrap=True)
+    for p in res.kept:
+        err.print(f"kept {p} (not written by bootstrap)", highlight=False, soft_wrap=True)
+    if res.losses:
+        n = len(res.losses)
+        err.print(f"kept {Path(run) / 'losses'}/ ({n} round{'s' if n != 1 else ''} of per-sample losses, the "
+                  "trainer's data: a round the trainer records again replaces them)", highlight=False, soft_wrap=True)
 
 
 @bootstrap_app.command(

@@ -24,12 +24,14 @@ Format = enum.Enum("Format", {f: f for f in FORMATS}, type=str)  # type: ignore[
 def export(
     manifest: str = typer.Option(..., "--manifest", "-m", help="A manifest .parquet or a selection folder."),
     fmt: Format = typer.Option(..., "--format", help="datacomp (sorted u8,u8 uid .npy), keys (shard/key), urls."),
-    out_path: str = typer.Option(None, "--out", "-o", help="Output file (default: next to the manifest)."),
+    out_path: str = typer.Option(None, "--out", "-o", help="Output file, or a folder for <selection>.npy, "
+                                 ".keys.txt, .urls.txt (default: next to the manifest)."),
     shards: str = typer.Option(None, help="urls: shard spec to take URLs from (default: the run's run.json)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file that curate did not write."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Export a manifest as a DataComp subset file, a shard/key list or a shard-URL list."""
-    path, n = export_manifest(manifest, fmt.value, out_path, shards)
+    path, n = export_manifest(manifest, fmt.value, out_path, shards, force=force)
     if json_out:
         print_json({"format": fmt.value, "path": str(path), "entries": n})
     else:
@@ -46,7 +48,8 @@ def reshard_cmd(
     out_dir: str = typer.Option(..., "--out", "-o", help="Folder for the new shards (000000.tar, ...)."),
     shard_size: int = typer.Option(10_000, help="Samples per output shard."),
     shards: str = typer.Option(None, help="Source shard spec (default: the URLs in the run's run.json)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier reshard's output in --out (only the "
+                               "files its reshard.json lists)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Write new WebDataset shards holding only the manifest's samples (count verified)."""

@@ -23,19 +23,22 @@ _EPILOG = (
 @app.command("report", epilog=_EPILOG)
 def report(
     run: str = typer.Option(..., "--run", "-r", help="Run folder (any stage: embed, select, bootstrap)."),
-    out_path: str = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN/reports/report.html)."),
+    out_path: str = typer.Option(None, "--out", "-o", help="HTML file to write, or a folder for report.html "
+                                 "(default RUN/reports/report.html)."),
     selection: list[str] = typer.Option(None, "--selection", "-s", help="Selection to show (repeat; default all)."),
     thumbs: int = typer.Option(24, help="Samples per gallery, half kept and half pruned (1..48)."),
     thumb_size: int = typer.Option(128, help="Longest side of a thumbnail in pixels (32..256)."),
     max_shards: int = typer.Option(4, help="Shards read for the galleries (the samples shown come from them)."),
     max_galleries: int = typer.Option(6, help="Selection galleries shown (plus the latest pruning round)."),
     seed: int = typer.Option(0, help="Seed of the samples the galleries show."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file that curate did not write."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (path, sections, counts)."),
 ) -> None:
     """Write one self-contained HTML file (images inlined) with plots and sample galleries; print its path."""
     options = ReportOptions(thumbs=thumbs, thumb_size=thumb_size, max_shards=max_shards,
                             max_galleries=max_galleries, seed=seed)
-    res = build_report(run, out_path, options=options, selections=list(selection) if selection else None)
+    res = build_report(run, out_path, options=options, selections=list(selection) if selection else None,
+                       force=force)
     if json_out:
         print_json(res.summary())
         return

@@ -7,10 +7,12 @@ from typing import Any
 
 import typer
 from rich.table import Table
+from typer.core import TyperCommand
 
 from curate.cli._app import app
 from curate.cli._common import RichProgress, out, print_json
 from curate.engines import list_engines
+from curate.errors import UsageError
 from curate.select import SELECTORS, list_selectors, run_selection
 from curate.select.base import parse_bytes
 
@@ -29,7 +31,15 @@ Examples:\n
   curate select --run runs/demo --method semdedup --eps 0.05 --keep farthest\n
   curate select --run runs/demo --method random --count 1000 --seed 1\n
   curate select --run runs/demo --method clipcov --fraction 0.3 --engine ray --ray-address auto\n
-  curate select --run runs/demo --method intersect --of clip-score-t0.28 clipcov-f0.3"""
+  curate select --run runs/demo --method intersect --of clip-score-t0.28 clipcov-f0.3\n
+  curate select --run runs/demo --method difference --of clipcov-f0.3 clip-score-f0.3 random-f0.3"""
+
+
+class _SelectCommand(TyperCommand):
+    """``--of A B C``: names after the first land in a hidden argument; keep it out of the usage line."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [p for p in super().collect_usage_pieces(ctx) if p.strip("[].")]
 
 
 def _command(**given: Any) -> str:
@@ -47,7 +57,7 @@ def _command(**given: Any) -> str:
     return " ".join(parts)
 
 
-@app.command("select", epilog=_EPILOG)
+@app.command("select", epilog=_EPILOG, cls=_SelectCommand)
 def select(
     run: str = typer.Option(..., "--run", "-r", help="Run folder with embeddings (from 'curate embed')."),
     method: Method = typer.Option(..., "--method", "-m", help="Selection method (listed below)."),
@@ -66,7 +76,8 @@ def select(
                                      "class (unbiased; off: exact, O(n_k²) per class). See docs/scale.md."),
     kmeans_sample: int = typer.Option(None, help="semdedup, clipcov --partition kmeans:K: rows k-means trains on "
                                       "(a seeded sample; default 256 per cluster, at most 500,000)."),
-    of: tuple[str, str] = typer.Option(None, "--of", help="intersect/union/difference: NAME_A NAME_B."),
+    of: list[str] = typer.Option(None, "--of", metavar="A B [C ...]", help="intersect/union/difference: two or "
+                                 "more selections, space- or comma-separated (difference: A minus all others)."),
     device: str = typer.Option("auto", help="clipcov: auto, cpu, cuda, cuda:N."),
     engine: EngineName = typer.Option("local", help="Where the tasks run: local or ray (same result)."),
     workers: int = typer.Option(None, help="--engine local: task processes (default 1: this process)."),
@@ -76,12 +87,15 @@ def select(
                                     "default: start a local Ray."),
     force: bool = typer.Option(False, "--force", help="Replace a selection of that name made with other options."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    more_of: list[str] = typer.Argument(None, hidden=True, metavar=""),  # the B C of '--of A B C'
 ) -> None:
     """Select a subset of a run's samples; write RUN/selections/NAME/{scores,manifest}.parquet."""
+    if more_of and not of:
+        raise UsageError(f"unexpected argument {more_of[0]!r} (set algebra takes its names after --of)")
     opts = {
         "variant": variant.value if variant else None, "partition": partition, "classes": classes,
         "threshold": threshold, "eps": eps, "keep": keep.value if keep else None, "clusters": clusters,
-        "of": tuple(of) if of and all(of) else None, "kmeans_sample": kmeans_sample,
+        "of": (*of, *(more_of or ())) if of else None, "kmeans_sample": kmeans_sample,
         "cross_sample": cross_sample,
     }
     eng_opts: dict[str, Any] = {"address": ray_address} if ray_address else {}

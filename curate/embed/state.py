@@ -8,14 +8,13 @@ when it was read; a shard whose current fingerprint differs, or that has gone, i
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.errors import UsageError
+from curate.fs import exclusive_lock
 from curate.io.shards import fingerprint, shard_name
 from curate.io.tables import table_metadata
 from curate.run import RunDir, read_json
@@ -103,21 +102,9 @@ def run_lock(run: RunDir, step: str) -> Iterator[None]:
     The OS releases the lock when its process dies, so a killed run never blocks the next one.
     """
     run.root.mkdir(parents=True, exist_ok=True)
-    path = run.root / f".{step}.lock"
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
+    with exclusive_lock(run.root / f".{step}.lock",
+                        f"another 'curate {step}' is writing to {run.root}; wait for it to finish"):
         yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another 'curate {step}' is writing to {run.root}; wait for it to finish") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def remove_stale_temp_files(folders: Sequence[Path], pattern: str = ".*.tmp") -> int:

@@ -3,11 +3,18 @@
 DataComp subset files (``resharder.py --subset-file``) are a numpy structured array of dtype
 ``u8,u8``: the upper and lower 64 bits of each sample's 128-bit hex uid, sorted, so that consumers can
 binary-search them. :func:`uids_to_u8pair` and :func:`u8pair_to_uids` convert without Python loops.
+
+An existing output file is replaced only when curate wrote it (the default file names inside a
+selection folder or a run's ``manifests/`` folder), when it already holds exactly the bytes the export
+would write (then it is left as it is), or with ``force``; ``--out`` is never the manifest itself. An
+``--out`` that is a folder (or ends with ``/``) receives ``<name>.npy``, ``<name>.keys.txt`` or
+``<name>.urls.txt``, where ``<name>`` is the selection's name (``round-NNNN`` for a bootstrap round).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import InputError, UsageError
-from curate.io.manifest import Manifest, read_manifest
+from curate.fs import check_replace, output_file, run_folder_of, same_file_content
+from curate.io.manifest import Manifest, header_path, read_manifest
 from curate.run import atomic_path
 
 FORMATS = ("datacomp", "keys", "urls")
 DEFAULT_NAMES = {"datacomp": "subset.npy", "keys": "keys.txt", "urls": "urls.txt"}
+FOLDER_SUFFIXES = {"datacomp": ".npy", "keys": ".keys.txt", "urls": ".urls.txt"}  # --out DIR: DIR/<name><suffix>
 U8PAIR = np.dtype("u8,u8")
 
 _LUT = np.full(256, 255, np.uint8)
@@ -109,14 +118,67 @@ def write_urls(manifest: Manifest, out: str | os.PathLike[str], run: Path | None
     return len(urls)
 
 
+def manifest_name(path: Path, manifest: Manifest) -> str:
+    """A short name for a manifest's exports: the selection's name, ``round-NNNN``, or the file's stem."""
+    header = manifest.header
+    if header.get("selection"):
+        return str(header["selection"])
+    if header.get("kind") == "bootstrap" and header.get("round") is not None:
+        return f"round-{int(header['round']):04d}"
+    return path.parent.name if path.stem == "manifest" and path.parent.name else path.stem
+
+
+def _curate_folder(folder: Path) -> bool:
+    """A selection folder (``RUN/selections/NAME``) or a run's ``manifests/`` folder: curate owns them."""
+    folder = folder.resolve()
+    if folder.name == "manifests":
+        return (folder.parent / "run.json").is_file()
+    return folder.parent.name == "selections" and (folder.parent.parent / "run.json").is_file() \
+        and (folder / "manifest.json").is_file()
+
+
+def written_by_export(path: Path) -> bool:
+    """True for the default export files curate writes beside a manifest in a folder curate owns."""
+    return path.name in DEFAULT_NAMES.values() and _curate_folder(path.parent)
+
+
+class _Unchanged(Exception):
+    """The existing output already holds exactly the bytes the export would write."""
+
+
+def _publish(target: Path, force: bool, write: Callable[[Path], int]) -> int:
+    """Write ``target`` atomically with ``write(tmp)``; an existing file that curate did not write is replaced
+    only with ``force``, or left as it is when it already holds the same bytes."""
+    check_replace(target, force=True)  # never a folder or a link, whatever the flags
+    run = run_folder_of(target.parent)
+    if run is not None and os.path.lexists(target) and not written_by_export(target):
+        raise UsageError(f"--out {target} is a file of the run {run}, not an export; choose another --out")
+    guarded = os.path.lexists(target) and not force and not written_by_export(target)
+    try:
+        with atomic_path(target) as tmp:
+            n = write(tmp)
+            if guarded:
+                if same_file_content(tmp, target):
+                    raise _Unchanged(n)
+                check_replace(target, force=False)  # raises: the temporary file is removed
+    except _Unchanged as same:
+        return int(same.args[0])
+    return n
+
+
 def export_manifest(
     manifest_path: str | os.PathLike[str],
     fmt: str,
     out: str | os.PathLike[str] | None = None,
     shards: str | None = None,
+    *,
+    force: bool = False,
 ) -> tuple[Path, int]:
     """Export a manifest as ``fmt`` (datacomp, keys, urls) to ``out`` (default: next to the manifest).
 
+    ``out`` may be a folder (an existing one, or a path ending with ``/``): the file is then
+    ``out/<name>.npy`` (``.keys.txt``, ``.urls.txt``) with the selection's name. An existing file that
+    curate did not write is replaced only with ``force`` (see the module docstring).
     Returns the written path and the number of entries (uids, keys or URLs).
     """
     if fmt not in FORMATS:
@@ -125,11 +187,17 @@ def export_manifest(
     if path.is_dir():
         path = path / "manifest.parquet"
     manifest = read_manifest(path)
-    target = Path(out) if out is not None else path.parent / DEFAULT_NAMES[fmt]
-    if fmt == "datacomp":
-        n = write_datacomp(manifest, target)
-    elif fmt == "keys":
-        n = write_keys(manifest, target)
+    if out is None:
+        target = path.parent / DEFAULT_NAMES[fmt]
     else:
-        n = write_urls(manifest, target, run_of_manifest(path), shards)
+        target = output_file(out, manifest_name(path, manifest) + FOLDER_SUFFIXES[fmt])
+    if target.resolve() in {path.resolve(), header_path(path).resolve()}:
+        raise UsageError(f"--out {target} is the manifest being exported; choose another --out")
+    if fmt == "datacomp":
+        n = _publish(target, force, lambda tmp: write_datacomp(manifest, tmp))
+    elif fmt == "keys":
+        n = _publish(target, force, lambda tmp: write_keys(manifest, tmp))
+    else:
+        run = run_of_manifest(path)
+        n = _publish(target, force, lambda tmp: write_urls(manifest, tmp, run, shards))
     return target, n

@@ -264,12 +264,11 @@ class ManifestWriter:
         meta = {HEADER_KEY: json.dumps(head, sort_keys=True).encode()}
         try:
             src = pq.ParquetFile(self._rows)
-            with atomic_path(self.path) as tmp:
-                with pq.ParquetWriter(tmp, MANIFEST_SCHEMA.with_metadata(meta)) as out:
-                    for i in range(src.num_row_groups):
-                        out.write_table(src.read_row_group(i).replace_schema_metadata(meta))
-                    if src.num_row_groups == 0:
-                        out.write_table(MANIFEST_SCHEMA.empty_table().replace_schema_metadata(meta))
+            with atomic_path(self.path) as tmp, pq.ParquetWriter(tmp, MANIFEST_SCHEMA.with_metadata(meta)) as out:
+                for i in range(src.num_row_groups):
+                    out.write_table(src.read_row_group(i).replace_schema_metadata(meta))
+                if src.num_row_groups == 0:
+                    out.write_table(MANIFEST_SCHEMA.empty_table().replace_schema_metadata(meta))
         finally:
             self._rows.unlink(missing_ok=True)
         write_json(header_path(self.path), head)

@@ -8,6 +8,11 @@ output folder appears under its final name (everything is first written to a tem
 Crash safety: the temporary folder ``.<out>.tmp-<pid>`` of a killed run is removed by the next run, and
 rerunning a reshard that already completed (same manifest content, shard size and sources) finds its
 output complete and leaves it as it is, so "run it again" is always the recovery.
+
+What may be replaced: ``--out`` must be new, empty, or the output of an earlier reshard (its
+``reshard.json`` says so and lists every file in it). ``force`` replaces only such an output, and removes
+only the files its ``reshard.json`` lists. The output folder may never be, contain or sit inside a run
+folder (a folder with ``run.json``) or a folder holding the source shards.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -27,14 +33,18 @@ import numpy as np
 import pyarrow.compute as pc
 
 from curate.errors import InputError, UsageError
+from curate.fs import run_folder_of
 from curate.io.export import run_of_manifest
 from curate.io.manifest import read_manifest
 from curate.io.shards import expand_shards, iter_shard, shard_name
-from curate.io.tarwrite import remove_dead_temps, write_tar
+from curate.io.tarwrite import pid_alive, remove_dead_temps, write_tar
 from curate.progress import NullProgress, Progress
 from curate.run import RunDir, write_json
 
 RESHARD_INFO = "reshard.json"
+WRITTEN_BY = "curate reshard"  # the marker in reshard.json that says curate's reshard wrote the folder
+_SHARD_FILE = re.compile(r"^[0-9]{6,}\.tar$")
+_LEGACY_KEYS = {"manifest", "content_hash", "shard_size", "sources", "samples", "prefixed_keys", "shards"}
 
 
 @dataclass
@@ -61,6 +71,106 @@ def _source_urls(names: list[str], manifest_path: Path, shards: str | None,
     if missing:
         raise InputError(f"no URL for shard {missing[0]!r} ({len(missing)} of {len(names)} shards); pass --shards SPEC")
     return {n: mapping[n] for n in names}
+
+
+def _read_info(folder: Path) -> dict[str, Any] | None:
+    """``folder/reshard.json`` when it says curate's reshard wrote the folder and lists safe file names."""
+    try:
+        info = json.loads((folder / RESHARD_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not (info.get("written_by") == WRITTEN_BY or info.keys() >= _LEGACY_KEYS):
+        return None
+    shards = info.get("shards")
+    if not isinstance(shards, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) and _SHARD_FILE.match(s["name"]) for s in shards
+    ):
+        return None
+    return info
+
+
+def output_files(folder: str | os.PathLike[str]) -> list[str] | None:
+    """The files curate's reshard wrote in ``folder`` (from its reshard.json), or None if it is not one's output."""
+    info = _read_info(Path(folder))
+    return None if info is None else [*(s["name"] for s in info["shards"]), RESHARD_INFO]
+
+
+def _remove_output(folder: Path) -> None:
+    """Remove the files reshard wrote in ``folder`` (those its reshard.json lists), then the folder if empty."""
+    for name in output_files(folder) or []:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _remove_dead_old_outputs(parent: Path, prefix: str) -> None:
+    """Earlier outputs moved aside by a replacing run that was killed before removing them."""
+    pat = re.compile(re.escape(prefix) + r"(\d+)$")
+    if parent.is_dir():
+        for p in parent.iterdir():
+            m = pat.match(p.name)
+            if m and p.is_dir() and not p.is_symlink() and not pid_alive(int(m.group(1))):
+                _remove_output(p)
+
+
+def _local_folder(url: str) -> Path | None:
+    """The folder of a local shard path (None for ``pipe:`` commands and remote URLs)."""
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    if url.startswith("pipe:") or "://" in url:
+        return None
+    return Path(url).resolve().parent
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """True when ``a`` is ``b`` or lies inside it (resolved paths)."""
+    return a == b or b in a.parents
+
+
+def check_output_folder(out: str | os.PathLike[str], sources: list[str]) -> None:
+    """Refuse an output folder that is, contains or sits inside a run folder or a source shards' folder."""
+    out = Path(out)
+    if out.is_symlink():
+        raise UsageError(f"--out {out} is a symbolic link; give the folder itself")
+    if os.path.lexists(out) and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    here = out.resolve()
+    run = run_folder_of(here)
+    if run is not None:
+        where = "is" if run == here else f"is inside {run}, which is"
+        raise UsageError(f"--out {out} {where} a curate run folder; write the new shards outside any run")
+    if here.is_dir() and any(here.glob("*/run.json")):
+        raise UsageError(f"--out {out} contains a curate run folder; write the new shards to a folder of their own")
+    for folder in dict.fromkeys(f for f in map(_local_folder, sources) if f is not None):
+        if _inside(here, folder) or _inside(folder, here):
+            how = "is" if here == folder else "is inside" if _inside(here, folder) else "contains"
+            raise UsageError(f"--out {out} {how} the folder of the source shards ({folder}); choose another --out")
+
+
+def _check_existing(out: Path, force: bool, want: dict[str, Any], hashed: bool) -> ReshardResult | None:
+    """What an existing ``out`` allows: the finished result of this reshard, replacing it, or an error."""
+    if not out.is_dir():
+        return None
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return None
+    own = output_files(out)
+    if own is None:
+        raise UsageError(f"{out} is not empty and is not the output of an earlier 'curate reshard' "
+                         "(no reshard.json of it); choose another --out")
+    done = _completed(out, want) if hashed else None
+    if done is not None and not force:
+        return done
+    extra = [e for e in entries if e not in own]
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise UsageError(f"{out} holds files reshard did not write ({extra[0]}{more}); move them out or choose "
+                         "another --out")
+    if not force:
+        raise UsageError(f"{out} is not empty: it holds another reshard's output; pass --force to replace it "
+                         "or choose another --out")
+    return None
 
 
 def _completed(out: Path, want: dict[str, Any]) -> ReshardResult | None:
@@ -110,7 +220,8 @@ def reshard(
     becomes ``<source shard>/<key>`` so that keys stay unique. ``out_dir/reshard.json`` records the
     source manifest, its content hash, and the per-shard counts. When ``out_dir`` already holds the
     complete output of this very reshard (same manifest content, shard size and sources), it is returned
-    as it is: rerunning after a crash is always safe.
+    as it is: rerunning after a crash is always safe. ``force`` replaces an earlier reshard output (and
+    nothing else: see the module docstring).
     """
     if shard_size < 1:
         raise UsageError(f"--shard-size must be a positive integer, got {shard_size}")
@@ -129,16 +240,14 @@ def reshard(
     prefix = pc.count_distinct(table.column("key")).as_py() != table.num_rows
     want = {"manifest": str(path.resolve()), "content_hash": manifest.header.get("content_hash"),
             "shard_size": shard_size, "sources": [urls[n] for n in names]}
-    if out.exists() and any(out.iterdir()):
-        done = _completed(out, want) if manifest.header.get("content_hash") else None
-        if done is not None and not force:
-            return done
-        if not force:
-            raise UsageError(f"{out} exists and is not empty; pass --force to replace it or choose another --out")
+    check_output_folder(out, [urls[n] for n in names])
+    done = _check_existing(out, force, want, bool(manifest.header.get("content_hash")))
+    if done is not None:
+        return done
     made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # removed again on failure
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(out.parent, f".{out.name}.tmp-")
-    remove_dead_temps(out.parent, f".{out.name}.old-")
+    _remove_dead_old_outputs(out.parent, f".{out.name}.old-")
     progress = progress or NullProgress()
     progress.start("reshard", total=table.num_rows)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -169,12 +278,15 @@ def reshard(
                 f"{' ...' if len(pairs) > 5 else ''}{f' (reader: {drops})' if drops else ''};"
                 " check --shards points at the shards that were embedded"
             )
-        write_json(tmp / RESHARD_INFO, {**want, "samples": total, "prefixed_keys": bool(prefix), "shards": written})
-        if out.exists():
+        write_json(tmp / RESHARD_INFO, {**want, "samples": total, "prefixed_keys": bool(prefix), "shards": written,
+                                        "written_by": WRITTEN_BY})
+        old = None
+        if out.exists():  # empty, or an earlier reshard output (checked above)
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
-            shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, out)
+        if old is not None:
+            _remove_output(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for d in made:  # innermost first; only folders this call created and left empty

@@ -18,9 +18,18 @@ import numpy as np
 import pyarrow as pa
 
 from curate.errors import CurateError, UsageError
+from curate.fs import check_replace, output_file, run_folder_of
 from curate.report import html as h
 from curate.report import plots
-from curate.report.data import SCORE_LABELS, SCORE_SHORT, RunData, load_run, round_samples
+from curate.report.data import (
+    SCORE_LABELS,
+    SCORE_LOG,
+    SCORE_SENTINELS,
+    SCORE_SHORT,
+    RunData,
+    load_run,
+    round_samples,
+)
 from curate.report.samples import (
     TRUTH_LABELS,
     Gallery,
@@ -34,7 +43,8 @@ from curate.report.samples import (
 from curate.run import atomic_path
 
 MAX_THUMBS = 48
-MAX_PARTITIONS = 30
+MAX_PANELS = 12  # selections drawn in each small-multiples plot (the others are named on the page)
+EXTREMES = 5  # partitions drawn at each end of the kept-share ranking (the others are folded)
 
 
 @dataclass(frozen=True)
@@ -92,9 +102,9 @@ class Context:
     options: ReportOptions
     plots: int = 0
 
-    def plot(self, png: bytes, alt: str, plot_id: str) -> str:
+    def plot(self, png: bytes, alt: str, plot_id: str, data: dict[str, str] | None = None) -> str:
         self.plots += 1
-        return h.png_img(png, alt, plot_id)
+        return h.png_img(png, alt, plot_id, data)
 
     @property
     def cmd_run(self) -> str:
@@ -160,34 +170,76 @@ def overview(ctx: Context) -> Section:
 
 
 # --- score distributions ------------------------------------------------------------------------
+def _left_out(what: str, items: list[tuple[str, str]]) -> str:
+    """A note naming the selections a plot leaves out, grouped by why."""
+    by_why: dict[str, list[str]] = {}
+    for name, why in items:
+        by_why.setdefault(why, []).append(name)
+    return "".join(h.note(f"{what}: not shown ({why}): {', '.join(names)}") for why, names in by_why.items())
+
+
+def _too_many() -> str:
+    return f"more than {MAX_PANELS} selections; choose them with --selection"
+
+
 @register
 def score_distributions(ctx: Context) -> Section:
     d = ctx.data
     emb = d.embeddings
+    colors = {sel.name: plots.series_color(i) for i, sel in enumerate(d.selections)}
+    has_clip = bool(len(emb)) and bool(np.isfinite(emb.clip_score).any())
     body = "<h3>CLIP score</h3>"
     has = False
-    if len(emb) and np.isfinite(emb.clip_score).any():
+    if has_clip:
+        shown = d.selections[:MAX_PANELS]
         kept = []
-        for sel in d.selections[: len(plots._CYCLE)]:
+        for sel in shown:
             uids = sel.table.column("uid").filter(pa.array(sel.selected))
-            kept.append((sel.name, emb.lookup(uids)))
-        body += ctx.plot(plots.clip_score_histogram(emb.clip_score, kept), "CLIP score histogram", "plot-clip-score")
+            kept.append((sel.name, emb.lookup(uids), colors[sel.name]))
+        body += ctx.plot(plots.clip_score_panels(emb.clip_score, kept), "CLIP score of the pool and of what each "
+                         "selection keeps", "plot-clip-score", {"selections": " ".join(s.name for s in shown)})
+        if shown:
+            body += ('<p class="legend">One panel per selection, all on the same bins and scale: the pool in grey, '
+                     "the samples the selection keeps in colour on top (never more than the pool), so no "
+                     "selection hides another. The title gives the kept count and share of the pool.</p>")
+        body += _left_out("CLIP score", [(s.name, _too_many()) for s in d.selections[MAX_PANELS:]])
         has = True
     else:
         body += h.no_data("No CLIP scores yet: run 'curate embed SHARDS --run RUN' (samples need captions).")
     body += "<h3>Selection scores: kept vs pruned</h3>"
-    panels = []
+    panels, fallback, left = [], [], []
     for sel in d.selections:
+        panel = {"name": sel.name, "method": sel.method, "selected": sel.selected, "reason": sel.reasons}
         score = sel.column("score")
-        if score is None or not np.isfinite(score).any():
+        if score is not None and np.isfinite(score).any():
+            panel.update(score=score, label=SCORE_LABELS.get(sel.method, "score"),
+                         sentinel=SCORE_SENTINELS.get(sel.method), cut=sel.cut, log=sel.method in SCORE_LOG)
+        elif has_clip:  # set algebra, SCAN's coreset...: no score of their own, the CLIP score is shared
+            panel.update(score=emb.lookup(sel.table.column("uid")).astype(np.float64),
+                         label="CLIP score (no score of its own)")
+            fallback.append(sel.name)
+        else:
+            left.append((sel.name, "no score column, and the run has no CLIP scores"))
             continue
-        panels.append({"name": sel.name, "method": sel.method, "score": score, "selected": sel.selected,
-                       "reason": sel.reasons, "label": SCORE_LABELS.get(sel.method, "score")})
+        panels.append(panel)
+    left += [(p["name"], _too_many()) for p in panels[MAX_PANELS:]]
+    panels = panels[:MAX_PANELS]
     if panels:
-        body += ctx.plot(plots.selection_scores(panels[:9]), "selection score histograms", "plot-selection-scores")
+        body += ctx.plot(plots.selection_scores(panels), "selection score histograms", "plot-selection-scores",
+                         {"selections": " ".join(p["name"] for p in panels)})
+        over = [p["name"] for p in panels if p["name"] in fallback]
+        sentinel = any(p.get("sentinel") is not None for p in panels)
+        body += ('<p class="legend">Each selection over its own score, kept (green) and pruned stacked by drop '
+                 "reason; the dashed line is the cut where the method has one (clip-score's threshold, "
+                 "semdedup's eps)."
+                 + (" Semdedup's score is drawn on a log axis, and the first member of each cluster (score 2: no "
+                    "earlier member to compare with) is counted in the title instead of drawn." if sentinel else "")
+                 + (f" Drawn over the CLIP score, having no score of their own: {h.e(', '.join(over))}." if over
+                    else "") + "</p>")
         has = True
-    else:
-        body += h.no_data("No selection with a score column yet: run 'curate select'.")
+    elif not left:
+        body += h.no_data("No selection yet: run 'curate select'.")
+    body += _left_out("kept vs pruned", left)
     body += "<h3>ClipCov gain</h3>"
     curves = []
     for sel in d.selections:
@@ -207,33 +259,66 @@ def score_distributions(ctx: Context) -> Section:
 
 
 # --- partitions ---------------------------------------------------------------------------------
+def _pct(v: float) -> str:
+    return f"{v:.0%}"
+
+
+def _partition_block(ctx: Context, sel: Any) -> tuple[tuple[str, ...], str] | None:
+    """A selection's summary row and its block (top/bottom plot, folded full table); None without partitions."""
+    part = sel.column("partition")
+    if part is None or not np.isfinite(part).any():
+        return None
+    ok = np.isfinite(part)
+    labels = part[ok].astype(np.int64)
+    size = np.bincount(labels)
+    kept = np.bincount(labels[sel.selected[ok]], minlength=len(size))
+    nonempty = np.flatnonzero(size)
+    share = kept[nonempty] / size[nonempty]
+    names = sel.partition_names(len(size))
+    overall = float(kept.sum() / size.sum())
+    n = len(nonempty)
+    # ranked by kept share; ties: the larger partition first (its share says more), then the index
+    high = nonempty[np.lexsort((nonempty, -size[nonempty], -share))]
+    low = nonempty[np.lexsort((nonempty, -size[nonempty], share))]
+    if n <= EXTREMES:
+        picks = [(f"all {n} partitions, highest kept share first", high)]
+    else:  # the top and the bottom side by side; with up to 2 * EXTREMES partitions, all of them
+        k_high = min(EXTREMES, -(-n // 2))
+        k_low = min(EXTREMES, n - k_high)
+        picks = [(f"highest kept share ({k_high} of {n})", high[:k_high]),
+                 (f"lowest kept share ({k_low} of {n})", low[:k_low])]
+    groups = [(title, [names[k] for k in ks], size[ks], kept[ks]) for title, ks in picks]
+    zero = int(np.sum(kept[nonempty] == 0))
+    row = (sel.name, sel.method, f"{n:,}", f"{zero:,}", _pct(share.min()), _pct(float(np.median(share))),
+           _pct(share.max()), _pct(overall))
+    by_size = nonempty[np.lexsort((nonempty, -size[nonempty]))]
+    table = h.table(["partition", "pool", "kept", "kept share"],
+                    [(names[k], f"{size[k]:,}", f"{kept[k]:,}", _pct(kept[k] / size[k])) for k in by_size],
+                    [False, True, True, True], table_id=f"partitions-table-{sel.name}")
+    html = (f'<h3 id="partitions-{h.e(sel.name)}">{h.e(sel.name)} ({h.e(sel.method)})</h3>'
+            + ctx.plot(plots.partition_extremes(groups, overall), f"kept share per partition, {sel.name}",
+                       f"plot-partitions-{sel.name}", {"partitions": str(sum(len(ks) for _, ks in picks))})
+            + h.details(f"All {n:,} partitions of {sel.name}: pool, kept and kept share, largest first", table,
+                        f"partitions-all-{sel.name}"))
+    return row, html
+
+
 @register
 def partitions(ctx: Context) -> Section:
-    body = ""
-    count = 0
-    for sel in ctx.data.selections:
-        part = sel.column("partition")
-        if part is None or not np.isfinite(part).any():
-            continue
-        ok = np.isfinite(part)
-        labels = part[ok].astype(np.int64)
-        size = np.bincount(labels)
-        kept = np.bincount(labels[sel.selected[ok]], minlength=len(size))
-        nonempty = np.flatnonzero(size)
-        top = nonempty[np.argsort(-size[nonempty], kind="stable")][:MAX_PARTITIONS]
-        names = sel.partition_names(len(size))
-        overall = float(kept.sum() / size.sum()) if size.sum() else 0.0
-        png = plots.partition_shares([names[k] for k in top], size[top], kept[top], overall, len(nonempty))
-        zero = int(np.sum((size > 0) & (kept == 0)))
-        body += (f'<h3 id="partitions-{h.e(sel.name)}">{h.e(sel.name)} ({h.e(sel.method)})</h3>'
-                 + ctx.plot(png, f"kept share per partition, {sel.name}", f"plot-partitions-{sel.name}")
-                 + f'<p class="legend">{len(nonempty)} non-empty partitions; {zero} kept no sample; '
-                   f"overall {overall:.1%} kept.</p>")
-        count += 1
-    if not count:
+    blocks = [b for b in (_partition_block(ctx, sel) for sel in ctx.data.selections) if b is not None]
+    if not blocks:
         body = h.no_data("No selection with partitions yet (clipcov and semdedup assign one per sample): "
                          "run 'curate select --method clipcov'.")
-    return Section("partitions", "Kept share per partition", body, has_data=count > 0, counts={"selections": count})
+    else:
+        body = (h.table(["selection", "method", "partitions", "kept none", "lowest share", "median share",
+                         "highest share", "overall"], [row for row, _ in blocks],
+                        [False, False, True, True, True, True, True, True], table_id="partitions-summary")
+                + f'<p class="legend">Kept share of each selection\'s partitions (pseudo-classes, clusters). Below, '
+                  f"per selection: the {EXTREMES} partitions with the highest and the {EXTREMES} with the lowest "
+                  "kept share (ties: larger partitions first), then every partition in a folded table.</p>"
+                + "".join(html for _, html in blocks))
+    return Section("partitions", "Kept share per partition", body, has_data=bool(blocks),
+                   counts={"selections": len(blocks)})
 
 
 # --- bootstrap rounds ---------------------------------------------------------------------------
@@ -396,34 +481,57 @@ def render(data: RunData, options: ReportOptions | None = None) -> tuple[str, li
     return page, sections, ctx
 
 
+def is_curate_report(path: Path) -> bool:
+    """True when ``path`` is an HTML page that ``curate report`` wrote (its head carries the marker)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"<!DOCTYPE html>") and h.GENERATOR.encode() in head
+
+
+def _check_report_target(target: Path, force: bool) -> None:
+    """Refuse an ``--out`` that would replace a file curate did not write (see :func:`build_report`)."""
+    check_replace(target, force=True)  # never a folder or a link
+    run = run_folder_of(target.parent)
+    if run is not None and os.path.lexists(target) and not is_curate_report(target):
+        raise UsageError(f"--out {target} is a file of the run {run}, not a report; choose another --out")
+    check_replace(target, force, is_curate_report)
+
+
 def build_report(
     run: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
     *,
     options: ReportOptions | None = None,
     selections: list[str] | None = None,
+    force: bool = False,
 ) -> ReportResult:
     """Write the HTML report of a run (default ``RUN/reports/report.html``) atomically.
 
     Args:
         run: the run folder (needs ``run.json``; every later stage is optional).
-        out: where to write the page.
+        out: where to write the page: a file, or a folder (existing, or ending with ``/``) for
+            ``report.html``. An existing file is replaced only if it is a curate report, or with ``force``
+            (never a file of a run folder).
         options: gallery sizes and the seed of the samples shown (:class:`ReportOptions`).
         selections: the selections to show (default: all, in name order).
+        force: replace an existing ``out`` file that curate did not write.
     """
     t0 = time.perf_counter()
     options = options or ReportOptions()
     options.validate()
+    target = output_file(out, "report.html") if out is not None else None
+    if target is not None:
+        _check_report_target(target, force)
     plots.require_matplotlib()
-    if out is not None and Path(out).is_dir():
-        raise UsageError(f"--out {out} is a folder; give a file path such as {Path(out) / 'report.html'}")
     data = load_run(run, selections)
     page, sections, ctx = render(data, options)
-    path = Path(out) if out is not None else data.run.reports_dir / "report.html"
+    path = target if target is not None else data.run.reports_dir / "report.html"
     raw = page.encode("utf-8")
     with atomic_path(path) as tmp:
         tmp.write_bytes(raw)
-        tmp.chmod(0o644)  # a page to share (the temporary file is created private)
     counts: dict[str, int] = {"samples": len(data.embeddings), "selections": len(data.selections),
                               "rounds": len(data.rounds), "plots": ctx.plots, "galleries": 0, "thumbnails": 0,
                               "shards_read": 0}

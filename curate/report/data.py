@@ -27,7 +27,16 @@ SCORE_LABELS: dict[str, str] = {
     "clip-score": "CLIP score",
     "clipcov": "unary gain u_i",
     "random": "random key",
-    "semdedup": "1 - similarity to an earlier cluster mate (2 = first of its cluster)",
+    "semdedup": "1 - max cosine to an earlier cluster mate",
+}
+#: Score values that stand for "nothing to compare with" (semdedup: 2 = first member of its cluster).
+SCORE_SENTINELS: dict[str, float] = {"semdedup": 2.0}
+#: Methods whose score spans decades and reads best on a log axis (semdedup's cosine distances).
+SCORE_LOG = frozenset({"semdedup"})
+#: Where a method records the score that separates kept from pruned: (header part, key), first found wins.
+SCORE_CUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "clip-score": (("info", "effective_threshold"), ("params", "threshold")),
+    "semdedup": (("info", "effective_eps"), ("params", "eps")),
 }
 #: The same, as a short label under gallery thumbnails (None: not worth showing there).
 SCORE_SHORT: dict[str, str | None] = {
@@ -99,6 +108,15 @@ class Selection:
     @property
     def reasons(self) -> np.ndarray:
         return self.table.column("reason").fill_null("?").to_numpy(zero_copy_only=False).astype(str)
+
+    @property
+    def cut(self) -> float | None:
+        """The score that separates kept from pruned, for methods that have one (:data:`SCORE_CUTS`)."""
+        for part, key in SCORE_CUTS.get(self.method, ()):
+            v = (self.header.get(part) or {}).get(key)
+            if isinstance(v, (int, float)):
+                return float(v)
+        return None
 
     def column(self, name: str) -> np.ndarray | None:
         """A numeric column as float64 with NaN for nulls, or None when the method has no such column."""

@@ -56,6 +56,8 @@ figcaption .info { display: block; color: var(--muted); font-size: 11px; }
 .badge.truth { background: #e7f5ff; color: #1864ab; }
 .badge.truth.defect { background: #fff3bf; color: #e67700; }
 .legend { color: var(--muted); font-size: 12px; }
+details { margin: 2px 0 12px; }
+details > summary { cursor: pointer; color: #1c7ed6; font-size: 13px; }
 """
 
 
@@ -64,9 +66,17 @@ def e(value: Any) -> str:
     return escape(str(value), quote=True)
 
 
-def png_img(png: bytes, alt: str, plot_id: str) -> str:
+def png_img(png: bytes, alt: str, plot_id: str, data: dict[str, str] | None = None) -> str:
+    """An inlined PNG plot; ``data`` becomes ``data-*`` attributes (e.g. the selections it draws)."""
     uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    return f'<img class="plot" id="{e(plot_id)}" alt="{e(alt)}" src="{uri}">'
+    extra = "".join(f' data-{e(k)}="{e(v)}"' for k, v in (data or {}).items())
+    return f'<img class="plot" id="{e(plot_id)}" alt="{e(alt)}"{extra} src="{uri}">'
+
+
+def details(summary: str, body: str, details_id: str | None = None) -> str:
+    """A folded block: ``summary`` is always visible, ``body`` opens on a click."""
+    did = f' id="{e(details_id)}"' if details_id else ""
+    return f"<details{did}><summary>{e(summary)}</summary>{body}</details>"
 
 
 def no_data(text: str) -> str:
@@ -117,11 +127,15 @@ def section(sid: str, title: str, body: str, has_data: bool, css: str = "") -> s
             f"<h2>{e(title)}</h2>{body}</section>")
 
 
+#: Marks a page as written by ``curate report`` (an existing --out file with it may be replaced).
+GENERATOR = '<meta name="generator" content="curate report">'
+
+
 def page(title: str, subtitle: str, nav: Sequence[tuple[str, str, bool]], sections: Sequence[str]) -> str:
     empty = ' class="empty"'
     links = "".join(f'<a href="#{e(i)}"{"" if ok else empty}>{e(t)}</a>' for i, t, ok in nav)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{GENERATOR}"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>{e(title)}</title><style>{CSS}</style></head><body><main>"
         f'<header class="top"><h1>{e(title)}</h1><p class="sub">{e(subtitle)}</p>'

@@ -145,13 +145,15 @@ class PartitionOutput:
 class RankBy:
     """Decision: the rows with the largest ``column`` (ties: lower pool row first), ``budget`` of them,
     or every row with ``column >= minimum`` when ``budget`` is None. ``info`` names the header entry
-    that records the value of the last row kept."""
+    that records the value of the last row kept; ``below`` (optional) is the reason of eligible rows not
+    kept whose value is below that one (the others get ``reason``)."""
 
     column: str
     budget: int | None
     minimum: float | None = None
     reason: str = "budget"
     info: str | None = None
+    below: str | None = None  # the reason of rows not kept whose value is below the last kept one
 
 
 @dataclass(frozen=True)

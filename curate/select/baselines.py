@@ -182,7 +182,8 @@ class SemDedupSelector(Selector):
     Within a cluster, members are put in preference order (``keep``); a member is a duplicate when
     its cosine similarity to an EARLIER member exceeds 1 - eps. The score is ``1 - that similarity``
     (2 for the first member), so ``--eps E`` keeps ``score >= E`` and a budget keeps the top scores,
-    which is the same as choosing the eps that hits the budget.
+    which is the same as choosing the eps that hits the budget. Under a budget, pruned samples whose
+    score is below that effective eps are ``duplicate``; those that tie with it are ``budget``.
     """
 
     name = "semdedup"
@@ -260,7 +261,10 @@ class SemDedupSelector(Selector):
     def rule(self, budget: int | None, shared: dict[str, Any]) -> RankBy:
         if self.config.eps is not None:
             return RankBy("score", None, minimum=self.config.eps, reason="duplicate")
-        return RankBy("score", budget, reason="duplicate", info="effective_eps")
+        # under a budget a pruned sample is a duplicate when --eps at the effective eps would prune it too
+        # (an earlier cluster mate has cosine > 1 - eps); the rest tie with the last kept sample (cluster
+        # heads included, score 2) and lost only to the budget
+        return RankBy("score", budget, reason="budget", info="effective_eps", below="duplicate")
 
     def info(self, shared: dict[str, Any]) -> dict[str, Any]:
         return {"clusters": int(shared["n_partitions"]), "keep": self.config.keep}

@@ -366,6 +366,7 @@ class PipelineResult:
     source: PoolSource
     part_counts: np.ndarray | None
     shared: dict[str, Any]
+    last_value: float | None = None  # RankBy: the value of the last row kept
 
 
 def _map(engine: Engine | None, fn: Any, items: list[Any], spec: TaskSpec, progress: Progress) -> list[Any]:
@@ -439,6 +440,7 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
     picks = RowValues({"rank": "i8", "gain": "f8"}, len(source), source.block_rows * 16,
                       max(1 << 16, ctx.memory // ENTRY_BYTES), work.path / "picks")
     info: dict[str, Any] = {}
+    last_value: float | None = None
     if isinstance(rule, RankBy):
         runs = [FileRun(p) for p in sorted((work.path / "runs").glob("*.bin"))]
         max_key = key_of(rule.minimum) if rule.minimum is not None else None
@@ -450,8 +452,10 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
             last = keys[-1]
         if rule.budget is not None and n < rule.budget:
             raise _short(selector, source, work, n, rule.budget)
-        if rule.info and last is not None:
-            info[rule.info] = float(value_of(np.asarray([last]))[0])
+        if last is not None:
+            last_value = float(value_of(np.asarray([last]))[0])
+            if rule.info:
+                info[rule.info] = last_value
         kept = n
     elif isinstance(rule, KeepWhere):
         kept = 0
@@ -465,7 +469,7 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
         kept, info = _merge(selector, rule, spec, counts, engine, progress, picks, source, work)
     else:  # pragma: no cover - the rule types are closed
         raise TypeError(rule)
-    return PipelineResult(picks, kept, info, rule, work, source, counts, shared)
+    return PipelineResult(picks, kept, info, rule, work, source, counts, shared, last_value)
 
 
 class _Scaled:
@@ -664,15 +668,24 @@ def iter_blocks(res: PipelineResult, selector: Selector) -> Iterator[dict[str, A
             cols["gain"] = gain
         selected = rank >= 0
         names = list(names)
-        if decision_reason is not None:
-            if decision_reason not in names:
-                names.append(decision_reason)
-            codes[eligible] = names.index(decision_reason)
+        below = (getattr(rule, "below", None), _below(rule, res, cols, eligible))
+        for reason, rows in ((decision_reason, eligible), below):
+            if reason is not None and rows is not None:
+                if reason not in names:
+                    names.append(reason)
+                codes[rows] = names.index(reason)
         codes[selected] = 0
         ids = res.source.read(start, stop, ["uid", "shard", "key", "position"])
         yield {"start": start, "ids": ids, "columns": cols, "selected": selected, "rank": rank,
                "reason_codes": codes, "reason_names": names,
                "partition": t.column("__partition").to_numpy() if "__partition" in t.column_names else None}
+
+
+def _below(rule: Any, res: PipelineResult, cols: dict[str, np.ndarray], eligible: np.ndarray) -> np.ndarray | None:
+    """Eligible rows whose rule column is below the last kept value (``RankBy.below``)."""
+    if not isinstance(rule, RankBy) or rule.below is None or res.last_value is None:
+        return None
+    return eligible & (np.asarray(cols[rule.column], np.float64) < res.last_value)
 
 
 def _null_column(dtype: str, n: int) -> np.ndarray:

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 
 from curate.engines import Engine, make_engine
 from curate.errors import UsageError
+from curate.fs import exclusive_lock, make_temp_dir, remove_stale_locks
 from curate.io.manifest import Manifest, ManifestWriter, read_manifest
 from curate.io.tarwrite import remove_dead_temps
 from curate.progress import NullProgress, Progress
@@ -68,6 +68,28 @@ class SelectionResult:
             "content_hash": self.header.get("content_hash"),
             "seconds": round(self.seconds, 3),
         }
+
+
+@contextlib.contextmanager
+def selection_lock(run: RunDir, name: str) -> Iterator[None]:
+    """Hold the lock of selection ``name`` (``RUN/selections/.NAME.lock``, removed on release).
+
+    Every command that writes or deletes a selection holds it, so two of them never write one name at
+    once: the second is refused with one line (it does not wait: a selection can take hours, and the
+    name would then hold the first one's result, or a clash of parameters, anyway).
+    """
+    folder = run.root / "selections"
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        remove_stale_locks(folder, ".*.lock")  # left by killed writers
+        with exclusive_lock(folder / f".{name}.lock", f"selection {name!r} is being written by another curate "
+                            "command; wait for it to finish or choose another --name", remove=True):
+            yield
+    finally:
+        if created:  # a command that failed before writing leaves no empty selections/ behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def check_name(name: str) -> str:
@@ -226,59 +248,58 @@ def run_selection(
         params["class_text"] = f"given ({class_text.shape[0]} classes)"
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
     final = run.selection_dir(name)
-    if final.exists() and not force:
-        old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
-        if old.get("params") != params or old.get("seed") != seed:
-            raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
-    work = WorkDir(final.parent / f".work-{name}")
-    identity = work_identity(source, method, params, seed, budget, memory)
-    with _engine(engine, engine_options, device) as eng:
-        ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng,
-                            memory=memory)
-        res = run_pipeline(selector, source, budget, ctx, work, identity)
-    selector.check_result(res.kept)
-    cmd = command or f"curate select --run {run.root} --method {method}"
-    remove_dead_temps(final.parent, f".{name}.tmp-")  # left by a killed earlier attempt
-    remove_dead_temps(final.parent, f".{name}.old-")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=final.parent))
-    try:
-        writer, pruned, per_part = _write_outputs(tmp, res, selector)
-        info = {**selector.info(res.shared), **res.info}
-        if res.part_counts is not None:
-            info["nonempty_classes" if method == "clipcov" else "nonempty_partitions"] = int(
-                (res.part_counts.sum(axis=0) > 0).sum())
-        header = writer.finish(
-            kind="selection",
-            command=cmd,
-            params=params,
-            seed=seed,
-            pool_size=len(source),
-            pruned_by_reason=pruned,
-            extra={
-                "method": method,
-                "selection": name,
-                "budget": budget,
-                "info": info,
-                "parents": selector.parents(res.shared),
-                "embeddings": {"rows": len(source), "meta": source.meta},
-            },
-        )
-        _replace_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        res.picks.close()
-    record = run.load().get("selections", {})
-    record[name] = {
-        "method": method,
-        "params": params,
-        "seed": seed,
-        "pool": len(source),
-        "kept": res.kept,
-        "manifest": str(Path("selections") / name / "manifest.parquet"),
-        "content_hash": header["content_hash"],
-    }
-    run.update("selections", record, command=cmd)
-    work.remove()
+    with selection_lock(run, name):  # one writer per name; a second one is refused at once
+        if final.exists() and not force:
+            old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
+            if old.get("params") != params or old.get("seed") != seed:
+                raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
+        work = WorkDir(final.parent / f".work-{name}")
+        identity = work_identity(source, method, params, seed, budget, memory)
+        with _engine(engine, engine_options, device) as eng:
+            ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng,
+                                memory=memory)
+            res = run_pipeline(selector, source, budget, ctx, work, identity)
+        selector.check_result(res.kept)
+        cmd = command or f"curate select --run {run.root} --method {method}"
+        remove_dead_temps(final.parent, f".{name}.tmp-")  # left by a killed earlier attempt
+        remove_dead_temps(final.parent, f".{name}.old-")
+        tmp = make_temp_dir(final.parent, f".{name}.tmp-{os.getpid()}-")  # the umask's mode, not mkdtemp's 0700
+        try:
+            writer, pruned, per_part = _write_outputs(tmp, res, selector)
+            info = {**selector.info(res.shared), **res.info}
+            if res.part_counts is not None:
+                info["nonempty_classes" if method == "clipcov" else "nonempty_partitions"] = int(
+                    (res.part_counts.sum(axis=0) > 0).sum())
+            header = writer.finish(
+                kind="selection",
+                command=cmd,
+                params=params,
+                seed=seed,
+                pool_size=len(source),
+                pruned_by_reason=pruned,
+                extra={
+                    "method": method,
+                    "selection": name,
+                    "budget": budget,
+                    "info": info,
+                    "parents": selector.parents(res.shared),
+                    "embeddings": {"rows": len(source), "meta": source.meta},
+                },
+            )
+            _replace_dir(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            res.picks.close()
+        run.update_entry("selections", name, {
+            "method": method,
+            "params": params,
+            "seed": seed,
+            "pool": len(source),
+            "kept": res.kept,
+            "manifest": str(Path("selections") / name / "manifest.parquet"),
+            "content_hash": header["content_hash"],
+        }, command=cmd)
+        work.remove()
     names = selector.partition_names(res.shared)
     rows = [{"partition": (names[k] if names and k < len(names) else str(k)), "pool": int(p), "kept": int(kk)}
             for k, (p, kk) in enumerate(per_part) if p] if per_part is not None else []

@@ -1,11 +1,16 @@
 """Set algebra over existing selections of the same run: intersect, union, difference.
 
+Each operation takes two or more selections (``--of A B C`` or ``--of A,B,C``): the intersection and
+the union of all of them, and the difference ``A − (B ∪ C ∪ ...)`` (what the first keeps and none of the
+others does). The score table has one membership column per input: ``in_a``, ``in_b``, ``in_c``, ...
+
 A selection's score table holds one row per pool row, in pool order, with its ``selected`` flag; set
-operations read those flags block by block (the parents must have been made on the same pool).
+operations read those flags block by block (the inputs must have been made on the same pool).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,34 +22,78 @@ from curate.errors import InputError, UsageError
 from curate.io.manifest import read_manifest_header
 from curate.select.base import BlockScan, KeepWhere, Pool, Reasons, SelectContext, Selector, SelectorConfig, register
 
+#: Most selections one operation combines (one ``in_<letter>`` column each).
+MAX_INPUTS = 26
+_NAME_LIMIT = 120  # longest selection name (see curate.select.run.check_name)
+
+
+def split_names(values: str | Iterable[str]) -> tuple[str, ...]:
+    """Selection names from ``--of`` values: several values, comma-separated lists, or both."""
+    items = [values] if isinstance(values, str) else list(values)
+    names = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                raise UsageError(f"--of {item!r}: an empty selection name; give names like --of A B or --of A,B")
+            names.append(part)
+    return tuple(names)
+
+
+def membership_column(i: int) -> str:
+    """The score-table column that says which samples the ``i``-th input holds: ``in_a``, ``in_b``, ..."""
+    return f"in_{chr(ord('a') + i)}"
+
 
 @dataclass(frozen=True)
 class SetOpConfig(SelectorConfig):
     """Options of the set operations.
 
     Args:
-        of: the names of the two selections (in ``RUN/selections/``) to combine: A then B.
+        of: the names of the selections (in ``RUN/selections/``) to combine, in order: two or more; a
+            comma-separated string is split.
     """
 
-    of: tuple[str, str] | None = None
+    of: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.of is not None:
+            object.__setattr__(self, "of", split_names(self.of))
 
     def validate(self) -> None:
-        if self.of is None or len(self.of) != 2 or not all(self.of):
-            raise UsageError("set operations need --of NAME_A NAME_B (two existing selections)")
+        from curate.select.run import check_name
+
+        if self.of is None or len(self.of) < 2:
+            raise UsageError("set operations need --of A B [C ...] (two or more existing selections)")
+        if len(self.of) > MAX_INPUTS:
+            raise UsageError(f"set operations combine at most {MAX_INPUTS} selections, got {len(self.of)}")
+        twice = next((n for i, n in enumerate(self.of) if n in self.of[:i]), None)
+        if twice is not None:
+            raise UsageError(f"--of names selection {twice!r} twice")
+        for name in self.of:
+            check_name(name)
 
 
 class SetOperation(Selector):
-    """Combine two selections; ``combine(in_a, in_b, reasons)`` says which samples stay."""
+    """Combine selections; ``combine(inside, reasons, names)`` says which samples stay."""
 
     config_class = SetOpConfig
     budget_mode = "none"
-    columns: ClassVar[dict[str, str]] = {"in_a": "bool", "in_b": "bool"}
     config: SetOpConfig
     symbol: ClassVar[str]
 
     def default_name(self, fraction: float | None, count: int | None) -> str:
+        """``A-intersect-B``, ``A-union-B-union-C``, ``A-difference-B-difference-C`` (= A − B − C)."""
         assert self.config.of is not None
-        return f"{self.config.of[0]}-{self.name}-{self.config.of[1]}"
+        name = f"-{self.name}-".join(self.config.of)
+        if len(name) > _NAME_LIMIT:
+            raise UsageError(f"the default name {name[:40]}... is longer than {_NAME_LIMIT} characters; pass --name")
+        return name
+
+    @property
+    def columns(self) -> dict[str, str]:  # type: ignore[override]
+        assert self.config.of is not None
+        return {membership_column(i): "bool" for i in range(len(self.config.of))}
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
         assert self.config.of is not None
@@ -60,9 +109,9 @@ class SetOperation(Selector):
             if rows != len(source):
                 raise InputError(f"selection {name!r} was made on a pool of {rows} samples, the run has "
                                  f"{len(source)} now; re-run it")
-            counts = header.get("counts", {})
             parents.append({"name": name, "path": str(path.relative_to(ctx.run_root)), "method": header.get("method"),
-                            "content_hash": header.get("content_hash"), "kept": counts.get("kept")})
+                            "content_hash": header.get("content_hash"),
+                            "kept": (header.get("counts") or {}).get("kept")})
             tables.append(str(scores))
         return {"parents": parents, "scores": tables}
 
@@ -71,28 +120,28 @@ class SetOperation(Selector):
 
         assert self.config.of is not None
         n = len(chunk)
-        inside = []
         uids = chunk.ids.column("uid")
+        inside = []
         for name, path in zip(self.config.of, shared["scores"], strict=True):
             t = read_rows(path, start, start + n, ["uid", "selected"])
             if not t.column("uid").equals(uids):
                 raise InputError(f"selection {name!r} holds uids that are not in this run's embeddings; re-run it")
             inside.append(t.column("selected").to_numpy(zero_copy_only=False))
         reasons = Reasons(n)
-        keep = self.combine(inside[0], inside[1], reasons, *self.config.of)
-        return BlockScan({"in_a": inside[0], "in_b": inside[1], "keep": keep}, np.ones(n, bool), reasons)
+        keep = self.combine(inside, reasons, self.config.of)
+        columns = {membership_column(i): member for i, member in enumerate(inside)}
+        return BlockScan({**columns, "keep": keep}, np.ones(n, bool), reasons)
 
-    def combine(self, in_a: np.ndarray, in_b: np.ndarray, reasons: Reasons, a: str, b: str) -> np.ndarray:
+    def combine(self, inside: list[np.ndarray], reasons: Reasons, names: tuple[str, ...]) -> np.ndarray:
         raise NotImplementedError
 
     def rule(self, budget: int | None, shared: dict[str, Any]) -> KeepWhere:
         return KeepWhere("keep")
 
     def check_result(self, kept: int) -> None:
+        assert self.config.of is not None
         if kept == 0:
-            assert self.config.of is not None
-            a, b = self.config.of
-            raise InputError(f"{a} {self.symbol} {b} is empty; nothing to write")
+            raise InputError(f"{f' {self.symbol} '.join(self.config.of)} is empty; nothing to write")
 
     def parents(self, shared: dict[str, Any]) -> list[dict[str, Any]]:
         return list(shared["parents"])
@@ -100,40 +149,46 @@ class SetOperation(Selector):
 
 @register
 class Intersect(SetOperation):
-    """Samples kept by both A and B."""
+    """Samples kept by every selection."""
 
     name = "intersect"
-    summary = "samples in both selections (--of A B)"
+    summary = "samples in every selection (--of A B [C ...])"
     symbol = "∩"
 
-    def combine(self, in_a: np.ndarray, in_b: np.ndarray, reasons: Reasons, a: str, b: str) -> np.ndarray:
-        reasons.set(~in_a, f"not_in:{a}")
-        reasons.set(in_a & ~in_b, f"not_in:{b}")
-        return in_a & in_b
+    def combine(self, inside: list[np.ndarray], reasons: Reasons, names: tuple[str, ...]) -> np.ndarray:
+        keep = np.ones_like(inside[0])
+        for name, member in zip(names, inside, strict=True):  # reason: the first selection without it
+            reasons.set(keep & ~member, f"not_in:{name}")
+            keep &= member
+        return keep
 
 
 @register
 class Union(SetOperation):
-    """Samples kept by A or B."""
+    """Samples kept by any selection."""
 
     name = "union"
-    summary = "samples in either selection (--of A B)"
+    summary = "samples in any of the selections (--of A B [C ...])"
     symbol = "∪"
 
-    def combine(self, in_a: np.ndarray, in_b: np.ndarray, reasons: Reasons, a: str, b: str) -> np.ndarray:
-        reasons.set(~in_a & ~in_b, "in_neither")
-        return in_a | in_b
+    def combine(self, inside: list[np.ndarray], reasons: Reasons, names: tuple[str, ...]) -> np.ndarray:
+        keep = np.logical_or.reduce(inside)
+        reasons.set(~keep, "in_neither")  # in none of them (the name is kept from the two-selection days)
+        return keep
 
 
 @register
 class Difference(SetOperation):
-    """Samples kept by A and not by B."""
+    """Samples kept by the first selection and by none of the others."""
 
     name = "difference"
-    summary = "samples in the first selection but not the second (--of A B)"
+    summary = "samples in the first selection and in none of the others: A − (B ∪ C ...) (--of A B [C ...])"
     symbol = "−"
 
-    def combine(self, in_a: np.ndarray, in_b: np.ndarray, reasons: Reasons, a: str, b: str) -> np.ndarray:
-        reasons.set(~in_a, f"not_in:{a}")
-        reasons.set(in_a & in_b, f"in:{b}")
-        return in_a & ~in_b
+    def combine(self, inside: list[np.ndarray], reasons: Reasons, names: tuple[str, ...]) -> np.ndarray:
+        keep = inside[0].copy()
+        reasons.set(~keep, f"not_in:{names[0]}")
+        for name, member in zip(names[1:], inside[1:], strict=True):  # reason: the first other that has it
+            reasons.set(keep & member, f"in:{name}")
+            keep &= ~member
+        return keep

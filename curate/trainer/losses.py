@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.bootstrap.data import LOSS_SCHEMA
+from curate.fs import make_temp_file
 from curate.run import RunDir
 
 if TYPE_CHECKING:
@@ -114,9 +114,7 @@ class LossRecorder:
     def _flush(self) -> None:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            os.close(fd)
-            self._tmp = Path(tmp)
+            self._tmp = make_temp_file(self.path.parent, f".{self.path.name}.", ".tmp")  # the umask's mode
             self._writer = pq.ParquetWriter(str(self._tmp), LOSS_SCHEMA)
         if self._buf:
             self._writer.write_table(pa.Table.from_batches(self._buf, schema=LOSS_SCHEMA))

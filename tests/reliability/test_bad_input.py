@@ -103,6 +103,38 @@ def _corrupt_json(rel: str) -> Callable[[Path], None]:
     return _garbage(rel, b'{"format_version": 1, "commands": [')
 
 
+def _beside(rel: str, data: bytes = b"the user's own file") -> Callable[[Path], None]:
+    """A file of the user's next to the run (``rel`` is relative to the folder that holds the run)."""
+
+    def f(run: Path) -> None:
+        path = run.parent / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    return f
+
+
+def _earlier_reshard_with_a_user_file(run: Path) -> None:
+    """A real earlier reshard output beside the run, into which the user has put a file of their own."""
+    from curate.io.reshard import reshard
+
+    reshard(run / "selections" / "rand", run.parent / "prev", shard_size=50)
+    (run.parent / "prev" / "notes.txt").write_text("mine")
+
+
+def _forged_reshard_info(run: Path) -> None:
+    """A folder whose reshard.json claims to be curate's and lists a file outside it."""
+    folder = run.parent / "prev"
+    folder.mkdir()
+    (folder / "000000.tar").write_bytes(b"not mine to delete")
+    info = {"written_by": "curate reshard", "shards": [{"name": "../run/run.json", "samples": 1}]}
+    (folder / "reshard.json").write_text(json.dumps(info))
+
+
+def _selection_of_both(run: Path) -> None:
+    run_selection(run, "intersect", name="both", options={"of": ("rand", "rand2")})
+
+
 # --- the table --------------------------------------------------------------------------------------
 SELECT = "RUN"
 SELECT_CASES: dict[str, Case] = {
@@ -135,22 +167,100 @@ SELECT_CASES: dict[str, Case] = {
                                        "RUN/subset.npy"], 3, "manifest.parquet",
                                       _truncate("selections/rand/manifest.parquet")),
     "export unknown format": Case(["export", "-m", "RUN/selections/rand", "--format", "pickle"], 2, "pickle"),
-    "reshard a corrupt manifest": Case(["reshard", "-m", "RUN/selections/rand", "-o", "RUN/out"], 3,
+    "reshard a corrupt manifest": Case(["reshard", "-m", "RUN/selections/rand", "-o", "ROOT/out"], 3,
                                        "manifest.parquet", _garbage("selections/rand/manifest.parquet")),
-    "reshard a manifest without keys": Case(["reshard", "-m", "RUN/selections/rand", "-o", "RUN/out"], 3,
+    "reshard a manifest without keys": Case(["reshard", "-m", "RUN/selections/rand", "-o", "ROOT/out"], 3,
                                             "not a curate manifest",
                                             _drop_column("selections/rand/manifest.parquet", "key")),
-    "reshard shard size zero": Case(["reshard", "-m", "RUN/selections/rand", "-o", "RUN/out", "--shard-size", "0"],
+    "reshard shard size zero": Case(["reshard", "-m", "RUN/selections/rand", "-o", "ROOT/out", "--shard-size", "0"],
                                     2, "--shard-size"),
-    "reshard into a non-empty folder": Case(["reshard", "-m", "RUN/selections/rand", "-o", "RUN/embeddings"], 2,
-                                            "not empty"),
+    "reshard into a non-empty folder": Case(["reshard", "-m", "RUN/selections/rand", "-o", "ROOT/src"], 2,
+                                            "is not empty"),
+    # reshard --force replaces only an earlier reshard output, and never writes in or around a run or the shards
+    "reshard --force into the run folder": Case(["reshard", "--manifest", "RUN/selections/rand", "--out", "RUN",
+                                                 "--force"], 2, "is a curate run folder"),
+    "reshard into a folder inside the run": Case(["reshard", "--manifest", "RUN/selections/rand", "--out",
+                                                  "RUN/subset"], 2, "which is a curate run folder"),
+    "reshard into a run's own folders": Case(["reshard", "--manifest", "RUN/selections/rand", "--out",
+                                              "RUN/embeddings", "--force"], 2, "which is a curate run folder"),
+    "reshard --force into a folder holding a run": Case(["reshard", "--manifest", "RUN/selections/rand", "--out",
+                                                         "ROOT", "--force"], 2, "contains a curate run folder"),
+    "reshard --force into an unrelated folder": Case(["reshard", "--manifest", "RUN/selections/rand", "--out",
+                                                      "ROOT/other", "--force"], 2, "not the output of an earlier",
+                                                     _beside("other/projects/main.py", b"print('mine')\n")),
+    "reshard --force into the source shards' folder": Case(["reshard", "--manifest", "RUN/selections/rand",
+                                                            "--shards", "ROOT/src", "--out", "ROOT/src", "--force"],
+                                                           2, "is the folder of the source shards"),
+    "reshard inside the source shards' folder": Case(["reshard", "--manifest", "RUN/selections/rand", "--shards",
+                                                      "ROOT/src", "--out", "ROOT/src/subset"], 2,
+                                                     "is inside the folder of the source"),
+    "reshard --force over a user's file in an earlier output": Case(
+        ["reshard", "--manifest", "RUN/selections/rand", "--out", "ROOT/prev", "--force", "--shard-size", "7"], 2,
+        "holds files reshard did not write (notes.txt)", _earlier_reshard_with_a_user_file),
+    "reshard --force with a forged reshard.json": Case(["reshard", "--manifest", "RUN/selections/rand", "--out",
+                                                        "ROOT/prev", "--force"], 2, "not the output of an earlier",
+                                                       _forged_reshard_info),
+    "reshard --out a file": Case(["reshard", "--manifest", "RUN/selections/rand", "--out", "ROOT/file.txt", "--force"],
+                                 2, "not a folder", _beside("file.txt")),
+    # export and report never replace a file curate did not write without --force, nor a run's files at all
+    "export datacomp over a user's file": Case(["export", "--manifest", "RUN/selections/rand", "--format", "datacomp",
+                                                "--out", "ROOT/subset.npy"], 2, "curate did not write it",
+                                               _beside("subset.npy")),
+    "export keys over a user's file": Case(["export", "--manifest", "RUN/selections/rand", "--format", "keys",
+                                            "--out", "ROOT/keys.txt"], 2, "curate did not write it",
+                                           _beside("keys.txt")),
+    "export urls over a user's file": Case(["export", "--manifest", "RUN/selections/rand", "--format", "urls",
+                                            "--out", "ROOT/urls.txt"], 2, "curate did not write it",
+                                           _beside("urls.txt")),
+    "export into a folder over a user's file": Case(["export", "--manifest", "RUN/selections/rand", "--format",
+                                                     "datacomp", "--out", "ROOT/exports/"], 2,
+                                                    "rand.npy exists and curate did not write it",
+                                                    _beside("exports/rand.npy")),
+    "export onto its own manifest": Case(["export", "--manifest", "RUN/selections/rand", "--format", "keys", "--out",
+                                          "RUN/selections/rand/manifest.parquet", "--force"], 2,
+                                         "is the manifest being exported"),
+    "export over a file of the run": Case(["export", "--manifest", "RUN/selections/rand", "--format", "keys", "--out",
+                                           "RUN/run.json", "--force"], 2, "is a file of the run"),
+    "export into a folder that is a file": Case(["export", "--manifest", "RUN/selections/rand", "--format", "keys",
+                                                 "--out", "ROOT/file.txt/"], 2, "is not one", _beside("file.txt")),
+    "report over a user's file": Case(["report", "--run", "RUN", "--out", "ROOT/notes.html"], 2,
+                                      "curate did not write it", _beside("notes.html", b"<p>my notes</p>")),
+    "report over a file of the run": Case(["report", "--run", "RUN", "--out", "RUN/run.json", "--force"], 2,
+                                          "is a file of the run"),
+    # set algebra over two or more selections
+    "set algebra of one selection": Case(["select", "--run", "RUN", "--method", "union", "--of", "rand"], 2,
+                                         "two or more"),
+    "set algebra naming a selection twice": Case(["select", "--run", "RUN", "--method", "union", "--of",
+                                                  "rand,rand2,rand"], 2, "'rand' twice"),
+    "set algebra with an empty name": Case(["select", "--run", "RUN", "--method", "intersect", "--of", "rand,,rand2"],
+                                           2, "empty selection name"),
+    "set algebra, comma form, missing selection": Case(["select", "--run", "RUN", "--method", "intersect", "--of",
+                                                        "rand,nope"], 3, "no selection 'nope'"),
+    "set algebra, three names, one missing": Case(["select", "--run", "RUN", "--method", "difference", "--of", "rand",
+                                                   "rand2", "nope"], 3, "no selection 'nope'"),
+    "a stray argument without --of": Case(["select", "--run", "RUN", "--method", "random", "--count", "3", "extra"], 2,
+                                          "unexpected argument 'extra'"),
+    # curate selections
+    "selections of a missing run": Case(["selections", "ROOT/nope"], 3, "not a curate run"),
+    "delete a missing selection": Case(["selections", "RUN", "--delete", "nope"], 3, "no selection 'nope'"),
+    "delete with a hostile name": Case(["selections", "--run", "RUN", "--delete", "../embeddings"], 2,
+                                       "bad selection name"),
+    "delete a folder curate did not record": Case(["selections", "RUN", "--delete", "mine"], 2, "not recorded",
+                                                  _beside("run/selections/mine/data.txt")),
+    "delete a selection holding a user's file": Case(["selections", "RUN", "--delete", "rand2"], 2,
+                                                     "holds files curate did not write (notes.txt)",
+                                                     _beside("run/selections/rand2/notes.txt")),
+    "delete a selection another was computed from": Case(["selections", "RUN", "--delete", "rand"], 2,
+                                                          "is the source of selection 'both'", _selection_of_both),
 }
 
 BOOT = "RUN"
 BOOT_CASES: dict[str, Case] = {
     "negative round": Case(["bootstrap", "-r", BOOT, "-n", "-1"], 2, "--round must be >= 0"),
     "skipped round": Case(["bootstrap", "-r", BOOT, "-n", "3"], 3, "skips round 2"),
-    "round before the latest": Case(["bootstrap", "-r", BOOT, "-n", "0"], 3, "before the latest round"),
+    "round before the latest": Case(["bootstrap", "-r", BOOT, "-n", "0"], 3, "to start over: curate bootstrap --run"),
+    "reset with a later round": Case(["bootstrap", "--run", BOOT, "--reset", "--round", "2"], 2,
+                                     "takes no --round other than 0"),
     "unknown method": Case(["bootstrap", "-r", "RUN", "-n", "2", "--method", "magic"], 2, "magic"),
     "knob changed after round 0": Case(["bootstrap", "-r", BOOT, "-n", "2", "--seed", "9"], 2, "fixed per run",
                                        _losses("ok")),
@@ -238,7 +348,21 @@ def test_cases_are_not_vacuous(select_base: Path, boot_base: Path, tmp_path: Pat
     s, b = root / "s" / "run", root / "b" / "run"
     assert main(["select", "-r", str(s), "-m", "clipcov", "-f", "0.5", "--partition", "kmeans:3", "--json"]) == 0
     assert main(["select", "-r", str(s), "-m", "intersect", "--of", "rand", "rand2", "--json"]) == 0
-    assert main(["reshard", "-m", str(s / "selections" / "rand"), "-o", str(s / "out"), "--json"]) == 0
+    assert main(["reshard", "-m", str(s / "selections" / "rand"), "-o", str(root / "s" / "out"), "--json"]) == 0
+    _earlier_reshard_with_a_user_file(s)
+    (root / "s" / "prev" / "notes.txt").unlink()
+    assert main(["reshard", "--manifest", str(s / "selections" / "rand"), "--out", str(root / "s" / "prev"), "--force",
+                 "--shard-size", "7", "--json"]) == 0
+    assert main(["export", "--manifest", str(s / "selections" / "rand"), "--format", "datacomp", "--out",
+                 str(root / "s" / "exports") + "/"]) == 0
+    assert (root / "s" / "exports" / "rand.npy").is_file()
+    assert main(["export", "--manifest", str(s / "selections" / "rand"), "--format", "keys", "--out",
+                 str(root / "s" / "keys.txt")]) == 0
+    assert main(["select", "--run", str(s), "--method", "difference", "--of", "rand,rand2,rand-intersect-rand2"]) == 0
+    assert main(["select", "--run", str(s), "--method", "union", "--of", "rand", "rand2", "clipcov-f0.5"]) == 0
+    assert main(["selections", str(s), "--delete", "rand-difference-rand2-difference-rand-intersect-rand2"]) == 0
+    assert main(["selections", "--run", str(s), "--json"]) == 0
     _losses("ok")(b)
     assert main(["bootstrap", "-r", str(b), "-n", "2", "--json"]) == 0
     json.loads((b / "bootstrap" / "state.json").read_text())
+    assert main(["bootstrap", "--run", str(b), "--reset", "--round", "0"]) == 0

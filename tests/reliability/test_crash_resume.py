@@ -94,13 +94,13 @@ def test_bootstrap_round_killed_and_rerun(tmp_path: Path) -> None:
 def test_reshard_killed_and_rerun(tmp_path: Path) -> None:
     n, n_shards = 4_000, 4
     urls = source_shards(tmp_path / "src", n, n_shards, member_bytes=2000)
-    base = clustered_run(tmp_path / "base", n, n_shards=n_shards, shard_urls=urls)
+    base = clustered_run(tmp_path / "base" / "run", n, n_shards=n_shards, shard_urls=urls)
     code, msg, _ = run_to_end(["select", "--run", str(base), "--method", "random", "--fraction", "0.6", "--json"],
                               tmp_path / "stderr.txt")
     assert code == 0, msg
-    rep = _loop(
-        tmp_path, base,
-        lambda r: ["reshard", "--manifest", str(r / "selections" / "random-f0.6"), "--out", str(r / "subset"),
+    rep = _loop(  # the new shards go beside the run (never inside it); both are under the copied folder
+        tmp_path, base.parent,
+        lambda r: ["reshard", "--manifest", str(r / "run" / "selections" / "random-f0.6"), "--out", str(r / "subset"),
                    "--shard-size", "400", "--json"],
         seed=3,
     )

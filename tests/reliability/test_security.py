@@ -241,10 +241,12 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_reshard_refuses_hostile_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str], keys: list[str]) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    _hostile_source(work / "src.tar")
+    (tmp_path / "src").mkdir()  # the source shards' folder: reshard never writes inside it
+    _hostile_source(tmp_path / "src" / "src.tar")
     man = _manifest(work / "m.parquet", keys)
     before = _tree(tmp_path)
-    code = main(["reshard", "-m", str(man), "-o", str(work / "out" / "shards"), "--shards", str(work / "src.tar")])
+    code = main(["reshard", "-m", str(man), "-o", str(work / "out" / "shards"), "--shards",
+                 str(tmp_path / "src" / "src.tar")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and len(err) == 1 and "missing" in err[0], err
     assert _tree(tmp_path) == before  # nothing written anywhere (not even the output's parent)
@@ -253,11 +255,13 @@ def test_reshard_refuses_hostile_keys(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_reshard_writes_only_safe_members_inside_out(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    _hostile_source(work / "src.tar")
+    (tmp_path / "src").mkdir()  # the source shards' folder: reshard never writes inside it
+    _hostile_source(tmp_path / "src" / "src.tar")
     man = _manifest(work / "m.parquet", ["good1", "good2"])
     before = _tree(tmp_path)
     out = work / "out"
-    assert main(["reshard", "-m", str(man), "-o", str(out), "--shards", str(work / "src.tar"), "--json"]) == 0
+    assert main(["reshard", "-m", str(man), "-o", str(out), "--shards", str(tmp_path / "src" / "src.tar"),
+                 "--json"]) == 0
     after = _tree(tmp_path)
     new = sorted(set(after) - set(before))
     assert new == ["work/out", "work/out/000000.tar", "work/out/reshard.json"], new
@@ -271,9 +275,10 @@ def test_reshard_writes_only_safe_members_inside_out(tmp_path: Path) -> None:
 def test_reshard_rerun_is_idempotent_and_cleans_dead_temps(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    _hostile_source(work / "src.tar")
+    (tmp_path / "src").mkdir()  # the source shards' folder: reshard never writes inside it
+    _hostile_source(tmp_path / "src" / "src.tar")
     man = _manifest(work / "m.parquet", ["good1", "good2"])
-    args = ["reshard", "-m", str(man), "-o", str(work / "out"), "--shards", str(work / "src.tar"), "--json"]
+    args = ["reshard", "-m", str(man), "-o", str(work / "out"), "--shards", str(tmp_path / "src" / "src.tar"), "--json"]
     stale = work / ".out.tmp-999999999"  # a killed writer's folder (no such pid)
     stale.mkdir()
     (stale / "000000.tar").write_bytes(b"partial")
@@ -283,6 +288,84 @@ def test_reshard_rerun_is_idempotent_and_cleans_dead_temps(tmp_path: Path) -> No
     assert main(args) == 0  # same command again: the complete output is kept as it is
     assert _tree(work) == first
     assert main([*args[:-1], "--shard-size", "1", "--json"]) == 2  # a different reshard into it needs --force
+
+
+def _reshard_args(tmp_path: Path, man: Path, out: Path, *extra: str) -> list[str]:
+    return ["reshard", "--manifest", str(man), "--out", str(out), "--shards", str(tmp_path / "src" / "src.tar"),
+            "--json", *extra]
+
+
+def test_reshard_force_replaces_only_files_reshard_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--force replaces an earlier reshard output (the files its reshard.json lists) and nothing else."""
+    (tmp_path / "src").mkdir()
+    _hostile_source(tmp_path / "src" / "src.tar")
+    work = tmp_path / "work"
+    work.mkdir()
+    man = _manifest(work / "m.parquet", ["good1", "good2"])
+    out = work / "out"
+    assert main(_reshard_args(tmp_path, man, out, "--shard-size", "1")) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["000000.tar", "000001.tar", "reshard.json"]
+    # a file of the user's inside the output: refused whatever the flags, and kept
+    (out / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    assert main(_reshard_args(tmp_path, man, out, "--shard-size", "2", "--force")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds files reshard did not write (notes.txt)" in err[0], err
+    assert _tree(tmp_path) == before
+    # the same reshard again is still recognised as complete (the extra file is left alone)
+    assert main(_reshard_args(tmp_path, man, out, "--shard-size", "1")) == 0
+    assert _tree(tmp_path) == before
+    (out / "notes.txt").unlink()
+    info = json.loads((out / "reshard.json").read_text())
+    assert info["written_by"] == "curate reshard"
+    # an output from before the marker (same keys, no "written_by") is still recognised as reshard's
+    del info["written_by"]
+    (out / "reshard.json").write_text(json.dumps(info))
+    assert main(_reshard_args(tmp_path, man, out, "--shard-size", "2", "--force")) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["000000.tar", "reshard.json"]  # 000001.tar was reshard's
+    assert sorted(p.name for p in work.iterdir()) == ["m.json", "m.parquet", "out"]  # no .out.old-* left
+
+
+def test_reshard_cleans_a_killed_replacement_without_touching_foreign_files(tmp_path: Path) -> None:
+    """A replacing run killed after moving the old output aside leaves ``.out.old-<pid>``; the next run removes
+    only the files that output's reshard.json lists."""
+    (tmp_path / "src").mkdir()
+    _hostile_source(tmp_path / "src" / "src.tar")
+    work = tmp_path / "work"
+    work.mkdir()
+    man = _manifest(work / "m.parquet", ["good1", "good2"])
+    assert main(_reshard_args(tmp_path, man, work / "first", "--shard-size", "1")) == 0
+    old = work / ".out.old-999999999"  # no such pid: its writer is dead
+    (work / "first").rename(old)
+    (old / "notes.txt").write_text("not reshard's")
+    assert main(_reshard_args(tmp_path, man, work / "out")) == 0
+    assert sorted(p.name for p in old.iterdir()) == ["notes.txt"]  # the listed files went, the foreign one stayed
+
+
+def test_reshard_never_writes_around_a_run_or_the_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's cases: '--out RUN --force' and '--out OTHER --force' used to delete the run and OTHER's files."""
+    (tmp_path / "src").mkdir()
+    _hostile_source(tmp_path / "src" / "src.tar")
+    run = tmp_path / "run"
+    (run / "embeddings").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    (run / "embeddings" / "00000.parquet").write_bytes(b"embeddings")
+    other = tmp_path / "other"
+    (other / "projects").mkdir(parents=True)
+    (other / "projects" / "main.py").write_text("print('mine')\n")
+    man = _manifest(run / "m.parquet", ["good1", "good2"])
+    before = _tree(tmp_path)
+    outs = {run: "is a curate run folder", run / "embeddings": "which is a curate run folder",
+            run / "new": "which is a curate run folder", tmp_path: "contains a curate run folder",
+            other: "not the output of an earlier", tmp_path / "src": "is the folder of the source shards",
+            tmp_path / "src" / "sub": "is inside the folder of the source shards"}
+    for out, message in outs.items():
+        capsys.readouterr()
+        assert main(_reshard_args(tmp_path, man, out, "--force")) == 2, out
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (out, err)
+        assert _tree(tmp_path) == before, out
 
 
 # --- images -------------------------------------------------------------------------------------------

@@ -137,6 +137,38 @@ def test_semdedup_budget_equals_eps_rule(make_run: MakeRun) -> None:
     assert _kept(res) <= brute and len(brute) - 450 <= 2  # equal up to ties at the boundary
 
 
+def test_semdedup_budget_prunes_duplicates_as_duplicate_and_the_rest_as_budget(make_run: MakeRun) -> None:
+    img, group, n_groups = _dup_world()  # 60 distinct points; every other sample is a near-copy of one
+    run = make_run(img)
+    copies = len(img) - n_groups
+    # budget = the distinct points: exactly the near-copies are pruned, all of them as duplicates
+    res = run_selection(run, "semdedup", count=n_groups, options={"clusters": 6}, name="groups")
+    assert len(set(group[list(_kept(res))])) == n_groups
+    assert res.pruned_by_reason == {"duplicate": copies}
+    # budget below the 6 clusters: the effective eps is 2 (cluster heads tie); the 2 heads pruned are
+    # no one's duplicate, every other member has an earlier cluster mate (cosine > -1 = 1 - 2)
+    t = read_scores(run_selection(run, "semdedup", count=4, options={"clusters": 6}, name="heads").path)
+    heads = t["score"] == 2.0
+    assert heads.sum() == 6 and t["selected"].sum() == 4 and heads[t["selected"]].all()
+    assert list(t["reason"][heads & ~t["selected"]]) == ["budget", "budget"]
+    assert set(t["reason"][~heads]) == {"duplicate"}
+
+
+@pytest.mark.parametrize("count", [5, 40, 100, 130])
+def test_semdedup_budget_reasons_agree_with_the_effective_eps(make_run: MakeRun, count: int) -> None:
+    img, _, _ = _dup_world(seed=2)
+    run = make_run(img)
+    res = run_selection(run, "semdedup", count=count, options={"clusters": 6}, name="b")
+    t = read_scores(res.path)
+    eps = res.info["effective_eps"]
+    by_eps = read_scores(run_selection(run, "semdedup", options={"eps": eps, "clusters": 6}, name="e").path)
+    # 'duplicate' = pruned by --eps at the effective eps too; 'budget' = kept there, pruned by the count
+    assert set(np.flatnonzero(by_eps["selected"])) == set(np.flatnonzero(t["selected"] | (t["reason"] == "budget")))
+    assert ((t["reason"] == "duplicate") == (~by_eps["selected"])).all()
+    assert ((t["reason"] == "duplicate") == (t["score"] < eps)).all()
+    assert set(t["reason"]) <= {"kept", "duplicate", "budget"}
+
+
 def load_image(run: Path) -> np.ndarray:
     from oracle import load_pool
 
@@ -179,6 +211,47 @@ def test_set_algebra_matches_python_sets_with_provenance(make_run: MakeRun) -> N
         run_selection(run, "union", options={"of": ("A", "nope")})
     with pytest.raises(UsageError, match="takes no"):
         run_selection(run, "union", count=3, options={"of": ("A", "B")})
+
+
+def test_set_algebra_of_many_selections(make_run: MakeRun, capsys: pytest.CaptureFixture[str]) -> None:
+    """--of A B C: intersection and union of all, difference A − (B ∪ C); the comma form gives the same."""
+    import json
+
+    from curate.cli.app import main
+
+    img, txt = _random_world(300)
+    run = make_run(img, txt)
+    sel = [run_selection(run, "random", count=120, seed=1, name="A"),
+           run_selection(run, "clip-score", count=90, name="B"),
+           run_selection(run, "random", count=150, seed=5, name="C")]
+    sa, sb, sc = map(_kept, sel)
+    want = {"intersect": sa & sb & sc, "union": sa | sb | sc, "difference": sa - sb - sc}
+    reasons = {"intersect": {"not_in:A": 180, "not_in:B": len(sa - sb), "not_in:C": len((sa & sb) - sc)},
+               "union": {"in_neither": 300 - len(sa | sb | sc)},
+               "difference": {"not_in:A": 180, "in:B": len(sa & sb), "in:C": len((sa - sb) & sc)}}
+    for op in want:
+        res = run_selection(run, op, options={"of": ("A", "B", "C")})
+        assert res.name == f"A-{op}-B-{op}-C"
+        assert _kept(res) == want[op]
+        assert res.pruned_by_reason == {k: v for k, v in reasons[op].items() if v}
+        scores = read_scores(res.path)
+        assert [scores[c].sum() for c in ("in_a", "in_b", "in_c")] == [120, 90, 150]
+        man = read_manifest(res.path / "manifest.parquet")
+        assert [p["name"] for p in man.header["parents"]] == ["A", "B", "C"]
+        assert man.header["params"]["of"] == ["A", "B", "C"]
+        comma = run_selection(run, op, options={"of": "A,B,C"}, name=f"{op}-comma")
+        assert comma.manifest.header["content_hash"] == res.manifest.header["content_hash"]
+    hashes = set()
+    for of in (["--of", "A", "B", "C"], ["--of", "A,B,C"], ["--of", "A", "--of", "B,C"]):
+        capsys.readouterr()
+        assert main(["select", "--run", str(run), "--method", "difference", *of, "--name", "d", "--force",
+                     "--json"]) == 0
+        hashes.add(json.loads(capsys.readouterr().out)["content_hash"])
+    assert len(hashes) == 1
+    with pytest.raises(UsageError, match="two or more"):
+        run_selection(run, "union", options={"of": ("A",)})
+    with pytest.raises(InputError, match="is empty"):
+        run_selection(run, "difference", options={"of": ("A", "A-union-B-union-C")})
 
 
 # --- driver ---------------------------------------------------------------------------------------

@@ -75,6 +75,57 @@ def test_export_formats(tmp_path: Path) -> None:
         export_manifest(path, "csv")
 
 
+def test_export_into_a_folder(tmp_path: Path) -> None:
+    """--out DIR (existing, or ending with '/') gets DIR/<selection>.npy, .keys.txt, .urls.txt; before, datacomp
+    into a folder was an IsADirectoryError traceback."""
+    path = _manifest(tmp_path, [("00000", "a", 0), ("00001", "b", 1)], [{"name": "00000", "url": "/d/00000.tar"},
+                                                                        {"name": "00001", "url": "/d/00001.tar"}])
+    (tmp_path / "out").mkdir()
+    out, n = export_manifest(path, "datacomp", tmp_path / "out")
+    assert out == tmp_path / "out" / "x.npy" and n == 2 and len(read_datacomp(out)) == 2
+    out, _ = export_manifest(path.parent, "keys", f"{tmp_path / 'new'}/")  # a folder that does not exist yet
+    assert out == tmp_path / "new" / "x.keys.txt" and out.read_text().splitlines() == ["00000/a", "00001/b"]
+    out, _ = export_manifest(path, "urls", tmp_path / "out")
+    assert out == tmp_path / "out" / "x.urls.txt" and out.read_text().splitlines() == ["/d/00000.tar", "/d/00001.tar"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.npy", "x.urls.txt"]
+    # a bootstrap round's manifest is named after its round
+    rows = pa.table({"uid": [hex_uid(1)], "shard": ["00000"], "key": ["a"], "position": pa.array([0], pa.int32())})
+    rnd = write_manifest(tmp_path / "r" / "round-0003.parquet",
+                         build_manifest(rows, kind="bootstrap", command="test", round=3))
+    assert export_manifest(rnd, "datacomp", tmp_path / "out")[0] == tmp_path / "out" / "round-0003.npy"
+    with pytest.raises(UsageError, match="is not one"):
+        export_manifest(path, "keys", f"{tmp_path / 'out' / 'x.npy'}/")
+
+
+def test_export_replaces_only_what_curate_wrote(tmp_path: Path) -> None:
+    """An existing --out is replaced when curate wrote it (default names in a selection folder), left as it is
+    when it holds the same bytes, and otherwise only with force; before, any file was overwritten silently."""
+    path = _manifest(tmp_path, [("00000", "a", 0), ("00001", "b", 1)])
+    user = tmp_path / "subset.npy"
+    user.write_bytes(b"the user's own subset")
+    with pytest.raises(UsageError, match="curate did not write it; pass --force"):
+        export_manifest(path, "datacomp", user)
+    assert user.read_bytes() == b"the user's own subset"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+    _, n = export_manifest(path, "datacomp", user, force=True)
+    assert n == 2 and len(read_datacomp(user)) == 2
+    ino = user.stat().st_ino
+    export_manifest(path, "datacomp", user)  # the same bytes again: fine, and the file is left as it is
+    assert user.stat().st_ino == ino
+    # the default file in the selection folder is curate's: a changed selection replaces it without force
+    default, _ = export_manifest(path, "keys")
+    assert default == path.parent / "keys.txt"
+    rows = pa.table({"uid": [hex_uid(7)], "shard": ["00002"], "key": ["z"], "position": pa.array([0], pa.int32())})
+    write_manifest(path, build_manifest(rows, kind="selection", command="test"))
+    assert export_manifest(path, "keys")[1] == 1 and default.read_text() == "00002/z\n"
+    with pytest.raises(UsageError, match="is the manifest being exported"):
+        export_manifest(path, "keys", path, force=True)
+    (path.parent / "scores.parquet").write_bytes(b"the selection's scores")
+    with pytest.raises(UsageError, match="is a file of the run"):
+        export_manifest(path, "keys", path.parent / "scores.parquet", force=True)
+    assert (path.parent / "scores.parquet").read_bytes() == b"the selection's scores"
+
+
 @pytest.fixture
 def source(make_shards: Callable[..., list[str]]) -> list[str]:
     return make_shards(n_shards=3, per_shard=10)
