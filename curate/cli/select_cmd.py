@@ -79,6 +79,9 @@ def select(
     of: list[str] = typer.Option(None, "--of", metavar="A B [C ...]", help="intersect/union/difference: two or "
                                  "more selections, space- or comma-separated (difference: A minus all others)."),
     device: str = typer.Option("auto", help="clipcov: auto, cpu, cuda, cuda:N."),
+    per_partition: str = typer.Option(None, help="Budgets per partition: proportional, sqrt or cap:T (every "
+                                      "partition keeps its share; --partition/--classes choose them for methods "
+                                      "without partitions). See docs/select.md."),
     engine: EngineName = typer.Option("local", help="Where the tasks run: local or ray (same result)."),
     workers: int = typer.Option(None, help="--engine local: task processes (default 1: this process)."),
     memory: str = typer.Option("1G", help="Memory a process may hold besides one partition's embeddings "
@@ -101,11 +104,12 @@ def select(
     eng_opts: dict[str, Any] = {"address": ray_address} if ray_address else {}
     if workers is not None:
         eng_opts["workers"] = workers
-    cmd = _command(run=run, method=method, fraction=fraction, count=count, name=name, seed=seed, **opts)
+    cmd = _command(run=run, method=method, fraction=fraction, count=count, name=name, seed=seed,
+                   per_partition=per_partition, **opts)
     res = run_selection(
         run, method.value, fraction=fraction, count=count, name=name, seed=seed, options=opts, device=device,
         force=force, progress=RichProgress(enabled=not json_out), command=cmd, engine=engine.value,
-        engine_options=eng_opts or None, memory=parse_bytes(memory, "--memory"),
+        engine_options=eng_opts or None, memory=parse_bytes(memory, "--memory"), per_partition=per_partition,
     )
     if json_out:
         print_json(res.summary())

@@ -37,15 +37,7 @@ from curate.select.base import (
     SelectorConfig,
     register,
 )
-from curate.select.partition import (
-    argmax_rows,
-    default_kmeans_sample,
-    model_class_text,
-    parse_partition,
-    read_class_names,
-    sample_rows,
-    train_kmeans,
-)
+from curate.select.partition import Partitioner
 
 _log = logging.getLogger(__name__)
 
@@ -86,15 +78,11 @@ class ClipCovConfig(SelectorConfig):
     def validate(self) -> None:
         if self.variant not in ("reference", "greedy"):
             raise UsageError(f"--variant must be 'reference' or 'greedy', got {self.variant!r}")
-        kind, _ = parse_partition(self.partition)
-        if self.classes is not None and kind != "imagenet":
-            raise UsageError("--classes gives zero-shot labels; it cannot be combined with --partition kmeans:K")
+        Partitioner(self.partition, self.classes, self.kmeans_sample)  # validates the three together
         if self.dtype not in ("float32", "float64"):
             raise UsageError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if self.cross_sample is not None and self.cross_sample < 1:
             raise UsageError(f"--cross-sample must be a positive integer, got {self.cross_sample}")
-        if self.kmeans_sample is not None and (kind != "kmeans" or self.kmeans_sample < 1):
-            raise UsageError("--kmeans-sample takes a positive integer, with --partition kmeans:K")
 
 
 def torch_index_add(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -495,25 +483,17 @@ class ClipCov(Selector):
     partition_parts = frozenset({"image", "text"})
     config: ClipCovConfig
 
-    def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
-        kind, k = parse_partition(self.config.partition)
-        shared: dict[str, Any] = {"device": pick_device(ctx.device), "seed": ctx.seed}
-        if kind == "kmeans":
-            assert k is not None
-            from curate.select.source import gather_rows
+    def partitioner(self) -> Partitioner:
+        return Partitioner(self.config.partition, self.config.classes, self.config.kmeans_sample)
 
-            rows = sample_rows(len(source), self.config.kmeans_sample or default_kmeans_sample(k), ctx.seed)
-            data = gather_rows(source, {"image", "text"}, rows, lambda c: c.image_ok & c.text_ok)
-            if len(data) == 0:
-                raise InputError("no sample has both a valid image and a valid text embedding; clipcov needs both")
-            shared.update(centres=train_kmeans(data, k, ctx.seed), names=None, n_partitions=k)
-        else:
-            if ctx.class_text is not None:
-                class_text, names = np.asarray(ctx.class_text, np.float32), ctx.class_names
-            else:
-                names_in = read_class_names(self.config.classes) if self.config.classes else None
-                class_text, names = model_class_text(ctx.run_root, names_in, device=shared["device"])
-            shared.update(centres=class_text, class_text=class_text, names=names, n_partitions=len(class_text))
+    def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
+        shared: dict[str, Any] = {"device": pick_device(ctx.device), "seed": ctx.seed}
+        try:
+            shared.update(self.partitioner().setup(source, ctx, {"image", "text"}, lambda c: c.image_ok & c.text_ok,
+                                                   shared["device"]))
+        except InputError:
+            raise InputError("no sample has both a valid image and a valid text embedding; clipcov needs both") \
+                from None
         return shared
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
@@ -524,7 +504,7 @@ class ClipCov(Selector):
         reasons.set(~chunk.image_ok, "bad_image_emb")
         reasons.set(chunk.image_ok & ~chunk.text_present, "null_text")
         reasons.set(chunk.image_ok & chunk.text_present & ~chunk.text_ok, "bad_text_emb")
-        labels = argmax_rows(chunk.image, shared["centres"], eligible)
+        labels = Partitioner.labels(chunk.image, shared, eligible)
         idx = np.flatnonzero(eligible)
         sums = {"image": chunk.image[idx].sum(0, dtype=np.float64), "text": chunk.text[idx].sum(0, dtype=np.float64)}
         if "class_text" not in shared:  # k-means: a class's "label" is its normalised mean caption

@@ -171,3 +171,111 @@ def train_kmeans(data: np.ndarray, k: int, seed: int, niter: int = 20) -> np.nda
     )
     km.train(np.ascontiguousarray(data, dtype=np.float32))
     return np.asarray(km.centroids, dtype=np.float32)
+
+
+class Partitioner:
+    """Labels pool rows with a partition: zero-shot classes (ImageNet-1k, or the names in ``classes``)
+    with the run's model, or ``kmeans:K`` clusters of the image embeddings trained on a seeded sample.
+
+    ``setup`` runs on the driver (it may encode class names or train k-means on a bounded sample) and
+    returns small shared inputs; ``labels`` labels one block of rows (-1 where ``valid`` is False).
+    """
+
+    def __init__(self, spec: str = "imagenet", classes: str | None = None, kmeans_sample: int | None = None) -> None:
+        self.kind, self.k = parse_partition(spec)
+        if classes is not None and self.kind != "imagenet":
+            raise UsageError("--classes gives zero-shot labels; it cannot be combined with --partition kmeans:K")
+        if kmeans_sample is not None and (self.kind != "kmeans" or kmeans_sample < 1):
+            raise UsageError("--kmeans-sample takes a positive integer, with --partition kmeans:K")
+        self.spec, self.classes, self.kmeans_sample = spec, classes, kmeans_sample
+
+    def describe(self) -> str:
+        return "classes" if self.classes else self.spec
+
+    def setup(self, source: Any, ctx: Any, parts: set[str], valid: Callable[[Any], np.ndarray],
+              device: str = "cpu") -> dict[str, Any]:
+        """``centres`` (the argmax targets), ``names`` (or None), ``n_partitions``; zero-shot: ``class_text``."""
+        if self.kind == "kmeans":
+            from curate.select.source import gather_rows
+
+            assert self.k is not None
+            rows = sample_rows(len(source), self.kmeans_sample or default_kmeans_sample(self.k), ctx.seed)
+            data = gather_rows(source, parts, rows, valid)
+            if len(data) == 0:
+                raise InputError("no sample has a valid embedding to train k-means on")
+            return {"centres": train_kmeans(data, self.k, ctx.seed), "names": None, "n_partitions": self.k}
+        if ctx.class_text is not None:
+            class_text, names = np.asarray(ctx.class_text, np.float32), ctx.class_names
+        else:
+            names_in = read_class_names(self.classes) if self.classes else None
+            class_text, names = model_class_text(ctx.run_root, names_in, device=device)
+        return {"centres": class_text, "class_text": class_text, "names": names, "n_partitions": len(class_text)}
+
+    @staticmethod
+    def labels(image: np.ndarray, shared: dict[str, Any], valid: np.ndarray) -> np.ndarray:
+        return argmax_rows(image, shared["centres"], valid)
+
+
+PER_PARTITION_MODES = ("proportional", "sqrt", "cap")
+
+
+def parse_per_partition(spec: str) -> tuple[str, int | None]:
+    """``proportional`` | ``sqrt`` | ``cap:T`` → (mode, T)."""
+    if spec in ("proportional", "sqrt"):
+        return spec, None
+    if spec.startswith("cap:"):
+        try:
+            t = int(spec.split(":", 1)[1])
+        except ValueError:
+            t = 0
+        if t < 1:
+            raise UsageError(f"bad --per-partition {spec!r}: T in cap:T must be a positive integer")
+        return "cap", t
+    raise UsageError(f"bad --per-partition {spec!r}: use proportional, sqrt or cap:T")
+
+
+def _largest_remainder(share: np.ndarray, total: int, cap: np.ndarray) -> np.ndarray:
+    """Integers q <= cap summing to ``total`` (<= cap.sum()), as close to the real ``share`` as rounding down
+    and handing the rest out by largest fractional part (ties: lower partition first) allow."""
+    q = np.minimum(np.floor(share).astype(np.int64), cap)
+    left = total - int(q.sum())
+    while left > 0:
+        room = q < cap
+        frac = np.where(room, share - np.floor(share), -1.0)
+        order = np.lexsort((np.arange(len(q)), -frac))
+        take = [i for i in order if room[i]][:left]
+        q[take] += 1
+        left -= len(take)
+        share = q.astype(np.float64)  # any further round: one more each, in partition order
+    return q
+
+
+def allocate_quotas(sizes: np.ndarray, budget: int | None, mode: str, cap: int | None = None) -> np.ndarray:
+    """Samples each partition may keep.
+
+    ``proportional``: budget × n_k / N; ``sqrt``: proportional to sqrt(n_k), water-filled so that no
+    partition gets more than it has (what one cannot take goes to the others); both sum to the budget
+    exactly (largest remainders). ``cap``: min(n_k, T), the budget (if any) then applies across partitions.
+    """
+    sizes = np.asarray(sizes, np.int64)
+    if mode == "cap":
+        assert cap is not None
+        return np.minimum(sizes, cap)
+    if budget is None:
+        raise UsageError(f"--per-partition {mode} splits a budget: give --fraction or --count")
+    if budget > int(sizes.sum()):
+        raise UsageError(f"the partitions hold {int(sizes.sum())} eligible samples, fewer than the budget {budget}")
+    weight = sizes.astype(np.float64) if mode == "proportional" else np.sqrt(sizes.astype(np.float64))
+    share = np.zeros(len(sizes))
+    active = sizes > 0
+    left = float(budget)
+    while active.any():  # water-filling: partitions whose share exceeds their size keep their size
+        c = left / weight[active].sum()
+        full = active & (c * weight >= sizes)
+        if not full.any():
+            share[active] = c * weight[active]
+            break
+        share[full] = sizes[full]
+        left -= float(sizes[full].sum())
+        active &= ~full
+    return _largest_remainder(share, budget, sizes)

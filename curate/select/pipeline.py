@@ -70,10 +70,24 @@ class TaskSpec:
     rule: Any
     device: str = "cpu"
     memory: int = 1 << 30
+    per_partition: PerPartition | None = None
 
     def selector(self) -> Selector:
         cls = get_selector(self.method)
         return cls(cls.config_class(**self.options))
+
+
+@dataclass(frozen=True)
+class PerPartition:
+    """Budgets per partition: ``mode`` proportional | sqrt | cap (``cap`` = T), over the selector's own
+    partitions, or over those of ``partitioner`` (for methods that have none)."""
+
+    mode: str
+    cap: int | None = None
+    partitioner: Any = None  # curate.select.partition.Partitioner
+
+    def describe(self) -> str:
+        return f"cap:{self.cap}" if self.mode == "cap" else self.mode
 
 
 class WorkDir:
@@ -170,10 +184,19 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
     """Scan blocks ``blocks``: per-row columns, shuffle rows, sums and key runs (one set of files each)."""
     sel = spec.selector()
     spans = spec.source.blocks()
+    pp = spec.per_partition
+    own = pp is not None and pp.partitioner is not None
+    parts = sel.needs | sel.partition_parts | ({"image"} if own else set())
     for b in blocks:
         start, stop = spans[b]
-        chunk = spec.source.chunk(start, stop, sel.needs | sel.partition_parts)
+        chunk = spec.source.chunk(start, stop, parts)
         scan = sel.scan(chunk, start, spec.shared)
+        if own:  # the per-partition budgets' partitions (the selector has none of its own)
+            from curate.select.partition import Partitioner
+
+            assert chunk.image is not None and chunk.image_ok is not None
+            scan.partition = Partitioner.labels(chunk.image, spec.shared["per_partition"],
+                                                np.asarray(scan.eligible, bool) & chunk.image_ok)
         n = stop - start
         rows = np.arange(start, stop, dtype=np.int64)
         cols: dict[str, Any] = {k: np.asarray(v) for k, v in scan.columns.items()}
@@ -189,7 +212,7 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
                            np.asarray(scan.eligible, bool), scan.carry, sel.partition_parts)
         sums = {f"sum:{k}": np.asarray(v, np.float64) for k, v in scan.sums.items()}
         if part is not None:
-            k = int(spec.shared.get("n_partitions", 0))
+            k = int(spec.shared["per_partition"]["n_partitions"] if own else spec.shared.get("n_partitions", 0))
             p = np.asarray(part)
             sums["counts"] = np.bincount(p[p >= 0], minlength=k).astype(np.int64)
         _save_npz(spec.work / "p1" / f"b{b:07d}.npz", **sums)
@@ -367,6 +390,14 @@ class PipelineResult:
     part_counts: np.ndarray | None
     shared: dict[str, Any]
     last_value: float | None = None  # RankBy: the value of the last row kept
+    quotas: np.ndarray | None = None  # per-partition budgets: samples each partition may keep
+    per_partition: PerPartition | None = None
+
+
+def table_columns(selector: Selector, res: PipelineResult) -> dict[str, str]:
+    """The score table's method columns: the selector's, plus the partition of per-partition budgets."""
+    extra = {"partition": "i4"} if res.quotas is not None and "partition" not in selector.columns else {}
+    return {**selector.columns, **extra}
 
 
 def _map(engine: Engine | None, fn: Any, items: list[Any], spec: TaskSpec, progress: Progress) -> list[Any]:
@@ -387,18 +418,22 @@ def _groups(items: list[int], parts: int) -> list[list[int]]:
 
 
 def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx: SelectContext, work: WorkDir,
-                 identity: dict[str, Any]) -> PipelineResult:
+                 identity: dict[str, Any], per_partition: PerPartition | None = None) -> PipelineResult:
     """Run every stage of ``selector`` over ``source``; the picks stay on disk under ``work``."""
     progress = ctx.progress or NullProgress()
     engine = ctx.engine if ctx.engine is not None and ctx.engine.distributed else None
     shared = selector.setup(source, ctx)
+    if per_partition is not None and per_partition.partitioner is not None:
+        shared["per_partition"] = per_partition.partitioner.setup(
+            source, ctx, {"image"}, lambda c: c.image_ok, shared.get("device", "cpu"))
     if engine is not None and engine.worker_device() != "auto":
         shared["device"] = engine.worker_device()  # tasks compute where the engine puts them
     shared["memory"] = ctx.memory
     rule = selector.rule(budget, shared)
     work.open(identity)
     spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, rule,
-                    device=(engine.worker_device() if engine is not None else ctx.device), memory=ctx.memory)
+                    device=(engine.worker_device() if engine is not None else ctx.device), memory=ctx.memory,
+                    per_partition=per_partition)
     n_blocks = len(source.blocks())
     todo = [b for b in range(n_blocks) if not work.p1(b).exists()]
     width = 4 * (engine.parallelism() if engine is not None else 1)
@@ -425,12 +460,24 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
     shared.update(selector.reduce(sums, counts if counts is not None else np.zeros((0, 0), np.int64), shared))
     rule = selector.rule(budget, shared)
     spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, rule,
-                    device=spec.device, memory=ctx.memory)
+                    device=spec.device, memory=ctx.memory, per_partition=per_partition)
+    quotas = None
+    if per_partition is not None:
+        from curate.select.partition import allocate_quotas
+
+        if counts is None:
+            raise InputError(f"--per-partition: {selector.name} found no partitions")
+        quotas = allocate_quotas(counts.sum(axis=0), getattr(rule, "budget", None), per_partition.mode,
+                                 per_partition.cap)
+        budget_ = getattr(rule, "budget", None)
+        if budget_ is not None and int(quotas.sum()) < budget_:
+            raise InputError(f"the per-partition caps leave {int(quotas.sum())} samples, fewer than the budget "
+                             f"{budget_}; raise T or lower --fraction/--count")
     tasks: list[tuple[int, int, int, dict[int, int]]] = []
     if selector.partitioned and counts is not None:
         np.save(work.path / "counts.npy", counts) if not (work.path / "counts.npy").exists() else None
         sizes = counts.sum(axis=0)
-        first = _first_requests(sizes, rule)
+        first = _first_requests(sizes, rule, quotas)
         tasks = _partition_tasks(sizes, first, 4 * max(source.dim, 1), ctx.memory)
         todo2 = [t for t in tasks if not work.p2(t[0]).exists()]
         progress.start(f"{selector.name}: pass 2", total=len(tasks), unit="tasks")
@@ -441,7 +488,11 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
                       max(1 << 16, ctx.memory // ENTRY_BYTES), work.path / "picks")
     info: dict[str, Any] = {}
     last_value: float | None = None
-    if isinstance(rule, RankBy):
+    if isinstance(rule, RankBy) and quotas is not None:
+        kept, last_value = _rank_per_partition(selector, rule, source, work, quotas, ctx.memory, picks)
+        if rule.info and last_value is not None:
+            info[rule.info] = last_value
+    elif isinstance(rule, RankBy):
         runs = [FileRun(p) for p in sorted((work.path / "runs").glob("*.bin"))]
         max_key = key_of(rule.minimum) if rule.minimum is not None else None
         n, last = 0, None
@@ -466,10 +517,17 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
             picks.append(start + keep, rank=np.arange(kept, kept + len(keep)), gain=np.full(len(keep), np.nan))
             kept += len(keep)
     elif isinstance(rule, MergeSequences):
-        kept, info = _merge(selector, rule, spec, counts, engine, progress, picks, source, work)
+        kept, info = _merge(selector, rule, spec, counts, engine, progress, picks, source, work, quotas)
     else:  # pragma: no cover - the rule types are closed
         raise TypeError(rule)
-    return PipelineResult(picks, kept, info, rule, work, source, counts, shared, last_value)
+    if quotas is not None:
+        assert per_partition is not None
+        info["per_partition"] = {"mode": per_partition.describe(), "partitions": int((quotas > 0).sum()),
+                                 "quota_min": int(quotas[quotas > 0].min()) if (quotas > 0).any() else 0,
+                                 "quota_max": int(quotas.max()) if len(quotas) else 0}
+        if per_partition.partitioner is not None:
+            info["per_partition"]["partition"] = per_partition.partitioner.describe()
+    return PipelineResult(picks, kept, info, rule, work, source, counts, shared, last_value, quotas, per_partition)
 
 
 class _Scaled:
@@ -489,6 +547,67 @@ class _Scaled:
         pass
 
 
+def _rank_per_partition(selector: Selector, rule: RankBy, source: PoolSource, work: WorkDir, quotas: np.ndarray,
+                        memory: int, picks: RowValues) -> tuple[int, float | None]:
+    """RankBy under per-partition budgets: each partition's best rows up to its quota (ties: lower row),
+    then the kept rows ranked together (and cut at the budget in ``cap`` mode).
+
+    Scalars only, grouped by partition with :class:`RowValues` (spilled by ranges of partitions when
+    they exceed the budget); each group of partitions gives one sorted run of its kept rows.
+    """
+    from curate.select.ranking import desc_key
+
+    k = len(quotas)
+    bucket = max(1, -(-k // 64))
+    groups = RowValues({"key": "u8", "row": "i8"}, k, bucket, max(1 << 16, memory // ENTRY_BYTES), work.path / "pp")
+    p2 = Pass2Columns(work) if selector.partitioned else None
+    max_key = key_of(rule.minimum) if rule.minimum is not None else None
+    for b, (start, stop) in enumerate(source.blocks()):
+        t = _read_ipc(work.p1(b))
+        part = t.column("__partition").to_numpy()
+        ok = t.column("__eligible").to_numpy(zero_copy_only=False) & (part >= 0)
+        if rule.column in t.column_names:
+            values = t.column(rule.column).to_numpy(zero_copy_only=False).astype(np.float64)
+        else:
+            assert p2 is not None
+            values = np.full(stop - start, np.nan)
+            rows, got = p2.block(b)
+            values[rows - start] = got[rule.column]
+        ok &= np.isfinite(values)
+        key = desc_key(values)
+        if max_key is not None:
+            ok &= key <= np.uint64(max_key)
+        idx = np.flatnonzero(ok)
+        groups.append(part[idx], key=key[idx], row=start + idx)
+    runs = []
+    for i, lo in enumerate(range(0, k, bucket)):
+        parts, cols = groups.slice(lo, min(k, lo + bucket))
+        order = np.lexsort((cols["row"], cols["key"], parts))
+        parts, key, row = parts[order], cols["key"][order], cols["row"][order]
+        first = np.r_[0, np.flatnonzero(np.diff(parts)) + 1] if len(parts) else np.zeros(0, np.int64)
+        within = np.arange(len(parts)) - np.repeat(first, np.diff(np.r_[first, len(parts)]))
+        keep = within < quotas[parts]
+        run = MemRun(key[keep], row[keep])
+        order = np.lexsort((run.row, run.key))
+        rec = np.empty(len(order), dtype=RUN_DTYPE)
+        rec["key"], rec["row"] = run.key[order], run.row[order]
+        path = work.path / "runs" / f"pp{i:07d}.bin"
+        with atomic_path(path) as tmp:
+            rec.tofile(tmp)
+        runs.append(FileRun(path))
+    groups.close()
+    budget = rule.budget if rule.budget is not None and int(quotas.sum()) > rule.budget else None
+    n, last = 0, None
+    chunk = max(1 << 10, min(1 << 16, memory // (ENTRY_BYTES * max(1, len(runs)))))
+    for rows, keys in top_k(runs, budget, chunk=chunk):
+        picks.append(rows, rank=np.arange(n, n + len(rows)), gain=np.full(len(rows), np.nan))
+        n += len(rows)
+        last = keys[-1]
+    if rule.budget is not None and n < rule.budget and int(quotas.sum()) >= rule.budget:
+        raise _short(selector, source, work, n, rule.budget)
+    return n, (float(value_of(np.asarray([last]))[0]) if last is not None else None)
+
+
 def _short(selector: Selector, source: PoolSource, work: WorkDir, n: int, budget: int) -> InputError:
     counts: dict[str, int] = {}
     for b in range(len(source.blocks())):
@@ -502,13 +621,17 @@ def _short(selector: Selector, source: PoolSource, work: WorkDir, n: int, budget
     return InputError(f"{selector.name} can rank {n} samples ({dropped}) but the budget is {budget}; lower it")
 
 
-def _first_requests(sizes: np.ndarray, rule: Any) -> dict[int, int]:
-    """How many picks each partition's first sequence holds: twice its share of the budget (>= SEQ_MIN)."""
+def _first_requests(sizes: np.ndarray, rule: Any, quotas: np.ndarray | None = None) -> dict[int, int]:
+    """How many picks each partition's first sequence holds: twice its share of the budget (>= SEQ_MIN),
+    or exactly its quota under per-partition budgets."""
     if not isinstance(rule, MergeSequences):
         return {}
     total = int(sizes.sum())
     out = {}
     for p in np.flatnonzero(sizes):
+        if quotas is not None:
+            out[int(p)] = int(min(sizes[p], quotas[p]))
+            continue
         share = -(-2 * rule.budget * int(sizes[p]) // max(total, 1))
         out[int(p)] = int(min(sizes[p], max(SEQ_MIN, share)))
     return out
@@ -536,7 +659,7 @@ def _partition_tasks(sizes: np.ndarray, first: dict[int, int], row_bytes: int,
 
 def _merge(selector: Selector, rule: MergeSequences, spec: TaskSpec, counts: np.ndarray | None,
            engine: Engine | None, progress: Progress, picks: RowValues, source: PoolSource,
-           work: WorkDir) -> tuple[int, dict[str, Any]]:
+           work: WorkDir, quotas: np.ndarray | None = None) -> tuple[int, dict[str, Any]]:
     """Merge the partitions' pick sequences by score at pick time into ``rule.budget`` picks.
 
     A partition's picks depend only on the partition; the global order takes, at each step, the
@@ -549,6 +672,10 @@ def _merge(selector: Selector, rule: MergeSequences, spec: TaskSpec, counts: np.
     eligible = int(sizes.sum())
     if rule.budget > eligible:
         raise _short(selector, source, work, eligible, rule.budget)
+    limit = np.minimum(sizes, quotas) if quotas is not None else sizes
+    if rule.budget > int(limit.sum()):
+        raise InputError(f"the per-partition caps leave {int(limit.sum())} samples, fewer than the budget "
+                         f"{rule.budget}; raise T or lower --fraction/--count")
     seqs: dict[int, dict[str, np.ndarray]] = {}
     pos: dict[int, int] = {}
     stamp: dict[int, int] = {}
@@ -562,10 +689,12 @@ def _merge(selector: Selector, rule: MergeSequences, spec: TaskSpec, counts: np.
     def push(p: int) -> None:
         s = seqs[p]
         i = pos[p]
+        if i >= limit[p]:  # the partition's quota is used up
+            return
         if i >= len(s["rows"]):
             if s["done"]:
                 return
-            want = min(int(sizes[p]), max(2 * len(s["rows"]), SEQ_MIN))
+            want = min(int(limit[p]), max(2 * len(s["rows"]), SEQ_MIN))
             _map(engine, _extend_task, [(p, want)], spec, NullProgress())
             load(p)
             s = seqs[p]
@@ -648,8 +777,10 @@ def iter_blocks(res: PipelineResult, selector: Selector) -> Iterator[dict[str, A
         codes = t.column("__reason").to_numpy().astype(np.int16)
         eligible = t.column("__eligible").to_numpy(zero_copy_only=False)
         cols: dict[str, np.ndarray] = {}
-        for k, dt in selector.columns.items():
-            if k in t.column_names:
+        for k, dt in table_columns(selector, res).items():
+            if k == "partition" and k not in t.column_names and "__partition" in t.column_names:
+                cols[k] = t.column("__partition").to_numpy()
+            elif k in t.column_names:
                 cols[k] = t.column(k).to_numpy(zero_copy_only=False)
             else:
                 cols[k] = _null_column(dt, n)
@@ -669,7 +800,11 @@ def iter_blocks(res: PipelineResult, selector: Selector) -> Iterator[dict[str, A
         selected = rank >= 0
         names = list(names)
         below = (getattr(rule, "below", None), _below(rule, res, cols, eligible))
-        for reason, rows in ((decision_reason, eligible), below):
+        steps = [(decision_reason, eligible), below]
+        if res.quotas is not None:  # not kept although eligible: the partition's quota was full
+            steps = [("quota", eligible), *([(decision_reason, _under(rule, cols, eligible))]
+                                          if getattr(rule, "minimum", None) is not None else []), below]
+        for reason, rows in steps:
             if reason is not None and rows is not None:
                 if reason not in names:
                     names.append(reason)
@@ -686,6 +821,12 @@ def _below(rule: Any, res: PipelineResult, cols: dict[str, np.ndarray], eligible
     if not isinstance(rule, RankBy) or rule.below is None or res.last_value is None:
         return None
     return eligible & (np.asarray(cols[rule.column], np.float64) < res.last_value)
+
+
+def _under(rule: Any, cols: dict[str, np.ndarray], eligible: np.ndarray) -> np.ndarray:
+    """Eligible rows under ``RankBy.minimum`` (they get the rule's reason, not the quota's)."""
+    v = np.asarray(cols[rule.column], np.float64)
+    return eligible & ~(v >= rule.minimum)
 
 
 def _null_column(dtype: str, n: int) -> np.ndarray:

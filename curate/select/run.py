@@ -8,6 +8,7 @@ The same inputs, method, options and seed give byte-identical tables.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -29,7 +30,15 @@ from curate.io.tarwrite import remove_dead_temps
 from curate.progress import NullProgress, Progress
 from curate.run import RunDir, read_json
 from curate.select.base import DEFAULT_MEMORY, SelectContext, get_selector, resolve_budget
-from curate.select.pipeline import PipelineResult, WorkDir, iter_blocks, run_pipeline, work_identity
+from curate.select.pipeline import (
+    PerPartition,
+    PipelineResult,
+    WorkDir,
+    iter_blocks,
+    run_pipeline,
+    table_columns,
+    work_identity,
+)
 from curate.select.source import PoolSource
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,119}$")
@@ -136,7 +145,7 @@ def _write_outputs(folder: Path, res: PipelineResult, selector: Any) -> tuple[Ma
     table_writer = None
     try:
         for blk in iter_blocks(res, selector):
-            table = scores_block(blk["ids"], blk, selector.columns)
+            table = scores_block(blk["ids"], blk, table_columns(selector, res))
             if table_writer is None:
                 table_writer = pq.ParquetWriter(folder / "scores.parquet", table.schema)
             table_writer.write_table(table)
@@ -160,6 +169,37 @@ def _write_outputs(folder: Path, res: PipelineResult, selector: Any) -> tuple[Ma
         if table_writer is not None:
             table_writer.close()
     return writer, pruned, per_part
+
+
+_PARTITION_OPTIONS = ("partition", "classes", "kmeans_sample")
+
+
+def _per_partition(cls: Any, spec: str | None, opts: dict[str, Any]) -> tuple[PerPartition | None, dict[str, Any]]:
+    """The per-partition budgets and the options they take from ``opts`` (for methods without partitions)."""
+    from curate.select.partition import Partitioner, parse_per_partition
+
+    if spec is None:
+        return None, {}
+    mode, cap = parse_per_partition(spec)
+    if cls.budget_mode == "none":
+        raise UsageError(f"--per-partition does not apply to --method {cls.name} (it has no budget)")
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    taken = {k: opts.pop(k) for k in _PARTITION_OPTIONS if k not in fields and opts.get(k) is not None}
+    partitioner = None
+    if not cls.partitioned:
+        partitioner = Partitioner(taken.get("partition", "imagenet"), taken.get("classes"), taken.get("kmeans_sample"))
+        taken.setdefault("partition", "imagenet")
+    return PerPartition(mode, cap, partitioner), {"per_partition": spec, **taken}
+
+
+def _with_tag(name: str, pp_params: dict[str, Any]) -> str:
+    """``clip-score-f0.3`` → ``clip-score-f0.3-pp-sqrt`` (``-km20``/``-cls`` for its own partitions)."""
+    if not pp_params:
+        return name
+    mode = str(pp_params["per_partition"]).replace(":", "")
+    part = pp_params.get("partition")
+    tag = "-cls" if pp_params.get("classes") else (f"-km{part.split(':')[1]}" if part and part != "imagenet" else "")
+    return f"{name}-pp-{mode}{tag}"
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -206,6 +246,7 @@ def run_selection(
     engine: Engine | str | None = None,
     engine_options: Mapping[str, Any] | None = None,
     memory: int = DEFAULT_MEMORY,
+    per_partition: str | None = None,
 ) -> SelectionResult:
     """Run one selection method over a run's embeddings and write its score table and manifest.
 
@@ -226,12 +267,17 @@ def run_selection(
             ``{"address": "auto"}``). Every engine selects the same samples with the same scores.
         memory: bytes a task or the driver may hold besides one partition's embeddings; above it,
             rankings and picks spill to the selection's work folder.
+        per_partition: ``proportional``, ``sqrt`` or ``cap:T``: budgets per partition (the method's own
+            partitions, or those of the ``partition``/``classes``/``kmeans_sample`` options for methods
+            without partitions), so that every partition keeps its share (docs/select.md).
     """
     t0 = time.perf_counter()
     run = RunDir(run_root)
     run.require()
     cls = get_selector(method)
-    selector = cls(cls.config_class.from_options(method, dict(options or {})))
+    opts = dict(options or {})
+    pp, pp_params = _per_partition(cls, per_partition, opts)
+    selector = cls(cls.config_class.from_options(method, opts))
     if name is not None:
         check_name(name)
     if (fraction is not None or count is not None) and cls.budget_mode == "none":
@@ -242,8 +288,9 @@ def run_selection(
     source.require(selector.needs | selector.partition_parts)
     budget = resolve_budget(fraction, count, len(source))
     selector.check_budget(budget)
-    name = check_name(name or selector.default_name(fraction, count))
+    name = check_name(name or _with_tag(selector.default_name(fraction, count), pp_params))
     params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict()}
+    params.update(pp_params)
     if class_text is not None:
         params["class_text"] = f"given ({class_text.shape[0]} classes)"
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
@@ -258,7 +305,7 @@ def run_selection(
         with _engine(engine, engine_options, device) as eng:
             ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng,
                                 memory=memory)
-            res = run_pipeline(selector, source, budget, ctx, work, identity)
+            res = run_pipeline(selector, source, budget, ctx, work, identity, pp)
         selector.check_result(res.kept)
         cmd = command or f"curate select --run {run.root} --method {method}"
         remove_dead_temps(final.parent, f".{name}.tmp-")  # left by a killed earlier attempt

@@ -92,7 +92,7 @@ def _record(run: Path, name: str) -> dict:
 
 def test_second_select_of_the_same_name_is_refused(run: Path, tmp_path: Path) -> None:
     """Two `curate select --name same` at once: before, both exited 0 and only the last writer was on disk."""
-    first, _, go = _paused(tmp_path, "first", "curate.select.baselines:RandomSelector.score", _select(run, "same", 0.3))
+    first, _, go = _paused(tmp_path, "first", "curate.select.baselines:RandomSelector.setup", _select(run, "same", 0.3))
     second = _curate(_select(run, "same", 0.5))  # while the first holds the name
     lines = second.stderr.strip().splitlines()
     assert second.returncode == 2 and len(lines) == 1, second.stderr
@@ -110,7 +110,7 @@ def test_second_select_of_the_same_name_is_refused(run: Path, tmp_path: Path) ->
 
 def test_a_killed_holder_frees_the_name(run: Path, tmp_path: Path) -> None:
     """The OS drops the lock of a killed select: the next select of that name runs, and cleans up the lock file."""
-    first, _, _ = _paused(tmp_path, "first", "curate.select.baselines:RandomSelector.score", _select(run, "x", 0.3))
+    first, _, _ = _paused(tmp_path, "first", "curate.select.baselines:RandomSelector.setup", _select(run, "x", 0.3))
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=HANG_GUARD)
     assert (run / "selections" / ".x.lock").exists()  # left by the killed holder

@@ -1,0 +1,122 @@
+"""Budgets per partition (--per-partition proportional | sqrt | cap:T) for any method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import MakeRun, normalise, read_scores
+from test_select_clipcov import brute_reference, brute_terms
+
+from curate.errors import InputError, UsageError
+from curate.select import run_selection
+from curate.select.partition import allocate_quotas
+
+
+def test_quotas_sum_to_the_budget_and_respect_sizes() -> None:
+    sizes = np.array([1000, 300, 40, 7, 0, 1])
+    for mode in ("proportional", "sqrt"):
+        for budget in (1, 50, 333, 1000, 1348):
+            q = allocate_quotas(sizes, budget, mode)
+            assert q.sum() == budget and (q <= sizes).all() and (q >= 0).all()
+    q = allocate_quotas(sizes, 300, "proportional")
+    np.testing.assert_array_equal(q, [222, 67, 9, 2, 0, 0])  # 300·n/1348, remainders to the largest fractions
+    q = allocate_quotas(sizes, 400, "sqrt")  # sqrt shares; the partitions of 40, 7 and 1 are kept whole
+    assert q[2] == 40 and q[3] == 7 and q[5] == 1
+    w = np.sqrt(sizes[:2].astype(float))
+    share = (400 - 48) * w / w.sum()  # the rest split by sqrt(n_k), rounded
+    assert np.abs(q[:2] - share).max() < 1 and q.sum() == 400
+    np.testing.assert_array_equal(allocate_quotas(sizes, None, "cap", 50), [50, 50, 40, 7, 0, 1])
+    with pytest.raises(UsageError, match="splits a budget"):
+        allocate_quotas(sizes, None, "sqrt")
+
+
+def _world(n: int = 1500, d: int = 16, seed: int = 2) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    centres = normalise(rng.normal(size=(4, d)))
+    lab = rng.choice(4, size=n, p=[0.7, 0.2, 0.08, 0.02])
+    img = normalise(centres[lab] + 0.8 * rng.normal(size=(n, d)) / np.sqrt(d) * 2)
+    txt = normalise(centres[lab] + 0.8 * rng.normal(size=(n, d)) / np.sqrt(d) * 2)
+    return img, txt, centres
+
+
+@pytest.mark.parametrize("mode", ["proportional", "sqrt", "cap:100"])
+def test_clip_score_per_partition_keeps_each_class_top(make_run: MakeRun, mode: str) -> None:
+    img, txt, centres = _world()
+    run = make_run(img, txt)
+    labels = np.argmax(img.astype(np.float16).astype(np.float32) @ centres.T, axis=1)
+    res = run_selection(run, "clip-score", fraction=0.2, per_partition=mode, class_text=centres,
+                        options={"partition": "imagenet"})
+    t = read_scores(res.path)
+    np.testing.assert_array_equal(t["partition"], labels)
+    sizes = np.bincount(labels, minlength=4)
+    budget = 300
+    quotas = allocate_quotas(sizes, budget, mode.split(":")[0], 100 if mode.startswith("cap") else None)
+    want = np.zeros(len(labels), bool)
+    for k in range(4):  # brute force: each class's best quota_k by CLIP score
+        members = np.flatnonzero(labels == k)
+        best = members[np.argsort(-t["score"][members], kind="stable")[: quotas[k]]]
+        want[best] = True
+    if mode.startswith("cap"):  # then the global best `budget` among those
+        cand = np.flatnonzero(want)
+        want[:] = False
+        want[cand[np.argsort(-t["score"][cand], kind="stable")[:budget]]] = True
+    np.testing.assert_array_equal(t["selected"], want)
+    assert res.kept == budget
+    assert set(t["reason"][~want]) == {"quota"}
+    kept = np.bincount(labels[want], minlength=4)
+    assert (kept > 0).all()  # every class is represented
+    # the rank is the order of the scores among the kept
+    order = np.flatnonzero(want)[np.argsort(t["rank"][want])]
+    assert np.all(np.diff(t["score"][order]) <= 0)
+
+
+@pytest.mark.parametrize("mode", ["proportional", "sqrt"])
+def test_clipcov_per_partition_takes_each_class_prefix(make_run: MakeRun, mode: str) -> None:
+    """With quotas, class k's picks are the first q_k of its own reference sequence (brute force on the class)."""
+    img, txt, centres = _world(1200, 12, seed=5)
+    run = make_run(img, txt)
+    res = run_selection(run, "clipcov", count=450, per_partition=mode, class_text=centres,
+                        options={"dtype": "float64"})
+    t = read_scores(res.path)
+    labels = t["partition"]
+    sizes = np.bincount(labels, minlength=4)
+    quotas = allocate_quotas(sizes, 450, mode)
+    from oracle import load_pool
+
+    pool = load_pool(run, {"image", "text"})
+    for k in range(4):
+        members = np.flatnonzero(labels == k)
+        lab = np.zeros(len(members), int)
+        terms = brute_terms(pool.image[members], pool.text[members], lab, centres[k : k + 1])
+        # the class's own sequence, with the pool means of the whole pool (the centre terms): rebuild u
+        terms["u"] = t["score"][members]
+        want, _ = brute_reference(terms, lab, int(quotas[k]))
+        got = members[np.flatnonzero(t["selected"][members])]
+        assert set(got) == set(members[want]), k
+    assert res.kept == 450 and res.info["per_partition"]["mode"] == mode
+
+
+def test_semdedup_cap_and_budgets_are_the_same_at_any_memory(make_run: MakeRun) -> None:
+    img, txt, _ = _world(900, 8, seed=7)
+    run = make_run(img, txt)
+    a = run_selection(run, "semdedup", fraction=0.5, per_partition="cap:100", options={"clusters": 6}, name="a")
+    b = run_selection(run, "semdedup", fraction=0.5, per_partition="cap:100", options={"clusters": 6}, name="b",
+                      memory=1 << 20)
+    ta, tb = (pq.read_table(r.path / "scores.parquet") for r in (a, b))
+    assert ta.equals(tb)
+    t = read_scores(a.path)
+    assert np.bincount(t["partition"][t["selected"]]).max() <= 100
+
+
+def test_per_partition_bad_usage(make_run: MakeRun) -> None:
+    img, txt, centres = _world(300, 8)
+    run = make_run(img, txt)
+    with pytest.raises(UsageError, match="bad --per-partition"):
+        run_selection(run, "random", fraction=0.2, per_partition="even")
+    with pytest.raises(UsageError, match="does not apply to --method union"):
+        run_selection(run, "union", options={"of": ("a", "b")}, per_partition="sqrt")
+    with pytest.raises(UsageError, match="splits a budget"):
+        run_selection(run, "clip-score", options={"threshold": 0.1}, per_partition="sqrt", class_text=centres)
+    with pytest.raises(InputError, match="caps leave 40 samples, fewer than the budget 60"):
+        run_selection(run, "clip-score", fraction=0.2, per_partition="cap:10", class_text=centres)
