@@ -78,6 +78,11 @@ def select(
                                       "(a seeded sample; default 256 per cluster, at most 500,000)."),
     of: list[str] = typer.Option(None, "--of", metavar="A B [C ...]", help="intersect/union/difference: two or "
                                  "more selections, space- or comma-separated (difference: A minus all others)."),
+    weights: str = typer.Option(None, help="combine: one weight per --of selection, e.g. 1,0.5 (default 1 each)."),
+    column: list[str] = typer.Option(None, "--column", metavar="NAME:COLUMN", help="combine: the score column "
+                                     "of a selection (default 'score'; e.g. clipcov-f0.3:gain). Repeatable."),
+    normalize: str = typer.Option(None, help="combine: z (mean 0, sd 1) or rank (fraction of the pool at or "
+                                  "below); default z."),
     device: str = typer.Option("auto", help="clipcov: auto, cpu, cuda, cuda:N."),
     per_partition: str = typer.Option(None, help="Budgets per partition: proportional, sqrt or cap:T (every "
                                       "partition keeps its share; --partition/--classes choose them for methods "
@@ -99,7 +104,8 @@ def select(
         "variant": variant.value if variant else None, "partition": partition, "classes": classes,
         "threshold": threshold, "eps": eps, "keep": keep.value if keep else None, "clusters": clusters,
         "of": (*of, *(more_of or ())) if of else None, "kmeans_sample": kmeans_sample,
-        "cross_sample": cross_sample,
+        "cross_sample": cross_sample, "weights": weights, "columns": tuple(column) if column else None,
+        "normalize": normalize,
     }
     eng_opts: dict[str, Any] = {"address": ray_address} if ray_address else {}
     if workers is not None:
