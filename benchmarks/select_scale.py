@@ -41,15 +41,18 @@ METHODS = {
 }
 
 
-def make_pool(run: Path, n: int, d: int, n_classes: int, seed: int, chunk: int = 100_000) -> None:
-    """Write RUN/embeddings/<shard>.parquet (float16, as curate embed does) and the class centres."""
+def make_pool(run: Path, n: int, d: int, n_classes: int, seed: int, chunk: int = 100_000,
+              sizes: str = "zipf") -> None:
+    """Write RUN/embeddings/<shard>.parquet (float16, as curate embed does) and the class centres.
+
+    ``sizes``: ``zipf`` (class k has a share 1/k) or ``uniform`` (every class the same share)."""
     from curate.io.tables import embedding_schema, fixed_list, write_table
     from curate.run import RunDir
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_classes, d)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    p = 1.0 / np.arange(1, n_classes + 1)
+    p = 1.0 / np.arange(1, n_classes + 1) if sizes == "zipf" else np.ones(n_classes)
     p /= p.sum()
     sigma = 1.3 / np.sqrt(d)
     shards = []
@@ -82,8 +85,9 @@ def make_pool(run: Path, n: int, d: int, n_classes: int, seed: int, chunk: int =
     RunDir(run).update("embed", {"model": "synthetic", "shards": shards}, command="benchmarks/select_scale.py")
 
 
-def run_one(run: Path, label: str, fraction: float, seed: int) -> dict:
-    """Time one selection in this process; report wall time and peak RSS."""
+def run_one(run: Path, label: str, fraction: float, seed: int, workers: int | None = None,
+            memory: str | None = None) -> dict:
+    """Time one selection in this process; report wall time, its peak RSS and its task processes' peak RSS."""
     t_imp = time.perf_counter()
     import faiss  # noqa: F401
     import torch  # noqa: F401
@@ -95,6 +99,14 @@ def run_one(run: Path, label: str, fraction: float, seed: int) -> dict:
     t_imp = time.perf_counter() - t_imp
     spec = METHODS[label]
     class_text = np.load(run / "class_text.npy") if spec["method"] == "clipcov" else None
+    extra: dict = {}
+    if workers:
+        extra["engine_options"] = {"workers": workers}
+        extra["engine"] = "local"
+    if memory:
+        from curate.select.base import parse_bytes
+
+        extra["memory"] = parse_bytes(memory)
     t0 = time.perf_counter()
     res = run_selection(
         run,
@@ -106,15 +118,19 @@ def run_one(run: Path, label: str, fraction: float, seed: int) -> dict:
         force=True,
         class_text=class_text,
         device="cpu",
+        **extra,
     )
     secs = time.perf_counter() - t0
     rss_gb = peak_rss_gb()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # the largest task process
     return {
         "label": label,
         "pool": res.pool_size,
         "kept": res.kept,
         "seconds": secs,
         "peak_rss_gb": rss_gb,
+        "worker_peak_rss_gb": children if workers else None,
+        "workers": workers or 1,
         "import_seconds": t_imp,
         "info": {k: v for k, v in res.info.items() if isinstance(v, (int, float, str))},
     }
@@ -190,6 +206,10 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--class-sizes", choices=["zipf", "uniform"], default="zipf",
+                    help="class shares of the generated pool (zipf: 1/k; uniform: equal)")
+    ap.add_argument("--workers", type=int, default=None, help="run the tasks in this many processes")
+    ap.add_argument("--memory", default=None, help="the --memory budget of select (e.g. 1G)")
     ap.add_argument("--timeout", type=float, default=900.0, help="stop a run after this many seconds")
     ap.add_argument("--max-rss-gb", type=float, default=16.0, help="stop a run whose peak RSS passes this")
     ap.add_argument("--workdir", default="/tmp/curate-select-scale")
@@ -200,7 +220,8 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("RUN", "LABEL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(Path(args.one[0]), args.one[1], args.fraction, args.seed)))
+        print(json.dumps(run_one(Path(args.one[0]), args.one[1], args.fraction, args.seed, args.workers,
+                                 args.memory)))
         return
     out = Path(args.out)
     store = out.with_suffix(".json")  # every finished (N, method) row, merged across invocations
@@ -221,22 +242,30 @@ def main() -> None:
         report()
         return
 
+    def key(r: dict) -> tuple:
+        return r["pool"], r["label"], r.get("sizes", "zipf"), r.get("workers", 1)
+
     def record(row: dict) -> None:
-        rows[:] = [r for r in rows if (r["pool"], r["label"]) != (row["pool"], row["label"])] + [row]
-        rows.sort(key=lambda r: (r["pool"], list(METHODS).index(r["label"])))
+        row.setdefault("sizes", args.class_sizes)
+        row.setdefault("workers", args.workers or 1)
+        rows[:] = [r for r in rows if key(r) != key(row)] + [row]
+        rows.sort(key=lambda r: (r.get("sizes", "zipf"), r["pool"], list(METHODS).index(r["label"]),
+                                 r.get("workers", 1)))
         store.parent.mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(rows, indent=1) + "\n")
         write_report(out, rows, machine())
 
     for n in args.sizes:
-        run = Path(args.workdir) / f"n{n}"
+        run = Path(args.workdir) / (f"n{n}" if args.class_sizes == "zipf" else f"n{n}-{args.class_sizes}")
         if not (run / "class_text.npy").exists():
             t0 = time.perf_counter()
-            make_pool(run, n, args.dim, args.classes, args.seed)
+            make_pool(run, n, args.dim, args.classes, args.seed, sizes=args.class_sizes)
             print(f"pool N={n:,}: generated in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         for label in args.methods:
             cmd = [sys.executable, __file__, "--one", str(run), label, "--fraction", str(args.fraction),
                    "--seed", str(args.seed)]
+            cmd += ["--workers", str(args.workers)] if args.workers else []
+            cmd += ["--memory", args.memory] if args.memory else []
             load_before = os.getloadavg()[0]
             date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             proc, why, seen_gb = run_child(cmd, args.timeout, args.max_rss_gb)
@@ -322,13 +351,15 @@ def write_report(out: Path, rows: list[dict], m: dict) -> None:
         "clipcov-greedy = exact gains; clipcov-kmeans = faiss k-means K=1000 partition; semdedup = k-means with",
         "sqrt(N) clusters, budget met by the eps rule.",
         "",
-        "| N | method | seconds | peak RSS (GB) | kept | import s | load before / after | notes |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "| N | classes | method | processes | seconds | peak RSS (GB) | task process peak RSS (GB) | kept | import s |"
+        " load before / after | notes |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     not_run = []
     for r in rows:
+        head = f"| {r['pool']:,} | {r.get('sizes', 'zipf')} | {r['label']} | {r.get('workers', 1)} |"
         if "error" in r:
-            lines.append(f"| {r['pool']:,} | {r['label']} | — | — | — | — | — | failed: {r['error']} |")
+            lines.append(f"{head} — | — | — | — | — | — | failed: {r['error']} |")
             continue
         load = " / ".join(f"{r[k]:.1f}" if k in r else "–" for k in ("load_before", "load_after"))
         if "not_run" in r:
@@ -342,7 +373,7 @@ def write_report(out: Path, rows: list[dict], m: dict) -> None:
                 est.append(f"~{m_[0]:.1f} GB (linear, {m_[1]:.1f} GB per million samples)")
             not_run.append(r)
             lines.append(
-                f"| {r['pool']:,} | {r['label']} | not run | ≥ {r['rss_seen_gb']:.2f} seen | — | — | {load} | "
+                f"{head} not run | ≥ {r['rss_seen_gb']:.2f} seen | — | — | — | {load} | "
                 f"{r['not_run']}; extrapolated from the two largest measured N: {', '.join(est) or '—'} |"
             )
             continue
@@ -351,8 +382,9 @@ def write_report(out: Path, rows: list[dict], m: dict) -> None:
             for k, v in r["info"].items()
             if k in ("class_updates", "clusters", "effective_eps", "effective_threshold")
         )
+        worker = f"{r['worker_peak_rss_gb']:.2f}" if r.get("worker_peak_rss_gb") else "—"
         lines.append(
-            f"| {r['pool']:,} | {r['label']} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | "
+            f"{head} {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {worker} | "
             f"{r['kept']:,} | {r['import_seconds']:.1f} | {load} | {notes} |"
         )
     if not_run:

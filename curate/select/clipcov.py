@@ -42,6 +42,7 @@ from curate.select.partition import Partitioner
 _log = logging.getLogger(__name__)
 
 THRESHOLD = 0.0  # similarities <= THRESHOLD count as 0 (M⁺)
+DTYPES = ("auto", "float32", "float64", "float16", "bfloat16")
 UPDATE_PERIOD = 200  # class k is refreshed when (c_k + 1) % UPDATE_PERIOD == 0
 W_CROSS, W_EASY, W_LABEL, W_CENTRE = 1.0, 2.0, 0.5, 1.0
 BLOCK_ELEMENTS = 1 << 24  # largest similarity block held at once (64 MiB in float32)
@@ -62,7 +63,9 @@ class ClipCovConfig(SelectorConfig):
         variant: ``reference`` (the notebook's stale-gain schedule, spec §1.2) or ``greedy`` (exact gains).
         partition: ``imagenet`` (zero-shot ImageNet-1k pseudo-labels with the run's model) or ``kmeans:K``.
         classes: a file of class names (one per line) for zero-shot labels instead of ImageNet-1k.
-        dtype: ``float32`` or ``float64`` for similarity blocks (float64 for exactness tests).
+        dtype: the inputs of the similarity products: ``auto`` (float16 on a GPU, with float32
+            accumulation; float32 on the CPU), ``float32``, ``float64`` (exactness tests), ``float16`` or
+            ``bfloat16`` (on the CPU: the inputs rounded to it, then float32 products, as a GPU computes).
         kmeans_sample: rows ``kmeans:K`` trains on (a seeded uniform sample; default 256 per cluster, at most 500k).
         cross_sample: estimate each sample's cross term from a seeded random sample of this many members of
             its class (unbiased; classes no larger are exact). Off by default: the exact sum is O(n_k²).
@@ -71,7 +74,7 @@ class ClipCovConfig(SelectorConfig):
     variant: str = "reference"
     partition: str = "imagenet"
     classes: str | None = None
-    dtype: str = "float32"
+    dtype: str = "auto"
     kmeans_sample: int | None = None
     cross_sample: int | None = None
 
@@ -79,8 +82,8 @@ class ClipCovConfig(SelectorConfig):
         if self.variant not in ("reference", "greedy"):
             raise UsageError(f"--variant must be 'reference' or 'greedy', got {self.variant!r}")
         Partitioner(self.partition, self.classes, self.kmeans_sample)  # validates the three together
-        if self.dtype not in ("float32", "float64"):
-            raise UsageError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.cross_sample is not None and self.cross_sample < 1:
             raise UsageError(f"--cross-sample must be a positive integer, got {self.cross_sample}")
 
@@ -103,6 +106,29 @@ def pick_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
     return device
+
+
+def _HALF_DTYPES(torch: Any) -> tuple[Any, ...]:
+    return (torch.float16, torch.bfloat16)
+
+
+def mm(a: Any, b: Any) -> Any:
+    """``a @ bᵀ``; half-precision inputs are multiplied with float32 accumulation and a float32 result
+    (cuBLAS on a GPU; on the CPU the same model: the half values are exact in float32)."""
+    import torch
+
+    if a.dtype in (torch.float16, torch.bfloat16):
+        if a.is_cuda:
+            return torch.mm(a, b.T, out_dtype=torch.float32)
+        return a.float() @ b.float().T
+    return a @ b.T
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto``: float16 inputs on a GPU (float32 accumulation), float32 on the CPU."""
+    if dtype != "auto":
+        return dtype
+    return "float16" if device.startswith("cuda") else "float32"
 
 
 class Rows:
@@ -169,7 +195,10 @@ class Blocks:
         step = 1 << 16
         for s in range(0, len(a), step):
             bb = b[s : s + step] if b_rows is None else b[b_rows[s : s + step]]
-            out[s : s + step] = (a[s : s + step] * bb).sum(1, dtype=self.torch.float64).cpu().numpy()
+            aa = a[s : s + step]
+            if aa.dtype in _HALF_DTYPES(self.torch):  # half inputs: products and sums in float64
+                aa, bb = aa.double(), bb.double()
+            out[s : s + step] = (aa * bb).sum(1, dtype=self.torch.float64).cpu().numpy()
         return out
 
     def cross(self, s: int, e: int) -> np.ndarray:
@@ -202,8 +231,8 @@ class Blocks:
         out = t.zeros(n, dtype=t.float64, device=self.device)
         bs = max(1, BLOCK_ELEMENTS // m)
         for b in range(0, n, bs):
-            a = (img_s @ self.txt[b : b + bs].T).clamp_(min=THRESHOLD).double().sum(0)  # Σ_{i∈S} M⁺[i, j]
-            c = (self.img[b : b + bs] @ txt_s.T).clamp_(min=THRESHOLD).double().sum(1)  # Σ_{i∈S} M⁺[j, i]
+            a = mm(img_s, self.txt[b : b + bs]).clamp_(min=THRESHOLD).double().sum(0)  # Σ_{i∈S} M⁺[i, j]
+            c = mm(self.img[b : b + bs], txt_s).clamp_(min=THRESHOLD).double().sum(1)  # Σ_{i∈S} M⁺[j, i]
             out[b : b + bs] = a + c
         return (out / m).cpu().numpy()
 
@@ -230,8 +259,8 @@ class Blocks:
         bs = max(1, BLOCK_ELEMENTS // len(picked))
         for b in range(0, len(cand), bs):
             ci = t.from_numpy(np.asarray(cand[b : b + bs], np.int64)).to(self.device)
-            a = (self.img[ci] @ txt_j.T).clamp_(min=THRESHOLD)  # M⁺[i, j]
-            c = (self.txt[ci] @ img_j.T).clamp_(min=THRESHOLD)  # M⁺[j, i] = <img_j, txt_i>
+            a = mm(self.img[ci], txt_j).clamp_(min=THRESHOLD)  # M⁺[i, j]
+            c = mm(self.txt[ci], img_j).clamp_(min=THRESHOLD)  # M⁺[j, i] = <img_j, txt_i>
             out[b : b + bs] = (a.sum(1, dtype=t.float64) + c.sum(1, dtype=t.float64)).cpu().numpy()
         return out
 
@@ -275,7 +304,7 @@ def cross_part(img: Rows, txt: Rows, s: int, n: int, r0: int, r1: int,
         x = img[s + b : s + min(r1, b + bs)]
         for i, (c0, c1) in enumerate(tiles):
             y = held[i] if held is not None else txt[s + c0 : s + c1]
-            p = x @ y.T  # p[i, j] = <img_i, txt_j> = M_k[i, j]
+            p = mm(x, y)  # p[i, j] = <img_i, txt_j> = M_k[i, j]
             p.clamp_(min=THRESHOLD) if THRESHOLD == 0.0 else p.masked_fill_(p <= THRESHOLD, 0.0)
             # one cast, then two float64 sums: 2x faster on CPU than casting inside each sum (same values)
             p = p.double()
@@ -532,9 +561,10 @@ class ClipCov(Selector):
 
     def _blocks(self, data: Any, shared: dict[str, Any]) -> Blocks:
         """The partition held as float32 when that fits half the memory budget, else read lazily."""
+        dtype = resolve_dtype(self.config.dtype, shared["device"])
         if data.held_bytes() <= shared.get("memory", 1 << 30) // 2:
-            return Blocks(data.matrix("image"), data.matrix("text"), shared["device"], self.config.dtype)
-        return Blocks.lazy(data.raw16("image"), data.raw16("text"), shared["device"], self.config.dtype)
+            return Blocks(data.matrix("image"), data.matrix("text"), shared["device"], dtype)
+        return Blocks.lazy(data.raw16("image"), data.raw16("text"), shared["device"], dtype)
 
     def partition(self, data: Any, shared: dict[str, Any]) -> PartitionOutput:
         blocks = self._blocks(data, shared)
