@@ -517,12 +517,9 @@ class ClipCov(Selector):
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
         shared: dict[str, Any] = {"device": pick_device(ctx.device), "seed": ctx.seed}
-        try:
-            shared.update(self.partitioner().setup(source, ctx, {"image", "text"}, lambda c: c.image_ok & c.text_ok,
-                                                   shared["device"]))
-        except InputError:
-            raise InputError("no sample has both a valid image and a valid text embedding; clipcov needs both") \
-                from None
+        shared.update(self.partitioner().setup(
+            source, ctx, {"image", "text"}, lambda c: c.image_ok & c.text_ok, shared["device"],
+            empty="no sample has both a valid image and a valid text embedding; clipcov needs both"))
         return shared
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:

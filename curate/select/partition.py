@@ -193,7 +193,7 @@ class Partitioner:
         return "classes" if self.classes else self.spec
 
     def setup(self, source: Any, ctx: Any, parts: set[str], valid: Callable[[Any], np.ndarray],
-              device: str = "cpu") -> dict[str, Any]:
+              device: str = "cpu", empty: str = "no sample has a valid embedding to train k-means on") -> dict[str, Any]:
         """``centres`` (the argmax targets), ``names`` (or None), ``n_partitions``; zero-shot: ``class_text``."""
         if self.kind == "kmeans":
             from curate.select.source import gather_rows
@@ -202,7 +202,7 @@ class Partitioner:
             rows = sample_rows(len(source), self.kmeans_sample or default_kmeans_sample(self.k), ctx.seed)
             data = gather_rows(source, parts, rows, valid)
             if len(data) == 0:
-                raise InputError("no sample has a valid embedding to train k-means on")
+                raise InputError(empty)
             return {"centres": train_kmeans(data, self.k, ctx.seed), "names": None, "n_partitions": self.k}
         if ctx.class_text is not None:
             class_text, names = np.asarray(ctx.class_text, np.float32), ctx.class_names
