@@ -193,7 +193,8 @@ class Partitioner:
         return "classes" if self.classes else self.spec
 
     def setup(self, source: Any, ctx: Any, parts: set[str], valid: Callable[[Any], np.ndarray],
-              device: str = "cpu", empty: str = "no sample has a valid embedding to train k-means on") -> dict[str, Any]:
+              device: str = "cpu",
+              empty: str = "no sample has a valid embedding to train k-means on") -> dict[str, Any]:
         """``centres`` (the argmax targets), ``names`` (or None), ``n_partitions``; zero-shot: ``class_text``."""
         if self.kind == "kmeans":
             from curate.select.source import gather_rows
