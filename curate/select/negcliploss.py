@@ -38,7 +38,7 @@ from curate.select.base import (
 
 BATCH_SIZE = 32768  # the reference's batch (the proxy model's training batch in DataComp)
 REPEATS = 10  # the reference's K (the paper: K >= 5 is consistently better than CLIP score)
-TILE_ELEMENTS = 1 << 24  # similarities per tile (64 MiB in float32, 128 MiB as float64 logits)
+TILE_ELEMENTS = 1 << 24  # similarities per tile (64 MiB in float32)
 COLUMN_TILE = 1 << 16  # captions per column tile of a batch
 _STREAM = 0x6E63_4C4C  # seeds the batch draws apart from every other seeded choice
 
