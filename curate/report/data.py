@@ -28,6 +28,8 @@ SCORE_LABELS: dict[str, str] = {
     "clipcov": "unary gain u_i",
     "random": "random key",
     "semdedup": "1 - similarity to an earlier cluster mate (2 = first of its cluster)",
+    "negcliploss": "negCLIPLoss (CLIP score - batch normalisation term)",
+    "normsim": "NormSim (image similarity to the target set)",
 }
 #: The same, as a short label under gallery thumbnails (None: not worth showing there).
 SCORE_SHORT: dict[str, str | None] = {
@@ -35,6 +37,8 @@ SCORE_SHORT: dict[str, str | None] = {
     "clipcov": "u_i",
     "random": None,
     "semdedup": "1-dup sim",
+    "negcliploss": "negCLIPLoss",
+    "normsim": "NormSim",
 }
 
 
