@@ -79,7 +79,7 @@ def select(
                                "images (embedded with the run's model)."),
     norm: str = typer.Option(None, help="normsim: inf (largest cosine to a target image, default) or 2."),
     of: tuple[str, str] = typer.Option(None, "--of", help="intersect/union/difference: NAME_A NAME_B."),
-    device: str = typer.Option("auto", help="clipcov: auto, cpu, cuda, cuda:N."),
+    device: str = typer.Option("auto", help="clipcov, negcliploss: auto, cpu, cuda, cuda:N."),
     engine: EngineName = typer.Option("local", help="Where the tasks run: local or ray (same result)."),
     workers: int = typer.Option(None, help="--engine local: task processes (default 1: this process)."),
     memory: str = typer.Option("1G", help="Memory a process may hold besides one partition's embeddings "
