@@ -3,9 +3,10 @@
 In the synthetic world (``curate.io.synthetic``: 30 Zipf-sized classes, 20% mismatched captions, 8%
 exact/near duplicates, 5% uninformative captions, a clean class-balanced test split) the pool is
 embedded with a *proxy* model (the built-in ``sample`` tiny CLIP, trained on a different world, seed 0),
-the static selections are made from those embeddings (random, clip-score, semdedup, clipcov at the same
-budgets), and a tiny CLIP is trained from random init on each arm with the reference trainer's round
-protocol (``curate.trainer.cached``: the pool is decoded once into memory). Dynamic arms (SCAN,
+the static selections are made from those embeddings (random, clip-score, semdedup, clipcov, negcliploss,
+normsim at the same budgets; DataComp's image-based filter; intersections of those), and a tiny CLIP is
+trained from random init on each arm with the reference trainer's round protocol (``curate.trainer.cached``:
+the pool is decoded once into memory). Dynamic arms (SCAN,
 InfoBatch, ClipCov + SCAN) get each round's manifest from ``bootstrap_round`` and hand back per-sample
 losses with ``LossRecorder``. Every arm uses the same optimiser, learning-rate schedule and number of
 epochs, so compute (sample-epochs seen) is proportional to what the arm keeps. Two controls: ``oracle-clean``
@@ -49,6 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from summary import metric, write_summary  # noqa: E402
 
 ARCH = "curate-quality-tiny"
+#: The target set of normsim and image-filter: the clean, class-balanced test split of another world
+#: (seed ``world_seed + TARGET_WORLD_OFFSET``, the same 30 classes, ``n_test`` images) embedded with the
+#: proxy: the downstream task's own training images, disjoint from the images the arms are scored on.
+TARGET_WORLD_OFFSET = 1000
 #: Everything from this line on in the results markdown is kept when the tables are regenerated.
 ANALYSIS_MARKER = "<!-- analysis (kept when the tables are regenerated) -->"
 
@@ -110,8 +115,16 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
             Arm(f"semdedup{p}", "static", selection=f"semdedup{p}", label=f"semdedup {p}%"),
             Arm(f"clipcov{p}", "static", selection=f"clipcov{p}", label=f"clipcov {p}% (world class names)"),
             Arm(f"clipcov-kmeans{p}", "static", selection=f"clipcov-kmeans{p}", label=f"clipcov {p}% (kmeans:30)"),
+            Arm(f"negcliploss{p}", "static", selection=f"negcliploss{p}", label=f"negCLIPLoss {p}%"),
+            Arm(f"normsim{p}", "static", selection=f"normsim{p}", label=f"NormSim-∞ {p}% (target: another world's "
+                "test split)"),
+            Arm(f"clipcov-and-negcliploss{p}", "static", selection=f"clipcov{p}-intersect-negcliploss{p}",
+                label=f"clipcov {p}% ∩ negCLIPLoss {p}%"),
+            Arm(f"image-filter-and-clip-score{p}", "static", selection=f"image-filter-intersect-clip-score{p}",
+                label=f"DataComp image-based ∩ clip-score {p}%"),
         ]
     arms += [
+        Arm("image-filter", "static", selection="image-filter", label="DataComp image-based filter (no budget)"),
         Arm("scan", "bootstrap", method="scan", label="SCAN (ρ 0.3/0.3, plateau warm-up)"),
         Arm("scan-rho0.4", "bootstrap", method="scan", knobs={"rho_max": 0.4, "rho_min": 0.4},
             label="SCAN (ρ 0.4/0.4, plateau warm-up)"),
@@ -144,15 +157,19 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
 FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup30", "random50", "clip-score50",
              "clipcov50", "semdedup50", "infobatch", "scan-matched-random", "clipcov50+scan", "oracle-clean30",
              "oracle-clean50", "random30-eqc", "clipcov30-eqc", "clip-score30-eqc", "scan-rho0.4",
-             "scan-rho0.4-matched-random", "clipcov-kmeans30", "clipcov-kmeans50", "random50-eqc", "clipcov50-eqc")
+             "scan-rho0.4-matched-random", "clipcov-kmeans30", "clipcov-kmeans50", "random50-eqc", "clipcov50-eqc",
+             "negcliploss30", "normsim30", "clipcov-and-negcliploss30", "image-filter", "image-filter-and-clip-score30")
 QUICK_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan")
 
 
 def selection_plans(
-    setup: Setup, seeds: list[int], classes: Path
-) -> list[tuple[str, str, float, dict[str, Any], int]]:
-    """(name, method, fraction, options, seed) of every static selection an arm may need."""
-    plans = []
+    setup: Setup, seeds: list[int], classes: Path, target: Path
+) -> list[tuple[str, str, float | None, dict[str, Any], int]]:
+    """(name, method, fraction, options, seed) of every static selection an arm may need; a set operation
+    comes after the selections it combines (its ``of``)."""
+    plans: list[tuple[str, str, float | None, dict[str, Any], int]] = [
+        ("image-filter", "image-filter", None, {"target": str(target)}, 0),
+    ]
     for f in setup.fractions:
         p = pct(f)
         plans += [(f"random{p}-s{s}", "random", f, {}, s) for s in seeds]
@@ -162,8 +179,43 @@ def selection_plans(
             (f"semdedup{p}", "semdedup", f, {}, 0),
             (f"clipcov{p}", "clipcov", f, {"classes": str(classes)}, 0),
             (f"clipcov-kmeans{p}", "clipcov", f, {"partition": "kmeans:30"}, 0),
+            (f"negcliploss{p}", "negcliploss", f, {}, 0),
+            (f"normsim{p}", "normsim", f, {"target": str(target), "norm": "inf"}, 0),
+            (f"clipcov{p}-intersect-negcliploss{p}", "intersect", None, {"of": (f"clipcov{p}", f"negcliploss{p}")}, 0),
+            (f"image-filter-intersect-clip-score{p}", "intersect", None, {"of": ("image-filter", f"clip-score{p}")},
+             0),
         ]
     return plans
+
+
+def needed_selections(arms: list[Arm], plans: list[tuple[str, str, float | None, dict[str, Any], int]],
+                      seeds: list[int]) -> set[str]:
+    """The selections the arms train on, and the selections those are made from (set operations)."""
+    need = {a.selection.replace("{seed}", str(s)) for a in arms if a.selection for s in seeds}
+    for name, _, _, opts, _ in reversed(plans):  # a set operation comes after its parents
+        if name in need and "of" in opts:
+            need |= set(opts["of"])
+    return need
+
+
+def prepare_target(setup: Setup, work: Path) -> Path:
+    """The target run of normsim and image-filter (see ``TARGET_WORLD_OFFSET``), made when missing."""
+    from curate.embed import EmbedConfig, run_embed
+    from curate.io.shards import expand_shards
+    from curate.io.synthetic import make_sample
+
+    world, run = work / "target-world", work / "target-run"
+    seed = setup.world_seed + TARGET_WORLD_OFFSET
+    wj = world / "world.json"
+    have = json.loads(wj.read_text()) if wj.exists() else None
+    if have is None or have.get("seed") != seed or have["params"]["n_test"] != setup.n_test or \
+            have["params"]["image_size"] != setup.image_size:
+        log(f"generating the target world (seed {seed}, {setup.n_test} test images) in {world}")
+        make_sample(world, seed=seed, n_train=1, n_test=setup.n_test, shard_size=2000, image_size=setup.image_size)
+        shutil.rmtree(run, ignore_errors=True)
+    run_embed(EmbedConfig(shards=expand_shards(str(world / "test")), run=str(run), model=setup.proxy, device="cpu",
+                          workers=0))
+    return run
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,12 +299,16 @@ def prepare(setup: Setup, seeds: list[int], work: Path, arms: list[Arm]) -> dict
     timings["embed"] = time.perf_counter() - t0
     log(f"proxy embeddings: {emb.samples_written} new rows ({emb.seconds:.0f}s)")
 
-    needed = {a.selection for a in arms if a.selection}
+    target = work / "target-run"
+    plans = selection_plans(setup, seeds, classes, target)
+    needed = needed_selections(arms, plans, seeds)
+    if any(name in needed and "target" in opts for name, _, _, opts, _ in plans):
+        prepare_target(setup, work)
     truth = read_truth(train_shards)
     selections: dict[str, Any] = {"pool": subset_truth_metrics(truth.column("uid").combine_chunks(), truth)}
     t0 = time.perf_counter()
-    for name, method, fraction, opts, seed in selection_plans(setup, seeds, classes):
-        if not any(n.replace("{seed}", str(seed)) == name for n in needed):
+    for name, method, fraction, opts, seed in plans:
+        if name not in needed:
             continue
         path = selection_path(work, name)
         if not path.exists() and method == "oracle-clean":
@@ -587,7 +643,12 @@ def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, 
         for a, b in ((f"clipcov{p}", f"random{p}"), (f"clip-score{p}", f"random{p}"), (f"semdedup{p}", f"random{p}"),
                      (f"oracle-clean{p}", f"random{p}"), (f"clipcov{p}", f"clip-score{p}"),
                      (f"clipcov{p}", f"semdedup{p}"), (f"clipcov{p}", f"oracle-clean{p}"),
-                     (f"clipcov-kmeans{p}", f"random{p}"), (f"clipcov-kmeans{p}", f"clipcov{p}")):
+                     (f"clipcov-kmeans{p}", f"random{p}"), (f"clipcov-kmeans{p}", f"clipcov{p}"),
+                     (f"negcliploss{p}", f"clip-score{p}"), (f"negcliploss{p}", f"random{p}"),
+                     (f"clipcov{p}", f"negcliploss{p}"), (f"normsim{p}", f"random{p}"),
+                     (f"normsim{p}", f"clip-score{p}"), (f"clipcov-and-negcliploss{p}", f"clipcov{p}"),
+                     (f"clipcov-and-negcliploss{p}", f"negcliploss{p}"),
+                     (f"image-filter-and-clip-score{p}", f"clip-score{p}"), ("image-filter", "full")):
             d = paired(res, a, b, seeds)
             if d:
                 lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")

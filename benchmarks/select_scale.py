@@ -38,7 +38,14 @@ METHODS = {
     "random": {"method": "random", "options": {}},
     "clip-score": {"method": "clip-score", "options": {}},
     "semdedup": {"method": "semdedup", "options": {}},
+    # τ of OpenAI's CLIP models (the synthetic pool has no model to read it from); B = 32768, K = 10
+    "negcliploss": {"method": "negcliploss", "options": {"temperature": 0.01}},
+    "normsim-inf": {"method": "normsim", "options": {"norm": "inf", "target": "{target}"}},
+    "normsim-2": {"method": "normsim", "options": {"norm": "2", "target": "{target}"}},
+    "image-filter": {"method": "image-filter", "options": {"target": "{target}"}, "budget": False},
 }
+TARGET_ROWS = 10_000  # target images of normsim and image-filter: 100 from each of the first 100 classes
+TARGET_CLASSES = 100
 
 
 def make_pool(run: Path, n: int, d: int, n_classes: int, seed: int, chunk: int = 100_000,
@@ -85,6 +92,37 @@ def make_pool(run: Path, n: int, d: int, n_classes: int, seed: int, chunk: int =
     RunDir(run).update("embed", {"model": "synthetic", "shards": shards}, command="benchmarks/select_scale.py")
 
 
+def make_target(run: Path, d: int, seed: int) -> Path:
+    """``RUN/target.parquet``: TARGET_ROWS image embeddings around the first TARGET_CLASSES class centres,
+    drawn like the pool's (outside ``embeddings/``, so not part of the pool)."""
+    from curate.io.tables import embedding_schema, fixed_list, write_table
+
+    path = run / "target.parquet"
+    if path.exists():
+        return path
+    centres = np.load(run / "class_text.npy")
+    rng = np.random.default_rng([seed, 7])
+    lab = np.repeat(np.arange(TARGET_CLASSES), TARGET_ROWS // TARGET_CLASSES)
+    img = centres[lab] + 1.3 / np.sqrt(d) * rng.standard_normal((len(lab), d), dtype=np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    ids = pa.array([f"t{i:031x}" for i in range(len(lab))])
+    table = pa.table(
+        {
+            "uid": ids,
+            "shard": pa.array(["target"] * len(lab)),
+            "key": ids,
+            "position": pa.array(np.arange(len(lab), dtype=np.int32)),
+            "content_hash": ids,
+            "image_emb": fixed_list(img),
+            "text_emb": pa.nulls(len(lab), pa.list_(pa.float16(), d)),
+            "clip_score": pa.nulls(len(lab), pa.float32()),
+        },
+        schema=embedding_schema(d, {"model": "synthetic", "dim": d}),
+    )
+    write_table(path, table)
+    return path
+
+
 def run_one(run: Path, label: str, fraction: float, seed: int, workers: int | None = None,
             memory: str | None = None) -> dict:
     """Time one selection in this process; report wall time, its peak RSS and its task processes' peak RSS."""
@@ -107,14 +145,15 @@ def run_one(run: Path, label: str, fraction: float, seed: int, workers: int | No
         from curate.select.base import parse_bytes
 
         extra["memory"] = parse_bytes(memory)
+    options = {k: (str(run / "target.parquet") if v == "{target}" else v) for k, v in spec["options"].items()}
     t0 = time.perf_counter()
     res = run_selection(
         run,
         spec["method"],
-        fraction=fraction,
+        fraction=fraction if spec.get("budget", True) else None,
         name=label,
         seed=seed,
-        options=spec["options"],
+        options=options,
         force=True,
         class_text=class_text,
         device="cpu",
@@ -261,6 +300,8 @@ def main() -> None:
             t0 = time.perf_counter()
             make_pool(run, n, args.dim, args.classes, args.seed, sizes=args.class_sizes)
             print(f"pool N={n:,}: generated in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        if any("{target}" in METHODS[m]["options"].values() for m in args.methods):
+            make_target(run, args.dim, args.seed)
         for label in args.methods:
             cmd = [sys.executable, __file__, "--one", str(run), label, "--fraction", str(args.fraction),
                    "--seed", str(args.seed)]
@@ -349,7 +390,9 @@ def write_report(out: Path, rows: list[dict], m: dict) -> None:
         "most of the ≈0.6 GB peak RSS of the cheapest run, random at N=10,000); peak RSS (VmHWM) of the process.",
         "clipcov = reference variant with 1000-class zero-shot partition from given class embeddings;",
         "clipcov-greedy = exact gains; clipcov-kmeans = faiss k-means K=1000 partition; semdedup = k-means with",
-        "sqrt(N) clusters, budget met by the eps rule.",
+        "sqrt(N) clusters, budget met by the eps rule. negcliploss = B 32,768, K 10, τ 0.01; normsim-inf/-2 and",
+        f"image-filter use a target of {TARGET_ROWS:,} images around {TARGET_CLASSES} of the classes (image-filter:",
+        "round(N/128) k-means clusters, no budget).",
         "",
         "| N | classes | method | processes | seconds | peak RSS (GB) | task process peak RSS (GB) | kept | import s |"
         " load before / after | notes |",
@@ -380,7 +423,8 @@ def write_report(out: Path, rows: list[dict], m: dict) -> None:
         notes = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in r["info"].items()
-            if k in ("class_updates", "clusters", "effective_eps", "effective_threshold")
+            if k in ("class_updates", "clusters", "effective_eps", "effective_threshold", "target_clusters",
+                     "batches_per_repeat")
         )
         worker = f"{r['worker_peak_rss_gb']:.2f}" if r.get("worker_peak_rss_gb") else "—"
         lines.append(

@@ -99,6 +99,8 @@ def _tables(sel: Path) -> tuple[object, object]:
         ("clipcov", {"variant": "greedy", "partition": "kmeans:7"}, {"count": 700}),
         ("semdedup", {}, {"fraction": 0.5}),
         ("semdedup", {"keep": "random", "clusters": 5}, {"count": 900}),
+        ("negcliploss", {"temperature": 0.05, "batch_size": 300, "repeats": 3}, {"fraction": 0.3}),
+        ("normsim", {"target": "{pool}"}, {"fraction": 0.3}),  # the pool as its own target
     ],
 )
 def test_select_with_ray_gives_the_local_tables_bit_for_bit(engine, pool_run, monkeypatch, method, options, budget):
@@ -110,6 +112,7 @@ def test_select_with_ray_gives_the_local_tables_bit_for_bit(engine, pool_run, mo
 
     monkeypatch.setattr(source, "BLOCK_ROWS", 512)  # pass 1 in 5 blocks
     root, centres = pool_run
+    options = {k: (str(root) if v == "{pool}" else v) for k, v in options.items()}
     ct = centres if "partition" not in options else None
     name = f"{method}-{abs(hash(str(options))) % 10**6}"
     local = run_selection(root, method, name=f"{name}-local", options=options, class_text=ct, **budget)

@@ -521,3 +521,13 @@ def test_chromium_renders_full_and_partial_reports(full_report: tuple[Any, str],
     dom = check_page(dom_text, {"overview": True, "score-distributions": True, "partitions": False,
                                 "bootstrap-rounds": False, "galleries": False})
     assert len(dom.find("p", "no-data")) >= 4
+
+
+def test_every_selection_score_has_an_axis_label() -> None:
+    """The kept-vs-pruned histograms label each method's ``score`` column by what it means."""
+    from curate.report.data import SCORE_LABELS, SCORE_SHORT
+    from curate.select import SELECTORS
+
+    with_score = {name for name, cls in SELECTORS.items() if "score" in cls.columns}
+    assert {"negcliploss", "normsim", "clipcov", "clip-score"} <= with_score
+    assert with_score <= set(SCORE_LABELS) and with_score <= set(SCORE_SHORT)

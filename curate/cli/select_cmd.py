@@ -30,6 +30,10 @@ Examples:\n
   curate select --run runs/demo --method clip-score --threshold 0.28\n
   curate select --run runs/demo --method semdedup --eps 0.05 --keep farthest\n
   curate select --run runs/demo --method random --count 1000 --seed 1\n
+  curate select --run runs/demo --method negcliploss --fraction 0.3 --repeats 10 --batch-size 32768\n
+  curate select --run runs/demo --method normsim --fraction 0.5 --target runs/imagenet-train --norm inf\n
+  curate select --run runs/demo --method image-filter --target runs/imagenet-train --clusters 1000\n
+  curate select --run runs/demo --method intersect --of image-filter-imagenet-train clip-score-f0.3\n
   curate select --run runs/demo --method clipcov --fraction 0.3 --engine ray --ray-address auto\n
   curate select --run runs/demo --method intersect --of clip-score-t0.28 clipcov-f0.3\n
   curate select --run runs/demo --method difference --of clipcov-f0.3 clip-score-f0.3 random-f0.3"""
@@ -68,22 +72,32 @@ def select(
     variant: Variant = typer.Option(None, help="clipcov: reference (spec §1.2, default) or greedy (exact gains)."),
     partition: str = typer.Option(None, help="clipcov: imagenet (zero-shot, default) or kmeans:K."),
     classes: str = typer.Option(None, help="clipcov: file of class names (one per line) for zero-shot labels."),
-    threshold: float = typer.Option(None, help="clip-score: keep clip_score >= T (DataComp) instead of a budget."),
+    threshold: float = typer.Option(None, help="clip-score, negcliploss, normsim: keep score >= T instead of a "
+                                    "budget (clip-score: DataComp's rule)."),
     eps: float = typer.Option(None, help="semdedup: drop samples with cosine > 1 - EPS to a kept cluster mate."),
     keep: Keep = typer.Option(None, help="semdedup: which near-duplicate survives (default farthest)."),
-    clusters: int = typer.Option(None, help="semdedup: k-means clusters (default sqrt(pool))."),
+    clusters: int = typer.Option(None, help="semdedup: k-means clusters (default sqrt(pool)); image-filter: "
+                                 "(default pool/128, at most 100,000)."),
     cross_sample: int = typer.Option(None, help="clipcov: estimate cross terms from M random members of each "
                                      "class (unbiased; off: exact, O(n_k²) per class). See docs/scale.md."),
-    kmeans_sample: int = typer.Option(None, help="semdedup, clipcov --partition kmeans:K: rows k-means trains on "
-                                      "(a seeded sample; default 256 per cluster, at most 500,000)."),
-    of: list[str] = typer.Option(None, "--of", metavar="A B [C ...]", help="intersect/union/difference: two or "
-                                 "more selections, space- or comma-separated (difference: A minus all others)."),
+    kmeans_sample: int = typer.Option(None, help="semdedup, image-filter, clipcov --partition kmeans:K: rows "
+                                      "k-means trains on (a seeded sample; default 256 per cluster, at most 500,000)."),
+    repeats: int = typer.Option(None, help="negcliploss: random batches each sample is scored in (default 10)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="negcliploss: batch size of the contrastive term "
+                                   "(default 32768)."),
+    temperature: float = typer.Option(None, help="negcliploss: softmax temperature (default: 1/exp(logit_scale) "
+                                      "of the run's model)."),
+    target: str = typer.Option(None, help="normsim, image-filter: run folder or embeddings .parquet of the target "
+                               "images (embedded with the run's model)."),
+    norm: str = typer.Option(None, help="normsim: inf (largest cosine to a target image, default) or 2."),
+    of: list[str] = typer.Option(None, "--of", metavar="A B [C ...]", help="intersect/union/difference/combine: "
+                                 "selections, space- or comma-separated (difference: A minus all others)."),
     weights: str = typer.Option(None, help="combine: one weight per --of selection, e.g. 1,0.5 (default 1 each)."),
     column: list[str] = typer.Option(None, "--column", metavar="NAME:COLUMN", help="combine: the score column "
                                      "of a selection (default 'score'; e.g. clipcov-f0.3:gain). Repeatable."),
     normalize: str = typer.Option(None, help="combine: z (mean 0, sd 1) or rank (fraction of the pool at or "
                                   "below); default z."),
-    device: str = typer.Option("auto", help="clipcov: auto, cpu, cuda, cuda:N."),
+    device: str = typer.Option("auto", help="clipcov, negcliploss: auto, cpu, cuda, cuda:N."),
     per_partition: str = typer.Option(None, help="Budgets per partition: proportional, sqrt or cap:T (every "
                                       "partition keeps its share; --partition/--classes choose them for methods "
                                       "without partitions). See docs/select.md."),
@@ -105,7 +119,8 @@ def select(
         "threshold": threshold, "eps": eps, "keep": keep.value if keep else None, "clusters": clusters,
         "of": (*of, *(more_of or ())) if of else None, "kmeans_sample": kmeans_sample,
         "cross_sample": cross_sample, "weights": weights, "columns": tuple(column) if column else None,
-        "normalize": normalize,
+        "normalize": normalize, "repeats": repeats, "batch_size": batch_size, "temperature": temperature,
+        "target": target, "norm": norm,
     }
     eng_opts: dict[str, Any] = {"address": ray_address} if ray_address else {}
     if workers is not None:

@@ -28,6 +28,9 @@ SCORE_LABELS: dict[str, str] = {
     "clipcov": "unary gain u_i",
     "random": "random key",
     "semdedup": "1 - max cosine to an earlier cluster mate",
+    "negcliploss": "negCLIPLoss (CLIP score - batch normalisation term)",
+    "normsim": "NormSim (image similarity to the target set)",
+    "combine": "recipe (weighted sum of normalised scores)",
 }
 #: Score values that stand for "nothing to compare with" (semdedup: 2 = first member of its cluster).
 SCORE_SENTINELS: dict[str, float] = {"semdedup": 2.0}
@@ -37,6 +40,8 @@ SCORE_LOG = frozenset({"semdedup"})
 SCORE_CUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "clip-score": (("info", "effective_threshold"), ("params", "threshold")),
     "semdedup": (("info", "effective_eps"), ("params", "eps")),
+    "negcliploss": (("info", "effective_threshold"), ("params", "threshold")),
+    "combine": (("info", "effective_threshold"), ("params", "threshold")),
 }
 #: The same, as a short label under gallery thumbnails (None: not worth showing there).
 SCORE_SHORT: dict[str, str | None] = {
@@ -44,6 +49,9 @@ SCORE_SHORT: dict[str, str | None] = {
     "clipcov": "u_i",
     "random": None,
     "semdedup": "1-dup sim",
+    "negcliploss": "negCLIPLoss",
+    "normsim": "NormSim",
+    "combine": "recipe",
 }
 
 

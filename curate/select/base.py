@@ -122,6 +122,10 @@ class BlockScan:
     eligible rows not picked) says why ineligible rows can't be picked; ``partition`` (int32, -1 for
     none) sends eligible rows to pass 2, with their embeddings and the ``carry`` scalars; ``sums`` are
     pool-wide float64 sums, added up in block order.
+
+    ``partition`` of shape ``(n, K)`` sends a row to up to K partitions (one per column, -1 for none;
+    e.g. K random batches): pass 2 then sees the row once in each, and the selector's
+    ``pass2_combine`` says how the row's pass-2 values are put together (see :class:`Selector`).
     """
 
     columns: dict[str, np.ndarray]
@@ -197,6 +201,9 @@ class Selector(ABC):
     #: pass 2 exists; and which embeddings it reads ("image", "text")
     partitioned: ClassVar[bool] = False
     partition_parts: ClassVar[frozenset[str]] = frozenset()
+    #: rows in several partitions (``BlockScan.partition`` of shape (n, K)): how a row's pass-2 columns
+    #: from its partitions are combined before ``finish`` (``"sum"``: added in partition order)
+    pass2_combine: ClassVar[str | None] = None
 
     def __init__(self, config: SelectorConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -235,6 +242,12 @@ class Selector(ABC):
     def partition_names(self, shared: dict[str, Any]) -> list[str] | None:
         """Names of the partitions (for per-partition counts), when they have names."""
         return None
+
+    def finish(self, p1: dict[str, np.ndarray], p2: dict[str, np.ndarray], count: np.ndarray,
+               shared: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Final columns of one block from its pass-1 columns and its combined pass-2 columns (methods
+        with ``pass2_combine``; ``count``: partitions each row was in, 0 where it was in none)."""
+        raise TypeError(f"{self.name} has no combined pass 2")
 
     def restore_cursor(self, data: Any, state: dict[str, np.ndarray], shared: dict[str, Any]) -> Any:
         """A pick-sequence cursor of pass 2 from its saved ``state()`` (methods that merge sequences)."""

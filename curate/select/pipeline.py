@@ -9,7 +9,9 @@ Stages (docs/scale.md has the picture and the numbers):
    written sorted by partition (float16 embeddings: the *shuffle*), and pool-wide sums are kept.
 3. ``reduce`` on the driver: shared inputs that need the sums (pool means).
 4. **pass 2**, one task per partition or per group of small partitions: terms that need the other
-   members of the partition, and the partition's pick sequence.
+   members of the partition, and the partition's pick sequence. A method may send a row to several
+   partitions (e.g. K random batches); then a **combine** task per block adds up each row's pass-2
+   values in partition order and computes the row's final columns (``Selector.finish``).
 5. **decision** over scalars only: a streaming top-k, a mask, or the merge of the partitions' pick
    sequences; then the score table and the manifest are written block by block.
 
@@ -104,7 +106,7 @@ class WorkDir:
             return True
         if self.path.exists():
             shutil.rmtree(self.path)
-        for sub in ("p1", "sh", "p2", "seq", "runs"):
+        for sub in ("p1", "sh", "p2", "p3", "seq", "runs"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         with atomic_path(marker) as tmp:
             tmp.write_text(ident)
@@ -121,6 +123,9 @@ class WorkDir:
 
     def p2(self, t: int) -> Path:
         return self.path / "p2" / f"t{t:07d}.arrow"
+
+    def p3(self, b: int) -> Path:
+        return self.path / "p3" / f"b{b:07d}.arrow"
 
     def seq(self, p: int) -> Path:
         return self.path / "seq" / f"p{p:07d}.npz"
@@ -203,7 +208,7 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
         cols["__eligible"] = np.asarray(scan.eligible, bool)
         cols["__reason"] = scan.reasons.codes
         part = scan.partition
-        if part is not None:
+        if part is not None and np.ndim(part) == 1:  # (n, K): a row in K partitions has no single label
             cols["__partition"] = np.asarray(part, np.int32)
         meta = {b"reasons": json.dumps(scan.reasons.names).encode()}
         table = pa.table({k: pa.array(v) for k, v in cols.items()}).replace_schema_metadata(meta)
@@ -213,7 +218,7 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
         sums = {f"sum:{k}": np.asarray(v, np.float64) for k, v in scan.sums.items()}
         if part is not None:
             k = int(spec.shared["per_partition"]["n_partitions"] if own else spec.shared.get("n_partitions", 0))
-            p = np.asarray(part)
+            p = np.asarray(part).reshape(-1)
             sums["counts"] = np.bincount(p[p >= 0], minlength=k).astype(np.int64)
         _save_npz(spec.work / "p1" / f"b{b:07d}.npz", **sums)
         rule = spec.rule
@@ -227,10 +232,15 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
 
 def _write_shuffle(path: Path, chunk: Any, rows: np.ndarray, part: np.ndarray, eligible: np.ndarray,
                    carry: dict[str, np.ndarray], parts: frozenset[str]) -> None:
-    """The block's eligible, partitioned rows sorted by (partition, row): one record batch per partition."""
-    keep = np.flatnonzero(eligible & (part >= 0))
-    order = keep[np.argsort(part[keep], kind="stable")]
-    cols: dict[str, pa.Array] = {"row": pa.array(rows[order]), "partition": pa.array(part[order])}
+    """The block's eligible, partitioned rows sorted by (partition, row): one record batch per partition.
+
+    ``part`` of shape (n, K) writes a row once for each of its K partitions (entries ``(row, k)``)."""
+    src = np.repeat(np.arange(len(part)), part.shape[1]) if part.ndim == 2 else np.arange(len(part))
+    flat = part.reshape(-1)
+    keep = np.flatnonzero(eligible[src] & (flat >= 0))
+    keep = keep[np.argsort(flat[keep], kind="stable")]  # entries sorted by partition, then row
+    order, pv = src[keep], flat[keep]
+    cols: dict[str, pa.Array] = {"row": pa.array(rows[order]), "partition": pa.array(pv)}
     raw = {"image": "image_emb", "text": "text_emb"}
     for p in sorted(parts):
         col = chunk.raw[raw[p]]
@@ -238,7 +248,6 @@ def _write_shuffle(path: Path, chunk: Any, rows: np.ndarray, part: np.ndarray, e
     for k, v in carry.items():
         cols[k] = pa.array(np.asarray(v)[order])
     table = pa.table(cols)
-    pv = part[order]
     edges = np.r_[0, np.flatnonzero(np.diff(pv)) + 1, len(pv)] if len(pv) else np.zeros(1, np.int64)
     meta = {b"partitions": json.dumps([int(pv[a]) for a in edges[:-1]]).encode()}
     batches = [table.slice(int(a), int(e - a)).combine_chunks().to_batches()[0] for a, e in itertools.pairwise(edges)]
@@ -330,7 +339,7 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
     else:
         table = pa.table({"row": pa.array(np.zeros(0, np.int64))})
     rule = spec.rule
-    if isinstance(rule, RankBy) and rule.column in table.column_names:
+    if isinstance(rule, RankBy) and rule.column in table.column_names and not sel.pass2_combine:
         v = table.column(rule.column).to_numpy()
         ok = np.isfinite(v)
         save_key_run(spec.work / "runs" / f"p{t:07d}.bin", v[ok], table.column("row").to_numpy()[ok])
@@ -372,6 +381,56 @@ def _extend_task(item: tuple[int, int], spec: TaskSpec) -> int:
     local, scores, flags = cursor.take(m - len(prev["rows"]))
     _save_sequence(spec.work, p, data.rows, cursor, local, scores, flags, prev)
     return p
+
+
+# --------------------------------------------------------------------------------------------------
+# Combine (methods whose rows are in several partitions)
+# --------------------------------------------------------------------------------------------------
+def combine_rows(rows: np.ndarray, cols: dict[str, np.ndarray], how: str, start: int,
+                 n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per block row ``start .. start+n``: the pass-2 values of its entries combined, and its entry count.
+
+    ``rows`` are sorted with a row's entries in partition order (:meth:`Pass2Columns.block`); ``"sum"``
+    adds them one entry at a time in that order (never a pairwise or parallel sum), so the bits depend
+    only on the partitions, not on how they were grouped into tasks. Rows without entries get NaN."""
+    if how != "sum":  # pragma: no cover - the only combination so far
+        raise ValueError(f"unknown pass-2 combination {how!r}")
+    count = np.bincount(rows - start, minlength=n)[:n]
+    first = np.r_[0, np.cumsum(count)[:-1]]
+    out = {}
+    for k, v in cols.items():
+        acc = np.full(n, np.nan)
+        has = count > 0
+        acc[has] = v[first[has]]
+        for j in range(1, int(count.max(initial=0))):
+            more = count > j
+            acc[more] = acc[more] + v[first[more] + j]
+        out[k] = acc
+    return out, count
+
+
+def _combine_task(blocks: list[int], spec: TaskSpec) -> int:
+    """Combine the pass-2 entries of the rows of ``blocks`` and write their final columns (one file each)."""
+    sel = spec.selector()
+    assert sel.pass2_combine is not None
+    p2 = Pass2Columns(WorkDir(spec.work))
+    spans = spec.source.blocks()
+    for b in blocks:
+        start, stop = spans[b]
+        rows, got = p2.block(b)
+        combined, count = combine_rows(rows, got, sel.pass2_combine, start, stop - start)
+        t = _read_ipc(spec.work / "p1" / f"b{b:07d}.arrow")
+        p1 = {k: t.column(k).to_numpy(zero_copy_only=False) for k in t.column_names}
+        cols = {k: np.asarray(v) for k, v in sel.finish(p1, combined, count, spec.shared).items()}
+        rule = spec.rule
+        if isinstance(rule, RankBy) and rule.column in cols:
+            v = np.asarray(cols[rule.column], np.float64)
+            ok = p1["__eligible"] & np.isfinite(v)
+            save_key_run(spec.work / "runs" / f"c{b:07d}.bin", v[ok], np.arange(start, stop, dtype=np.int64)[ok])
+        table = pa.table({k: pa.array(v) for k, v in cols.items()})
+        _write_ipc(spec.work / "p3" / f"b{b:07d}.arrow", table.to_batches(max_chunksize=stop - start) or
+                   [pa.RecordBatch.from_pylist([], schema=table.schema)], table.schema)
+    return len(blocks)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,6 +543,18 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
         progress.advance(len(tasks) - len(todo2))
         _map(engine, _pass2_task, todo2, spec, progress)
         progress.finish()
+        if selector.pass2_combine:  # rows in several partitions: their final columns, block by block
+            (work.path / "p3").mkdir(exist_ok=True)
+            todo3 = [b for b in range(n_blocks) if not work.p3(b).exists()]
+            progress.start(f"{selector.name}: combining", total=n_blocks, unit="blocks")
+            progress.advance(n_blocks - len(todo3))
+            if engine is None:
+                for b in todo3:
+                    _combine_task([b], spec)
+                    progress.advance(1)
+            else:
+                engine.map(_combine_task, _groups(todo3, width), {"spec": spec}, _Scaled(progress, todo3, width))
+            progress.finish()
     picks = RowValues({"rank": "i8", "gain": "f8"}, len(source), source.block_rows * 16,
                       max(1 << 16, ctx.memory // ENTRY_BYTES), work.path / "picks")
     info: dict[str, Any] = {}
@@ -767,7 +838,8 @@ class Pass2Columns:
 
 def iter_blocks(res: PipelineResult, selector: Selector) -> Iterator[dict[str, Any]]:
     """Per block: ids, every score-table column, the selected mask and the reason strings."""
-    p2 = Pass2Columns(res.work) if selector.partitioned else None
+    combined = bool(selector.partitioned and selector.pass2_combine)
+    p2 = Pass2Columns(res.work) if selector.partitioned and not combined else None
     rule = res.rule
     decision_reason = getattr(rule, "reason", None)
     for b, (start, stop) in enumerate(res.source.blocks()):
@@ -790,6 +862,11 @@ def iter_blocks(res: PipelineResult, selector: Selector) -> Iterator[dict[str, A
             for k, v in got.items():
                 if k in cols and k not in t.column_names:
                     cols[k][local] = v
+        if combined:  # the final columns of rows in several partitions (the combine stage)
+            t3 = _read_ipc(res.work.p3(b))
+            for k in t3.column_names:
+                if k in cols:
+                    cols[k] = t3.column(k).to_numpy(zero_copy_only=False)
         prow, pcols = res.picks.slice(start, stop)
         rank = np.full(n, -1, np.int64)
         rank[prow - start] = pcols["rank"]

@@ -90,10 +90,12 @@ class SetOperation(Selector):
             raise UsageError(f"the default name {name[:40]}... is longer than {_NAME_LIMIT} characters; pass --name")
         return name
 
-    @property
-    def columns(self) -> dict[str, str]:  # type: ignore[override]
-        assert self.config.of is not None
-        return {membership_column(i): "bool" for i in range(len(self.config.of))}
+    columns: ClassVar[dict[str, str]] = {"in_a": "bool", "in_b": "bool"}  # one per input: set in __init__
+
+    def __init__(self, config: SelectorConfig | None = None) -> None:
+        super().__init__(config)
+        if self.config.of is not None:
+            self.columns = {membership_column(i): "bool" for i in range(len(self.config.of))}  # type: ignore[misc]
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
         assert self.config.of is not None

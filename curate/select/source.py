@@ -50,6 +50,11 @@ class PoolSource:
         files = embedding_files(run_root)
         if not files:
             raise InputError(f"no embeddings in {run_root}; run 'curate embed SHARDS --run {run_root}' first")
+        return cls.from_files(run_root, files)
+
+    @classmethod
+    def from_files(cls, run_root: Path, files: list[Path]) -> PoolSource:
+        """The rows of embedding tables ``files`` in that order (e.g. one table given by the user)."""
         counts, groups, columns = [], [], None
         dim = 0
         for f in files:

@@ -72,11 +72,21 @@ def _loop(tmp_path: Path, base: Path, args_for: Callable[[Path], list[str]], see
         # and the rerun resumes from the finished ones (the work folder under RUN/selections/)
         ("clipcov", ["--fraction", "0.3", "--partition", "kmeans:12", "--variant", "greedy", "--memory", "1M"]),
         ("semdedup", ["--eps", "0.05"]),
+        ("negcliploss", ["--fraction", "0.3", "--temperature", "0.05", "--batch-size", "1000", "--repeats", "3"]),
     ],
 )
 def test_select_killed_and_rerun(tmp_path: Path, method: str, opts: list[str]) -> None:
     base = clustered_run(tmp_path / "base", 10_000)
     rep = _loop(tmp_path, base, lambda r: ["select", "--run", str(r), "--method", method, *opts, "--json"], seed=1)
+    print(f"select {method}: {rep}")
+
+
+@pytest.mark.parametrize(("method", "opts"), [("normsim", ["--fraction", "0.3"]), ("image-filter", [])])
+def test_select_toward_a_target_killed_and_rerun(tmp_path: Path, method: str, opts: list[str]) -> None:
+    base = clustered_run(tmp_path / "base", 10_000)
+    target = clustered_run(tmp_path / "target", 2_000, n_shards=2, seed=1)  # another draw, same model
+    args = ["--method", method, "--target", str(target), *opts, "--json"]
+    rep = _loop(tmp_path, base, lambda r: ["select", "--run", str(r), *args], seed=4)
     print(f"select {method}: {rep}")
 
 

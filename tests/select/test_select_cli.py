@@ -61,6 +61,12 @@ def test_select_methods_json_and_summary(make_run: MakeRun, capsys: pytest.Captu
         (["--method", "clipcov", "--count", "3", "--partition", "kmeans:x"], 2, "bad --partition"),
         (["--method", "clipcov", "--count", "3", "--classes", "/nope.txt"], 3, "classes file not found"),
         (["--method", "union", "--of", "a", "b"], 3, "no selection 'a'"),
+        (["--method", "negcliploss", "--count", "3"], 2, "pass --temperature T"),
+        (["--method", "negcliploss", "--count", "3", "--temperature", "0.1", "--repeats", "0"], 2, "--repeats"),
+        (["--method", "normsim", "--count", "3"], 2, "needs --target"),
+        (["--method", "normsim", "--count", "3", "--target", "/nope"], 3, "target not found: /nope"),
+        (["--method", "image-filter", "--count", "3", "--target", "/nope"], 2, "takes no --fraction/--count"),
+        (["--method", "clip-score", "--count", "3", "--target", "/nope"], 2, "--target does not apply"),
     ],
 )
 def test_select_bad_input_one_line_nothing_written(
