@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
+from curate.choices import PRECISIONS
 from curate.errors import CurateError, UsageError
 
 _logger = logging.getLogger(__name__)
 
 SAMPLE_MODEL = "sample"
 SAMPLE_ARCH = "curate-tiny"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def sample_dir() -> Path:
