@@ -1,4 +1,4 @@
-"""SCAN's static coreset byproduct (spec §1.8, §7) — our reading, documented as such.
+"""SCAN's static coreset byproduct — our reading, documented as such (docs/bootstrap.md).
 
 The paper derives a static coreset "after pre-training" but the rule is not in the released code. We
 rank every pool sample by how rarely it was a pruning candidate across the preparation rounds scored so

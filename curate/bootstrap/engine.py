@@ -1,6 +1,6 @@
 """``curate bootstrap --round N``: advance a run's pruning state by one round and write its manifest.
 
-Protocol (spec §7): before round N the trainer's driver calls ``bootstrap_round(run, N)``; it reads the
+Protocol (docs/bootstrap.md): before round N the trainer's driver calls ``bootstrap_round(run, N)``; it reads the
 losses of round N-1 when the method needs them, advances ``RUN/bootstrap/state.json`` and writes
 ``RUN/manifests/round-NNNN.parquet``. Rounds run in order; the latest round may be rerun and gives the
 same bytes. Everything is validated before anything is written.

@@ -1,6 +1,6 @@
 """Dynamic pruning methods: a registry of classes, each turning (state, losses) into one round's decision.
 
-- ``scan``: SCAN (spec §7): warm-up plateau, then cycles of one preparation round (full data, candidates
+- ``scan``: SCAN (docs/bootstrap.md): warm-up plateau, then cycles of one preparation round (full data, candidates
   collected from its losses) and ``t_cos`` mutation rounds dropping a cosine-ramped random share of them.
 - ``infobatch``: the InfoBatch baseline (Qin et al., ICLR 2024): each round, keep a random
   ``1 - prune_ratio`` share of the samples whose last loss is below the mean, weighted by
