@@ -105,6 +105,8 @@ def test_stdout_is_the_path_of_what_each_command_wrote(copy: World, capsys: pyte
         assert out == f"{path}\n", (name, out, err[-500:])
         assert path.exists(), name
         assert "Traceback" not in err
+    out, _ = _run(["select", "-r", copy.root / "a", "-m", "random", "-n", "9", "--json"], capsys)  # JSON instead
+    assert json.loads(out)["path"] == str(copy.root / "a" / "selections" / "random-n9")
 
 
 def test_dollar_paren_captures_the_selection_folder(copy: World) -> None:
@@ -118,11 +120,6 @@ def test_dollar_paren_captures_the_selection_folder(copy: World) -> None:
     )
     assert proc.stdout == str(run / "selections" / "random-n7")
     assert "curate select --method random" in proc.stderr  # the summary table
-
-
-def test_json_replaces_the_path_on_stdout(copy: World, capsys: pytest.CaptureFixture[str]) -> None:
-    out, _ = _run(["select", "-r", copy.root / "a", "-m", "random", "-n", "9", "--json"], capsys)
-    assert json.loads(out)["path"] == str(copy.root / "a" / "selections" / "random-n9")
 
 
 def test_inspect_takes_the_run_as_argument_or_option(copy: World, capsys: pytest.CaptureFixture[str]) -> None:
@@ -231,7 +228,7 @@ def _progress_lines(err: str) -> list[re.Match[str]]:
 
 def test_progress_lines_in_logs(copy: World, capsys: pytest.CaptureFixture[str],
                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """embed, select, reshard and losses print done/total, rate and ETA lines (every update at interval 0)."""
+    """embed, select (clipcov, semdedup), reshard and losses print done/total, rate and ETA lines."""
     monkeypatch.setenv("CURATE_PROGRESS_INTERVAL", "0")
     a, ckpt = copy.root / "a", sample_model_paths()[1]
     make_sample(copy.root / "three", seed=2, n_train=30, n_test=5, shard_size=10)  # embed estimates its total
@@ -239,6 +236,7 @@ def test_progress_lines_in_logs(copy: World, capsys: pytest.CaptureFixture[str],
         "embed": ["embed", copy.root / "three" / "train", "--run", copy.root / "c", "--workers", "0",
                   "--batch-size", "4"],
         "clipcov": ["select", "-r", a, "-m", "clipcov", "-f", "0.5", "--partition", "kmeans:3"],
+        "semdedup": ["select", "-r", a, "-m", "semdedup", "--eps", "0.05"],
         "reshard": ["reshard", "--manifest", a / "selections" / "clipcov-f0.5", "-o", copy.root / "rs"],
         "losses round 0": ["bootstrap", "-r", a, "--round", "0", "--warmup-rounds", "0"],
     }
