@@ -258,7 +258,7 @@ def test_no_progress_lines_within_the_interval(copy: World, capsys: pytest.Captu
 
 
 # --- --force everywhere ------------------------------------------------------------------------------------
-def test_losses_force_and_the_old_overwrite_spelling(copy: World, capsys: pytest.CaptureFixture[str]) -> None:
+def test_force_replaces_and_the_old_overwrite_spelling(copy: World, capsys: pytest.CaptureFixture[str]) -> None:
     a, ckpt = copy.root / "a", str(sample_model_paths()[1])
     _run(["bootstrap", "-r", a, "--round", "0", "--warmup-rounds", "0", "-q"], capsys)
     args = ["losses", "-r", str(a), "--round", "0", "--checkpoint", ckpt, "--batch-size", "16", "-q"]
@@ -269,3 +269,13 @@ def test_losses_force_and_the_old_overwrite_spelling(copy: World, capsys: pytest
     assert err == "" and out.endswith("part-00000.parquet\n")
     out, err = _run([*args, "--overwrite"], capsys)
     assert err == "warning: --overwrite is deprecated; use --force\n" and out.endswith("part-00000.parquet\n")
+    # bootstrap coreset replaces a selection made otherwise only with --force
+    _run(["bootstrap", "-r", a, "--round", "1", "-q"], capsys)
+    _run(["select", "-r", a, "-m", "random", "-f", "0.5", "-q"], capsys)
+    before = _tree(a / "selections")
+    assert main(["bootstrap", "coreset", "-r", str(a), "-f", "0.5", "--name", "random-f0.5"]) == 2
+    assert "selection 'random-f0.5' exists (method random" in capsys.readouterr().err
+    assert main(["bootstrap", "coreset", "-r", str(a), "-f", "0.5", "--name", "../../outside"]) == 2
+    assert _tree(a / "selections") == before
+    _run(["bootstrap", "coreset", "-r", a, "-f", "0.5", "--name", "random-f0.5", "--force"], capsys)
+    _run(["bootstrap", "coreset", "-r", a, "-f", "0.5", "--name", "random-f0.5"], capsys)  # the same coreset again

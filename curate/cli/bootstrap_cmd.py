@@ -128,13 +128,14 @@ def coreset(
     run: str = ui.run_option("Run folder with SCAN rounds."),
     fraction: float = typer.Option(..., "--fraction", "-f", help="Share of the pool to keep, in (0, 1]."),
     name: str = typer.Option("scan-coreset", help="Selection name (RUN/selections/NAME)."),
+    force: bool = ui.force_option("Replace a selection of that name made otherwise (another method or fraction)."),
     json_out: bool = ui.json_option(),
     quiet: bool = ui.quiet_option(),
 ) -> None:
     """Static coreset byproduct: keep the samples least often SCAN candidates; print the manifest path."""
     from curate.bootstrap import derive_coreset
 
-    res = derive_coreset(run, fraction, name)
+    res = derive_coreset(run, fraction, name, force=force)
     counts = res.manifest.header["counts"]
     if json_out:
         ui.print_json({"name": res.name, "manifest": str(res.manifest_path), "prepare_rounds": res.prepare_rounds,
