@@ -143,6 +143,8 @@ SELECT_CASES: dict[str, Case] = {
     "reshard shard size zero": Case(["reshard", "--manifest", "RUN/selections/rand", "-o", "RUN/out",
                                      "--shard-size", "0"],
                                     2, "--shard-size"),
+    "make-sample into a folder of other files": Case(["shards", "make-sample", "--out", "RUN", "--n-train", "4"], 2,
+                                                     "holds no synthetic world"),
     "reshard into a non-empty folder": Case(["reshard", "--manifest", "RUN/selections/rand", "-o", "RUN/embeddings"], 2,
                                             "not empty"),
 }
