@@ -2,6 +2,7 @@
 
 Errors a user can fix are printed as one line on stderr with a non-zero exit code:
 1 = runtime failure, 2 = bad usage (option or argument), 3 = bad input data, 130 = interrupted.
+Where everything else goes (stdout: the result; stderr: tables, progress, warnings): ``_common``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ except ImportError:  # older typer on top of click
     from click.exceptions import Exit as _Exit
 
 from curate import __version__
-from curate.cli import _common as output
+from curate.cli import _common as ui
 from curate.cli import (  # noqa: F401  (registers commands)
     bootstrap_cmd,
     demo_cmd,
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and, as a script, exit with) the process exit code."""
     command = typer.main.get_command(app)
     apply_conventions(command)
-    output.reset()
+    ui.reset()
     args = sys.argv[1:] if argv is None else argv
     try:
         rv = command.main(args=args, prog_name="curate", standalone_mode=False)
