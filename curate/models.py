@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
+from curate.choices import PRECISIONS
 from curate.errors import CurateError, UsageError
 
 _logger = logging.getLogger(__name__)
 
 SAMPLE_MODEL = "sample"
 SAMPLE_ARCH = "curate-tiny"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 #: ``--pretrained`` value for random weights (seeded with ``RANDOM_WEIGHTS_SEED``): for speed tests only.
 RANDOM_WEIGHTS = "none"
 RANDOM_WEIGHTS_SEED = 0

@@ -116,9 +116,9 @@ def test_no_hook_trainer_with_curate_losses(run: RunDir, tmp_path: Path, capsys:
     table, _ = read_losses(run, 0)
     batches = table["batch"].to_pylist()
     assert batches == sorted(batches) and max(batches) == (N_TRAIN - 1) // 8  # manifest order, fixed size
-    # a rerun needs --overwrite; the result is the same
+    # a rerun needs --force; the result is the same
     assert main(["losses", "--run", r, "--round", "0", "--checkpoint", str(ckpt)]) == 3
-    assert "--overwrite" in capsys.readouterr().err
+    assert "pass --force" in capsys.readouterr().err
     assert main(["losses", "--run", r, "--round", "0", "--checkpoint", str(tmp_path / "missing.pt")]) == 3
     assert main(["losses", "--run", r, "--round", "7", "--checkpoint", str(ckpt)]) == 3
 

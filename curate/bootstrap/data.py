@@ -33,7 +33,7 @@ POOL_COLUMNS = ["uid", "shard", "key", "position"]
 #: the pool and their content hash is taken per record batch, so the layout must not depend on the cache.
 POOL_CHUNK = 1 << 16
 
-#: Schema of ``RUN/losses/round-NNNN/part-*.parquet`` (DESIGN.md, "Run directory").
+#: Schema of ``RUN/losses/round-NNNN/part-*.parquet`` (README.md, "Data contracts": loss table).
 LOSS_SCHEMA = pa.schema(
     [
         pa.field("uid", pa.string(), nullable=False),

@@ -1,6 +1,6 @@
 """``curate bootstrap --round N``: advance a run's pruning state by one round and write its manifest.
 
-Protocol (spec §7): before round N the trainer's driver calls ``bootstrap_round(run, N)``; it reads the
+Protocol (docs/bootstrap.md): before round N the trainer's driver calls ``bootstrap_round(run, N)``; it reads the
 losses of round N-1 when the method needs them, advances ``RUN/bootstrap/state.json`` and writes
 ``RUN/manifests/round-NNNN.parquet``. Rounds run in order; the latest round may be rerun and gives the
 same bytes. Everything is validated before anything is written.
@@ -72,6 +72,7 @@ class RoundResult:
     manifest_path: Path
     manifest: Manifest
     summary: dict[str, Any]
+    dry_run: bool = False  # decided, not written: ``manifest_path`` is where the manifest would go
 
 
 # --- state files ------------------------------------------------------------------------------
@@ -235,11 +236,13 @@ def bootstrap_round(
     seed: int | None = None,
     init: str | None = None,
     command: str = "curate bootstrap",
+    dry_run: bool = False,
 ) -> RoundResult:
     """Decide round ``round_`` of a run and write its manifest; see the module docstring.
 
     ``method``, ``knobs`` (the method's Params fields), ``seed`` and ``init`` are fixed at round 0 and
-    default to the run's values afterwards; passing a different value later is an error.
+    default to the run's values afterwards; passing a different value later is an error. ``dry_run``:
+    decide the round (every check included) and return the result without writing anything.
     """
     run = RunDir(run_root)
     run.require()
@@ -261,6 +264,10 @@ def bootstrap_round(
 
     ctx = RoundContext(round_, pool, int(cfg["seed"]), dict(prev["method_state"]) if prev else {}, losses, read_own)
     dec = impl.step(ctx)
+    if dry_run:
+        manifest = _manifest(pool, dec, cfg, round_, command)
+        return RoundResult(round_, run.manifest_file(round_), manifest, _summary(round_, cfg, pool, dec, manifest),
+                           dry_run=True)
     # Decided and validated: from here on files are written, each to a temporary name (in worker threads,
     # while the manifest is built), renamed in order once all are complete; the state goes last.
     outputs = [pool_cache_path(run), pool_index_path(run), decisions_path(run, round_), run.manifest_file(round_),
@@ -286,20 +293,7 @@ def bootstrap_round(
         writes.commit()
     path = run.manifest_file(round_)
     write_json(header_path(path), manifest.header)
-    reasons = dec.pruned_by_reason()
-    summary = {
-        "round": round_,
-        "method": cfg["method"],
-        "phase": dec.phase,
-        "rho_cur": dec.header.get("rho_cur"),
-        "pool": len(pool),
-        "kept": len(manifest),
-        "pruned": len(pool) - len(manifest),
-        "pruned_by_reason": reasons,
-        "candidates": dec.header.get("candidates"),
-        "record_losses": dec.record_losses,
-        "content_hash": manifest.header["content_hash"],
-    }
+    summary = _summary(round_, cfg, pool, dec, manifest)
     state = {
         "format_version": STATE_FORMAT_VERSION,
         **{k: cfg[k] for k in ("method", "params", "seed", "init")},
@@ -316,6 +310,23 @@ def bootstrap_round(
         command=f"{command} --round {round_}",
     )
     return RoundResult(round_, path, manifest, summary)
+
+
+def _summary(round_: int, cfg: dict[str, Any], pool: Pool, dec: Decision, manifest: Manifest) -> dict[str, Any]:
+    """The round's summary (``--json``, the state's history)."""
+    return {
+        "round": round_,
+        "method": cfg["method"],
+        "phase": dec.phase,
+        "rho_cur": dec.header.get("rho_cur"),
+        "pool": len(pool),
+        "kept": len(manifest),
+        "pruned": len(pool) - len(manifest),
+        "pruned_by_reason": dec.pruned_by_reason(),
+        "candidates": dec.header.get("candidates"),
+        "record_losses": dec.record_losses,
+        "content_hash": manifest.header["content_hash"],
+    }
 
 
 def _manifest(pool: Pool, dec: Decision, cfg: dict[str, Any], round_: int, command: str) -> Manifest:

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 import typer
 from rich.table import Table
 from typer.core import TyperCommand
 
+from curate.cli import _common as ui
 from curate.cli._app import app
-from curate.cli._common import RichProgress, out, print_json
 from curate.engines import list_engines
 from curate.errors import UsageError
-from curate.select import SELECTORS, list_selectors, run_selection
+from curate.select import SELECTORS, list_selectors, plan_selection, run_selection
 
-Method = enum.Enum("Method", {n: n for n in list_selectors()}, type=str)  # type: ignore[misc]
-Variant = enum.Enum("Variant", {"reference": "reference", "greedy": "greedy"}, type=str)  # type: ignore[misc]
-EngineName = enum.Enum("EngineName", {n: n for n in list_engines()}, type=str)  # type: ignore[misc]
-Keep = enum.Enum("Keep", {"farthest": "farthest", "closest": "closest", "random": "random"}, type=str)  # type: ignore[misc]
+Method = ui.choices("Method", list_selectors())
+Variant = ui.choices("Variant", ("reference", "greedy"))
+EngineName = ui.choices("EngineName", list_engines())
+Keep = ui.choices("Keep", ("farthest", "closest", "random"))
+
+_CLIPCOV = "clipcov options"
+_CLIP_SCORE = "clip-score options"
+_SEMDEDUP = "semdedup options"
+_ALGEBRA = "intersect, union, difference (required)"
+_ENGINE = "Engine"
 
 _METHODS = "\n".join(f"  {n}: {c.summary}\n" for n, c in SELECTORS.items())
 _EPILOG = f"""Methods:\n
@@ -31,7 +36,8 @@ Examples:\n
   curate select --run runs/demo --method random --count 1000 --seed 1\n
   curate select --run runs/demo --method clipcov --fraction 0.3 --engine ray --ray-address auto\n
   curate select --run runs/demo --method intersect --of clip-score-t0.28 clipcov-f0.3\n
-  curate select --run runs/demo --method difference --of clipcov-f0.3 clip-score-f0.3 random-f0.3"""
+  curate select --run runs/demo --method difference --of clipcov-f0.3 clip-score-f0.3 random-f0.3\n
+Every method and option, and the decisions taken where the papers' code leaves a choice open: docs/select.md."""
 
 
 class _SelectCommand(TyperCommand):
@@ -58,30 +64,38 @@ def _command(**given: Any) -> str:
 
 @app.command("select", epilog=_EPILOG, cls=_SelectCommand)
 def select(
-    run: str = typer.Option(..., "--run", "-r", help="Run folder with embeddings (from 'curate embed')."),
-    method: Method = typer.Option(..., "--method", "-m", help="Selection method (listed below)."),
+    run: str = ui.run_option("Run folder with embeddings (from 'curate embed')."),
+    method: Method = typer.Option(..., "--method", "-m", metavar="METHOD", help="Selection method (listed below)."),
     fraction: float = typer.Option(None, "--fraction", "-f", help="Keep int(pool × F) samples, 0 < F <= 1."),
     count: int = typer.Option(None, "--count", "-n", help="Keep K samples."),
     name: str = typer.Option(None, "--name", help="Selection name in RUN/selections/ (default from method+budget)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice (random, k-means)."),
-    variant: Variant = typer.Option(None, help="clipcov: reference (spec §1.2, default) or greedy (exact gains)."),
-    partition: str = typer.Option(None, help="clipcov: imagenet (zero-shot, default) or kmeans:K."),
-    classes: str = typer.Option(None, help="clipcov: file of class names (one per line) for zero-shot labels."),
-    threshold: float = typer.Option(None, help="clip-score: keep clip_score >= T (DataComp) instead of a budget."),
-    eps: float = typer.Option(None, help="semdedup: drop samples with cosine > 1 - EPS to a kept cluster mate."),
-    keep: Keep = typer.Option(None, help="semdedup: which near-duplicate survives (default farthest)."),
-    clusters: int = typer.Option(None, help="semdedup: k-means clusters (default sqrt(pool))."),
-    of: list[str] = typer.Option(None, "--of", metavar="A B [C ...]", help="intersect/union/difference: two or "
-                                 "more selections, space- or comma-separated (difference: A minus all others)."),
-    device: str = typer.Option("auto", help="clipcov: auto, cpu, cuda, cuda:N."),
-    engine: EngineName = typer.Option("local", help="Where per-partition work runs: local or ray (same result)."),
+    variant: Variant = typer.Option(None, help="reference (the reference code's update schedule, default) or "
+                                    "greedy (exact gains).", rich_help_panel=_CLIPCOV),
+    partition: str = typer.Option(None, help="imagenet (zero-shot, default) or kmeans:K.", rich_help_panel=_CLIPCOV),
+    classes: str = typer.Option(None, help="File of class names (one per line) for zero-shot labels.",
+                                rich_help_panel=_CLIPCOV),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N.", rich_help_panel=_CLIPCOV),
+    threshold: float = typer.Option(None, help="Keep clip_score >= T (DataComp) instead of a budget.",
+                                    rich_help_panel=_CLIP_SCORE),
+    eps: float = typer.Option(None, help="Drop samples with cosine > 1 - EPS to a kept cluster mate.",
+                              rich_help_panel=_SEMDEDUP),
+    keep: Keep = typer.Option(None, help="Which near-duplicate survives (default farthest).",
+                              rich_help_panel=_SEMDEDUP),
+    clusters: int = typer.Option(None, help="k-means clusters (default sqrt(pool)).", rich_help_panel=_SEMDEDUP),
+    of: list[str] = typer.Option(None, "--of", metavar="A B [C ...]", help="Two or more selections, space- or "
+                                 "comma-separated (difference: A minus all others).", rich_help_panel=_ALGEBRA),
+    engine: EngineName = typer.Option("local", help="Where per-partition work runs: local or ray (same result).",
+                                      rich_help_panel=_ENGINE),
     ray_address: str = typer.Option(None, help="--engine ray: cluster address (auto, ray://HOST:10001); "
-                                    "default: start a local Ray."),
-    force: bool = typer.Option(False, "--force", help="Replace a selection of that name made with other options."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+                                    "default: start a local Ray.", rich_help_panel=_ENGINE),
+    force: bool = ui.force_option("Replace a selection of that name made with other options."),
+    json_out: bool = ui.json_option(),
+    dry_run: bool = ui.dry_run_option(),
+    quiet: bool = ui.quiet_option(),
     more_of: list[str] = typer.Argument(None, hidden=True, metavar=""),  # the B C of '--of A B C'
 ) -> None:
-    """Select a subset of a run's samples; write RUN/selections/NAME/{scores,manifest}.parquet."""
+    """Select a subset of a run's samples; write RUN/selections/NAME/{scores,manifest}.parquet, print the folder."""
     if more_of and not of:
         raise UsageError(f"unexpected argument {more_of[0]!r} (set algebra takes its names after --of)")
     opts = {
@@ -89,14 +103,26 @@ def select(
         "threshold": threshold, "eps": eps, "keep": keep.value if keep else None, "clusters": clusters,
         "of": (*of, *(more_of or ())) if of else None,
     }
+    if dry_run:
+        plan = plan_selection(run, method.value, fraction=fraction, count=count, name=name, seed=seed, options=opts,
+                              force=force)
+        if json_out:
+            ui.print_json(plan.summary())
+            return
+        keep_n = "as its options decide" if plan.budget is None else f"{plan.budget:,}"
+        existing = {"none": "", "same": " (it exists with the same parameters: rewritten)",
+                    "replaced": " (it exists with other parameters: replaced, --force)"}[plan.existing]
+        ui.show(f"dry run: would select with {plan.method} from a pool of {plan.pool_size:,} samples, keep {keep_n}, "
+                f"and write {plan.path}{existing}")
+        return
     cmd = _command(run=run, method=method, fraction=fraction, count=count, name=name, seed=seed, **opts)
     res = run_selection(
         run, method.value, fraction=fraction, count=count, name=name, seed=seed, options=opts, device=device,
-        force=force, progress=RichProgress(enabled=not json_out), command=cmd, engine=engine.value,
+        force=force, progress=ui.progress(), command=cmd, engine=engine.value,
         engine_options={"address": ray_address} if ray_address else None,
     )
     if json_out:
-        print_json(res.summary())
+        ui.print_json(res.summary())
         return
     t = Table(title=f"curate select --method {method.value}", show_header=False)
     t.add_row("selection", str(res.path))
@@ -108,11 +134,12 @@ def select(
         if isinstance(v, (int, float, str)):
             t.add_row(k.replace("_", " "), f"{v:.4g}" if isinstance(v, float) else str(v))
     t.add_row("seconds", f"{res.seconds:.1f}")
-    out.print(t)
+    ui.show(t)
     if res.per_partition:
         p = Table(title=f"kept per partition (largest 10 of {len(res.per_partition)})")
         for col in ("partition", "pool", "kept", "kept %"):
             p.add_column(col, justify="left" if col == "partition" else "right")
         for r in res.per_partition[:10]:
             p.add_row(r["partition"], f"{r['pool']:,}", f"{r['kept']:,}", f"{r['kept'] / r['pool']:.1%}")
-        out.print(p)
+        ui.show(p)
+    ui.result(str(res.path))

@@ -24,7 +24,7 @@ from typing import Any
 
 from curate.engines.base import ItemWorker
 from curate.errors import CurateError, UsageError
-from curate.progress import NullProgress, Progress
+from curate.progress import NullProgress, Progress, set_total
 
 _log = logging.getLogger(__name__)
 _POLL_S = 0.2
@@ -74,6 +74,9 @@ class _QueueProgress:
 
     def start(self, task: str, total: float | None = None, unit: str = "samples") -> None:
         self.q.put(("start", self.rank, (task, total, unit)))
+
+    def set_total(self, total: float | None) -> None:
+        self.q.put(("total", self.rank, total))
 
     def advance(self, n: float = 1) -> None:
         self.q.put(("advance", self.rank, n))
@@ -147,6 +150,7 @@ def run_per_device(
         p.start()
         procs.append((rank, p))
     results: dict[int, list[Any]] = {}
+    totals: dict[int, float | None] = {}
     started = False
     try:
         while len(results) < len(procs):
@@ -170,6 +174,10 @@ def run_per_device(
                     started = True
             elif kind == "advance":
                 progress.advance(payload)
+            elif kind == "total":  # each process estimates its share; the sum once every one has
+                totals[rank] = payload
+                if len(totals) == len(procs) and None not in totals.values():
+                    set_total(progress, sum(totals.values()))
             elif kind == "done":
                 results[rank] = payload
             else:  # error

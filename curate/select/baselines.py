@@ -9,6 +9,7 @@ import numpy as np
 
 from curate.engines.base import Engine
 from curate.errors import InputError, UsageError
+from curate.progress import NullProgress, Progress
 from curate.select.base import (
     Decision,
     Pool,
@@ -184,19 +185,26 @@ def _prior_rows(x: np.ndarray, n: int, lo: int, hi: int) -> np.ndarray:
     return out
 
 
-def cluster_priors(image: np.ndarray, order: np.ndarray, starts: np.ndarray, engine: Engine | None) -> np.ndarray:
+def cluster_priors(image: np.ndarray, order: np.ndarray, starts: np.ndarray, engine: Engine | None,
+                   progress: Progress | None = None) -> np.ndarray:
     """``max_prior_similarity`` of every cluster ``order[s:e]``; engine tasks when it is distributed."""
+    progress = progress or NullProgress()
     prior = np.empty(len(order))
     if engine is None or not engine.distributed:
+        progress.start("semdedup: near-duplicates", total=len(order))
         for s, e in itertools.pairwise(starts):
             prior[s:e] = _prior_rows(image[order[s:e]], int(e - s), 0, int(e - s))
+            progress.advance(int(e - s))
+        progress.finish()
         return prior
     from curate.select.clipcov import balanced_runs
 
     units = [(int(s), int(e), lo, hi) for s, e in itertools.pairwise(starts) for lo, hi in prior_chunks(int(e - s))]
     costs = [(hi - lo) * hi for _, _, lo, hi in units]
     tasks = [units[a:b] for a, b in balanced_runs(costs, 4 * engine.parallelism())]
-    results = engine.map(_prior_task, tasks, {"image": image, "order": order})
+    progress.start("semdedup: near-duplicates", total=len(tasks), unit="tasks")
+    results = engine.map(_prior_task, tasks, {"image": image, "order": order}, progress)
+    progress.finish()
     for (s, _, lo, hi), part in zip(units, (r for res in results for r in res), strict=True):
         prior[s + lo : s + hi] = part
     return prior
@@ -250,7 +258,7 @@ class SemDedupSelector(Selector):
         order = idx[np.lexsort((pref, labels[idx]))]  # by cluster, then preference
         lab = labels[order]
         starts = np.r_[0, np.flatnonzero(lab[1:] != lab[:-1]) + 1, len(order)]
-        prior = cluster_priors(pool.image, order, starts, ctx.engine)
+        prior = cluster_priors(pool.image, order, starts, ctx.engine, ctx.progress)
         score = np.full(n, np.nan)
         score[order] = np.minimum(1.0 - prior, 2.0)
         dup = np.full(n, np.nan)

@@ -1,4 +1,4 @@
-"""ClipCov: cross-covariance preserving selection (specs/clipcov.md §7, reference behaviour §1.2).
+"""ClipCov: cross-covariance preserving selection (docs/select.md: the objective, both variants, the decisions).
 
 Per sample j of pseudo-class k (members V_k, n_k = |V_k|), with L2-normalised embeddings:
 
@@ -51,7 +51,7 @@ class ClipCovConfig(SelectorConfig):
     """Options of ``--method clipcov``.
 
     Args:
-        variant: ``reference`` (the notebook's stale-gain schedule, spec §1.2) or ``greedy`` (exact gains).
+        variant: ``reference`` (the reference notebook's stale-gain schedule) or ``greedy`` (exact gains).
         partition: ``imagenet`` (zero-shot ImageNet-1k pseudo-labels with the run's model) or ``kmeans:K``.
         classes: a file of class names (one per line) for zero-shot labels instead of ImageNet-1k.
         dtype: ``float32`` or ``float64`` for similarity blocks (float64 for exactness tests).
@@ -328,7 +328,7 @@ def select_reference(
     trace: list[dict[str, Any]] | None = None,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The §1.2 loop.
+    """The reference notebook's loop (docs/select.md, ``--variant reference``).
 
     Returns (sorted rows in pick order, score of each pick when picked, update log rows
     ``(class, c_k, picks so far)``). ``trace``, when given, receives one dict per update with the
@@ -558,7 +558,7 @@ class ClipCov(Selector):
     """ClipCov (Joshi et al., AISTATS 2024): keep samples that preserve the image–caption cross-covariance."""
 
     name = "clipcov"
-    summary = "cross-covariance preserving greedy per pseudo-class (specs/clipcov.md)"
+    summary = "cross-covariance preserving greedy per pseudo-class (docs/select.md)"
     config_class = ClipCovConfig
     needs = frozenset({"image", "text"})
     budget_mode = "required"

@@ -1,6 +1,6 @@
 """Partitions of the pool into pseudo-classes: zero-shot labels from class names, or k-means.
 
-Zero-shot (ClipCov's default, spec clipcov.md §7): every class name is put into each prompt template,
+Zero-shot (ClipCov's default; docs/select.md, "Partition"): every class name is put into each prompt template,
 the prompts are encoded with the run's model, each prompt embedding is normalised, the class's
 prompts are averaged and re-normalised; a sample's class is ``argmax_k <image, class_k>``.
 """

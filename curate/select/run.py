@@ -163,6 +163,76 @@ def _engine(engine: Engine | str | None, options: Mapping[str, Any] | None, devi
         yield eng
 
 
+@dataclass
+class SelectionPlan:
+    """What ``run_selection`` would do (``curate select --dry-run``): checked, nothing computed or written."""
+
+    name: str
+    path: Path
+    method: str
+    pool_size: int
+    budget: int | None  # samples to keep; None when the method's options decide (threshold, eps)
+    params: dict[str, Any]
+    seed: int
+    existing: str  # "none", "same" (rewritten with the same parameters) or "replaced" (--force)
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "method": self.method, "pool": self.pool_size,
+                "budget": self.budget, "params": self.params, "seed": self.seed, "existing": self.existing,
+                "dry_run": True}
+
+
+def _prepare(
+    run_root: str | os.PathLike[str], method: str, fraction: float | None, count: int | None, name: str | None,
+    seed: int, options: Mapping[str, Any] | None, force: bool, class_text: np.ndarray | None,
+) -> tuple[SelectionPlan, Any, Any]:
+    """Check everything a selection needs before any work: the plan, the selector and the pool."""
+    run = RunDir(run_root)
+    run.require()
+    cls = get_selector(method)
+    selector = cls(cls.config_class.from_options(method, dict(options or {})))
+    if name is not None:
+        check_name(name)
+    if (fraction is not None or count is not None) and cls.budget_mode == "none":
+        raise UsageError(f"--method {method} takes no --fraction/--count")
+    pool = load_pool(run.root, selector.needs)
+    budget = resolve_budget(fraction, count, len(pool))
+    selector.check_budget(budget)
+    name = check_name(name or selector.default_name(fraction, count))
+    params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict()}
+    if class_text is not None:
+        params["class_text"] = f"given ({class_text.shape[0]} classes)"
+    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+    final = run.selection_dir(name)
+    existing = "none"
+    if final.exists():
+        old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
+        existing = "same" if old.get("params") == params and old.get("seed") == seed else "replaced"
+        if existing == "replaced" and not force:
+            raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
+    plan = SelectionPlan(name, final, method, len(pool), budget, params, seed, existing)
+    return plan, selector, pool
+
+
+def plan_selection(
+    run_root: str | os.PathLike[str],
+    method: str,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    name: str | None = None,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+    force: bool = False,
+    class_text: np.ndarray | None = None,
+) -> SelectionPlan:
+    """Check a selection's inputs and options as :func:`run_selection` does and say what it would write.
+
+    Nothing is scored and nothing is written; the errors are those ``run_selection`` would raise first.
+    """
+    return _prepare(run_root, method, fraction, count, name, seed, options, force, class_text)[0]
+
+
 def run_selection(
     run_root: str | os.PathLike[str],
     method: str,
@@ -200,28 +270,9 @@ def run_selection(
             (e.g. ``{"address": "auto"}``). Every engine selects the same samples with the same scores.
     """
     t0 = time.perf_counter()
-    run = RunDir(run_root)
-    run.require()
-    cls = get_selector(method)
-    selector = cls(cls.config_class.from_options(method, dict(options or {})))
-    if name is not None:
-        check_name(name)
-    if (fraction is not None or count is not None) and cls.budget_mode == "none":
-        raise UsageError(f"--method {method} takes no --fraction/--count")
-    pool = load_pool(run.root, selector.needs)
-    budget = resolve_budget(fraction, count, len(pool))
-    selector.check_budget(budget)
-    name = check_name(name or selector.default_name(fraction, count))
-    params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict()}
-    if class_text is not None:
-        params["class_text"] = f"given ({class_text.shape[0]} classes)"
-    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
-    final = run.selection_dir(name)
+    plan, selector, pool = _prepare(run_root, method, fraction, count, name, seed, options, force, class_text)
+    run, name, params, final, budget = RunDir(run_root), plan.name, plan.params, plan.path, plan.budget
     with selection_lock(run, name):  # one writer per name; a second one is refused at once
-        if final.exists() and not force:
-            old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
-            if old.get("params") != params or old.get("seed") != seed:
-                raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
         with _engine(engine, engine_options, device) as eng:
             ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng)
             scores = selector.score(pool, ctx)

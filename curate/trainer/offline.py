@@ -101,7 +101,7 @@ def compute_losses(
     existing = _existing_parts(run, round_)
     if existing and not overwrite:
         raise InputError(
-            f"{run.losses_dir(round_)} already holds {len(existing)} loss part(s); pass --overwrite to replace them"
+            f"{run.losses_dir(round_)} already holds {len(existing)} loss part(s); pass --force to replace them"
         )
     if model is None:
         model = (rec_run.get("embed") or {}).get("model")
