@@ -278,7 +278,8 @@ def test_reshard_rerun_is_idempotent_and_cleans_dead_temps(tmp_path: Path) -> No
     (tmp_path / "src").mkdir()  # the source shards' folder: reshard never writes inside it
     _hostile_source(tmp_path / "src" / "src.tar")
     man = _manifest(work / "m.parquet", ["good1", "good2"])
-    args = ["reshard", "--manifest", str(man), "-o", str(work / "out"), "--shards", str(tmp_path / "src" / "src.tar"), "--json"]
+    args = ["reshard", "--manifest", str(man), "-o", str(work / "out"), "--shards", str(tmp_path / "src" / "src.tar"),
+            "--json"]
     stale = work / ".out.tmp-999999999"  # a killed writer's folder (no such pid)
     stale.mkdir()
     (stale / "000000.tar").write_bytes(b"partial")
