@@ -10,6 +10,7 @@ from rich.table import Table
 from curate.cli._app import app
 from curate.cli._common import RichProgress, err, print_json
 from curate.engines import list_engines
+from curate.errors import InputError
 from curate.io.shards import DEFAULT_MAX_PIXELS
 
 EngineName = enum.Enum("EngineName", {n: n for n in list_engines()}, type=str)  # type: ignore[misc]
@@ -93,3 +94,6 @@ def embed(
     if res.missing:
         err.print(f"warning: {len(res.missing)} embedded shard(s) no longer exist: {_names(res.missing)}",
                   highlight=False)
+    if res.shards_done and not res.samples_written:
+        raise InputError(f"nothing embedded: the {res.shards_done} shard(s) to do gave no sample "
+                         "(see the warnings above and 'curate shards validate')")

@@ -220,6 +220,10 @@ DEFECTS: dict[str, Defect] = {
     ),
     "link_members": _d(_links, {"dropped_non_file_member": 2}, G),
     "empty_shard": _d(lambda p: (write_members(p, []), p)[1], {"shard_empty_shard": 1}, 0),
+    # a text file given as a shard (a README, a URL list): not a tar at all, whatever its length
+    "text_file": _d(lambda p: (p.write_text("# notes\n" + "not a tar, just text\n" * 200), p)[1],
+                    {"shard_not_tar": 1}, 0),
+    "short_text_file": _d(lambda p: (p.write_text("hello\n"), p)[1], {"shard_not_tar": 1}, 0),
     "unusual_images": _d(_unusual, {}, 8, {}),
 }
 

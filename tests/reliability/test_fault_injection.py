@@ -162,7 +162,9 @@ def test_decode_workers_give_the_same_tables(world: dict[str, Any], embedded: Pa
 def test_max_pixels_flag_drops_bombs(world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     shard = str(world["shards"]["unusual_images"])  # 32x32 = 1024 px images
-    assert main([*_embed_args(shard, run, world["ckpt"], "--workers", "0", "--max-pixels", "1000"), "--json"]) == 0
+    # every image is dropped: the run records it, and the command says that nothing was embedded (exit 3)
+    assert main([*_embed_args(shard, run, world["ckpt"], "--workers", "0", "--max-pixels", "1000"), "--json"]) == 3
+    assert "nothing embedded" in capsys.readouterr().err
     stats = _shard_stats(run)["unusual_images"]
     assert stats["dropped_decompression_bomb"] == 8 and stats["written"] == 0
     capsys.readouterr()
@@ -231,7 +233,7 @@ def test_unreadable_shard_is_retried_when_readable_again(world: dict[str, Any], 
     fs = fsspec.filesystem("memory")
     if fs.exists(url):
         fs.rm(url)
-    assert main(args) == 0
+    assert main(args) == 3  # nothing embedded: said, with exit 3
     assert _shard_stats(tmp_path / "run")["later"] == {"shard_unreadable_shard": 1, "written": 0}
     with fsspec.open(url, "wb") as fh:  # the network came back
         fh.write(world["shards"]["unusual_images"].read_bytes())
