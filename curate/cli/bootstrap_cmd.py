@@ -74,6 +74,8 @@ def bootstrap(
     delta: float = typer.Option(None, help="[infobatch] Prune in rounds < delta*total (0.875)."),
     total_rounds: int = typer.Option(None, help="[infobatch] Rounds the trainer will run (required)."),
     init_score: float = typer.Option(None, help="[infobatch] Score of a never-trained sample (3.0)."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Round 0 on a run whose embed has "
+                                       "pending shards (the pool is then fixed without them)."),
     print_: str = typer.Option("path", "--print", help="What to print on stdout: 'path' or 'urls'."),
     json_out: bool = typer.Option(False, "--json", help="Print the round summary as JSON instead."),
 ) -> None:
@@ -92,7 +94,7 @@ def bootstrap(
         "warmup_rounds": warmup_rounds, "rank_scope": rank_scope, "prune_mode": prune_mode,
         "prune_ratio": prune_ratio, "delta": delta, "total_rounds": total_rounds, "init_score": init_score,
     }
-    res = bootstrap_round(run, round_, method=method, knobs=knobs, seed=seed, init=init)
+    res = bootstrap_round(run, round_, method=method, knobs=knobs, seed=seed, init=init, allow_partial=allow_partial)
     if json_out:
         print_json({**res.summary, "manifest": str(res.manifest_path)})
         return

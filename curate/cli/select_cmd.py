@@ -66,7 +66,10 @@ def select(
     engine: EngineName = typer.Option("local", help="Where per-partition work runs: local or ray (same result)."),
     ray_address: str = typer.Option(None, help="--engine ray: cluster address (auto, ray://HOST:10001); "
                                     "default: start a local Ray."),
-    force: bool = typer.Option(False, "--force", help="Replace a selection of that name made with other options."),
+    force: bool = typer.Option(False, "--force", help="Replace a selection of that name made with other options "
+                               "or on another pool."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Select from a run whose embed has pending "
+                                       "shards (recorded in the manifest as a partial pool)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Select a subset of a run's samples; write RUN/selections/NAME/{scores,manifest}.parquet."""
@@ -79,7 +82,7 @@ def select(
     res = run_selection(
         run, method.value, fraction=fraction, count=count, name=name, seed=seed, options=opts, device=device,
         force=force, progress=RichProgress(enabled=not json_out), command=cmd, engine=engine.value,
-        engine_options={"address": ray_address} if ray_address else None,
+        engine_options={"address": ray_address} if ray_address else None, allow_partial=allow_partial,
     )
     if json_out:
         print_json(res.summary())

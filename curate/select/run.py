@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from curate.bootstrap.data import hash_strings
+from curate.embed.state import check_pool_complete
 from curate.engines import Engine, make_engine
 from curate.errors import UsageError
 from curate.io.manifest import Manifest, build_manifest, write_manifest
@@ -126,6 +128,19 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _check_same_pool(name: str, old: Mapping[str, Any], pool: Mapping[str, Any]) -> None:
+    """A selection of this name made on another pool (a run embedded further since) is not replaced
+    silently: the pool is part of what makes two selections the same."""
+    before = old.get("pool") or {}
+    size = before.get("samples", (old.get("counts") or {}).get("pool"))
+    if size == pool["samples"] and before.get("digest", pool["digest"]) == pool["digest"]:
+        return
+    what = (f"a pool of {size:,} samples" if isinstance(size, int) and size != pool["samples"]
+            else "another pool of the same size")
+    raise UsageError(f"selection {name!r} was made on {what}; the run's pool now has {pool['samples']:,} "
+                     "samples: pass --force to replace it, or choose --name")
+
+
 @contextlib.contextmanager
 def _engine(engine: Engine | str | None, options: Mapping[str, Any] | None, device: str) -> Iterator[Engine | None]:
     """The engine to use: a given instance as is, or one made from a name and closed afterwards."""
@@ -158,6 +173,7 @@ def run_selection(
     command: str | None = None,
     engine: Engine | str | None = None,
     engine_options: Mapping[str, Any] | None = None,
+    allow_partial: bool = False,
 ) -> SelectionResult:
     """Run one selection method over a run's embeddings and write its score table and manifest.
 
@@ -176,6 +192,9 @@ def run_selection(
         engine: where the heavy per-partition work runs: an :class:`~curate.engines.Engine` (started and
             closed by the caller) or a registered engine name (``local``, ``ray``) with ``engine_options``
             (e.g. ``{"address": "auto"}``). Every engine selects the same samples with the same scores.
+        allow_partial: select from a run whose embed has not finished (pending shards); otherwise that is
+            an ``InputError``. The manifest header records the pool either way (``pool``: samples, digest,
+            pending shards), and a selection made on another pool is not replaced without ``force``.
     """
     t0 = time.perf_counter()
     run = RunDir(run_root)
@@ -186,7 +205,10 @@ def run_selection(
         check_name(name)
     if (fraction is not None or count is not None) and cls.budget_mode == "none":
         raise UsageError(f"--method {method} takes no --fraction/--count")
+    pending = check_pool_complete(run, allow_partial)
     pool = load_pool(run.root, selector.needs)
+    pool_info = {"samples": len(pool), "digest": hash_strings(pool.ids.column("uid")), "pending_shards": len(pending),
+                 "partial": bool(pending)}
     budget = resolve_budget(fraction, count, len(pool))
     selector.check_budget(budget)
     name = check_name(name or selector.default_name(fraction, count))
@@ -199,6 +221,7 @@ def run_selection(
         old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
         if old.get("params") != params or old.get("seed") != seed:
             raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
+        _check_same_pool(name, old, pool_info)
     with _engine(engine, engine_options, device) as eng:
         ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng)
         scores = selector.score(pool, ctx)
@@ -228,6 +251,7 @@ def run_selection(
             "info": info,
             "parents": decision.parents,
             "embeddings": {"rows": len(pool), "meta": pool.meta},
+            "pool": pool_info,
         },
     )
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +270,7 @@ def run_selection(
         "params": params,
         "seed": seed,
         "pool": len(pool),
+        "pool_partial": bool(pending),
         "kept": len(order),
         "manifest": str(Path("selections") / name / "manifest.parquet"),
         "content_hash": manifest.header["content_hash"],

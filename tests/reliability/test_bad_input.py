@@ -103,6 +103,15 @@ def _corrupt_json(rel: str) -> Callable[[Path], None]:
     return _garbage(rel, b'{"format_version": 1, "commands": [')
 
 
+def _pending(rel: str) -> Callable[[Path], None]:
+    """An embed that did not finish: run.json plans the shard, its table is not there (yet)."""
+
+    def f(run: Path) -> None:
+        (run / rel).unlink()
+
+    return f
+
+
 # --- the table --------------------------------------------------------------------------------------
 SELECT = "RUN"
 SELECT_CASES: dict[str, Case] = {
@@ -127,6 +136,8 @@ SELECT_CASES: dict[str, Case] = {
     "embeddings without image_emb": Case(["select", "-r", SELECT, "-m", "clipcov", "-f", "0.5", "--partition",
                                           "kmeans:3"], 3, "image_emb",
                                          _drop_column("embeddings/00000.parquet", "image_emb")),
+    "pool with a pending shard": Case(["select", "-r", SELECT, "-m", "random", "-f", "0.5"], 3,
+                                      "1 of 2 shards are pending (00001)", _pending("embeddings/00001.parquet")),
     "set algebra on a missing selection": Case(["select", "-r", SELECT, "-m", "union", "--of", "rand", "nope"], 3,
                                                "nope"),
     "set algebra on a corrupt manifest": Case(["select", "-r", SELECT, "-m", "intersect", "--of", "rand", "rand2"], 3,
@@ -167,6 +178,8 @@ BOOT_CASES: dict[str, Case] = {
     "loss table with text losses": Case(["bootstrap", "-r", BOOT, "-n", "2"], 3, "wrong column types",
                                         _losses("types")),
     "corrupt state": Case(["bootstrap", "-r", BOOT, "-n", "2"], 3, "state.json", _corrupt_json("bootstrap/state.json")),
+    "round 0 on a pool with a pending shard": Case(["bootstrap", "-r", "ROOT/fresh", "-n", "0"], 3,
+                                                   "--allow-partial", _pending("../fresh/embeddings/00001.parquet")),
     "manifest from another run as --init": Case(["bootstrap", "-r", "ROOT/fresh", "-n", "0", "--init",
                                                  "RUN/foreign.parquet"], 3, "foreign.parquet", _foreign_manifest),
     "corrupt manifest as --init": Case(["bootstrap", "-r", "ROOT/fresh", "-n", "0", "--init", "RUN/bad.parquet"], 3,

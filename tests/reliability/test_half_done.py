@@ -4,6 +4,9 @@
   with one line saying how many shards are done and how to resume; the rerun finishes the run.
 * A file that is not a tar is ``not_tar``, its warning is curate's own one-line ``warning: ...``, and a
   command that embedded nothing at all exits 3.
+* ``select`` and ``bootstrap --round 0`` refuse a run whose embed has pending shards unless
+  ``--allow-partial``; the pool (size, digest, partial) is recorded, and a selection made on another
+  pool is not replaced without ``--force``.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from curate.cli.app import main
 from tests.embed_helpers import CURATE, REPO, SAMPLE, cli, sample_model_ready
+from tests.reliability.runs import clustered_run
 
 needs_sample = pytest.mark.skipif(not sample_model_ready(), reason="the sample model's weights are missing")
 
@@ -96,3 +102,81 @@ def test_text_file_as_a_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["embed", f"{good}::{notes}", "--run", str(tmp_path / "run2"), "--model", "sample", "--workers", "0",
                  "--json"]) == 0
     assert [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")] == lines[:1]
+
+
+# --- a partial pool -------------------------------------------------------------------------------------
+N = 400
+
+
+def _partial_run(root: Path) -> tuple[Path, Path, bytes]:
+    """A run of N samples in 2 shards whose second shard is not embedded yet (run.json plans it)."""
+    run = clustered_run(root / "run", N, dim=16, n_shards=2, k=3)
+    table = run / "embeddings" / "00001.parquet"
+    data = table.read_bytes()
+    table.unlink()
+    return run, table, data
+
+
+def test_select_on_a_partial_pool_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, table, data = _partial_run(tmp_path)
+    args = ["select", "-r", str(run), "-m", "random", "-f", "0.5"]
+    assert main(args) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "1 of 2 shards are pending (00001)" in err and "--allow-partial" in err
+    assert not (run / "selections").exists()
+    # asked for: the manifest and run.json say the pool was partial, and how large it was
+    assert main([*args, "--allow-partial"]) == 0
+    sel = run / "selections" / "random-f0.5"
+    header = json.loads((sel / "manifest.json").read_text())
+    assert header["pool"]["partial"] is True and header["pool"]["samples"] == N // 2
+    assert header["pool"]["pending_shards"] == 1 and header["counts"]["pool"] == N // 2
+    assert json.loads((run / "run.json").read_text())["selections"]["random-f0.5"]["pool_partial"] is True
+    before = {p.name: p.read_bytes() for p in sel.iterdir()}
+    capsys.readouterr()
+    # the embed finishes: the same command no longer names the same selection, so it is not replaced silently
+    table.write_bytes(data)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: selection 'random-f0.5' was made on a pool of {N // 2:,} samples; the run's pool now "
+                   f"has {N:,} samples: pass --force to replace it, or choose --name")
+    assert {p.name: p.read_bytes() for p in sel.iterdir()} == before
+    assert main([*args, "--force"]) == 0
+    header = json.loads((sel / "manifest.json").read_text())
+    assert header["pool"]["partial"] is False and header["pool"]["samples"] == header["counts"]["pool"] == N
+    # the same pool and parameters: an idempotent rerun, no --force needed
+    assert main(args) == 0
+    assert json.loads((sel / "manifest.json").read_text()) == header
+
+
+def test_a_pool_of_the_same_size_but_other_samples_is_another_pool(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    run = clustered_run(tmp_path / "run", N, dim=16, n_shards=2, k=3)
+    args = ["select", "-r", str(run), "-m", "random", "-n", "10"]
+    assert main(args) == 0
+    # shard 00001 re-embedded from other data (e.g. with --refresh): as many samples, other uids
+    path = run / "embeddings" / "00001.parquet"
+    t = pq.read_table(path)
+    pq.write_table(t.set_column(0, "uid", pa.array([f"{i:032x}" for i in range(10**6, 10**6 + t.num_rows)])), path)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "was made on another pool of the same size" in capsys.readouterr().err
+
+
+def test_bootstrap_round_0_on_a_partial_pool_only_when_asked(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    run, table, data = _partial_run(tmp_path)
+    assert main(["bootstrap", "-r", str(run), "-n", "0"]) == 3
+    assert "1 of 2 shards are pending (00001)" in capsys.readouterr().err
+    assert not (run / "bootstrap").exists() and not (run / "manifests").exists()
+    assert main(["bootstrap", "-r", str(run), "-n", "0", "--allow-partial", "--json"]) == 0
+    state = json.loads((run / "bootstrap" / "state.json").read_text())
+    assert state["pool"]["partial"] is True and state["pool"]["size"] == N // 2
+    header = json.loads((run / "manifests" / "round-0000.json").read_text())
+    assert header["bootstrap"]["pool_partial"] is True and header["counts"]["pool"] == N // 2
+    # once the embed has finished, the run's pool is no longer the one fixed at round 0: said, not ignored
+    table.write_bytes(data)
+    capsys.readouterr()
+    assert main(["bootstrap", "-r", str(run), "-n", "0"]) == 3
+    assert f"round 0 of {run} was decided on a pool of {N // 2:,} samples, the pool now has {N:,}" in \
+        capsys.readouterr().err
+    assert json.loads((run / "bootstrap" / "state.json").read_text()) == state
