@@ -18,11 +18,21 @@ Variant = enum.Enum("Variant", {"reference": "reference", "greedy": "greedy"}, t
 EngineName = enum.Enum("EngineName", {n: n for n in list_engines()}, type=str)  # type: ignore[misc]
 Keep = enum.Enum("Keep", {"farthest": "farthest", "closest": "closest", "random": "random"}, type=str)  # type: ignore[misc]
 
+_PARTITION = (
+    "clipcov keeps a share of each pseudo-class, so the classes decide what it covers. imagenet (the default) "
+    "labels each sample zero-shot with the 1000 ImageNet classes and the run's model: right for web photos, "
+    "meaningless for data far from ImageNet. --classes FILE does the same with your own class names (one per "
+    "line): use it whenever the data has a known label set (shards made by 'curate shards make-sample' come "
+    "with classnames.txt). kmeans:K clusters the image embeddings into K groups: for data without class names. "
+    "Default names include the partition (clipcov-km100-f0.3). See docs/select.md."
+)
 _METHODS = "\n".join(f"  {n}: {c.summary}\n" for n, c in SELECTORS.items())
 _EPILOG = f"""Methods:\n
 {_METHODS}\n
+Partition (clipcov): {_PARTITION}\n
 Examples:\n
   curate select --run runs/demo --method clipcov --fraction 0.3\n
+  curate select --run runs/demo --method clipcov --fraction 0.3 --classes shards/sample/classnames.txt\n
   curate select --run runs/demo --method clipcov --fraction 0.3 --partition kmeans:100 --variant greedy\n
   curate select --run runs/demo --method clip-score --threshold 0.28\n
   curate select --run runs/demo --method semdedup --eps 0.05 --keep farthest\n
@@ -46,17 +56,32 @@ def _command(**given: Any) -> str:
     return " ".join(parts)
 
 
+def _class_list_hint(run: str) -> None:
+    """One line on stderr when the run's shards come with a class list that the default partition ignores."""
+    from curate.select.partition import shard_class_list
+
+    found = shard_class_list(run)
+    if found is not None:
+        typer.echo(f"hint: the shards of {run} come with a class list ({found}); clipcov labels samples with "
+                   f"ImageNet's 1000 classes by default: pass --classes {found} to use it "
+                   "(or --partition imagenet to keep ImageNet)", err=True)
+
+
 @app.command("select", epilog=_EPILOG)
 def select(
     run: str = typer.Option(..., "--run", "-r", help="Run folder with embeddings (from 'curate embed')."),
     method: Method = typer.Option(..., "--method", "-m", help="Selection method (listed below)."),
     fraction: float = typer.Option(None, "--fraction", "-f", help="Keep int(pool × F) samples, 0 < F <= 1."),
     count: int = typer.Option(None, "--count", "-n", help="Keep K samples."),
-    name: str = typer.Option(None, "--name", help="Selection name in RUN/selections/ (default from method+budget)."),
+    name: str = typer.Option(None, "--name", help="Selection name in RUN/selections/ (default: the method, the "
+                             "options that change the result, the budget: clipcov-greedy-km20-f0.3)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice (random, k-means)."),
     variant: Variant = typer.Option(None, help="clipcov: reference (spec §1.2, default) or greedy (exact gains)."),
-    partition: str = typer.Option(None, help="clipcov: imagenet (zero-shot, default) or kmeans:K."),
-    classes: str = typer.Option(None, help="clipcov: file of class names (one per line) for zero-shot labels."),
+    partition: str = typer.Option(None, help="clipcov: the pseudo-classes: imagenet (zero-shot ImageNet-1k "
+                                  "labels, default; for web photos) or kmeans:K (K clusters; data without class "
+                                  "names). See 'Partition' below."),
+    classes: str = typer.Option(None, help="clipcov: file of class names (one per line) for zero-shot labels "
+                                "instead of ImageNet's (data with a known label set)."),
     threshold: float = typer.Option(None, help="clip-score: keep clip_score >= T (DataComp) instead of a budget."),
     eps: float = typer.Option(None, help="semdedup: drop samples with cosine > 1 - EPS to a kept cluster mate."),
     keep: Keep = typer.Option(None, help="semdedup: which near-duplicate survives (default farthest)."),
@@ -79,6 +104,8 @@ def select(
         "of": tuple(of) if of and all(of) else None,
     }
     cmd = _command(run=run, method=method, fraction=fraction, count=count, name=name, seed=seed, **opts)
+    if method.value == "clipcov" and partition is None and classes is None:
+        _class_list_hint(run)
     res = run_selection(
         run, method.value, fraction=fraction, count=count, name=name, seed=seed, options=opts, device=device,
         force=force, progress=RichProgress(enabled=not json_out), command=cmd, engine=engine.value,

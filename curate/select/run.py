@@ -182,7 +182,8 @@ def run_selection(
         method: a registered selector name (see :func:`curate.select.list_selectors`).
         fraction: keep ``int(pool * fraction)`` samples; or ``count`` samples (one of them, or
             neither for methods whose options replace a budget, e.g. clip-score ``threshold``).
-        name: the selection's folder name in ``RUN/selections/`` (default from method and budget).
+        name: the selection's folder name in ``RUN/selections/`` (default: the method, every option that
+            changes the result and the budget, see ``Selector.default_name``).
         seed: seeds every random choice (random subset, k-means).
         options: the method's options (fields of its config class); ``None`` values are ignored.
         device: ``auto``, ``cpu`` or ``cuda[:i]`` for torch work (clipcov).
@@ -211,7 +212,8 @@ def run_selection(
                  "partial": bool(pending)}
     budget = resolve_budget(fraction, count, len(pool))
     selector.check_budget(budget)
-    name = check_name(name or selector.default_name(fraction, count))
+    selector.check_pool(len(pool))
+    name = check_name(name or selector.default_name(fraction, count, seed))
     params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict()}
     if class_text is not None:
         params["class_text"] = f"given ({class_text.shape[0]} classes)"

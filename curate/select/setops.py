@@ -36,7 +36,7 @@ class SetOperation(Selector):
     config: SetOpConfig
     symbol: ClassVar[str]
 
-    def default_name(self, fraction: float | None, count: int | None) -> str:
+    def default_name(self, fraction: float | None, count: int | None, seed: int = 0) -> str:
         assert self.config.of is not None
         return f"{self.config.of[0]}-{self.name}-{self.config.of[1]}"
 
