@@ -168,24 +168,23 @@ def _d(build: Callable[[Path], Path], stats: dict[str, int], written: int, valid
     return Defect(build, stats, written, validate, strict or next(iter(validate), ""))
 
 
+#: The image bytes of each image defect (also used on their own, e.g. in labelled evaluation shards).
+BAD_IMAGES: dict[str, tuple[bytes, str]] = {  # name -> (bytes, drop reason)
+    "zero_byte_image": (b"", "corrupt_image"),
+    "corrupt_jpeg": (image_bytes("red", 64)[:300], "corrupt_image"),
+    "garbage_image": (b"\xff\xd8" + bytes(range(256)) * 4, "corrupt_image"),
+    "decompression_bomb": (png_header_only(100_000, 100_000), "decompression_bomb"),
+    "extreme_aspect_ratio": (_thin_png(1, 50_000), "extreme_aspect_ratio"),
+    "eps_in_jpg": (EPS, "unsupported_image"),
+}
+
 G = 2 * GOOD_PER_SHARD
 DEFECTS: dict[str, Defect] = {
     "truncated_tar": _d(_truncated, {"shard_truncated_tar": 1, "dropped_truncated_sample": 1}, -1),
     # only the damaged member is lost: its caption is left as a sample without an image
     "damaged_header": _d(_damaged_header, {"shard_damaged_tar": 1, "dropped_missing_image": 1}, G),
     "latin1_name": _d(_latin1_name, {"dropped_name_not_utf8": 1}, G),
-    "zero_byte_image": _d(_image_case(b""), {"dropped_corrupt_image": 1}, G),
-    "corrupt_jpeg": _d(_image_case(image_bytes("red", 64)[:300]), {"dropped_corrupt_image": 1}, G),
-    "garbage_image": _d(
-        lambda p: _with_good(p, [("bad.jpg", b"\xff\xd8" + bytes(range(256)) * 4), ("bad.txt", b"x")]),
-        {"dropped_corrupt_image": 1}, G,
-    ),
-    "decompression_bomb": _d(_image_case(png_header_only(100_000, 100_000)), {"dropped_decompression_bomb": 1}, G),
-    "extreme_aspect_ratio": _d(_image_case(_thin_png(1, 50_000)), {"dropped_extreme_aspect_ratio": 1}, G),
-    "eps_in_jpg": _d(
-        lambda p: _with_good(p, [("bad.jpg", EPS), ("bad.txt", b"postscript, not a jpeg")]),
-        {"dropped_unsupported_image": 1}, G,
-    ),
+    **{name: _d(_image_case(data), {f"dropped_{reason}": 1}, G) for name, (data, reason) in BAD_IMAGES.items()},
     "missing_caption": _d(lambda p: _with_good(p, [("bad.jpg", image_bytes())]), {"dropped_missing_caption": 1}, G),
     "missing_image": _d(lambda p: _with_good(p, [("bad.txt", b"no image")]), {"dropped_missing_image": 1}, G),
     "caption_not_utf8": _d(
