@@ -113,8 +113,12 @@ class LossRecorder:
 
     def _flush(self) -> None:
         if self._writer is None:
+            from curate.io.tarwrite import remove_dead_temps
+
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            remove_dead_temps(self.path.parent, f".{self.path.name}.")  # left by a killed earlier attempt
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.{os.getpid()}-", suffix=".tmp",
+                                       dir=self.path.parent)
             os.close(fd)
             self._tmp = Path(tmp)
             self._writer = pq.ParquetWriter(str(self._tmp), LOSS_SCHEMA)
