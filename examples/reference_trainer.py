@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from curate import logs
 from curate.errors import CurateError
 from curate.trainer.reference import RoundLog, RoundProgress, TrainConfig, check_start, resume_round, train_rounds
 
@@ -45,11 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
-                   help="a progress line inside a round at most this often (default 30)")
+                   help="a progress line inside a round every SECONDS (default 30)")
     p.add_argument("--progress-batches", type=int, default=None, metavar="K",
                    help="also a progress line every K batches")
     args = p.parse_args(argv)
+    with logs.one_line_logs():  # curate's warnings as one-line 'warning: ...' messages on stderr
+        return _train(args)
 
+
+def _train(args: argparse.Namespace) -> int:
     knobs = {"warmup_rounds": args.warmup_rounds, "t_cos": args.t_cos} if args.method == "scan" else {}
     done: list[int] = []
 

@@ -219,9 +219,9 @@ def _restore(run: RunDir, round_: int, model: torch.nn.Module, optimizer: torch.
 
 
 class RoundProgress:
-    """Progress inside a round as lines (``round 3 (mutate): 1,280/2,100 samples, 42 samples/s, ETA 19s``)
-    written to ``write`` every ``every_s`` seconds, or every ``every_batches`` batches, and never more often:
-    readable in batch and Slurm logs, not a flood."""
+    """Progress inside a round as lines (``round 3 (mutate): 1,280/2,100 samples, 42.0 samples/s, ETA 19s``)
+    written to ``write`` once ``every_s`` seconds have passed since the last line, or, with ``every_batches``,
+    after that many batches, whichever comes first: readable in batch and Slurm logs, not a flood."""
 
     def __init__(self, write: Callable[[str], None], every_s: float = 30.0, every_batches: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
