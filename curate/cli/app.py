@@ -37,7 +37,8 @@ from curate.cli import (  # noqa: F401  (registers commands)
 )
 from curate.cli._app import app
 from curate.cli._tree import apply_conventions, command_path, find, option
-from curate.errors import CurateError
+from curate.errors import CurateError, Interrupted
+from curate.logs import one_line_logs
 
 
 def _version(value: bool) -> None:
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ui.reset()
     args = sys.argv[1:] if argv is None else argv
     try:
-        rv = command.main(args=args, prog_name="curate", standalone_mode=False)
+        with one_line_logs():  # the library's warnings as curate's own lines ('warning: ...')
+            rv = command.main(args=args, prog_name="curate", standalone_mode=False)
     except _cx.NoArgsIsHelpError:  # typer has printed the help already
         code = 0
     except _cx.UsageError as exc:
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         code = 2
     except _Exit as exc:
         code = exc.exit_code
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130)
+            sys.stderr.write("interrupted\n")
     except _Abort:
         sys.stderr.write("error: aborted\n")
         code = 130
@@ -78,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.exit_code
     except CurateError as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        sys.stderr.write(f"error: {msg}\n")
+        sys.stderr.write(f"{msg}\n" if isinstance(exc, Interrupted) else f"error: {msg}\n")
         code = exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
+        sys.stderr.write("interrupted\n")
         code = 130
     else:
         code = rv if isinstance(rv, int) else 0

@@ -96,6 +96,8 @@ def bootstrap(
                                      "shard URLs holding kept samples.", rich_help_panel=_OUTPUT),
     json_out: bool = typer.Option(False, "--json", help="Print the round summary as JSON instead.",
                                   rich_help_panel=_OUTPUT),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Round 0 on a run whose embed has "
+                                       "pending shards (the pool is then fixed without them)."),
     reset: bool = typer.Option(False, "--reset", help="Start the rounds over: remove what bootstrap wrote "
                                "(RUN/bootstrap, RUN/manifests/round-*; losses are kept); with --round 0, then "
                                "decide round 0.", rich_help_panel=_OUTPUT),
@@ -123,7 +125,8 @@ def bootstrap(
         "warmup_rounds": warmup_rounds, "rank_scope": _value(rank_scope), "prune_mode": _value(prune_mode),
         "prune_ratio": prune_ratio, "delta": delta, "total_rounds": total_rounds, "init_score": init_score,
     }
-    res = bootstrap_round(run, round_, method=_value(method), knobs=knobs, seed=seed, init=init, dry_run=dry_run)
+    res = bootstrap_round(run, round_, method=_value(method), knobs=knobs, seed=seed, init=init, dry_run=dry_run,
+                          allow_partial=allow_partial)
     if json_out:
         ui.print_json({**res.summary, "manifest": str(res.manifest_path), "dry_run": dry_run})
         return

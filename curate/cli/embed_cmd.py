@@ -11,6 +11,7 @@ from curate.choices import CAPTION_MODES, PRECISIONS
 from curate.cli import _common as ui
 from curate.cli._app import app
 from curate.engines import list_engines
+from curate.errors import InputError
 from curate.io.shards import DEFAULT_MAX_PIXELS
 
 EngineName = ui.choices("EngineName", list_engines())
@@ -99,6 +100,9 @@ def embed(
                 "they are not marked done, so the next run tries them again")
     if res.missing:
         ui.warn(f"{len(res.missing)} embedded shard(s) no longer exist: {_names(res.missing)}")
+    if res.shards_done and not res.samples_written:
+        raise InputError(f"nothing embedded: the {res.shards_done} shard(s) to do gave no sample "
+                         "(see the warnings above and 'curate shards validate')")
     if json_out:
         ui.print_json(summary)
     else:

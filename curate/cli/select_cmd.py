@@ -25,11 +25,21 @@ _SEMDEDUP = "semdedup options"
 _ALGEBRA = "intersect, union, difference (required)"
 _ENGINE = "Engine"
 
+_PARTITION = (
+    "clipcov keeps a share of each pseudo-class, so the classes decide what it covers. imagenet (the default) "
+    "labels each sample zero-shot with the 1000 ImageNet classes and the run's model: right for web photos, "
+    "meaningless for data far from ImageNet. --classes FILE does the same with your own class names (one per "
+    "line): use it whenever the data has a known label set (shards made by 'curate shards make-sample' come "
+    "with classnames.txt). kmeans:K clusters the image embeddings into K groups: for data without class names. "
+    "Default names include the partition (clipcov-km100-f0.3). See docs/select.md."
+)
 _METHODS = "\n".join(f"  {n}: {c.summary}\n" for n, c in SELECTORS.items())
 _EPILOG = f"""Methods:\n
 {_METHODS}\n
+Partition (clipcov): {_PARTITION}\n
 Examples:\n
   curate select --run runs/demo --method clipcov --fraction 0.3\n
+  curate select --run runs/demo --method clipcov --fraction 0.3 --classes shards/sample/classnames.txt\n
   curate select --run runs/demo --method clipcov --fraction 0.3 --partition kmeans:100 --variant greedy\n
   curate select --run runs/demo --method clip-score --threshold 0.28\n
   curate select --run runs/demo --method semdedup --eps 0.05 --keep farthest\n
@@ -62,19 +72,33 @@ def _command(**given: Any) -> str:
     return " ".join(parts)
 
 
+def _class_list_hint(run: str) -> None:
+    """One line on stderr when the run's shards come with a class list that the default partition ignores."""
+    from curate.select.partition import shard_class_list
+
+    found = shard_class_list(run)
+    if found is not None:
+        ui.show(f"hint: the shards of {run} come with a class list ({found}); clipcov labels samples with "
+                f"ImageNet's 1000 classes by default: pass --classes {found} to use it "
+                "(or --partition imagenet to keep ImageNet)")
+
+
 @app.command("select", epilog=_EPILOG, cls=_SelectCommand)
 def select(
     run: str = ui.run_option("Run folder with embeddings (from 'curate embed')."),
     method: Method = typer.Option(..., "--method", "-m", metavar="METHOD", help="Selection method (listed below)."),
     fraction: float = typer.Option(None, "--fraction", "-f", help="Keep int(pool × F) samples, 0 < F <= 1."),
     count: int = typer.Option(None, "--count", "-n", help="Keep K samples."),
-    name: str = typer.Option(None, "--name", help="Selection name in RUN/selections/ (default from method+budget)."),
+    name: str = typer.Option(None, "--name", help="Selection name in RUN/selections/ (default: the method, the "
+                             "options that change the result, the budget: clipcov-greedy-km20-f0.3)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice (random, k-means)."),
     variant: Variant = typer.Option(None, help="reference (the reference code's update schedule, default) or "
                                     "greedy (exact gains).", rich_help_panel=_CLIPCOV),
-    partition: str = typer.Option(None, help="imagenet (zero-shot, default) or kmeans:K.", rich_help_panel=_CLIPCOV),
-    classes: str = typer.Option(None, help="File of class names (one per line) for zero-shot labels.",
-                                rich_help_panel=_CLIPCOV),
+    partition: str = typer.Option(None, help="The pseudo-classes: imagenet (zero-shot ImageNet-1k labels, default; "
+                                  "for web photos) or kmeans:K (K clusters; data without class names). See "
+                                  "'Partition' below.", rich_help_panel=_CLIPCOV),
+    classes: str = typer.Option(None, help="File of class names (one per line) for zero-shot labels instead of "
+                                "ImageNet's (data with a known label set).", rich_help_panel=_CLIPCOV),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N.", rich_help_panel=_CLIPCOV),
     threshold: float = typer.Option(None, help="Keep clip_score >= T (DataComp) instead of a budget.",
                                     rich_help_panel=_CLIP_SCORE),
@@ -89,7 +113,9 @@ def select(
                                       rich_help_panel=_ENGINE),
     ray_address: str = typer.Option(None, help="--engine ray: cluster address (auto, ray://HOST:10001); "
                                     "default: start a local Ray.", rich_help_panel=_ENGINE),
-    force: bool = ui.force_option("Replace a selection of that name made with other options."),
+    force: bool = ui.force_option("Replace a selection of that name made with other options or on another pool."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Select from a run whose embed has pending "
+                                       "shards (recorded in the manifest as a partial pool)."),
     json_out: bool = ui.json_option(),
     dry_run: bool = ui.dry_run_option(),
     quiet: bool = ui.quiet_option(),
@@ -105,7 +131,7 @@ def select(
     }
     if dry_run:
         plan = plan_selection(run, method.value, fraction=fraction, count=count, name=name, seed=seed, options=opts,
-                              force=force)
+                              force=force, allow_partial=allow_partial)
         if json_out:
             ui.print_json(plan.summary())
             return
@@ -116,10 +142,12 @@ def select(
                 f"and write {plan.path}{existing}")
         return
     cmd = _command(run=run, method=method, fraction=fraction, count=count, name=name, seed=seed, **opts)
+    if method.value == "clipcov" and partition is None and classes is None:
+        _class_list_hint(run)
     res = run_selection(
         run, method.value, fraction=fraction, count=count, name=name, seed=seed, options=opts, device=device,
         force=force, progress=ui.progress(), command=cmd, engine=engine.value,
-        engine_options={"address": ray_address} if ray_address else None,
+        engine_options={"address": ray_address} if ray_address else None, allow_partial=allow_partial,
     )
     if json_out:
         ui.print_json(res.summary())

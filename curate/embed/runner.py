@@ -32,7 +32,7 @@ from curate.embed.state import (
     shard_states,
 )
 from curate.engines import Engine, ItemWorker, get_engine, make_engine, parse_devices
-from curate.errors import CurateError, UsageError
+from curate.errors import CurateError, Interrupted, UsageError
 from curate.io.shards import DEFAULT_MAX_PIXELS, ErrorPolicy, expand_shards, shard_name
 from curate.io.tables import EMBEDDINGS_FORMAT_VERSION, embedding_schema, fixed_list, write_table
 from curate.models import PRECISIONS, SAMPLE_MODEL, LoadedModel, _autocast_dtype, check_device, load_model
@@ -334,7 +334,12 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
             run.update(STEP, {**record, "shards": [s.record() for s in states]},
                        command=f"embed ({len(todo)} of {len(urls)} shards to do)")
             start = time.perf_counter()
-            results = engine.run_items(worker, [_work_item(s) for s in todo], progress) if todo else []
+            try:
+                results = engine.run_items(worker, [_work_item(s) for s in todo], progress) if todo else []
+            except KeyboardInterrupt:
+                done = sum(run.embedding_file(shard_name(u)).exists() for u in urls)
+                raise Interrupted(f"interrupted: {done} of {len(urls)} shards done; "
+                                  "rerun the same command to resume") from None
             seconds = time.perf_counter() - start
             written = sum(r["written"] for r in results)
             failed = [s.name for s, r in zip(todo, results, strict=True) if r["failed"]]

@@ -47,6 +47,7 @@ class RandomSelector(Selector):
     name = "random"
     summary = "uniform random subset (seeded)"
     config_class = RandomConfig
+    seeded = True
 
     def score(self, pool: Pool, ctx: SelectContext) -> Scores:
         key = np.random.default_rng(ctx.seed).random(len(pool))
@@ -232,8 +233,18 @@ class SemDedupSelector(Selector):
         if (budget is None) == (self.config.eps is None):
             raise UsageError("--method semdedup needs exactly one of --fraction, --count or --eps")
 
+    seeded = True  # k-means, and keep=random
+
     def tag(self) -> str:
         return f"eps{self.config.eps:g}" if self.config.eps is not None else ""
+
+    def option_tags(self) -> list[str]:
+        tags = [] if self.config.keep == "farthest" else [self.config.keep]
+        return tags + ([f"k{self.config.clusters}"] if self.config.clusters is not None else [])
+
+    def check_pool(self, pool_size: int) -> None:
+        if self.config.clusters is not None and self.config.clusters > pool_size:
+            raise UsageError(f"--clusters {self.config.clusters} exceeds the pool of {pool_size} samples")
 
     def score(self, pool: Pool, ctx: SelectContext) -> Scores:
         assert pool.image is not None and pool.image_ok is not None

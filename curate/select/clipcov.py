@@ -20,8 +20,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,6 +72,8 @@ class ClipCovConfig(SelectorConfig):
             raise UsageError("--classes gives zero-shot labels; it cannot be combined with --partition kmeans:K")
         if self.dtype not in ("float32", "float64"):
             raise UsageError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.classes is not None:
+            read_class_names(self.classes)  # a missing, empty or repeating file: said before anything else
 
 
 def torch_index_add(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -563,6 +567,25 @@ class ClipCov(Selector):
     needs = frozenset({"image", "text"})
     budget_mode = "required"
     config: ClipCovConfig
+
+    def option_tags(self) -> list[str]:
+        tags = [] if self.config.variant == "reference" else [self.config.variant]
+        kind, k = parse_partition(self.config.partition)
+        if kind == "kmeans":
+            tags.append(f"km{k}")
+        if self.config.classes is not None:  # zero-shot labels from a class list: named after its file
+            tags.append(re.sub(r"[^A-Za-z0-9._+]", "_", Path(self.config.classes).stem)[:40] or "classes")
+        if self.config.dtype != "float32":
+            tags.append(self.config.dtype.replace("float", "fp"))
+        return tags
+
+    def uses_seed(self) -> bool:
+        return parse_partition(self.config.partition)[0] == "kmeans"  # zero-shot labels use no randomness
+
+    def check_pool(self, pool_size: int) -> None:
+        _, k = parse_partition(self.config.partition)
+        if k is not None and k > pool_size:
+            raise UsageError(f"--partition kmeans:{k} needs at least {k} samples, the pool has {pool_size}")
 
     def _class_text(self, pool: Pool, ctx: SelectContext) -> tuple[np.ndarray, list[str] | None]:
         if ctx.class_text is not None:

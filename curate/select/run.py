@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from curate.bootstrap.data import hash_strings
+from curate.embed.state import check_pool_complete
 from curate.engines import Engine, make_engine
 from curate.errors import UsageError
 from curate.fs import exclusive_lock, make_temp_dir, remove_stale_locks
@@ -148,6 +150,19 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _check_same_pool(name: str, old: Mapping[str, Any], pool: Mapping[str, Any]) -> None:
+    """A selection of this name made on another pool (a run embedded further since) is not replaced
+    silently: the pool is part of what makes two selections the same."""
+    before = old.get("pool") or {}
+    size = before.get("samples", (old.get("counts") or {}).get("pool"))
+    if size == pool["samples"] and before.get("digest", pool["digest"]) == pool["digest"]:
+        return
+    what = (f"a pool of {size:,} samples" if isinstance(size, int) and size != pool["samples"]
+            else "another pool of the same size")
+    raise UsageError(f"selection {name!r} was made on {what}; the run's pool now has {pool['samples']:,} "
+                     "samples: pass --force to replace it, or choose --name")
+
+
 @contextlib.contextmanager
 def _engine(engine: Engine | str | None, options: Mapping[str, Any] | None, device: str) -> Iterator[Engine | None]:
     """The engine to use: a given instance as is, or one made from a name and closed afterwards."""
@@ -175,16 +190,18 @@ class SelectionPlan:
     params: dict[str, Any]
     seed: int
     existing: str  # "none", "same" (rewritten with the same parameters) or "replaced" (--force)
+    pool: dict[str, Any] = field(default_factory=dict)  # samples, digest, pending_shards, partial
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "method": self.method, "pool": self.pool_size,
                 "budget": self.budget, "params": self.params, "seed": self.seed, "existing": self.existing,
-                "dry_run": True}
+                "partial": self.pool.get("partial", False), "dry_run": True}
 
 
 def _prepare(
     run_root: str | os.PathLike[str], method: str, fraction: float | None, count: int | None, name: str | None,
     seed: int, options: Mapping[str, Any] | None, force: bool, class_text: np.ndarray | None,
+    allow_partial: bool = False,
 ) -> tuple[SelectionPlan, Any, Any]:
     """Check everything a selection needs before any work: the plan, the selector and the pool."""
     run = RunDir(run_root)
@@ -195,10 +212,14 @@ def _prepare(
         check_name(name)
     if (fraction is not None or count is not None) and cls.budget_mode == "none":
         raise UsageError(f"--method {method} takes no --fraction/--count")
+    pending = check_pool_complete(run, allow_partial)
     pool = load_pool(run.root, selector.needs)
+    pool_info = {"samples": len(pool), "digest": hash_strings(pool.ids.column("uid")), "pending_shards": len(pending),
+                 "partial": bool(pending)}
     budget = resolve_budget(fraction, count, len(pool))
     selector.check_budget(budget)
-    name = check_name(name or selector.default_name(fraction, count))
+    selector.check_pool(len(pool))
+    name = check_name(name or selector.default_name(fraction, count, seed))
     params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict()}
     if class_text is not None:
         params["class_text"] = f"given ({class_text.shape[0]} classes)"
@@ -210,7 +231,9 @@ def _prepare(
         existing = "same" if old.get("params") == params and old.get("seed") == seed else "replaced"
         if existing == "replaced" and not force:
             raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
-    plan = SelectionPlan(name, final, method, len(pool), budget, params, seed, existing)
+        if not force:
+            _check_same_pool(name, old, pool_info)
+    plan = SelectionPlan(name, final, method, len(pool), budget, params, seed, existing, pool_info)
     return plan, selector, pool
 
 
@@ -225,12 +248,13 @@ def plan_selection(
     options: Mapping[str, Any] | None = None,
     force: bool = False,
     class_text: np.ndarray | None = None,
+    allow_partial: bool = False,
 ) -> SelectionPlan:
     """Check a selection's inputs and options as :func:`run_selection` does and say what it would write.
 
     Nothing is scored and nothing is written; the errors are those ``run_selection`` would raise first.
     """
-    return _prepare(run_root, method, fraction, count, name, seed, options, force, class_text)[0]
+    return _prepare(run_root, method, fraction, count, name, seed, options, force, class_text, allow_partial)[0]
 
 
 def run_selection(
@@ -250,6 +274,7 @@ def run_selection(
     command: str | None = None,
     engine: Engine | str | None = None,
     engine_options: Mapping[str, Any] | None = None,
+    allow_partial: bool = False,
 ) -> SelectionResult:
     """Run one selection method over a run's embeddings and write its score table and manifest.
 
@@ -258,7 +283,8 @@ def run_selection(
         method: a registered selector name (see :func:`curate.select.list_selectors`).
         fraction: keep ``int(pool * fraction)`` samples; or ``count`` samples (one of them, or
             neither for methods whose options replace a budget, e.g. clip-score ``threshold``).
-        name: the selection's folder name in ``RUN/selections/`` (default from method and budget).
+        name: the selection's folder name in ``RUN/selections/`` (default: the method, every option that
+            changes the result and the budget, see ``Selector.default_name``).
         seed: seeds every random choice (random subset, k-means).
         options: the method's options (fields of its config class); ``None`` values are ignored.
         device: ``auto``, ``cpu`` or ``cuda[:i]`` for torch work (clipcov).
@@ -268,9 +294,13 @@ def run_selection(
         engine: where the heavy per-partition work runs: an :class:`~curate.engines.Engine` (started and
             closed by the caller) or a registered engine name (``local``, ``ray``) with ``engine_options``
             (e.g. ``{"address": "auto"}``). Every engine selects the same samples with the same scores.
+        allow_partial: select from a run whose embed has not finished (pending shards); otherwise that is
+            an ``InputError``. The manifest header records the pool either way (``pool``: samples, digest,
+            pending shards), and a selection made on another pool is not replaced without ``force``.
     """
     t0 = time.perf_counter()
-    plan, selector, pool = _prepare(run_root, method, fraction, count, name, seed, options, force, class_text)
+    plan, selector, pool = _prepare(run_root, method, fraction, count, name, seed, options, force, class_text,
+                                    allow_partial)
     run, name, params, final, budget = RunDir(run_root), plan.name, plan.params, plan.path, plan.budget
     with selection_lock(run, name):  # one writer per name; a second one is refused at once
         with _engine(engine, engine_options, device) as eng:
@@ -302,6 +332,7 @@ def run_selection(
                 "info": info,
                 "parents": decision.parents,
                 "embeddings": {"rows": len(pool), "meta": pool.meta},
+                "pool": plan.pool,
             },
         )
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -319,6 +350,7 @@ def run_selection(
             "params": params,
             "seed": seed,
             "pool": len(pool),
+            "pool_partial": plan.pool["partial"],
             "kept": len(order),
             "manifest": str(Path("selections") / name / "manifest.parquet"),
             "content_hash": manifest.header["content_hash"],

@@ -110,6 +110,11 @@ def _beside(rel: str, data: bytes = b"the user's own file") -> Callable[[Path], 
         path = run.parent / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+def _pending(rel: str) -> Callable[[Path], None]:
+    """An embed that did not finish: run.json plans the shard, its table is not there (yet)."""
+
+    def f(run: Path) -> None:
+        (run / rel).unlink()
 
     return f
 
@@ -159,6 +164,8 @@ SELECT_CASES: dict[str, Case] = {
     "embeddings without image_emb": Case(["select", "-r", SELECT, "-m", "clipcov", "-f", "0.5", "--partition",
                                           "kmeans:3"], 3, "image_emb",
                                          _drop_column("embeddings/00000.parquet", "image_emb")),
+    "pool with a pending shard": Case(["select", "-r", SELECT, "-m", "random", "-f", "0.5"], 3,
+                                      "1 of 2 shards are pending (00001)", _pending("embeddings/00001.parquet")),
     "set algebra on a missing selection": Case(["select", "-r", SELECT, "-m", "union", "--of", "rand", "nope"], 3,
                                                "nope"),
     "set algebra on a corrupt manifest": Case(["select", "-r", SELECT, "-m", "intersect", "--of", "rand", "rand2"], 3,
@@ -283,6 +290,8 @@ BOOT_CASES: dict[str, Case] = {
                                         _losses("types")),
     "corrupt state": Case(["bootstrap", "-r", BOOT, "--round", "2"], 3, "state.json",
                           _corrupt_json("bootstrap/state.json")),
+    "round 0 on a pool with a pending shard": Case(["bootstrap", "-r", "ROOT/fresh", "--round", "0"], 3,
+                                                   "--allow-partial", _pending("../fresh/embeddings/00001.parquet")),
     "manifest from another run as --init": Case(["bootstrap", "-r", "ROOT/fresh", "--round", "0", "--init",
                                                  "RUN/foreign.parquet"], 3, "foreign.parquet", _foreign_manifest),
     "corrupt manifest as --init": Case(["bootstrap", "-r", "ROOT/fresh", "--round", "0", "--init",

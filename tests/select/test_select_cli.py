@@ -30,7 +30,8 @@ def test_select_methods_json_and_summary(make_run: MakeRun, capsys: pytest.Captu
     assert main(["select", "--run", str(run), "--method", "random", "--fraction", "0.25", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["name"] == "random-f0.25" and res["kept"] == 100 and res["pool"] == 400
-    args = ["select", "-r", str(run), "-m", "clipcov", "-n", "120", "--partition", "kmeans:4", "--variant", "greedy"]
+    args = ["select", "-r", str(run), "-m", "clipcov", "-n", "120", "--partition", "kmeans:4", "--variant", "greedy",
+            "--name", "clipcov-n120"]
     assert main(args) == 0
     out, printed = capsys.readouterr()
     assert out == f"{run / 'selections' / 'clipcov-n120'}\n"  # stdout: the selection folder; tables: stderr
@@ -122,7 +123,7 @@ def test_clipcov_zero_shot_with_run_model_and_classes_file(
     cls_file.write_text("# my classes\nfish\ndog\n\ncat\n")
     args = ["select", "--run", str(run), "--method", "clipcov", "--count", "100", "--classes", str(cls_file)]
     assert main(args) == 0
-    t = read_scores(run / "selections" / "clipcov-n100")
+    t = read_scores(run / "selections" / "clipcov-classes-n100")  # named after the class list
     np.testing.assert_array_equal(t["partition"], np.array([2, 1, 0])[want])  # indices in file order
 
 
