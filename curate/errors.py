@@ -23,3 +23,10 @@ class InputError(CurateError):
 
 class StrictModeError(InputError):
     """A bad sample or shard met while running with ``strict=True``."""
+
+
+class Interrupted(CurateError):
+    """The user interrupted a command (Ctrl-C, SIGINT). The message says what was done and how to go on;
+    the CLI prints it as is (``interrupted: ...``), not as an error, and exits 130."""
+
+    exit_code = 130

@@ -7,6 +7,8 @@ json names the class (``truth.class``) and a class-name list.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,21 +55,33 @@ def subset_truth_metrics(selected_uids: pa.Array | Sequence[str], truth: pa.Tabl
 
 
 def load_labelled_split(
-    loaded: LoadedModel, shards: str | Sequence[str], classnames: Sequence[str]
+    loaded: LoadedModel, shards: str | Sequence[str], classnames: Sequence[str], stats: Counter[str] | None = None
 ) -> tuple[Any, np.ndarray]:
-    """Preprocessed images [n, 3, H, W] and class ids of every sample of labelled shards."""
+    """Preprocessed images [n, 3, H, W] and class ids of every sample of labelled shards.
+
+    Bad samples are skipped and counted as in embed (``dropped_<reason>``, ``shard_<problem>`` in ``stats``).
+    """
     import torch
 
-    from curate.io.shards import decode_image, expand_shards, iter_shards
+    from curate.io.shards import ErrorPolicy, SampleError, decode_image, expand_shards, iter_shards
 
+    stats = stats if stats is not None else Counter()
+    policy = ErrorPolicy()
     index = {c: i for i, c in enumerate(classnames)}
     images, labels = [], []
-    for s in iter_shards(expand_shards(shards)):
+    for s in iter_shards(expand_shards(shards), policy, stats):
         truth = (s.meta or {}).get("truth") or {}
         if truth.get("class") not in index:
             continue
-        images.append(loaded.preprocess(decode_image(s.image_bytes or b"")))
+        try:
+            images.append(loaded.preprocess(decode_image(s.image_bytes or b"", max_pixels=policy.max_pixels)))
+        except SampleError as exc:
+            stats[f"dropped_{exc.reason}"] += 1
+            continue
         labels.append(index[truth["class"]])
+    dropped = sum(v for k, v in stats.items() if k.startswith("dropped_"))
+    if dropped:
+        logging.getLogger(__name__).warning("evaluation shards: skipped %d bad sample(s)", dropped)
     if not images:
         from curate.errors import InputError
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,13 +25,13 @@ from typing import Any
 
 import torch
 
-from curate.errors import CurateError, UsageError
+from curate.choices import PRECISIONS
+from curate.errors import CurateError, InputError, UsageError
 
 _logger = logging.getLogger(__name__)
 
 SAMPLE_MODEL = "sample"
 SAMPLE_ARCH = "curate-tiny"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 #: ``--pretrained`` value for random weights (seeded with ``RANDOM_WEIGHTS_SEED``): for speed tests only.
 RANDOM_WEIGHTS = "none"
 RANDOM_WEIGHTS_SEED = 0
@@ -218,6 +219,39 @@ def _weights_digest(arch: str, weights: str | None) -> str | None:
     return None
 
 
+#: Lines of torch's weights-only refusal that advise loading the file unsafely (never shown to a user).
+_UNSAFE_ADVICE = ("weights_only", "weights only", "trusted source", "file an issue", "documentation of torch.load")
+
+
+def checkpoint_error(path: str | os.PathLike[str], exc: BaseException) -> InputError:
+    """The one-line error for a checkpoint file that cannot be loaded as weights only.
+
+    Says why in curate's words (code to run, not a PyTorch or safetensors file, a corrupt file) and never
+    passes on torch's advice to retry with ``weights_only=False``, which would run whatever the file holds.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not any(a in ln.lower() for a in _UNSAFE_ADVICE)]
+    code = next((m.group(1) for ln in lines if (m := re.search(r"GLOBAL (\S+)", ln))), None)
+    if code is not None:  # what the pickle asked to import and call
+        why = f"loading it would run code: {code}"
+    elif type(exc).__name__ == "SafetensorError":
+        why = f"not a valid safetensors file: {lines[0] if lines else type(exc).__name__}"
+    elif isinstance(exc, (pickle.UnpicklingError, EOFError)) or "PytorchStreamReader" in str(exc):
+        why = "not a PyTorch (.pt, .bin) or safetensors file"
+    elif isinstance(exc, OSError):
+        why = f"{type(exc).__name__}: {exc.strerror or (lines[0] if lines else '')}"
+    else:
+        why = f"{type(exc).__name__}: {lines[0] if lines else 'unexpected content'}"
+    if len(why) > 200:
+        why = why[:197] + "..."
+    return InputError(f"not a checkpoint curate can load safely: {path} ({why})")
+
+
+def _fits_not(exc: BaseException) -> bool:
+    """A state dict that loaded but does not fit the architecture (missing keys, size mismatch)."""
+    return isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc)
+
+
 def _check_local_dir(path: Path) -> None:
     """A ``local-dir:`` folder must hold a config and weights (open_clip would fall back to random weights)."""
     if not path.is_dir():
@@ -257,6 +291,9 @@ def load_model(
         hint = f" (did you mean: {', '.join(close)}?)" if close else " (see open_clip.list_models())"
         raise UsageError(f"unknown model {name!r}{hint}")
     local_file = weights is not None and Path(weights).expanduser().exists()
+    if local_file and Path(weights).expanduser().is_dir():
+        raise UsageError(f"{weights} is a folder, not a checkpoint file (an open_clip model folder is "
+                         f"local-dir:{weights})")
     if weights is not None and not local_file and weights not in open_clip.list_pretrained_tags_by_model(arch):
         if any(sep in weights for sep in ("/", "\\", ".pt", ".bin", ".safetensors")):
             raise UsageError(f"checkpoint file not found: {weights}")
@@ -270,7 +307,16 @@ def load_model(
                 device="cpu",
                 weights_only=True,
             )
-    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+    except Exception as exc:  # whatever a file holds, loading it fails with one line
+        if local_file and not _fits_not(exc):
+            raise checkpoint_error(weights, exc) from None
+        if local_file:  # a state dict of another architecture
+            lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+            detail = lines[0] if lines else "its tensors do not match the model's"
+            raise InputError(f"could not load {name}: the checkpoint {weights} does not fit it "
+                             f"({detail[:150] + '...' if len(detail) > 150 else detail})") from None
+        if not isinstance(exc, (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError)):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if len(first) > 200:
             first = first[:197] + "..."

@@ -1,4 +1,4 @@
-"""The run directory: one folder holds one curation run (see DESIGN.md, "Run directory").
+"""The run directory: one folder holds one curation run (README.md, "Data contracts": the run folder).
 
 Every writer here is atomic: it writes a temporary file in the target folder and renames it.
 """

@@ -52,6 +52,6 @@ for ((N = 0; N < ROUNDS; N++)); do
   if [[ $NEED_LOSSES == 1 ]]; then
     # shellcheck disable=SC2086
     $CURATE losses --run "$RUN" --round "$N" --checkpoint "$LOGS/$NAME/checkpoints/epoch_$((N + 1)).pt" \
-      --model "$MODEL" --overwrite $LOSS_ARGS > /dev/null
+      --model "$MODEL" --force $LOSS_ARGS > /dev/null
   fi
 done

@@ -1,41 +1,42 @@
-"""A small, readable CLIP trainer that takes part in ``curate bootstrap`` (SCAN dynamic pruning).
+"""A small CLIP trainer that takes part in ``curate bootstrap`` (SCAN dynamic pruning), resumable.
 
-Each round:
-  1. ``curate bootstrap --round N``  → RUN/manifests/round-NNNN.parquet (what to train on)
+Each round (``curate.trainer.train_rounds``, ``curate/trainer/reference.py``):
+  1. ``bootstrap_round(run, N)``     → RUN/manifests/round-NNNN.parquet (what to train on)
   2. one epoch over that manifest     (webdataset + ManifestFilter: pruned samples are never decoded)
   3. record per-sample losses         (LossRecorder → RUN/losses/round-NNNN/part-00000.parquet)
-  4. save a checkpoint, go to N+1
+  4. save the optimizer state and the weights (RUN/checkpoints/round-NNNN.*), go to N+1
 
 Usage (after embedding the shards into a run, so curate knows the pool):
 
     curate embed 'shards/sample/train/*.tar' --run runs/ref --model sample
     python examples/reference_trainer.py --run runs/ref --rounds 8 --warmup-rounds 1
 
-The same loop, with options for the demo and benchmarks, is ``curate.trainer.train_rounds``.
+``--rounds`` is the run's number of rounds. Interrupted (Ctrl-C, a killed job), the same command again
+resumes after the last finished round, from its checkpoint (an interrupted round is trained again from its
+start); ``--start N`` picks the round to start from. Each round prints one line on stdout; inside a round a
+progress line goes to stderr every ``--progress-every`` seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import sys
 
-import torch
-import webdataset as wds
-
-from curate.bootstrap import bootstrap_round
-from curate.models import load_model
-from curate.trainer import DecodePairs, LossRecorder, ManifestFilter, TarSamples, clip_loss_per_sample, shard_urls
+from curate import logs
+from curate.errors import CurateError
+from curate.trainer.reference import RoundLog, RoundProgress, TrainConfig, check_start, resume_round, train_rounds
 
 
-def collate(samples):
-    images, texts, uids, weights = zip(*samples, strict=True)
-    return torch.stack(images), list(texts), list(uids), torch.tensor(weights)
+def _done(last: int) -> str:
+    return "no round is done" if last < 0 else "round 0 is done" if last == 0 else f"rounds 0-{last} are done"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run folder (embedded with 'curate embed')")
-    p.add_argument("--rounds", type=int, default=8, help="rounds (epochs) to train")
+    p.add_argument("--rounds", type=int, default=8, help="rounds (epochs) of the run, resumed rounds included")
+    p.add_argument("--start", type=int, default=None,
+                   help="round to start from (default: after the last finished round)")
     p.add_argument("--model", default="sample", help="curate/open_clip model name")
     p.add_argument("--pretrained", default=None, help="checkpoint to start from")
     p.add_argument("--method", default="scan", help="scan, infobatch or none")
@@ -44,50 +45,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                   help="a progress line inside a round every SECONDS (default 30)")
+    p.add_argument("--progress-batches", type=int, default=None, metavar="K",
+                   help="also a progress line every K batches")
     args = p.parse_args(argv)
+    with logs.one_line_logs():  # curate's warnings as one-line 'warning: ...' messages on stderr
+        return _train(args)
 
-    torch.manual_seed(args.seed)
-    clip = load_model(args.model, args.pretrained, device="cpu", precision="fp32")
-    model, tokenizer = clip.model, clip.tokenizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
+
+def _train(args: argparse.Namespace) -> int:
     knobs = {"warmup_rounds": args.warmup_rounds, "t_cos": args.t_cos} if args.method == "scan" else {}
+    done: list[int] = []
 
-    for round_ in range(args.rounds):
-        # 1. ask curate what to train on this round (knobs are fixed at round 0)
-        res = bootstrap_round(args.run, round_, method=args.method if round_ == 0 else None,
-                              knobs=knobs if round_ == 0 else {}, seed=args.seed if round_ == 0 else None)
-        urls = shard_urls(res.manifest, run=args.run)
+    def on_round(log: RoundLog) -> None:
+        done.append(log.round)
+        print(f"round {log.round}: {log.phase:<8} kept {log.kept}/{log.summary['pool']}  steps {log.steps}  "
+              f"loss {log.mean_loss:.4f}  ({log.seconds:.1f}s)", flush=True)
 
-        # 2. one epoch over the manifest: filter on (shard, key) right after reading the tar
-        data = wds.DataPipeline(
-            wds.SimpleShardList(urls, seed=args.seed + round_),
-            TarSamples(),  # or wds.tarfile_to_samples(): the same samples, at more CPU per sample
-            ManifestFilter(res.manifest_path),
-            wds.shuffle(1000, rng=random.Random(args.seed + round_)),
-            DecodePairs(clip.preprocess),  # image + caption only: other members are never decoded
-            wds.batched(args.batch_size, collation_fn=collate),
-        )
-
-        # 3. train, recording both per-sample losses of every step
-        model.train()
-        losses = []
-        with LossRecorder(args.run, round_) as recorder:
-            for images, texts, uids, weights in data:
-                img = model.encode_image(images, normalize=True)
-                txt = model.encode_text(tokenizer(texts), normalize=True)
-                loss_a, loss_b = clip_loss_per_sample(img, txt, model.logit_scale.exp())
-                loss = (weights * (loss_a + loss_b) / 2).mean()  # == open_clip's ClipLoss when weights are 1
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                recorder.add(uids, loss_a, loss_b)
-                losses.append(loss.item())
-
-        # 4. checkpoint (curate losses / evaluation can read it)
-        torch.save(model.state_dict(), f"{args.run}/checkpoint-round-{round_:04d}.pt")
-        s = res.summary
-        print(f"round {round_}: {s['phase']:<8} kept {s['kept']}/{s['pool']}  "
-              f"steps {len(losses)}  loss {sum(losses) / max(len(losses), 1):.4f}")
+    try:
+        start = resume_round(args.run) if args.start is None else args.start
+        check_start(args.run, start)
+        if start >= args.rounds:
+            print(f"all {args.rounds} rounds of {args.run} are done", file=sys.stderr)
+            return 0
+        if start > 0:
+            print(f"resuming {args.run} at round {start} ({_done(start - 1)})", file=sys.stderr)
+        cfg = TrainConfig(run=args.run, rounds=args.rounds - start, start=start, model=args.model,
+                          pretrained=args.pretrained, method=args.method, knobs=knobs, seed=args.seed,
+                          batch_size=args.batch_size, lr=args.lr)
+        progress = RoundProgress(lambda line: print(line, file=sys.stderr, flush=True), args.progress_every,
+                                 args.progress_batches)
+        train_rounds(cfg, progress, on_round=on_round)
+    except CurateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        last = done[-1] if done else resume_round(args.run) - 1
+        print(f"interrupted: {_done(last)}; rerun the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 

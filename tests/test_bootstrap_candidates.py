@@ -1,4 +1,4 @@
-"""SCAN's within-batch candidate rule (spec §1.3) against hand-computed batches."""
+"""SCAN's within-batch candidate rule (docs/bootstrap.md) against hand-computed batches."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def test_bad_rounds(run0: RunDir, capsys: pytest.CaptureFixture[str], tmp_path: 
                   tmp_path)
     _expect_error(["bootstrap", "--run", r, "--round", "1", "--rho-max", "0.5"], 2, "fixed per run", capsys,
                   run0.root)
-    _expect_error(["bootstrap", "--run", r, "--round", "0", "--method", "bogus"], 2, "unknown bootstrap method",
+    _expect_error(["bootstrap", "--run", r, "--round", "0", "--method", "bogus"], 2, "'bogus' is not one of",
                   capsys, run0.root)
     _expect_error(["bootstrap", "--run", r, "--round", "0", "--rho-max", "1.5"], 2, "--rho-max", capsys, run0.root)
     _expect_error(["bootstrap", "--run", r, "--round", "0", "--method", "infobatch"], 2, "--total-rounds", capsys,

@@ -18,7 +18,7 @@ from curate.io.tables import read_parquet, write_table
 
 
 def test_rho_cur_matches_spec_values() -> None:
-    # spec §1.5 with T_cos = 3: e mod 4 = 0 -> 0, 1 -> 0.25, 2 -> 0.75, 3 -> 1.0
+    # the cosine ramp (docs/bootstrap.md) with T_cos = 3: e mod 4 = 0 -> 0, 1 -> 0.25, 2 -> 0.75, 3 -> 1.0
     assert [round(rho_cur(e, 3), 12) for e in range(8)] == [0, 0.25, 0.75, 1.0, 0, 0.25, 0.75, 1.0]
     assert rho_cur(1, 1) == 1.0
     assert rho_cur(1, 2) == pytest.approx(0.5) and rho_cur(2, 2) == pytest.approx(1.0)

@@ -60,8 +60,8 @@ TINY = ["--model", TINY_ARCH, "--pretrained", "{ckpt}"]
         ([*TINY, "--batch-size", "many"], 2, "Invalid value for '--batch-size'"),
         ([*TINY, "--workers", "-2"], 2, "--workers must be >= 0"),
         ([*TINY, "--threads", "0"], 2, "--threads must be >= 1"),
-        ([*TINY, "--precision", "fp8"], 2, "--precision must be one of auto, fp32, fp16, bf16"),
-        ([*TINY, "--captions", "sometimes"], 2, "--captions must be one of"),
+        ([*TINY, "--precision", "fp8"], 2, "'fp8' is not one of 'auto', 'fp32', 'fp16', 'bf16'"),
+        ([*TINY, "--captions", "sometimes"], 2, "'sometimes' is not one of 'auto', 'required', 'ignore'"),
         ([*TINY, "--max-pixels", "0"], 2, "--max-pixels must be >= 1"),
         ([*TINY, "--device", "quantum"], 2, "device 'quantum'"),
     ],
@@ -124,13 +124,14 @@ def test_progress_bar_shows_images_per_second(tmp_path, make_shards, ckpt, monke
     from curate.cli import _common
 
     buf = io.StringIO()
-    monkeypatch.setattr(_common, "err", Console(file=buf, force_terminal=True, width=120))
+    monkeypatch.setattr(_common, "console", lambda stderr=True: Console(file=buf, force_terminal=True, width=120))
     args = ["embed", *make_shards(3, 6), "--run", str(tmp_path / "r"), "--model", TINY_ARCH, "--pretrained", ckpt,
             "--batch-size", "2", "--workers", "1"]
     assert main(args) == 0
     shown = buf.getvalue()
     assert "embed" in shown and "img/s" in shown and "18" in shown
-    assert main([*args, "--json"]) == 0  # --json: no bar, a JSON summary on stdout
+    assert capsys.readouterr().out == f"{tmp_path / 'r'}\n"  # stdout: the run folder
+    assert main([*args, "--json"]) == 0  # --json: a JSON summary on stdout
     summary = json.loads(capsys.readouterr().out)
     assert summary["shards_skipped"] == 3 and summary["stats"]["written"] == 18
 

@@ -135,7 +135,7 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     ckpt = tmp_path / "evil.pt"
     with ckpt.open("wb") as f:
         pickle.dump({"state_dict": tiny_state_dict(), "x": _Payload(marker)}, f)
-    with pytest.raises(CurateError, match="could not load") as ei:
+    with pytest.raises(CurateError, match="not a checkpoint curate can load safely") as ei:
         load_model(TINY_ARCH, str(ckpt))
     one_line(ei.value)
     assert not marker.exists()

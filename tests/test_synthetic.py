@@ -208,6 +208,25 @@ def test_rerun_into_same_folder_removes_stale_shards(tmp_path: Path) -> None:
     ]
 
 
+def test_never_writes_over_files_it_did_not_write(tmp_path: Path) -> None:
+    """A folder with the user's own shards is refused; an earlier world's folder keeps the user's files."""
+    from curate.errors import UsageError
+
+    mine = tmp_path / "data" / "train"
+    mine.mkdir(parents=True)
+    for name in ("00000.tar", "00007.tar"):
+        (mine / name).write_bytes(b"the user's shard " + name.encode())
+    with pytest.raises(UsageError, match="holds no synthetic world"):
+        make_sample(tmp_path / "data", n_train=40, n_test=10, shard_size=20)
+    assert sorted(p.read_bytes() for p in mine.iterdir()) == [b"the user's shard 00000.tar",
+                                                            b"the user's shard 00007.tar"]
+    world = tmp_path / "world"
+    make_sample(world, n_train=60, n_test=10, shard_size=20)
+    (world / "train" / "00009.tar").write_bytes(b"added by the user")
+    make_sample(world, n_train=40, n_test=10, shard_size=20)  # its own stale 00002.tar goes, the user's stays
+    assert [p.name for p in list_shards(world, "train")] == ["00000.tar", "00001.tar", "00009.tar"]
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import pytest
@@ -116,9 +117,9 @@ def test_no_hook_trainer_with_curate_losses(run: RunDir, tmp_path: Path, capsys:
     table, _ = read_losses(run, 0)
     batches = table["batch"].to_pylist()
     assert batches == sorted(batches) and max(batches) == (N_TRAIN - 1) // 8  # manifest order, fixed size
-    # a rerun needs --overwrite; the result is the same
+    # a rerun needs --force; the result is the same
     assert main(["losses", "--run", r, "--round", "0", "--checkpoint", str(ckpt)]) == 3
-    assert "--overwrite" in capsys.readouterr().err
+    assert "pass --force" in capsys.readouterr().err
     assert main(["losses", "--run", r, "--round", "0", "--checkpoint", str(tmp_path / "missing.pt")]) == 3
     assert main(["losses", "--run", r, "--round", "7", "--checkpoint", str(ckpt)]) == 3
 
@@ -205,3 +206,142 @@ def test_open_clip_rounds_script_with_open_clip_train(run: RunDir, tmp_path: Pat
     assert kept[1] < kept[0] == N_TRAIN
     assert _loss_uids(run, 0) == _manifest_uids(run, 0)  # losses of the real trainer's checkpoint, every sample
     assert not run.losses_dir(1).exists()
+
+
+# --- interrupted and resumed --------------------------------------------------------------------------
+def _trainer_args(run: Path, model: str) -> list[str]:
+    return ["--run", str(run), "--rounds", "4", "--model", model, "--warmup-rounds", "1", "--t-cos", "2",
+            "--batch-size", "10", "--lr", "1e-3"]
+
+
+def _trainer_cmd(run: Path, model: str) -> list[str]:
+    import sys
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "reference_trainer.py"
+    return [sys.executable, str(example), *_trainer_args(run, model)]
+
+
+def _env() -> dict[str, str]:
+    # one thread: CPU kernels then give the same bits in every process (the comparison is byte for byte)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def _outputs(run: Path) -> dict[str, bytes]:
+    """Everything the rounds wrote (manifests, losses, checkpoints, bootstrap state), hidden files included."""
+    return {str(p.relative_to(run)): p.read_bytes() for d in ("manifests", "losses", "checkpoints", "bootstrap")
+            for p in sorted((run / d).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_example_killed_mid_round_resumes_to_the_same_run(run: RunDir, tmp_path: Path) -> None:
+    """The example trainer SIGKILLed in the middle of round 2 (a real process), then the same command again:
+    it resumes at round 2 from round 1's checkpoint and ends with the files of an uninterrupted run, byte for
+    byte (manifests, losses, weights, optimizer state, bootstrap state)."""
+    import signal
+    import subprocess
+    import sys
+
+    model = f"local-dir:{_tiny_local_dir(tmp_path / 'tiny')}"
+    whole = tmp_path / "whole"
+    shutil.copytree(run.root, whole)
+    ref = subprocess.run(_trainer_cmd(whole, model), capture_output=True, text=True, env=_env(), timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    assert [line.split()[:3] for line in ref.stdout.splitlines()] == [
+        ["round", "0:", "warmup"], ["round", "1:", "prepare"], ["round", "2:", "mutate"], ["round", "3:", "mutate"]]
+
+    # the same command, Ctrl-C in round 1: one line, exit 130; the interrupted round's losses are not published
+    hook = Path(__file__).resolve().parent / "trainer_killed_at.py"
+    stopped = subprocess.run([sys.executable, str(hook), "INT", "1", "20", *_trainer_args(run.root, model)],
+                             capture_output=True, text=True, env=_env(), timeout=600)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert stopped.stderr.strip().splitlines()[-1] == "interrupted: round 0 is done; rerun the same command to resume"
+    assert "Traceback" not in stopped.stderr
+    assert not run.losses_dir(1).exists() and not (run.root / "checkpoints" / "round-0001.safetensors").exists()
+    # again, SIGKILLed right after the second batch of round 2 (20 of its samples): a crash
+    killed = subprocess.run([sys.executable, str(hook), "KILL", "2", "20", *_trainer_args(run.root, model)],
+                            capture_output=True, text=True, env=_env(), timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert [line.split()[:2] for line in killed.stdout.splitlines()] == [["round", "1:"]]
+    assert not (run.root / "checkpoints" / "round-0002.safetensors").exists()
+    assert load_state(run.root)["round"] == 2  # round 2 was decided, its training was cut off
+
+    args = _trainer_cmd(run.root, model)
+    again = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Traceback" not in again.stderr
+    assert "resuming" in again.stderr and "at round 2 (rounds 0-1 are done)" in again.stderr
+    assert [line.split()[:3] for line in again.stdout.splitlines()] == [["round", "2:", "mutate"],
+                                                                       ["round", "3:", "mutate"]]
+    assert _outputs(run.root) == _outputs(whole)
+    # done: the same command says so and trains nothing
+    last = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=600)
+    assert last.returncode == 0 and last.stdout == "" and "all 4 rounds" in last.stderr
+    assert _outputs(run.root) == _outputs(whole)
+
+
+def test_round_progress_is_a_line_every_30_seconds_or_k_batches() -> None:
+    from curate.trainer.reference import RoundProgress
+
+    now = [0.0]
+    lines: list[str] = []
+    prog = RoundProgress(lines.append, every_s=30.0, clock=lambda: now[0])
+    prog.start("round 3 (mutate)", total=100)
+    for _ in range(9):  # 9 batches in 27 s: nothing yet
+        now[0] += 3.0
+        prog.advance(10)
+    assert lines == []
+    now[0] += 3.0
+    prog.advance(10)  # 30 s: one line, with done/total, rate and ETA
+    assert lines == ["round 3 (mutate): 100/100 samples, 3.3 samples/s, ETA 0s"]
+    prog.start("round 4 (mutate)", total=1000)
+    for _ in range(7):
+        now[0] += 1.0
+        prog.advance(10)
+    assert lines[1:] == []
+    batches = RoundProgress(lines.append, every_s=3600.0, every_batches=3, clock=lambda: now[0])
+    batches.start("round 5 (prepare)", total=2100)
+    for _ in range(7):
+        now[0] += 2.0
+        batches.advance(100)
+    assert lines[1:] == ["round 5 (prepare): 300/2,100 samples, 50.0 samples/s, ETA 36s",
+                         "round 5 (prepare): 600/2,100 samples, 50.0 samples/s, ETA 30s"]
+
+
+def _example() -> Any:
+    path = Path(__file__).resolve().parents[1] / "examples" / "reference_trainer.py"
+    spec = importlib.util.spec_from_file_location("reference_trainer_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_start_and_checkpoints_are_checked_with_one_line(run: RunDir, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--start`` must follow a finished round and not go behind the bootstrap; a checkpoint that cannot be
+    loaded weights-only is one line (exit 3), never torch's advice to load it unsafely."""
+    mod = _example()
+    args = ["--run", str(run.root), "--model", TINY, "--warmup-rounds", "0", "--t-cos", "1", "--batch-size", "12"]
+    assert mod.main([*args, "--rounds", "2"]) == 0
+    capsys.readouterr()
+    for start, code, message in ((5, 3, "cannot start at round 5: round 4 has no checkpoint"),
+                                 (0, 3, "cannot start at round 0: the run's bootstrap is at round 1"),
+                                 (-1, 2, "--start must be >= 0")):
+        assert mod.main([*args, "--rounds", "3", "--start", str(start)]) == code
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert out == "" and len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
+    state = load_state(run.root)
+    for name, data in (("round-0001.safetensors", b"# not weights\n"), ("round-0001.optimizer.pt", b"# nor this\n")):
+        path = run.root / "checkpoints" / name
+        good = path.read_bytes()
+        path.write_bytes(data)
+        assert mod.main([*args, "--rounds", "3"]) == 3
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[0].startswith("resuming") and len(err) == 2, err
+        assert err[1].startswith(f"error: not a checkpoint curate can load safely: {path}"), err
+        assert "weights_only" not in err[1] and "trusted" not in err[1]
+        path.write_bytes(good)
+    assert load_state(run.root) == state  # nothing was decided or trained
+    assert mod.main([*args, "--rounds", "3"]) == 0  # with good files it resumes at round 2
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["2:"]

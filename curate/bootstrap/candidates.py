@@ -1,4 +1,4 @@
-"""SCAN's within-batch candidate rule (spec §1.3), vectorised across batches.
+"""SCAN's within-batch candidate rule (the reference code's ``PrePrune``; docs/bootstrap.md), vectorised across batches.
 
 Every function works on flat per-sample arrays (one row per recorded loss) with a ``batch`` id. Rows are
 put in a canonical order (batch, tiebreak) once; ranking within batches is then one numpy sort of a
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-#: Fraction of the per-direction count that the two-direction intersection must reach (spec §1.3).
+#: Fraction of the per-direction count that the two-direction intersection must reach (as in the reference code).
 TOP_UP_FACTOR = 0.9
 
 
@@ -91,7 +91,7 @@ def quota(groups: Groups, rho: float) -> npt.NDArray[np.int64]:
 def _top_up(
     groups: Groups, s1: np.ndarray, s2: np.ndarray, k: np.ndarray, u: np.ndarray
 ) -> npt.NDArray[np.bool_]:
-    """``map_ind`` of §1.3 for every batch at once.
+    """The reference code's ``map_ind`` top-up, for every batch at once.
 
     ``s1``/``s2``: rows extreme in direction a/b (exactly ``k[g]`` each per batch). Keeps the
     intersection; where it holds fewer than 0.9·k rows, adds ``k - |both|`` rows chosen uniformly at

@@ -1,4 +1,4 @@
-"""SCAN's static coreset byproduct (spec §1.8, §7) — our reading, documented as such.
+"""SCAN's static coreset byproduct — our reading, documented as such (docs/bootstrap.md).
 
 The paper derives a static coreset "after pre-training" but the rule is not in the released code. We
 rank every pool sample by how rarely it was a pruning candidate across the preparation rounds scored so
@@ -22,7 +22,7 @@ from curate.bootstrap.methods import ScanParams, candidates_path, scan_candidate
 from curate.errors import InputError, UsageError
 from curate.io.manifest import Manifest, build_manifest, write_manifest
 from curate.io.tables import write_table
-from curate.run import RunDir
+from curate.run import RunDir, read_json
 from curate.select.run import check_name, selection_lock
 
 DEFAULT_NAME = "scan-coreset"
@@ -45,13 +45,25 @@ def derive_coreset(
     fraction: float,
     name: str = DEFAULT_NAME,
     command: str = "curate bootstrap coreset",
+    force: bool = False,
 ) -> CoresetResult:
-    """Write the coreset selection ``name`` holding the top ``fraction`` of the pool (see module doc)."""
+    """Write the coreset selection ``name`` holding the top ``fraction`` of the pool (see module doc).
+
+    A selection ``name`` made otherwise (another method, or a coreset of another fraction) is replaced
+    only with ``force``; the same coreset is recomputed (e.g. after more rounds) without it.
+    """
     if not 0.0 < fraction <= 1.0:
         raise UsageError(f"--fraction must be in (0, 1], got {fraction}")
     check_name(name)  # a folder name inside RUN/selections, never a path
     run = RunDir(run_root)
     run.require()
+    old = run.selection_dir(name) / "manifest.json"
+    if run.selection_dir(name).exists() and not force:
+        header = read_json(old) if old.exists() else {}
+        made = (header.get("params") or {}).get("method"), (header.get("params") or {}).get("fraction")
+        if made != ("scan-coreset", fraction):
+            raise UsageError(f"selection {name!r} exists (method {made[0] or 'unknown'}, fraction {made[1]}); "
+                             "pass --force to replace it or choose --name")
     state = load_state(run.root)
     if state is None or state["method"] != "scan":
         raise InputError(f"{run.root} has no SCAN rounds; run 'curate bootstrap --run {run.root} --round N' first")

@@ -33,7 +33,7 @@ POOL_COLUMNS = ["uid", "shard", "key", "position"]
 #: the pool and their content hash is taken per record batch, so the layout must not depend on the cache.
 POOL_CHUNK = 1 << 16
 
-#: Schema of ``RUN/losses/round-NNNN/part-*.parquet`` (DESIGN.md, "Run directory").
+#: Schema of ``RUN/losses/round-NNNN/part-*.parquet`` (README.md, "Data contracts": loss table).
 LOSS_SCHEMA = pa.schema(
     [
         pa.field("uid", pa.string(), nullable=False),
@@ -62,18 +62,32 @@ def read_table(path: str | os.PathLike[str], columns: list[str] | None = None) -
         raise InputError(f"corrupt Parquet file {path}: {str(exc).splitlines()[0]}") from None
 
 
+class StringHasher:
+    """sha256 of a string column's values in order, fed a chunk at a time (the result does not depend on
+    how the column is cut into chunks)."""
+
+    def __init__(self) -> None:
+        self.lengths, self.data = hashlib.sha256(), hashlib.sha256()
+
+    def update(self, col: pa.Array | pa.ChunkedArray) -> None:
+        chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+        for chunk in chunks:
+            chunk = chunk.cast(pa.large_string())
+            if len(chunk) == 0:
+                continue
+            offs = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+            self.lengths.update(np.diff(offs).astype("<i8").tobytes())
+            self.data.update(memoryview(chunk.buffers()[2])[int(offs[0]) : int(offs[-1])])
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(self.lengths.digest() + self.data.digest()).hexdigest()
+
+
 def hash_strings(col: pa.Array | pa.ChunkedArray) -> str:
     """sha256 of a string column's values in order (independent of chunking)."""
-    lengths, data = hashlib.sha256(), hashlib.sha256()
-    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
-    for chunk in chunks:
-        chunk = chunk.cast(pa.large_string())
-        if len(chunk) == 0:
-            continue
-        offs = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
-        lengths.update(np.diff(offs).astype("<i8").tobytes())
-        data.update(memoryview(chunk.buffers()[2])[int(offs[0]) : int(offs[-1])])
-    return hashlib.sha256(lengths.digest() + data.digest()).hexdigest()
+    h = StringHasher()
+    h.update(col)
+    return h.hexdigest()
 
 
 @dataclass

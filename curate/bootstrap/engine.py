@@ -1,6 +1,6 @@
 """``curate bootstrap --round N``: advance a run's pruning state by one round and write its manifest.
 
-Protocol (spec §7): before round N the trainer's driver calls ``bootstrap_round(run, N)``; it reads the
+Protocol (docs/bootstrap.md): before round N the trainer's driver calls ``bootstrap_round(run, N)``; it reads the
 losses of round N-1 when the method needs them, advances ``RUN/bootstrap/state.json`` and writes
 ``RUN/manifests/round-NNNN.parquet``. Rounds run in order; the latest round may be rerun and gives the
 same bytes. Everything is validated before anything is written.
@@ -45,6 +45,7 @@ from curate.bootstrap.data import (
     write_arrow,
 )
 from curate.bootstrap.methods import Decision, RoundContext, get_method, knob_names, list_methods
+from curate.embed.state import check_pool_complete
 from curate.errors import InputError, UsageError
 from curate.io.manifest import Manifest, build_manifest, header_path, manifest_file_table
 from curate.run import RunDir, atomic_path, read_json, write_json
@@ -72,6 +73,7 @@ class RoundResult:
     manifest_path: Path
     manifest: Manifest
     summary: dict[str, Any]
+    dry_run: bool = False  # decided, not written: ``manifest_path`` is where the manifest would go
 
 
 # --- state files ------------------------------------------------------------------------------
@@ -235,15 +237,21 @@ def bootstrap_round(
     seed: int | None = None,
     init: str | None = None,
     command: str = "curate bootstrap",
+    dry_run: bool = False,
+    allow_partial: bool = False,
 ) -> RoundResult:
     """Decide round ``round_`` of a run and write its manifest; see the module docstring.
 
     ``method``, ``knobs`` (the method's Params fields), ``seed`` and ``init`` are fixed at round 0 and
-    default to the run's values afterwards; passing a different value later is an error.
+    default to the run's values afterwards; passing a different value later is an error. ``dry_run``:
+    decide the round (every check included) and return the result without writing anything.
+    ``allow_partial``: start (round 0) on a run whose embed has pending shards; otherwise that is an
+    ``InputError`` (the pool is fixed at round 0, so a later, larger pool would need a new run).
     """
     run = RunDir(run_root)
     run.require()
     prev = _previous_state(run, round_)
+    pending = check_pool_complete(run, allow_partial) if prev is None else []
     cfg = _resolve_config(prev, method, knobs or {}, seed, init)
     impl = get_method(cfg["method"])(get_method(cfg["method"]).Params(**cfg["params"]))
     pool = load_pool(run.root, cfg["init"])
@@ -251,6 +259,13 @@ def bootstrap_round(
         raise InputError(
             f"the pool of {run.root} changed since round 0 ({prev['pool']['size']} → {len(pool)} samples); "
             "re-embedding mid-run is not supported: start over with 'curate bootstrap --reset', or use a new run folder"
+        )
+    latest = load_state(run.root) if prev is None and round_ == 0 else None
+    if latest is not None and latest["pool"]["source"] == pool.source and latest["pool"]["digest"] != pool.digest:
+        # a rerun of round 0 on a pool that changed since (an embed finished or was extended): not silently
+        raise InputError(
+            f"round 0 of {run.root} was decided on a pool of {latest['pool']['size']:,} samples, the pool now has "
+            f"{len(pool):,}; start the rounds over (curate bootstrap --reset) or use a new run folder"
         )
 
     def losses(r: int) -> RoundLosses:
@@ -261,6 +276,11 @@ def bootstrap_round(
 
     ctx = RoundContext(round_, pool, int(cfg["seed"]), dict(prev["method_state"]) if prev else {}, losses, read_own)
     dec = impl.step(ctx)
+    partial = bool(pending) if prev is None else bool(prev["pool"].get("partial", False))
+    if dry_run:
+        manifest = _manifest(pool, dec, cfg, round_, command, partial)
+        return RoundResult(round_, run.manifest_file(round_), manifest, _summary(round_, cfg, pool, dec, manifest),
+                           dry_run=True)
     # Decided and validated: from here on files are written, each to a temporary name (in worker threads,
     # while the manifest is built), renamed in order once all are complete; the state goes last.
     outputs = [pool_cache_path(run), pool_index_path(run), decisions_path(run, round_), run.manifest_file(round_),
@@ -278,7 +298,7 @@ def bootstrap_round(
             for rel, table in sorted(dec.tables.items()):
                 writes.add(run.bootstrap_dir / rel, _write_internal(table))
             writes.add(decisions_path(run, round_), _write_internal(_decisions_table(round_, dec)))
-            manifest = _manifest(pool, dec, cfg, round_, command)
+            manifest = _manifest(pool, dec, cfg, round_, command, partial)
             writes.add(run.manifest_file(round_), lambda tmp: pq.write_table(manifest_file_table(manifest), tmp))
         except BaseException as exc:
             writes.abort(exc)
@@ -286,24 +306,11 @@ def bootstrap_round(
         writes.commit()
     path = run.manifest_file(round_)
     write_json(header_path(path), manifest.header)
-    reasons = dec.pruned_by_reason()
-    summary = {
-        "round": round_,
-        "method": cfg["method"],
-        "phase": dec.phase,
-        "rho_cur": dec.header.get("rho_cur"),
-        "pool": len(pool),
-        "kept": len(manifest),
-        "pruned": len(pool) - len(manifest),
-        "pruned_by_reason": reasons,
-        "candidates": dec.header.get("candidates"),
-        "record_losses": dec.record_losses,
-        "content_hash": manifest.header["content_hash"],
-    }
+    summary = _summary(round_, cfg, pool, dec, manifest)
     state = {
         "format_version": STATE_FORMAT_VERSION,
         **{k: cfg[k] for k in ("method", "params", "seed", "init")},
-        "pool": {"source": pool.source, "size": len(pool), "digest": pool.digest},
+        "pool": {"source": pool.source, "size": len(pool), "digest": pool.digest, "partial": partial},
         "round": round_,
         "method_state": dec.state,
         "history": [*(prev["history"] if prev else []), summary],
@@ -318,14 +325,34 @@ def bootstrap_round(
     return RoundResult(round_, path, manifest, summary)
 
 
-def _manifest(pool: Pool, dec: Decision, cfg: dict[str, Any], round_: int, command: str) -> Manifest:
-    """The round's manifest: the kept pool rows (in pool order) and the header."""
+def _summary(round_: int, cfg: dict[str, Any], pool: Pool, dec: Decision, manifest: Manifest) -> dict[str, Any]:
+    """The round's summary (``--json``, the state's history)."""
+    return {
+        "round": round_,
+        "method": cfg["method"],
+        "phase": dec.phase,
+        "rho_cur": dec.header.get("rho_cur"),
+        "pool": len(pool),
+        "kept": len(manifest),
+        "pruned": len(pool) - len(manifest),
+        "pruned_by_reason": dec.pruned_by_reason(),
+        "candidates": dec.header.get("candidates"),
+        "record_losses": dec.record_losses,
+        "content_hash": manifest.header["content_hash"],
+    }
+
+
+def _manifest(pool: Pool, dec: Decision, cfg: dict[str, Any], round_: int, command: str, partial: bool = False
+              ) -> Manifest:
+    """The round's manifest: the kept pool rows (in pool order) and the header (``pool_partial``: the pool
+    was fixed at round 0 while the run's embed had pending shards)."""
     rows = pool.table if dec.keep.all() else pool.table.filter(pa.array(dec.keep))  # same chunks either way
     if dec.weight is not None:
         rows = rows.append_column("weight", pa.array(dec.weight[dec.keep], pa.float32()))
     boot = {
         "method": cfg["method"],
         "pool_source": pool.source,
+        "pool_partial": partial,
         "record_losses": dec.record_losses,
         **dec.header,
     }

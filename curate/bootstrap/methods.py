@@ -1,6 +1,6 @@
 """Dynamic pruning methods: a registry of classes, each turning (state, losses) into one round's decision.
 
-- ``scan``: SCAN (spec §7): warm-up plateau, then cycles of one preparation round (full data, candidates
+- ``scan``: SCAN (docs/bootstrap.md): warm-up plateau, then cycles of one preparation round (full data, candidates
   collected from its losses) and ``t_cos`` mutation rounds dropping a cosine-ramped random share of them.
 - ``infobatch``: the InfoBatch baseline (Qin et al., ICLR 2024): each round, keep a random
   ``1 - prune_ratio`` share of the samples whose last loss is below the mean, weighted by
@@ -112,6 +112,12 @@ def knob_names(method: str) -> list[str]:
 
 
 # --- SCAN ---------------------------------------------------------------------------------------
+#: ``--rank-scope``: rank losses within each recorded batch (as the paper's code) or over the whole round.
+RANK_SCOPES = ("batch", "global")
+#: ``--prune-mode``: which candidates mutation rounds drop.
+PRUNE_MODES = ("both", "redundant", "ill_matched")
+
+
 @dataclass(frozen=True)
 class ScanParams:
     rho_max: float = 0.3  # share of each batch marked ill-matched (highest loss)
@@ -130,10 +136,10 @@ class ScanParams:
             raise UsageError(f"--t-cos must be >= 1, got {self.t_cos}")
         if self.warmup_rounds is not None and self.warmup_rounds < 0:
             raise UsageError(f"--warmup-rounds must be >= 0, got {self.warmup_rounds}")
-        if self.rank_scope not in ("batch", "global"):
-            raise UsageError(f"--rank-scope must be batch or global, got {self.rank_scope!r}")
-        if self.prune_mode not in ("both", "redundant", "ill_matched"):
-            raise UsageError(f"--prune-mode must be both, redundant or ill_matched, got {self.prune_mode!r}")
+        if self.rank_scope not in RANK_SCOPES:
+            raise UsageError(f"--rank-scope must be {' or '.join(RANK_SCOPES)}, got {self.rank_scope!r}")
+        if self.prune_mode not in PRUNE_MODES:
+            raise UsageError(f"--prune-mode must be one of {', '.join(PRUNE_MODES)}, got {self.prune_mode!r}")
 
 
 def scan_candidates(losses: RoundLosses, p: ScanParams, seed: int, prep_round: int) -> pa.Table:
@@ -208,7 +214,7 @@ def candidates_path(prep_round: int) -> str:
 class Scan(Method):
     name = "scan"
     Params = ScanParams
-    summary = "SCAN: cosine-ramped random pruning of within-batch loss extremes (spec §7)"
+    summary = "SCAN: cosine-ramped random pruning of within-batch loss extremes (docs/bootstrap.md)"
     p: ScanParams
 
     def step(self, ctx: RoundContext) -> Decision:

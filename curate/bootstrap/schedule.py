@@ -1,4 +1,4 @@
-"""SCAN's round schedule: warm-up plateau rule (spec §1.4) and the cosine ramp (spec §1.5)."""
+"""SCAN's round schedule: warm-up plateau rule and the cosine ramp (docs/bootstrap.md)."""
 
 from __future__ import annotations
 

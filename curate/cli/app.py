@@ -2,11 +2,13 @@
 
 Errors a user can fix are printed as one line on stderr with a non-zero exit code:
 1 = runtime failure, 2 = bad usage (option or argument), 3 = bad input data, 130 = interrupted.
+Where everything else goes (stdout: the result; stderr: tables, progress, warnings): ``_common``.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -20,6 +22,7 @@ except ImportError:  # older typer on top of click
     from click.exceptions import Exit as _Exit
 
 from curate import __version__
+from curate.cli import _common as ui
 from curate.cli import (  # noqa: F401  (registers commands)
     bootstrap_cmd,
     demo_cmd,
@@ -33,7 +36,9 @@ from curate.cli import (  # noqa: F401  (registers commands)
     shards_cmd,
 )
 from curate.cli._app import app
-from curate.errors import CurateError
+from curate.cli._tree import apply_conventions, command_path, find, option
+from curate.errors import CurateError, Interrupted
+from curate.logs import one_line_logs
 
 
 def _version(value: bool) -> None:
@@ -54,19 +59,21 @@ def _root(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and, as a script, exit with) the process exit code."""
     command = typer.main.get_command(app)
+    apply_conventions(command)
+    ui.reset()
     args = sys.argv[1:] if argv is None else argv
     try:
-        rv = command.main(args=args, prog_name="curate", standalone_mode=False)
+        with one_line_logs():  # the library's warnings as curate's own lines ('warning: ...')
+            rv = command.main(args=args, prog_name="curate", standalone_mode=False)
     except _cx.NoArgsIsHelpError:  # typer has printed the help already
         code = 0
     except _cx.UsageError as exc:
-        hint = f" (see 'curate {exc.ctx.command_path.partition(' ')[2]} --help')".replace("  ", " ")
-        if exc.ctx is None:
-            hint = " (see 'curate --help')"
-        sys.stderr.write(f"error: {exc.format_message()}{hint}\n")
+        sys.stderr.write(f"error: {_usage_message(exc, command, args)}\n")
         code = 2
     except _Exit as exc:
         code = exc.exit_code
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130)
+            sys.stderr.write("interrupted\n")
     except _Abort:
         sys.stderr.write("error: aborted\n")
         code = 130
@@ -75,16 +82,34 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.exit_code
     except CurateError as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        sys.stderr.write(f"error: {msg}\n")
+        sys.stderr.write(f"{msg}\n" if isinstance(exc, Interrupted) else f"error: {msg}\n")
         code = exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
+        sys.stderr.write("interrupted\n")
         code = 130
     else:
         code = rv if isinstance(rv, int) else 0
     if argv is None:
         sys.exit(code)
     return code
+
+
+def _usage_message(exc: _cx.UsageError, root: Any, args: list[str]) -> str:
+    """Click's usage error as one line, with the help command of the subcommand it concerns.
+
+    The option parser raises its errors (an option without its value, a value given to a flag) without
+    a context, so the subcommand is then found from ``args``.
+    """
+    path = tuple(exc.ctx.command_path.split()[1:]) if exc.ctx is not None else command_path(root, args)
+    # one line (click lists choices on lines of their own); typer's value checks prefix "Value error, "
+    msg = " ".join(exc.format_message().split()).replace(": Value error, ", ": ")
+    if isinstance(exc, _cx.BadOptionUsage) and exc.ctx is None:
+        opt = option(find(root, path), exc.option_name)
+        if opt is not None and getattr(opt, "is_flag", False):
+            msg = f"option {exc.option_name!r} takes no value"
+        elif opt is not None:
+            msg = f"option {exc.option_name!r} requires {'a value' if opt.nargs == 1 else f'{opt.nargs} values'}"
+    return f"{msg} (see '{' '.join(['curate', *path, '--help'])}')"
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from curate.cli import _common as ui
 from curate.cli._app import app
-from curate.cli._common import out, print_json
+from curate.errors import UsageError
 from curate.inspect import inspect_run
 
 
@@ -23,15 +24,22 @@ def _names(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-@app.command("inspect", epilog="Example: curate inspect runs/demo --json")
+@app.command("inspect", epilog="Examples: curate inspect runs/demo --json   ·   curate inspect --run runs/demo")
 def inspect(
-    run: str = typer.Argument(..., help="Run folder."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    run_arg: str = typer.Argument(None, metavar="RUN", help="Run folder (or --run RUN)."),
+    run: str = ui.run_option("Run folder (or as the argument).", required=False),
+    json_out: bool = ui.json_option("Print the summary as JSON."),
+    quiet: bool = ui.quiet_option(),
 ) -> None:
-    """Summarise a run: shards, samples, drops by reason, model, CLIP-score distribution."""
+    """Summarise a run: shards, samples, drops by reason, model, CLIP-score distribution (on stdout)."""
+    if run_arg is not None and run is not None and run_arg != run:
+        raise UsageError(f"two run folders given ({run_arg} and --run {run}); give one")
+    run = run or run_arg
+    if run is None:
+        raise UsageError("curate inspect needs a run folder: 'curate inspect RUN' or 'curate inspect --run RUN'")
     info = inspect_run(run)
     if json_out:
-        print_json(info)
+        ui.print_json(info)
         return
     t = Table(title=f"run {info['run']}", show_header=False)
     m = info["model"]
@@ -60,8 +68,6 @@ def inspect(
         t.add_row("selections", ", ".join(info["selections"]))
     if info["rounds"]:
         t.add_row("bootstrap rounds", ", ".join(map(str, info["rounds"])))
-    out.print(t)
+    ui.report(t)
     if cs["mean"] is not None:
-        out.print("CLIP score histogram")
-        for line in _histogram(cs["histogram"]):
-            out.print(line, highlight=False)
+        ui.report("CLIP score histogram", *_histogram(cs["histogram"]))

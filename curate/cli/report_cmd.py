@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from curate.cli import _common as ui
 from curate.cli._app import app
-from curate.cli._common import out, print_json
 from curate.report import ReportOptions, build_report
 
 _EPILOG = (
@@ -22,17 +22,17 @@ _EPILOG = (
 
 @app.command("report", epilog=_EPILOG)
 def report(
-    run: str = typer.Option(..., "--run", "-r", help="Run folder (any stage: embed, select, bootstrap)."),
-    out_path: str = typer.Option(None, "--out", "-o", help="HTML file to write, or a folder for report.html "
-                                 "(default RUN/reports/report.html)."),
+    run: str = ui.run_option("Run folder (any stage: embed, select, bootstrap)."),
+    out_path: str = ui.out_option("HTML file to write, or a folder for report.html (default RUN/reports/report.html)."),
     selection: list[str] = typer.Option(None, "--selection", "-s", help="Selection to show (repeat; default all)."),
     thumbs: int = typer.Option(24, help="Samples per gallery, half kept and half pruned (1..48)."),
     thumb_size: int = typer.Option(128, help="Longest side of a thumbnail in pixels (32..256)."),
     max_shards: int = typer.Option(4, help="Shards read for the galleries (the samples shown come from them)."),
     max_galleries: int = typer.Option(6, help="Selection galleries shown (plus the latest pruning round)."),
     seed: int = typer.Option(0, help="Seed of the samples the galleries show."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out file that curate did not write."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (path, sections, counts)."),
+    force: bool = ui.force_option("Replace an existing --out file that curate did not write."),
+    json_out: bool = ui.json_option("Print a JSON summary (path, sections, counts)."),
+    quiet: bool = ui.quiet_option(),
 ) -> None:
     """Write one self-contained HTML file (images inlined) with plots and sample galleries; print its path."""
     options = ReportOptions(thumbs=thumbs, thumb_size=thumb_size, max_shards=max_shards,
@@ -40,6 +40,6 @@ def report(
     res = build_report(run, out_path, options=options, selections=list(selection) if selection else None,
                        force=force)
     if json_out:
-        print_json(res.summary())
+        ui.print_json(res.summary())
         return
-    out.print(str(res.path), highlight=False, soft_wrap=True)
+    ui.result(str(res.path))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from curate.cli import _common as ui
 from curate.cli._app import app
-from curate.cli._common import err, out, print_json
 from curate.errors import UsageError
 from curate.select.manage import delete_selection, list_selections, params_text
 
@@ -23,10 +23,11 @@ _EPILOG = (
 
 @app.command("selections", epilog=_EPILOG)
 def selections(
-    run_arg: str = typer.Argument(None, metavar="RUN", help="Run folder (or --run)."),
-    run_opt: str = typer.Option(None, "--run", "-r", help="Run folder."),
+    run_arg: str = typer.Argument(None, metavar="RUN", help="Run folder (or --run RUN)."),
+    run_opt: str = ui.run_option("Run folder (or as the argument).", required=False),
     delete: str = typer.Option(None, "--delete", metavar="NAME", help="Delete selection NAME safely."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: bool = ui.json_option(),
+    quiet: bool = ui.quiet_option(),
 ) -> None:
     """List the selections of a run (name, method, parameters, kept, pool, created), or delete one."""
     if run_arg is not None and run_opt is not None and run_arg != run_opt:
@@ -37,19 +38,18 @@ def selections(
     if delete is not None:
         res = delete_selection(run, delete, command=f"curate selections {run} --delete {delete}")
         if json_out:
-            print_json({"deleted": res.name, "removed": [str(p) for p in res.removed],
+            ui.print_json({"deleted": res.name, "removed": [str(p) for p in res.removed],
                         "record_only": res.record_only})
             return
         what = "its run.json record (the folder was gone)" if res.record_only else f"{len(res.removed)} files"
-        err.print(f"deleted selection {res.name}: removed {what}", highlight=False, soft_wrap=True)
+        ui.show(f"deleted selection {res.name}: removed {what}")
         return
     infos = list_selections(run)
     if json_out:
-        print_json([i.to_dict() for i in infos])
+        ui.print_json([i.to_dict() for i in infos])
         return
     if not infos:
-        err.print(f"no selections in {run} (make one with 'curate select --run {run} --method ...')",
-                  highlight=False, soft_wrap=True)
+        ui.show(f"no selections in {run} (make one with 'curate select --run {run} --method ...')")
         return
     t = Table(title=f"selections of {run}")
     for col in ("name", "method", "parameters", "kept", "pool", "created (UTC)"):
@@ -60,4 +60,4 @@ def selections(
         t.add_row(name, i.method or "-", params_text(i.params) or "-",
                   "-" if i.kept is None else f"{i.kept:,}", "-" if i.pool is None else f"{i.pool:,}",
                   (i.created or "-")[:16].replace("T", " "))
-    out.print(t)
+    ui.report(t)

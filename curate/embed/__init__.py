@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from curate.embed.runner import EmbedConfig, EmbedResult, run_embed
+    from curate.embed.runner import EmbedConfig, EmbedPlan, EmbedResult, plan_embed, run_embed
 
-__all__ = ["EmbedConfig", "EmbedResult", "run_embed"]
+__all__ = ["EmbedConfig", "EmbedPlan", "EmbedResult", "plan_embed", "run_embed"]
 
 
 def __getattr__(name: str) -> Any:

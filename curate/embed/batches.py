@@ -25,7 +25,6 @@ from curate.io.shards import (
     shard_name,
 )
 
-CAPTION_MODES = ("auto", "required", "ignore")
 _PEEK = 16  # samples looked at to decide whether a shard has captions (mode "auto")
 
 

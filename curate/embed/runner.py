@@ -18,7 +18,8 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from curate.embed.batches import CAPTION_MODES, ShardBatches, ShardDone, WorkerFailure
+from curate.choices import CAPTION_MODES
+from curate.embed.batches import ShardBatches, ShardDone, WorkerFailure
 from curate.embed.preprocess import FastImageTransform, fast_transform, normalize_pixels
 from curate.embed.state import (
     STEP,
@@ -31,11 +32,11 @@ from curate.embed.state import (
     shard_states,
 )
 from curate.engines import Engine, ItemWorker, get_engine, make_engine, parse_devices
-from curate.errors import CurateError, UsageError
+from curate.errors import CurateError, Interrupted, UsageError
 from curate.io.shards import DEFAULT_MAX_PIXELS, ErrorPolicy, expand_shards, shard_name
 from curate.io.tables import EMBEDDINGS_FORMAT_VERSION, embedding_schema, fixed_list, write_table
 from curate.models import PRECISIONS, SAMPLE_MODEL, LoadedModel, _autocast_dtype, check_device, load_model
-from curate.progress import NullProgress, Progress
+from curate.progress import NullProgress, Progress, set_total
 from curate.run import RunDir, write_json
 
 _logger = logging.getLogger(__name__)
@@ -323,12 +324,7 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
         _check_compatible(prev, model, cfg, run.root)
         with run_lock(run, STEP):
             remove_stale_temp_files([run.embeddings_dir, run.stats_file(STEP).with_suffix("")])
-            states = _merge_states(run, urls)
-            mine = {shard_name(u) for u in urls}
-            changed = [s for s in states if s.changed and not s.missing]
-            missing = [s.name for s in states if s.done and s.missing]
-            refresh = {s.name for s in changed if s.name in mine} if cfg.refresh else set()
-            todo = [s for s in states if s.name in mine and (not s.done or s.name in refresh)]
+            states, changed, missing, refresh, todo = _shard_work(run, urls, cfg.refresh)
             worker = EmbedWorker(cfg, str(run.root.resolve()), _draft_size(model, cfg), cfg.fast_preprocess)
             worker.expect = _provenance(model, cfg, worker.draft, worker.fast_for(model),
                                         device_type=_device_type(device) if parallel else None)
@@ -338,7 +334,12 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
             run.update(STEP, {**record, "shards": [s.record() for s in states]},
                        command=f"embed ({len(todo)} of {len(urls)} shards to do)")
             start = time.perf_counter()
-            results = engine.run_items(worker, [_work_item(s) for s in todo], progress) if todo else []
+            try:
+                results = engine.run_items(worker, [_work_item(s) for s in todo], progress) if todo else []
+            except KeyboardInterrupt:
+                done = sum(run.embedding_file(shard_name(u)).exists() for u in urls)
+                raise Interrupted(f"interrupted: {done} of {len(urls)} shards done; "
+                                  "rerun the same command to resume") from None
             seconds = time.perf_counter() - start
             written = sum(r["written"] for r in results)
             failed = [s.name for s, r in zip(todo, results, strict=True) if r["failed"]]
@@ -351,6 +352,59 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
         samples_written=written, seconds=seconds, stats=agg["totals"],
         changed=[s.name for s in changed if s.name not in refresh], refreshed=sorted(refresh), missing=missing,
         failed=failed,
+    )
+
+
+def _shard_work(run: RunDir, urls: list[str], refresh_changed: bool
+                ) -> tuple[list[ShardState], list[ShardState], list[str], set[str], list[ShardState]]:
+    """The run's shard states, the changed ones, the missing ones, those to refresh, and those to embed."""
+    states = _merge_states(run, urls)
+    mine = {shard_name(u) for u in urls}
+    changed = [s for s in states if s.changed and not s.missing]
+    missing = [s.name for s in states if s.done and s.missing]
+    refresh = {s.name for s in changed if s.name in mine} if refresh_changed else set()
+    todo = [s for s in states if s.name in mine and (not s.done or s.name in refresh)]
+    return states, changed, missing, refresh, todo
+
+
+@dataclass
+class EmbedPlan:
+    """What ``run_embed`` would do (``curate embed --dry-run``): nothing is loaded or written."""
+
+    run: str
+    run_exists: bool
+    model: str
+    pretrained: str | None
+    shards_total: int
+    todo: list[str]  # shards to embed (new, unfinished, or changed with --refresh)
+    skipped: list[str]  # shards already embedded
+    changed: list[str] = field(default_factory=list)  # embedded shards whose input changed (not refreshed)
+    refreshed: list[str] = field(default_factory=list)  # changed shards that --refresh would re-embed
+    missing: list[str] = field(default_factory=list)  # embedded shards whose input is gone
+    run_model: dict[str, Any] = field(default_factory=dict)  # model and pretrained the run was embedded with
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self) | {"dry_run": True}
+
+
+def plan_embed(cfg: EmbedConfig) -> EmbedPlan:
+    """Check the options and the shard list and say which shards ``run_embed`` would embed; write nothing.
+
+    The model is not loaded, so a model that differs from the run's is reported (``run_model``), not refused.
+    """
+    cfg.validate()
+    urls = _absolute(expand_shards(cfg.shards))
+    run = RunDir(cfg.run)
+    prev = run.load().get(STEP) or {}
+    cfg.device_list()
+    _, changed, missing, refresh, todo = _shard_work(run, urls, cfg.refresh)
+    names = [shard_name(u) for u in urls]
+    todo_names = {s.name for s in todo}
+    return EmbedPlan(
+        run=str(run.root), run_exists=run.exists(), model=cfg.model, pretrained=cfg.pretrained,
+        shards_total=len(urls), todo=[s.name for s in todo], skipped=[n for n in names if n not in todo_names],
+        changed=[s.name for s in changed if s.name not in refresh], refreshed=sorted(refresh), missing=missing,
+        run_model={k: prev[k] for k in ("model", "pretrained_arg") if k in prev},
     )
 
 
@@ -451,6 +505,7 @@ def _embed_shards(
     if on_cpu:
         torch.set_num_threads(cfg.threads or _model_threads(threads, workers))
     progress.start("embed", total=None, unit="img")
+    estimate = _TotalEstimate(len(urls))
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate-embed-out") as writer:
             for item in loader:
@@ -458,9 +513,11 @@ def _embed_shards(
                     item.reraise()
                 if isinstance(item, ShardDone):
                     queue.append(writer.submit(outputs.finish, item))
+                    set_total(progress, estimate.shard_done(item.shard))
                 else:
                     queue.append(writer.submit(outputs.add, item, *_forward(model, item, pixels)))
                     progress.advance(len(item["uid"]))
+                    estimate.add(item["shard"], len(item["uid"]))
                 while queue and (queue[0].done() or len(queue) > _MAX_IN_FLIGHT):
                     queue.popleft().result()  # re-raises a writer error here
             while queue:
@@ -469,6 +526,23 @@ def _embed_shards(
         torch.set_num_threads(threads)
         progress.finish()
     return outputs
+
+
+class _TotalEstimate:
+    """Images a call will embed, estimated from its finished shards (for the progress ETA)."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards, self.finished, self.finished_images, self.seen = shards, 0, 0, 0
+        self.open: dict[str, int] = {}
+
+    def add(self, shard: str, n: int) -> None:
+        self.open[shard] = self.open.get(shard, 0) + n
+        self.seen += n
+
+    def shard_done(self, shard: str) -> float:
+        self.finished += 1
+        self.finished_images += self.open.pop(shard, 0)
+        return max(float(self.seen), self.finished_images / self.finished * self.shards)
 
 
 def _decode_workers(workers: int | None, device_type: str, share: int) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curate.errors import InputError
 from curate.fs import exclusive_lock
 from curate.io.shards import fingerprint, shard_name
 from curate.io.tables import table_metadata
@@ -88,6 +89,31 @@ def shard_states(run: RunDir, urls: Sequence[str]) -> list[ShardState]:
         out.append(ShardState(name, url, done, recorded_fingerprint(path) if done else None,
                               current_fingerprint(url)))
     return out
+
+
+def pending_shards(run: RunDir) -> list[str]:
+    """Shards the run's ``curate embed`` planned (``run.json`` ``embed.shards``) that have no table yet:
+    an embed that was interrupted, is still running, or could not read them (retried by the next run)."""
+    planned = (run.load().get(STEP) or {}).get("shards", [])
+    return [s["name"] for s in planned if "name" in s and not run.embedding_file(s["name"]).exists()]
+
+
+def check_pool_complete(run: RunDir, allow_partial: bool = False) -> list[str]:
+    """The run's pending shards; an ``InputError`` naming them unless ``allow_partial``.
+
+    Selections and bootstrap rounds describe the pool they were made from: a pool that is still missing
+    shards would give a different result once the embed finishes, so it is used only when asked for.
+    """
+    pending = pending_shards(run)
+    if pending and not allow_partial:
+        planned = len((run.load().get(STEP) or {}).get("shards", []))
+        first = ", ".join(pending[:3]) + (f" and {len(pending) - 3} more" if len(pending) > 3 else "")
+        raise InputError(
+            f"{run.root} is not fully embedded: {len(pending)} of {planned} shards are pending ({first}); "
+            "finish with the same 'curate embed ... --run' command, or pass --allow-partial to use the "
+            f"{planned - len(pending)} embedded shards"
+        )
+    return pending
 
 
 def run_shard_urls(run: RunDir) -> list[str]:

@@ -22,9 +22,10 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from curate import logs
 from curate.engines.base import ItemWorker
 from curate.errors import CurateError, UsageError
-from curate.progress import NullProgress, Progress
+from curate.progress import NullProgress, Progress, set_total
 
 _log = logging.getLogger(__name__)
 _POLL_S = 0.2
@@ -75,6 +76,9 @@ class _QueueProgress:
     def start(self, task: str, total: float | None = None, unit: str = "samples") -> None:
         self.q.put(("start", self.rank, (task, total, unit)))
 
+    def set_total(self, total: float | None) -> None:
+        self.q.put(("total", self.rank, total))
+
     def advance(self, n: float = 1) -> None:
         self.q.put(("advance", self.rank, n))
 
@@ -100,9 +104,11 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _child(worker: ItemWorker, device: str, rank: int, items: list[Any], threads: int, parent: int, q: Any,
-           start_method: str) -> None:
+           start_method: str, one_line_logs: bool = False) -> None:
     """Entry point of one device process."""
     _die_with_parent(parent)
+    if one_line_logs:  # the parent prints curate's warnings as one-line messages: so does this process
+        logs.install()
     # a spawned process defaults to spawn; the worker's own pools (DataLoader decode workers) get the
     # parent's default back, or each of them would start a fresh interpreter too
     mp.set_start_method(start_method, force=True)
@@ -117,6 +123,8 @@ def _child(worker: ItemWorker, device: str, rank: int, items: list[Any], threads
         finally:
             worker.close()
         q.put(("done", rank, results))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it
+        q.put(("interrupted", rank, None))
     except CurateError as exc:
         q.put(("error", rank, (type(exc), str(exc), None)))
     except BaseException as exc:  # a bug: keep the child's traceback for the parent's message
@@ -142,11 +150,13 @@ def run_per_device(
     for rank, dev in enumerate(devices):
         if not shares[rank]:
             continue
-        p = ctx.Process(target=_child, args=(worker, dev, rank, shares[rank], threads, os.getpid(), q, method),
+        args = (worker, dev, rank, shares[rank], threads, os.getpid(), q, method, logs.installed())
+        p = ctx.Process(target=_child, args=args,
                         name=f"curate-device-{rank}", daemon=False)
         p.start()
         procs.append((rank, p))
     results: dict[int, list[Any]] = {}
+    totals: dict[int, float | None] = {}
     started = False
     try:
         while len(results) < len(procs):
@@ -170,8 +180,14 @@ def run_per_device(
                     started = True
             elif kind == "advance":
                 progress.advance(payload)
+            elif kind == "total":  # each process estimates its share; the sum once every one has
+                totals[rank] = payload
+                if len(totals) == len(procs) and None not in totals.values():
+                    set_total(progress, sum(totals.values()))
             elif kind == "done":
                 results[rank] = payload
+            elif kind == "interrupted":
+                raise KeyboardInterrupt
             else:  # error
                 etype, msg, tb = payload
                 if etype is not None:

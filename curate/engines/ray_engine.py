@@ -21,7 +21,7 @@ import numpy as np
 
 from curate.engines.base import Engine, ItemWorker, R, null_progress, register_engine
 from curate.errors import CurateError, InputError, StrictModeError, UsageError
-from curate.progress import NullProgress, Progress
+from curate.progress import NullProgress, Progress, set_total
 
 _log = logging.getLogger(__name__)
 
@@ -228,6 +228,7 @@ class RayEngine(Engine):
         out: list[Any] = [None] * n
         got = np.zeros(n, bool)
         progress.start(worker.label, total=None, unit=worker.unit)
+        finished, finished_units = 0, 0.0
         data_log = logging.getLogger("ray.data")
         level = data_log.level
         data_log.setLevel(logging.CRITICAL)  # failures are raised here, as one line, not logged as well
@@ -239,7 +240,11 @@ class RayEngine(Engine):
                 i = int(row["index"])
                 out[i] = json.loads(row["result"])
                 got[i] = True
-                progress.advance(worker.progress_units(out[i]))
+                units = worker.progress_units(out[i])
+                progress.advance(units)
+                finished += 1
+                finished_units += units
+                set_total(progress, finished_units / finished * n)  # estimated from the items done so far
         except CurateError:
             raise
         except Exception as exc:

@@ -1,4 +1,4 @@
-"""Manifests: the subset a trainer should read (DESIGN.md, "Manifest").
+"""Manifests: the subset a trainer should read (README.md, "Data contracts": manifest).
 
 A manifest is a Parquet table ``uid, shard, key, position, weight`` sorted by (shard, position) with a
 JSON header. The header is stored twice: as ``<name>.json`` beside the Parquet file (for people and

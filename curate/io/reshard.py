@@ -55,6 +55,8 @@ class ReshardResult:
     written: int
     shards: list[dict[str, Any]] = field(default_factory=list)  # {"name", "samples"}
     prefixed_keys: bool = False
+    complete: bool = False  # ``out_dir`` already held this very reshard: nothing was written
+    dry_run: bool = False  # nothing was written: ``written`` and ``shards`` are what would be
 
 
 def _source_urls(names: list[str], manifest_path: Path, shards: str | None,
@@ -187,7 +189,7 @@ def _completed(out: Path, want: dict[str, Any]) -> ReshardResult | None:
     shards = info.get("shards") or []
     if not all(isinstance(s, dict) and (out / str(s.get("name"))).is_file() for s in shards):
         return None
-    return ReshardResult(out, int(info.get("samples", 0)), shards, bool(info.get("prefixed_keys")))
+    return ReshardResult(out, int(info.get("samples", 0)), shards, bool(info.get("prefixed_keys")), complete=True)
 
 
 def _samples(
@@ -213,6 +215,7 @@ def reshard(
     shards: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    dry_run: bool = False,
 ) -> ReshardResult:
     """Write ``out_dir/{000000..}.tar`` holding exactly the manifest's samples, in manifest order.
 
@@ -221,7 +224,8 @@ def reshard(
     source manifest, its content hash, and the per-shard counts. When ``out_dir`` already holds the
     complete output of this very reshard (same manifest content, shard size and sources), it is returned
     as it is: rerunning after a crash is always safe. ``force`` replaces an earlier reshard output (and
-    nothing else: see the module docstring).
+    nothing else: see the module docstring). ``dry_run``: check the manifest, its sources and ``out_dir``
+    and return the shards that would be written, writing nothing.
     """
     if shard_size < 1:
         raise UsageError(f"--shard-size must be a positive integer, got {shard_size}")
@@ -244,6 +248,11 @@ def reshard(
     done = _check_existing(out, force, want, bool(manifest.header.get("content_hash")))
     if done is not None:
         return done
+    if dry_run:
+        n = table.num_rows
+        plan = [{"name": f"{i:06d}.tar", "samples": min(shard_size, n - first)}
+                for i, first in enumerate(range(0, n, shard_size))]
+        return ReshardResult(out, n, plan, bool(prefix), dry_run=True)
     made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # removed again on failure
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(out.parent, f".{out.name}.tmp-")

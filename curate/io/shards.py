@@ -30,7 +30,7 @@ from braceexpand import braceexpand
 from PIL import Image, UnidentifiedImageError
 
 from curate.errors import CurateError, InputError, StrictModeError
-from curate.io.tarstream import TarReader
+from curate.io.tarstream import NotTar, TarReader
 
 _logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ SHARD_PROBLEMS: dict[str, str] = {
     "truncated_tar": "the tar ends early or is corrupt past repair; samples before the damage are kept",
     "damaged_tar": "a damaged tar header (the member it starts is lost; reading goes on at the next intact "
                    "header), or data after the end-of-archive blocks",
+    "not_tar": "the shard is not a tar archive (no tar header at all: a text file, an image, ...)",
     "unreadable_shard": "the shard could not be opened",
     "empty_shard": "the shard holds no samples",
 }
@@ -229,10 +230,14 @@ class RawSample:
 
 @dataclass
 class ErrorPolicy:
-    """What to do with bad samples: skip and count (default), or fail on the first (``strict``)."""
+    """What to do with bad samples: skip and count (default), or fail on the first (``strict``).
+
+    ``warn``: log a warning for each shard problem (off where the caller reports the counts itself).
+    """
 
     strict: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    warn: bool = True
 
 
 class SampleError(Exception):
@@ -255,7 +260,8 @@ def _shard_problem(stats: Counter[str], problem: str, shard: str, policy: ErrorP
     stats[f"shard_{problem}"] += 1
     if policy.strict:
         raise StrictModeError(f"{shard}: {problem}{f' ({detail})' if detail else ''} [--strict]")
-    _logger.warning("shard %s: %s%s", shard, problem, f" ({detail})" if detail else "")
+    if policy.warn:
+        _logger.warning("shard %s: %s%s", shard, problem, f" ({detail})" if detail else "")
 
 
 def _finish_group(
@@ -317,8 +323,9 @@ def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] 
 
     Never raises for bad data (only ``StrictModeError`` under ``policy.strict``, and ``InputError`` when
     a URL scheme's optional package is missing): a shard that cannot be opened, or whose stream fails
-    before its first byte, is ``unreadable_shard``; damage after that is ``truncated_tar`` (the samples
-    before it are kept); a readable tar with no samples is ``empty_shard``.
+    before its first byte, is ``unreadable_shard``; a stream without a single tar header is ``not_tar``;
+    damage after that is ``truncated_tar`` (the samples before it are kept); a readable tar with no
+    samples is ``empty_shard``.
     """
     policy = policy or ErrorPolicy()
     stats = stats if stats is not None else Counter()
@@ -374,8 +381,12 @@ def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] 
     except CurateError:
         raise
     except Exception as exc:  # a tar cut off or corrupt past repair, gzip errors, failing pipes and network streams
-        problem = "unreadable_shard" if reader.nbytes == 0 else "truncated_tar"
-        _shard_problem(stats, problem, shard, policy, _first_line(exc))
+        if isinstance(exc, NotTar):
+            problem, detail = "not_tar", str(exc)
+        else:
+            problem = "unreadable_shard" if reader.nbytes == 0 else "truncated_tar"
+            detail = _first_line(exc)
+        _shard_problem(stats, problem, shard, policy, detail)
         if cur_key is not None:  # the group being read when the damage hit is incomplete
             n_groups += 1
             stats["seen"] += 1

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
+from curate.errors import UsageError
 from curate.io.tarwrite import atomic_write_bytes, write_tar
 
 __all__ = [
@@ -601,7 +602,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_split(out: Path, cfg: _Config, plan: _Plan, shard_size: int) -> list[Path]:
+def _earlier_world(out: Path) -> set[Path]:
+    """The files an earlier world wrote in ``out`` (from its ``world.json``); empty for a new or empty folder.
+
+    Any other non-empty folder is refused: a world is never written over files curate did not write.
+    """
+    if not out.exists() or not any(out.iterdir()):
+        return set()
+    try:
+        summary = json.loads((out / "world.json").read_text())
+        if summary.get("format") != WORLD_FORMAT:
+            raise ValueError(summary.get("format"))
+        return {out / f["path"] for f in summary["files"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UsageError(f"{out} is not empty and holds no synthetic world (world.json); "
+                         "choose a new or empty --out") from None
+
+
+def _write_split(out: Path, cfg: _Config, plan: _Plan, shard_size: int, earlier: set[Path]) -> list[Path]:
     n = len(plan.class_ids)
     folder = out / plan.split
     folder.mkdir(parents=True, exist_ok=True)
@@ -611,8 +629,9 @@ def _write_split(out: Path, cfg: _Config, plan: _Plan, shard_size: int) -> list[
         write_tar(path, _samples(cfg, plan, start, min(start + shard_size, n)))
         paths.append(path)
     for stale in sorted(set(list_shards(out, plan.split)) - set(paths)):
-        logger.info("removing stale shard %s", stale)
-        stale.unlink()
+        if stale in earlier:  # a shard of the earlier world that this one does not write
+            logger.info("removing stale shard %s", stale)
+            stale.unlink()
     logger.info("wrote %d %s samples in %d shards under %s", n, plan.split, len(paths), folder)
     return paths
 
@@ -669,8 +688,9 @@ def make_sample(
     ``classnames.txt``, ``templates.txt`` and ``world.json`` (parameters, classes with counts, defect
     counts, sha256 of every file). Defect rates are fractions of the training split and are met
     exactly (rounded counts); defects are mutually exclusive and duplicates copy clean originals of
-    the same class. Shards of an earlier world in the same folder that this one does not write are
-    removed. Same arguments, same bytes.
+    the same class. ``out_dir`` must be new, empty, or hold an earlier world; shards of an earlier world
+    that this one does not write are removed (files it did not write are left alone). Same arguments,
+    same bytes.
     """
     colors, shapes = tuple(colors), tuple(shapes)
     rates = {
@@ -682,6 +702,7 @@ def make_sample(
     _check_params(n_train, n_test, shard_size, image_size, colors, shapes, jpeg_quality, rates)
     seed = int(seed)
     out = Path(out_dir)
+    earlier = _earlier_world(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = _Config(
         seed=seed,
@@ -709,8 +730,8 @@ def make_sample(
         },
     )
     test = _test_plan(cfg, n_test)
-    train_paths = _write_split(out, cfg, train, shard_size)
-    test_paths = _write_split(out, cfg, test, shard_size)
+    train_paths = _write_split(out, cfg, train, shard_size, earlier)
+    test_paths = _write_split(out, cfg, test, shard_size, earlier)
     atomic_write_bytes(out / "classnames.txt", "".join(f"{n}\n" for n in names).encode())
     atomic_write_bytes(out / "templates.txt", "".join(f"{t}\n" for t in ZERO_SHOT_TEMPLATES).encode())
 

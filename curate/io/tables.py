@@ -1,4 +1,4 @@
-"""Parquet table schemas and readers for the run directory (DESIGN.md, "Data contracts")."""
+"""Parquet table schemas and readers for the run directory (README.md, "Data contracts")."""
 
 from __future__ import annotations
 

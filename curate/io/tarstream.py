@@ -39,6 +39,16 @@ class TarDamage(Exception):
     """The tar cannot be read further: it ends early, or its (compressed) stream is corrupt."""
 
 
+class NotTar(TarDamage):
+    """The stream holds no tar at all: not one intact header, and no ``ustar`` mark where the first one
+    would be (a text file, an image, or another format given as a shard)."""
+
+
+def _tar_like(block: bytes) -> bool:
+    """Whether a (possibly short) first block looks like the start of a tar: zeros, or the ustar magic."""
+    return not block.strip(b"\0") or block[257:262] == b"ustar"
+
+
 class _Counting:
     """Reads from a raw stream, counting the bytes and putting back a peeked head first."""
 
@@ -236,13 +246,15 @@ class TarReader:
                     return  # the compressed stream checks its own end; a tar inside may omit its end blocks
                 raise TarDamage("the tar ends without its end-of-archive blocks (cut off)")
             if len(block) < BLOCK:
+                if start == 0 and not _tar_like(block):
+                    raise NotTar(f"not a tar archive: no tar header in its {len(block)} bytes")
                 raise TarDamage("the tar ends inside a header")
             if block == _ZERO:
                 self._end(src, compressed)
                 return
             hdr = _header(block)
             if hdr is None:
-                hdr = self._resync(src, start)
+                hdr = self._resync(src, start, start == 0 and not _tar_like(block))
                 pax, long_name = {}, None
                 if hdr is None:
                     return
@@ -287,11 +299,17 @@ class TarReader:
                     src.exact(size + _padded(size), f"member {name!r}")
                 yield name, "other", None
 
-    def _resync(self, src: _Blocks, start: int) -> tuple[str, int, int] | None:
-        """After a damaged header at ``start``: the next intact header (or None at the end of the stream)."""
+    def _resync(self, src: _Blocks, start: int, first: bool = False) -> tuple[str, int, int] | None:
+        """After a damaged header at ``start``: the next intact header (or None at the end of the stream).
+
+        ``first``: the damaged block is the stream's first and does not look like a tar header; when no
+        intact header follows either, the stream is not a tar (``NotTar``).
+        """
         while True:
             block = src.take(BLOCK)
             if len(block) < BLOCK:
+                if first:
+                    raise NotTar(f"not a tar archive: no tar header in its {src.offset:,} bytes")
                 self._on_damage(f"damaged tar header at byte {start}; nothing intact after it")
                 return None
             if block != _ZERO:

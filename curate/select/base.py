@@ -204,6 +204,7 @@ class Selector(ABC):
     #: rows in several partitions (``BlockScan.partition`` of shape (n, K)): how a row's pass-2 columns
     #: from its partitions are combined before ``finish`` (``"sum"``: added in partition order)
     pass2_combine: ClassVar[str | None] = None
+    seeded: ClassVar[bool] = False  # whether ``--seed`` changes the result (see ``uses_seed``)
 
     def __init__(self, config: SelectorConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -260,17 +261,36 @@ class Selector(ABC):
         """The selections this one was derived from (manifest header ``parents``)."""
         return []
 
+    def check_pool(self, pool_size: int) -> None:
+        """Reject options that cannot work on a pool of this size (before the selection is named)."""
+        return None
+
     def tag(self) -> str:
         """A short string naming the options that replace a budget (e.g. ``t0.3``), for default names."""
         return ""
 
-    def default_name(self, fraction: float | None, count: int | None) -> str:
-        """``clipcov-f0.1``, ``random-n1000``, ``clip-score-t0.3``..."""
+    def option_tags(self) -> list[str]:
+        """Short strings for the options, besides the budget and the seed, that change the result; options
+        at their defaults are left out (e.g. ``["greedy", "km20"]``)."""
+        return []
+
+    def uses_seed(self) -> bool:
+        """Whether the seed changes this selector's result with its options."""
+        return self.seeded
+
+    def default_name(self, fraction: float | None, count: int | None, seed: int = 0) -> str:
+        """The method, its non-default options, a non-default seed where it matters, then the budget:
+        ``clipcov-f0.1``, ``clipcov-greedy-km20-f0.3``, ``random-s1-n1000``, ``clip-score-t0.3``..."""
+        parts = [self.name, *self.option_tags()]
+        if seed != 0 and self.uses_seed():
+            parts.append(f"s{seed}")
         if fraction is not None:
-            return f"{self.name}-f{fraction:g}"
-        if count is not None:
-            return f"{self.name}-n{count}"
-        return f"{self.name}-{self.tag()}" if self.tag() else self.name
+            parts.append(f"f{fraction:g}")
+        elif count is not None:
+            parts.append(f"n{count}")
+        elif self.tag():
+            parts.append(self.tag())
+        return "-".join(parts)
 
 
 SELECTORS: dict[str, type[Selector]] = {}

@@ -52,6 +52,7 @@ class RandomSelector(Selector):
     summary = "uniform random subset (seeded)"
     config_class = RandomConfig
     columns: ClassVar[dict[str, str]] = {"score": "f8"}
+    seeded = True
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
         return {"seed": ctx.seed}
@@ -200,8 +201,18 @@ class SemDedupSelector(Selector):
         if (budget is None) == (self.config.eps is None):
             raise UsageError("--method semdedup needs exactly one of --fraction, --count or --eps")
 
+    seeded = True  # k-means, and keep=random
+
     def tag(self) -> str:
         return f"eps{self.config.eps:g}" if self.config.eps is not None else ""
+
+    def option_tags(self) -> list[str]:
+        tags = [] if self.config.keep == "farthest" else [self.config.keep]
+        return tags + ([f"k{self.config.clusters}"] if self.config.clusters is not None else [])
+
+    def check_pool(self, pool_size: int) -> None:
+        if self.config.clusters is not None and self.config.clusters > pool_size:
+            raise UsageError(f"--clusters {self.config.clusters} exceeds the pool of {pool_size} samples")
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
         from curate.select.source import gather_rows

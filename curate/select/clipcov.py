@@ -1,4 +1,4 @@
-"""ClipCov: cross-covariance preserving selection (specs/clipcov.md §7, reference behaviour §1.2).
+"""ClipCov: cross-covariance preserving selection (docs/select.md: the objective, both variants, the decisions).
 
 Per sample j of pseudo-class k (members V_k, n_k = |V_k|), with L2-normalised embeddings:
 
@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,7 +39,7 @@ from curate.select.base import (
     SelectorConfig,
     register,
 )
-from curate.select.partition import Partitioner
+from curate.select.partition import Partitioner, parse_partition, read_class_names
 
 _log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ class ClipCovConfig(SelectorConfig):
     """Options of ``--method clipcov``.
 
     Args:
-        variant: ``reference`` (the notebook's stale-gain schedule, spec §1.2) or ``greedy`` (exact gains).
+        variant: ``reference`` (the reference notebook's stale-gain schedule) or ``greedy`` (exact gains).
         partition: ``imagenet`` (zero-shot ImageNet-1k pseudo-labels with the run's model) or ``kmeans:K``.
         classes: a file of class names (one per line) for zero-shot labels instead of ImageNet-1k.
         dtype: the inputs of the similarity products: ``auto`` (float16 on a GPU, with float32
@@ -86,6 +88,8 @@ class ClipCovConfig(SelectorConfig):
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.cross_sample is not None and self.cross_sample < 1:
             raise UsageError(f"--cross-sample must be a positive integer, got {self.cross_sample}")
+        if self.classes is not None:
+            read_class_names(self.classes)  # a missing, empty or repeating file: said before anything else
 
 
 def torch_index_add(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -511,6 +515,29 @@ class ClipCov(Selector):
     partitioned = True
     partition_parts = frozenset({"image", "text"})
     config: ClipCovConfig
+
+    def option_tags(self) -> list[str]:
+        tags = [] if self.config.variant == "reference" else [self.config.variant]
+        kind, k = parse_partition(self.config.partition)
+        if kind == "kmeans":
+            tags.append(f"km{k}")
+        if self.config.classes is not None:  # zero-shot labels from a class list: named after its file
+            tags.append(re.sub(r"[^A-Za-z0-9._+]", "_", Path(self.config.classes).stem)[:40] or "classes")
+        if self.config.dtype not in ("auto", "float32"):
+            tags.append(self.config.dtype.replace("float", "fp"))
+        if self.config.cross_sample is not None:
+            tags.append(f"xs{self.config.cross_sample}")
+        if self.config.kmeans_sample is not None:
+            tags.append(f"kms{self.config.kmeans_sample}")
+        return tags
+
+    def uses_seed(self) -> bool:  # zero-shot labels use no randomness; k-means and sampled cross terms do
+        return parse_partition(self.config.partition)[0] == "kmeans" or self.config.cross_sample is not None
+
+    def check_pool(self, pool_size: int) -> None:
+        _, k = parse_partition(self.config.partition)
+        if k is not None and k > pool_size:
+            raise UsageError(f"--partition kmeans:{k} needs at least {k} samples, the pool has {pool_size}")
 
     def partitioner(self) -> Partitioner:
         return Partitioner(self.config.partition, self.config.classes, self.config.kmeans_sample)

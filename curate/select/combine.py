@@ -119,10 +119,10 @@ class Combine(Selector):
     def tag(self) -> str:
         return f"t{self.config.threshold:g}" if self.config.threshold is not None else ""
 
-    def default_name(self, fraction: float | None, count: int | None) -> str:
+    def default_name(self, fraction: float | None, count: int | None, seed: int = 0) -> str:
         assert self.config.of is not None
         base = "combine-" + "-".join(self.config.of)
-        return Selector.default_name(self, fraction, count).replace("combine", base, 1)
+        return Selector.default_name(self, fraction, count, seed).replace("combine", base, 1)
 
     def _weights(self) -> tuple[float, ...]:
         assert self.config.of is not None

@@ -1,6 +1,6 @@
 """Partitions of the pool into pseudo-classes: zero-shot labels from class names, or k-means.
 
-Zero-shot (ClipCov's default, spec clipcov.md §7): every class name is put into each prompt template,
+Zero-shot (ClipCov's default; docs/select.md, "Partition"): every class name is put into each prompt template,
 the prompts are encoded with the run's model, each prompt embedding is normalised, the class's
 prompts are averaged and re-normalised; a sample's class is ``argmax_k <image, class_k>``.
 """
@@ -57,6 +57,35 @@ def read_class_names(path: str | os.PathLike[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise InputError(f"classes file {path} repeats class names; list each class once")
     return names
+
+
+#: The class list a world of shards may come with (``curate shards make-sample`` writes one beside them).
+CLASS_LIST = "classnames.txt"
+
+
+def shard_class_list(run_root: str | os.PathLike[str], max_folders: int = 16) -> Path | None:
+    """A class list that came with the run's shards: ``classnames.txt`` in the folder of a local shard or
+    the folder above it (``DIR/classnames.txt`` beside ``DIR/train/*.tar``, as make-sample writes).
+
+    Only local shards are looked at, and only the first ``max_folders`` distinct folders (a few stats).
+    """
+    from curate.embed.state import run_shard_urls
+    from curate.run import RunDir
+
+    folders: list[Path] = []
+    for url in run_shard_urls(RunDir(run_root)):
+        if url.startswith("pipe:") or ("://" in url and not url.startswith("file://")):
+            continue
+        folder = Path(url.removeprefix("file://")).parent
+        if folder not in folders:
+            folders.append(folder)
+            if len(folders) >= max_folders:
+                break
+    for folder in folders:
+        for d in (folder, folder.parent):
+            if (d / CLASS_LIST).is_file():
+                return d / CLASS_LIST
+    return None
 
 
 def _render(template: str | Callable[[str], str], name: str) -> str:

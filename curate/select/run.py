@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.embed.state import check_pool_complete
 from curate.engines import Engine, make_engine
 from curate.errors import UsageError
 from curate.fs import exclusive_lock, make_temp_dir, remove_stale_locks
@@ -213,6 +214,19 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _check_same_pool(name: str, old: Mapping[str, Any], pool: Mapping[str, Any]) -> None:
+    """A selection of this name made on another pool (a run embedded further since) is not replaced
+    silently: the pool is part of what makes two selections the same."""
+    before = old.get("pool") or {}
+    size = before.get("samples", (old.get("counts") or {}).get("pool"))
+    if size == pool["samples"] and before.get("digest", pool["digest"]) == pool["digest"]:
+        return
+    what = (f"a pool of {size:,} samples" if isinstance(size, int) and size != pool["samples"]
+            else "another pool of the same size")
+    raise UsageError(f"selection {name!r} was made on {what}; the run's pool now has {pool['samples']:,} "
+                     "samples: pass --force to replace it, or choose --name")
+
+
 @contextlib.contextmanager
 def _engine(engine: Engine | str | None, options: Mapping[str, Any] | None, device: str) -> Iterator[Engine | None]:
     """The engine to use: a given instance as is, or one made from a name and closed afterwards."""
@@ -226,6 +240,102 @@ def _engine(engine: Engine | str | None, options: Mapping[str, Any] | None, devi
         opts.setdefault("device", device if device in ("auto", "cpu", "cuda") else "auto")
     with make_engine(engine, **opts) as eng:
         yield eng
+
+
+@dataclass
+class SelectionPlan:
+    """What ``run_selection`` would do (``curate select --dry-run``): checked, nothing computed or written."""
+
+    name: str
+    path: Path
+    method: str
+    pool_size: int
+    budget: int | None  # samples to keep; None when the method's options decide (threshold, eps)
+    params: dict[str, Any]
+    seed: int
+    existing: str  # "none", "same" (rewritten with the same parameters) or "replaced" (--force)
+    pool: dict[str, Any] = field(default_factory=dict)  # samples, digest, pending_shards, partial
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "method": self.method, "pool": self.pool_size,
+                "budget": self.budget, "params": self.params, "seed": self.seed, "existing": self.existing,
+                "partial": self.pool.get("partial", False), "dry_run": True}
+
+
+@dataclass
+class _Prepared:
+    plan: SelectionPlan
+    selector: Any
+    source: PoolSource
+    per_partition: PerPartition | None
+
+
+def _prepare(
+    run_root: str | os.PathLike[str], method: str, fraction: float | None, count: int | None, name: str | None,
+    seed: int, options: Mapping[str, Any] | None, force: bool, class_text: np.ndarray | None,
+    allow_partial: bool = False, per_partition: str | None = None, memory: int = DEFAULT_MEMORY,
+) -> _Prepared:
+    """Check everything a selection needs before any work: the options, the pool, the name."""
+    run = RunDir(run_root)
+    run.require()
+    cls = get_selector(method)
+    opts = dict(options or {})
+    pp, pp_params = _per_partition(cls, per_partition, opts)
+    selector = cls(cls.config_class.from_options(method, opts))
+    if name is not None:
+        check_name(name)
+    if (fraction is not None or count is not None) and cls.budget_mode == "none":
+        raise UsageError(f"--method {method} takes no --fraction/--count")
+    if memory < 1 << 20:
+        raise UsageError(f"memory budget must be at least 1 MiB, got {memory} bytes")
+    pending = check_pool_complete(run, allow_partial)
+    source = PoolSource.open(run.root)
+    source.require(selector.needs | selector.partition_parts)
+    pool_info = {"samples": len(source), "digest": source.uid_digest(), "pending_shards": len(pending),
+                 "partial": bool(pending)}
+    budget = resolve_budget(fraction, count, len(source))
+    selector.check_budget(budget)
+    selector.check_pool(len(source))
+    name = check_name(name or _with_tag(selector.default_name(fraction, count, seed), pp_params))
+    params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict()}
+    params.update(pp_params)
+    if class_text is not None:
+        params["class_text"] = f"given ({class_text.shape[0]} classes)"
+    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+    final = run.selection_dir(name)
+    existing = "none"
+    if final.exists():
+        old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
+        existing = "same" if old.get("params") == params and old.get("seed") == seed else "replaced"
+        if existing == "replaced" and not force:
+            raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
+        if not force:
+            _check_same_pool(name, old, pool_info)
+    plan = SelectionPlan(name, final, method, len(source), budget, params, seed, existing, pool_info)
+    return _Prepared(plan, selector, source, pp)
+
+
+def plan_selection(
+    run_root: str | os.PathLike[str],
+    method: str,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    name: str | None = None,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+    force: bool = False,
+    class_text: np.ndarray | None = None,
+    allow_partial: bool = False,
+    per_partition: str | None = None,
+    memory: int = DEFAULT_MEMORY,
+) -> SelectionPlan:
+    """Check a selection's inputs and options as :func:`run_selection` does and say what it would write.
+
+    Nothing is scored and nothing is written; the errors are those ``run_selection`` would raise first.
+    """
+    return _prepare(run_root, method, fraction, count, name, seed, options, force, class_text, allow_partial,
+                    per_partition, memory).plan
 
 
 def run_selection(
@@ -245,6 +355,7 @@ def run_selection(
     command: str | None = None,
     engine: Engine | str | None = None,
     engine_options: Mapping[str, Any] | None = None,
+    allow_partial: bool = False,
     memory: int = DEFAULT_MEMORY,
     per_partition: str | None = None,
 ) -> SelectionResult:
@@ -255,57 +366,39 @@ def run_selection(
         method: a registered selector name (see :func:`curate.select.list_selectors`).
         fraction: keep ``int(pool * fraction)`` samples; or ``count`` samples (one of them, or
             neither for methods whose options replace a budget, e.g. clip-score ``threshold``).
-        name: the selection's folder name in ``RUN/selections/`` (default from method and budget).
+        name: the selection's folder name in ``RUN/selections/`` (default: the method, every option that
+            changes the result and the budget, see ``Selector.default_name``).
         seed: seeds every random choice (random subset, k-means).
         options: the method's options (fields of its config class); ``None`` values are ignored.
         device: ``auto``, ``cpu`` or ``cuda[:i]`` for torch work (clipcov).
-        force: replace an existing selection of this name made with different parameters.
+        force: replace an existing selection of this name made with different parameters or on another pool.
         class_text, class_names: precomputed class embeddings for clipcov's zero-shot partition.
         command: the command line to record in provenance.
         engine: where the tasks run: an :class:`~curate.engines.Engine` (started and closed by the
             caller) or a registered engine name (``local``, ``ray``) with ``engine_options`` (e.g.
-            ``{"address": "auto"}``). Every engine selects the same samples with the same scores.
+            ``{"address": "auto"}``, ``{"workers": 4}``). Every engine selects the same samples with the
+            same scores.
+        allow_partial: select from a run whose embed has not finished (pending shards); otherwise that is
+            an ``InputError``. The manifest header records the pool either way (``pool``: samples, digest,
+            pending shards), and a selection made on another pool is not replaced without ``force``.
         memory: bytes a task or the driver may hold besides one partition's embeddings; above it,
-            rankings and picks spill to the selection's work folder.
+            rankings and picks spill to the selection's work folder. The result does not depend on it.
         per_partition: ``proportional``, ``sqrt`` or ``cap:T``: budgets per partition (the method's own
             partitions, or those of the ``partition``/``classes``/``kmeans_sample`` options for methods
             without partitions), so that every partition keeps its share (docs/select.md).
     """
     t0 = time.perf_counter()
-    run = RunDir(run_root)
-    run.require()
-    cls = get_selector(method)
-    opts = dict(options or {})
-    pp, pp_params = _per_partition(cls, per_partition, opts)
-    selector = cls(cls.config_class.from_options(method, opts))
-    if name is not None:
-        check_name(name)
-    if (fraction is not None or count is not None) and cls.budget_mode == "none":
-        raise UsageError(f"--method {method} takes no --fraction/--count")
-    if memory < 1 << 20:
-        raise UsageError(f"memory budget must be at least 1 MiB, got {memory} bytes")
-    source = PoolSource.open(run.root)
-    source.require(selector.needs | selector.partition_parts)
-    budget = resolve_budget(fraction, count, len(source))
-    selector.check_budget(budget)
-    name = check_name(name or _with_tag(selector.default_name(fraction, count), pp_params))
-    params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict()}
-    params.update(pp_params)
-    if class_text is not None:
-        params["class_text"] = f"given ({class_text.shape[0]} classes)"
-    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
-    final = run.selection_dir(name)
+    prep = _prepare(run_root, method, fraction, count, name, seed, options, force, class_text, allow_partial,
+                    per_partition, memory)
+    plan, selector, source = prep.plan, prep.selector, prep.source
+    run, name, params, final, budget = RunDir(run_root), plan.name, plan.params, plan.path, plan.budget
     with selection_lock(run, name):  # one writer per name; a second one is refused at once
-        if final.exists() and not force:
-            old = read_json(final / "manifest.json") if (final / "manifest.json").exists() else {}
-            if old.get("params") != params or old.get("seed") != seed:
-                raise UsageError(f"selection {name!r} exists with other parameters; pass --force or choose --name")
         work = WorkDir(final.parent / f".work-{name}")
         identity = work_identity(source, method, params, seed, budget, memory)
         with _engine(engine, engine_options, device) as eng:
             ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng,
                                 memory=memory)
-            res = run_pipeline(selector, source, budget, ctx, work, identity, pp)
+            res = run_pipeline(selector, source, budget, ctx, work, identity, prep.per_partition)
         selector.check_result(res.kept)
         cmd = command or f"curate select --run {run.root} --method {method}"
         remove_dead_temps(final.parent, f".{name}.tmp-")  # left by a killed earlier attempt
@@ -331,6 +424,7 @@ def run_selection(
                     "info": info,
                     "parents": selector.parents(res.shared),
                     "embeddings": {"rows": len(source), "meta": source.meta},
+                    "pool": plan.pool,
                 },
             )
             _replace_dir(tmp, final)
@@ -342,6 +436,7 @@ def run_selection(
             "params": params,
             "seed": seed,
             "pool": len(source),
+            "pool_partial": plan.pool["partial"],
             "kept": res.kept,
             "manifest": str(Path("selections") / name / "manifest.parquet"),
             "content_hash": header["content_hash"],

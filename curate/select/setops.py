@@ -82,7 +82,7 @@ class SetOperation(Selector):
     config: SetOpConfig
     symbol: ClassVar[str]
 
-    def default_name(self, fraction: float | None, count: int | None) -> str:
+    def default_name(self, fraction: float | None, count: int | None, seed: int = 0) -> str:
         """``A-intersect-B``, ``A-union-B-union-C``, ``A-difference-B-difference-C`` (= A − B − C)."""
         assert self.config.of is not None
         name = f"-{self.name}-".join(self.config.of)

@@ -93,6 +93,18 @@ class PoolSource:
             h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()[:24]
 
+    def uid_digest(self) -> str:
+        """sha256 of the pool's uids in pool order (``hash_strings``), read one table's uid column at a time."""
+        from curate.bootstrap.data import StringHasher
+
+        h = StringHasher()
+        for f in self.files:
+            try:
+                h.update(pq.read_table(f, columns=["uid"]).column(0))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise InputError(f"corrupt Parquet file {f}: {str(exc).splitlines()[0]}") from None
+        return h.hexdigest()
+
     def require(self, parts: Iterable[str]) -> list[str]:
         """The table columns that ``parts`` need (ids always); an error when the tables lack one."""
         cols = list(ID_COLUMNS) + [c for p in parts for c in _PART_COLUMNS[p]]

@@ -21,9 +21,11 @@ gives the reference trainer's constant rate.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,14 @@ from curate.trainer.losses import LossRecorder
 from curate.trainer.reference import train_one_round
 
 SCHEDULES = ("cosine", "constant")
+_logger = logging.getLogger(__name__)
+
+
+def _warn_dropped(stats: Counter[str], what: str) -> None:
+    dropped = {k.removeprefix("dropped_"): v for k, v in sorted(stats.items()) if k.startswith("dropped_") and v}
+    if dropped:
+        _logger.warning("%s skipped %d bad sample(s): %s", what, sum(dropped.values()),
+                        ", ".join(f"{k}={v}" for k, v in dropped.items()))
 
 
 @dataclass
@@ -69,17 +79,29 @@ class SampleCache:
             raise InputError(f"uid {exc.args[0]} of the manifest is not in the sample cache") from None
 
     @classmethod
-    def build(cls, shards: Sequence[str], loaded: LoadedModel) -> SampleCache:
-        """Decode and preprocess every valid sample of ``shards`` (bad samples are skipped, as in embed)."""
-        from curate.io.shards import decode_image, iter_shards
+    def build(cls, shards: Sequence[str], loaded: LoadedModel, stats: Counter[str] | None = None) -> SampleCache:
+        """Decode and preprocess every valid sample of ``shards``.
 
+        Bad samples are skipped and counted as in embed: ``dropped_<reason>`` and ``shard_<problem>`` in
+        ``stats`` (a sample without a caption is ``dropped_missing_caption``: CLIP training needs one).
+        """
+        from curate.io.shards import ErrorPolicy, SampleError, decode_image, iter_shards
+
+        stats = stats if stats is not None else Counter()
+        policy = ErrorPolicy()
         uids, images, captions = [], [], []
-        for s in iter_shards(shards):
+        for s in iter_shards(shards, policy, stats):
             if s.image_bytes is None or s.caption is None:
+                stats["dropped_missing_image" if s.image_bytes is None else "dropped_missing_caption"] += 1
                 continue
-            images.append(loaded.preprocess(decode_image(s.image_bytes)))
+            try:
+                images.append(loaded.preprocess(decode_image(s.image_bytes, max_pixels=policy.max_pixels)))
+            except SampleError as exc:
+                stats[f"dropped_{exc.reason}"] += 1
+                continue
             captions.append(s.caption)
             uids.append(s.uid)
+        _warn_dropped(stats, "the sample cache")
         if not uids:
             raise InputError(f"no samples with an image and a caption in {len(shards)} shard(s)")
         tokens = torch.cat([loaded.tokenizer(captions[i : i + 4096]) for i in range(0, len(captions), 4096)])

@@ -113,8 +113,12 @@ class LossRecorder:
 
     def _flush(self) -> None:
         if self._writer is None:
+            from curate.io.tarwrite import remove_dead_temps
+
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = make_temp_file(self.path.parent, f".{self.path.name}.", ".tmp")  # the umask's mode
+            remove_dead_temps(self.path.parent, f".{self.path.name}.")  # left by a killed earlier attempt
+            # the writer's pid in the name (a rerun removes those of killed writers); the umask's mode
+            self._tmp = make_temp_file(self.path.parent, f".{self.path.name}.{os.getpid()}-", ".tmp")
             self._writer = pq.ParquetWriter(str(self._tmp), LOSS_SCHEMA)
         if self._buf:
             self._writer.write_table(pa.Table.from_batches(self._buf, schema=LOSS_SCHEMA))

@@ -53,12 +53,13 @@ def load_weights(model: torch.nn.Module, checkpoint: str | os.PathLike[str]) -> 
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError (refused by weights_only), SafetensorError, OSError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot load checkpoint {checkpoint} (weights only): {first[:200]}") from None
+        from curate.models import checkpoint_error
+
+        raise checkpoint_error(checkpoint, exc) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"checkpoint {checkpoint} holds no state dict of tensors")
+        raise InputError(f"not a checkpoint curate can load safely: {checkpoint} (it holds no state dict of tensors)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
@@ -101,7 +102,7 @@ def compute_losses(
     existing = _existing_parts(run, round_)
     if existing and not overwrite:
         raise InputError(
-            f"{run.losses_dir(round_)} already holds {len(existing)} loss part(s); pass --overwrite to replace them"
+            f"{run.losses_dir(round_)} already holds {len(existing)} loss part(s); pass --force to replace them"
         )
     if model is None:
         model = (rec_run.get("embed") or {}).get("model")

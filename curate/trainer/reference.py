@@ -4,11 +4,20 @@ Per round: ``bootstrap_round`` writes the round's manifest → one epoch over th
 (webdataset + ``ManifestFilter``), recording per-sample losses with ``LossRecorder`` → checkpoint →
 next round. ``examples/reference_trainer.py`` is the command-line wrapper; the demo and the quality
 benchmark call ``train_rounds`` directly.
+
+Resuming. A round is finished when its model checkpoint ``RUN/checkpoints/round-NNNN.safetensors`` exists:
+it is written last, after the round's losses and the optimizer state (``round-NNNN.optimizer.pt``).
+``train_rounds`` starts after the last finished round (``resume_round``), from that round's weights and
+optimizer state; a round that was interrupted is trained again from its start. Every round seeds torch
+and its data order from ``(seed, round)``, so a resumed run gives the manifests, losses and weights of an
+uninterrupted one (on the same machine and thread count; the timings differ).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,9 +30,10 @@ import torch
 import webdataset as wds
 
 from curate.bootstrap import bootstrap_round, load_state
+from curate.errors import InputError, UsageError
 from curate.models import LoadedModel, load_model
 from curate.progress import NullProgress, Progress
-from curate.run import RunDir
+from curate.run import RunDir, atomic_path
 from curate.trainer.decode import DecodePairs
 from curate.trainer.losses import LossRecorder, clip_loss_per_sample
 from curate.trainer.manifest_filter import ManifestFilter, shard_urls
@@ -52,6 +62,8 @@ class TrainConfig:
     shuffle_buffer: int = 1000
     max_steps: int | None = None  # per round (for smoke tests)
     save_checkpoints: bool = True
+    start: int | None = None  # first round to train; None: after the last finished round (see resume_round)
+    allow_partial: bool = False  # round 0 on a run whose embed has pending shards (see bootstrap_round)
 
 
 @dataclass
@@ -130,15 +142,126 @@ def train_one_round(
     return steps, samples, total / max(steps, 1)
 
 
-def _save(model: torch.nn.Module, path: Path) -> Path:
+def checkpoint_path(run: RunDir, round_: int) -> Path:
+    """The model weights after round ``round_`` (safetensors; ``curate losses`` and ``load_model`` read it)."""
+    return run.root / "checkpoints" / f"round-{round_:04d}.safetensors"
+
+
+def optimizer_path(run: RunDir, round_: int) -> Path:
+    """The optimizer state after round ``round_`` (``torch.save``; read back weights-only)."""
+    return run.root / "checkpoints" / f"round-{round_:04d}.optimizer.pt"
+
+
+def resume_round(run_root: str | os.PathLike[str]) -> int:
+    """The round to train next: one after the last finished round (the last with a checkpoint), 0 for none.
+
+    Only rounds the bootstrap state has reached count (a checkpoint of a round it does not know is stale).
+    """
+    run = RunDir(run_root)
+    state = load_state(run.root)
+    latest = -1 if state is None else int(state["round"])
+    done = -1
+    while done + 1 <= latest and checkpoint_path(run, done + 1).exists():
+        done += 1
+    return done + 1
+
+
+def check_start(run_root: str | os.PathLike[str], start: int) -> None:
+    """Whether training can start at round ``start``: its previous round is finished, and the bootstrap
+    rounds have not gone past it (only the latest round can be decided again)."""
+    run = RunDir(run_root)
+    state = load_state(run.root)
+    latest = -1 if state is None else int(state["round"])
+    if start < 0:
+        raise UsageError(f"--start must be >= 0, got {start}")
+    if start > 0 and not checkpoint_path(run, start - 1).exists():
+        raise InputError(f"cannot start at round {start}: round {start - 1} has no checkpoint "
+                         f"({checkpoint_path(run, start - 1)}); the next round to train is {resume_round(run.root)}")
+    if start < latest:
+        raise InputError(f"cannot start at round {start}: the run's bootstrap is at round {latest}, and only the "
+                         f"latest round can be decided again; start at {latest} or {resume_round(run.root)}, or "
+                         "use a new run folder")
+
+
+def _save_round(run: RunDir, round_: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Path:
+    """The optimizer state, then the weights (their file marks the round finished); each atomically."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from curate.io.tarwrite import remove_dead_temps
+
+    for p in (optimizer_path(run, round_), checkpoint_path(run, round_)):
+        remove_dead_temps(p.parent, f".{p.name}.")  # left by a killed earlier attempt
+    buf = io.BytesIO()  # torch.save names the records inside after the file: a buffer keeps the bytes stable
+    torch.save(optimizer.state_dict(), buf)
+    with atomic_path(optimizer_path(run, round_)) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    path = checkpoint_path(run, round_)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
     return path
+
+
+def _restore(run: RunDir, round_: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The weights and optimizer state after round ``round_`` (weights only: nothing in them runs code)."""
+    from curate.models import checkpoint_error
+    from curate.trainer.offline import load_weights
+
+    load_weights(model, checkpoint_path(run, round_))
+    opt = optimizer_path(run, round_)
+    if not opt.exists():
+        _logger.warning("no optimizer state for round %d (%s): the optimizer starts afresh", round_, opt)
+        return
+    try:
+        optimizer.load_state_dict(torch.load(opt, map_location="cpu", weights_only=True))
+    except Exception as exc:  # a corrupt or foreign file: one line, never a hint to load it unsafely
+        raise checkpoint_error(opt, exc) from None
+
+
+class RoundProgress:
+    """Progress inside a round as lines (``round 3 (mutate): 1,280/2,100 samples, 42.0 samples/s, ETA 19s``)
+    written to ``write`` once ``every_s`` seconds have passed since the last line, or, with ``every_batches``,
+    after that many batches, whichever comes first: readable in batch and Slurm logs, not a flood."""
+
+    def __init__(self, write: Callable[[str], None], every_s: float = 30.0, every_batches: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.write, self.every_s, self.every_batches, self.clock = write, every_s, every_batches, clock
+        self.task, self.total, self.unit = "", None, "samples"
+        self.done = 0.0
+        self._t0 = self._last = 0.0
+        self._batches = 0
+
+    def start(self, task: str, total: float | None = None, unit: str = "samples") -> None:
+        self.task, self.total, self.unit, self.done = task, total, unit, 0.0
+        self._t0 = self._last = self.clock()
+        self._batches = 0
+
+    def advance(self, n: float = 1) -> None:
+        self.done += n
+        self._batches += 1
+        now = self.clock()
+        due = now - self._last >= self.every_s
+        if self.every_batches is not None:
+            due = due or self._batches >= self.every_batches
+        if due:
+            self._last, self._batches = now, 0
+            self.write(self.line(now))
+
+    def line(self, now: float) -> str:
+        rate = self.done / max(now - self._t0, 1e-9)
+        text = f"{self.task}: {self.done:,.0f}" + (f"/{self.total:,.0f}" if self.total else "") + f" {self.unit}"
+        text += f", {rate:,.1f} {self.unit}/s"
+        if self.total and rate > 0:
+            text += f", ETA {_duration((self.total - self.done) / rate)}"
+        return text
+
+    def finish(self) -> None:
+        return None
+
+
+def _duration(seconds: float) -> str:
+    s = round(max(seconds, 0))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def train_rounds(
@@ -146,30 +269,30 @@ def train_rounds(
     progress: Progress | None = None,
     on_round: Callable[[RoundLog], None] | None = None,
 ) -> list[RoundLog]:
-    """Train ``cfg.rounds`` rounds, continuing after the run's latest bootstrap round.
+    """Train ``cfg.rounds`` rounds from round ``cfg.start``, by default after the last finished round.
 
-    The model starts from ``cfg.pretrained`` or, when the run already has checkpoints, from the latest
-    one (``RUN/checkpoints/round-NNNN.safetensors``), so calling this again resumes.
+    The model starts from ``cfg.pretrained`` or, after a finished round, from its checkpoint and optimizer
+    state (``RUN/checkpoints/round-NNNN.*``), so calling this again resumes; an interrupted round is
+    trained again from its start (see the module docstring).
     """
     progress = progress or NullProgress()
     run = RunDir(cfg.run)
-    state = load_state(run.root)
-    start = 0 if state is None else int(state["round"]) + 1
-    ckpt_dir = run.root / "checkpoints"
-    pretrained = cfg.pretrained
-    if start > 0 and (ckpt_dir / f"round-{start - 1:04d}.safetensors").exists():
-        pretrained = str(ckpt_dir / f"round-{start - 1:04d}.safetensors")
+    run.require()
+    start = resume_round(run.root) if cfg.start is None else cfg.start
+    check_start(run.root, start)
     torch.manual_seed(cfg.seed)
-    loaded = load_model(cfg.model, pretrained, device=cfg.device, precision="fp32")
+    loaded = load_model(cfg.model, cfg.pretrained, device=cfg.device, precision="fp32")
     model = loaded.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if start > 0:
+        _restore(run, start - 1, model, optimizer)
     logs = []
     for r in range(start, start + cfg.rounds):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 100_003 + r)
         res = bootstrap_round(
             run.root, r, method=cfg.method, knobs=cfg.knobs if r == 0 else {}, seed=cfg.seed if r == 0 else None,
-            init=cfg.init if r == 0 else None, command="train_rounds",
+            init=cfg.init if r == 0 else None, command="train_rounds", allow_partial=cfg.allow_partial,
         )
         urls = shard_urls(res.manifest, urls=cfg.shards, run=run.root)
         loader = _round_loader(urls, res.manifest_path, loaded, cfg, r)
@@ -179,7 +302,7 @@ def train_rounds(
                 model, loaded.tokenizer, optimizer, loader, rec, loaded.device, cfg.max_steps, progress
             )
         progress.finish()
-        ckpt = _save(model, ckpt_dir / f"round-{r:04d}.safetensors") if cfg.save_checkpoints else None
+        ckpt = _save_round(run, r, model, optimizer) if cfg.save_checkpoints else None
         log = RoundLog(
             round=r, phase=res.summary["phase"], kept=len(res.manifest), steps=steps, samples=samples,
             mean_loss=mean_loss, seconds=time.perf_counter() - t0, manifest=str(res.manifest_path),

@@ -168,24 +168,23 @@ def _d(build: Callable[[Path], Path], stats: dict[str, int], written: int, valid
     return Defect(build, stats, written, validate, strict or next(iter(validate), ""))
 
 
+#: The image bytes of each image defect (also used on their own, e.g. in labelled evaluation shards).
+BAD_IMAGES: dict[str, tuple[bytes, str]] = {  # name -> (bytes, drop reason)
+    "zero_byte_image": (b"", "corrupt_image"),
+    "corrupt_jpeg": (image_bytes("red", 64)[:300], "corrupt_image"),
+    "garbage_image": (b"\xff\xd8" + bytes(range(256)) * 4, "corrupt_image"),
+    "decompression_bomb": (png_header_only(100_000, 100_000), "decompression_bomb"),
+    "extreme_aspect_ratio": (_thin_png(1, 50_000), "extreme_aspect_ratio"),
+    "eps_in_jpg": (EPS, "unsupported_image"),
+}
+
 G = 2 * GOOD_PER_SHARD
 DEFECTS: dict[str, Defect] = {
     "truncated_tar": _d(_truncated, {"shard_truncated_tar": 1, "dropped_truncated_sample": 1}, -1),
     # only the damaged member is lost: its caption is left as a sample without an image
     "damaged_header": _d(_damaged_header, {"shard_damaged_tar": 1, "dropped_missing_image": 1}, G),
     "latin1_name": _d(_latin1_name, {"dropped_name_not_utf8": 1}, G),
-    "zero_byte_image": _d(_image_case(b""), {"dropped_corrupt_image": 1}, G),
-    "corrupt_jpeg": _d(_image_case(image_bytes("red", 64)[:300]), {"dropped_corrupt_image": 1}, G),
-    "garbage_image": _d(
-        lambda p: _with_good(p, [("bad.jpg", b"\xff\xd8" + bytes(range(256)) * 4), ("bad.txt", b"x")]),
-        {"dropped_corrupt_image": 1}, G,
-    ),
-    "decompression_bomb": _d(_image_case(png_header_only(100_000, 100_000)), {"dropped_decompression_bomb": 1}, G),
-    "extreme_aspect_ratio": _d(_image_case(_thin_png(1, 50_000)), {"dropped_extreme_aspect_ratio": 1}, G),
-    "eps_in_jpg": _d(
-        lambda p: _with_good(p, [("bad.jpg", EPS), ("bad.txt", b"postscript, not a jpeg")]),
-        {"dropped_unsupported_image": 1}, G,
-    ),
+    **{name: _d(_image_case(data), {f"dropped_{reason}": 1}, G) for name, (data, reason) in BAD_IMAGES.items()},
     "missing_caption": _d(lambda p: _with_good(p, [("bad.jpg", image_bytes())]), {"dropped_missing_caption": 1}, G),
     "missing_image": _d(lambda p: _with_good(p, [("bad.txt", b"no image")]), {"dropped_missing_image": 1}, G),
     "caption_not_utf8": _d(
@@ -220,6 +219,10 @@ DEFECTS: dict[str, Defect] = {
     ),
     "link_members": _d(_links, {"dropped_non_file_member": 2}, G),
     "empty_shard": _d(lambda p: (write_members(p, []), p)[1], {"shard_empty_shard": 1}, 0),
+    # a text file given as a shard (a README, a URL list): not a tar at all, whatever its length
+    "text_file": _d(lambda p: (p.write_text("# notes\n" + "not a tar, just text\n" * 200), p)[1],
+                    {"shard_not_tar": 1}, 0),
+    "short_text_file": _d(lambda p: (p.write_text("hello\n"), p)[1], {"shard_not_tar": 1}, 0),
     "unusual_images": _d(_unusual, {}, 8, {}),
 }
 

@@ -110,6 +110,11 @@ def _beside(rel: str, data: bytes = b"the user's own file") -> Callable[[Path], 
         path = run.parent / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+def _pending(rel: str) -> Callable[[Path], None]:
+    """An embed that did not finish: run.json plans the shard, its table is not there (yet)."""
+
+    def f(run: Path) -> None:
+        (run / rel).unlink()
 
     return f
 
@@ -159,22 +164,27 @@ SELECT_CASES: dict[str, Case] = {
     "embeddings without image_emb": Case(["select", "-r", SELECT, "-m", "clipcov", "-f", "0.5", "--partition",
                                           "kmeans:3"], 3, "image_emb",
                                          _drop_column("embeddings/00000.parquet", "image_emb")),
+    "pool with a pending shard": Case(["select", "-r", SELECT, "-m", "random", "-f", "0.5"], 3,
+                                      "1 of 2 shards are pending (00001)", _pending("embeddings/00001.parquet")),
     "set algebra on a missing selection": Case(["select", "-r", SELECT, "-m", "union", "--of", "rand", "nope"], 3,
                                                "nope"),
     "set algebra on a corrupt manifest": Case(["select", "-r", SELECT, "-m", "intersect", "--of", "rand", "rand2"], 3,
                                               "manifest.parquet", _garbage("selections/rand2/manifest.parquet")),
-    "export a corrupt manifest": Case(["export", "-m", "RUN/selections/rand", "--format", "datacomp", "-o",
+    "export a corrupt manifest": Case(["export", "--manifest", "RUN/selections/rand", "--format", "datacomp", "-o",
                                        "RUN/subset.npy"], 3, "manifest.parquet",
                                       _truncate("selections/rand/manifest.parquet")),
-    "export unknown format": Case(["export", "-m", "RUN/selections/rand", "--format", "pickle"], 2, "pickle"),
-    "reshard a corrupt manifest": Case(["reshard", "-m", "RUN/selections/rand", "-o", "ROOT/out"], 3,
+    "export unknown format": Case(["export", "--manifest", "RUN/selections/rand", "--format", "pickle"], 2, "pickle"),
+    "reshard a corrupt manifest": Case(["reshard", "--manifest", "RUN/selections/rand", "-o", "ROOT/out"], 3,
                                        "manifest.parquet", _garbage("selections/rand/manifest.parquet")),
-    "reshard a manifest without keys": Case(["reshard", "-m", "RUN/selections/rand", "-o", "ROOT/out"], 3,
+    "reshard a manifest without keys": Case(["reshard", "--manifest", "RUN/selections/rand", "-o", "ROOT/out"], 3,
                                             "not a curate manifest",
                                             _drop_column("selections/rand/manifest.parquet", "key")),
-    "reshard shard size zero": Case(["reshard", "-m", "RUN/selections/rand", "-o", "ROOT/out", "--shard-size", "0"],
+    "reshard shard size zero": Case(["reshard", "--manifest", "RUN/selections/rand", "-o", "ROOT/out",
+                                     "--shard-size", "0"],
                                     2, "--shard-size"),
-    "reshard into a non-empty folder": Case(["reshard", "-m", "RUN/selections/rand", "-o", "ROOT/src"], 2,
+    "make-sample into a folder of other files": Case(["shards", "make-sample", "--out", "RUN", "--n-train", "4"], 2,
+                                                     "holds no synthetic world"),
+    "reshard into a non-empty folder": Case(["reshard", "--manifest", "RUN/selections/rand", "-o", "ROOT/src"], 2,
                                             "is not empty"),
     # reshard --force replaces only an earlier reshard output, and never writes in or around a run or the shards
     "reshard --force into the run folder": Case(["reshard", "--manifest", "RUN/selections/rand", "--out", "RUN",
@@ -256,32 +266,38 @@ SELECT_CASES: dict[str, Case] = {
 
 BOOT = "RUN"
 BOOT_CASES: dict[str, Case] = {
-    "negative round": Case(["bootstrap", "-r", BOOT, "-n", "-1"], 2, "--round must be >= 0"),
-    "skipped round": Case(["bootstrap", "-r", BOOT, "-n", "3"], 3, "skips round 2"),
-    "round before the latest": Case(["bootstrap", "-r", BOOT, "-n", "0"], 3, "to start over: curate bootstrap --run"),
+    "negative round": Case(["bootstrap", "-r", BOOT, "--round", "-1"], 2, "--round must be >= 0"),
+    "skipped round": Case(["bootstrap", "-r", BOOT, "--round", "3"], 3, "skips round 2"),
+    "round before the latest": Case(["bootstrap", "-r", BOOT, "--round", "0"], 3,
+                                    "to start over: curate bootstrap --run"),
     "reset with a later round": Case(["bootstrap", "--run", BOOT, "--reset", "--round", "2"], 2,
                                      "takes no --round other than 0"),
-    "unknown method": Case(["bootstrap", "-r", "RUN", "-n", "2", "--method", "magic"], 2, "magic"),
-    "knob changed after round 0": Case(["bootstrap", "-r", BOOT, "-n", "2", "--seed", "9"], 2, "fixed per run",
+    "unknown method": Case(["bootstrap", "-r", "RUN", "--round", "2", "--method", "magic"], 2, "magic"),
+    "knob changed after round 0": Case(["bootstrap", "-r", BOOT, "--round", "2", "--seed", "9"], 2, "fixed per run",
                                        _losses("ok")),
-    "knob of another method": Case(["bootstrap", "-r", BOOT, "-n", "2", "--prune-ratio", "0.5"], 2,
+    "knob of another method": Case(["bootstrap", "-r", BOOT, "--round", "2", "--prune-ratio", "0.5"], 2,
                                    "does not apply"),
-    "no losses": Case(["bootstrap", "-r", BOOT, "-n", "2"], 3, "no loss table for round 1"),
-    "losses with unknown uids": Case(["bootstrap", "-r", BOOT, "-n", "2"], 3, "uids that were not in round 1",
+    "no losses": Case(["bootstrap", "-r", BOOT, "--round", "2"], 3, "no loss table for round 1"),
+    "losses with unknown uids": Case(["bootstrap", "-r", BOOT, "--round", "2"], 3, "uids that were not in round 1",
                                      _losses("unknown")),
-    "losses with duplicate uids": Case(["bootstrap", "-r", BOOT, "-n", "2"], 3, "duplicate uids",
+    "losses with duplicate uids": Case(["bootstrap", "-r", BOOT, "--round", "2"], 3, "duplicate uids",
                                        _losses("duplicate")),
-    "losses with NaN": Case(["bootstrap", "-r", BOOT, "-n", "2"], 3, "NaN", _losses("nan")),
-    "corrupt loss parquet": Case(["bootstrap", "-r", BOOT, "-n", "2"], 3, "corrupt Parquet", _losses("corrupt")),
-    "loss table without loss_a": Case(["bootstrap", "-r", BOOT, "-n", "2"], 3, "lacks columns", _losses("columns")),
-    "loss table with text losses": Case(["bootstrap", "-r", BOOT, "-n", "2"], 3, "wrong column types",
+    "losses with NaN": Case(["bootstrap", "-r", BOOT, "--round", "2"], 3, "NaN", _losses("nan")),
+    "corrupt loss parquet": Case(["bootstrap", "-r", BOOT, "--round", "2"], 3, "corrupt Parquet", _losses("corrupt")),
+    "loss table without loss_a": Case(["bootstrap", "-r", BOOT, "--round", "2"], 3, "lacks columns",
+                                      _losses("columns")),
+    "loss table with text losses": Case(["bootstrap", "-r", BOOT, "--round", "2"], 3, "wrong column types",
                                         _losses("types")),
-    "corrupt state": Case(["bootstrap", "-r", BOOT, "-n", "2"], 3, "state.json", _corrupt_json("bootstrap/state.json")),
-    "manifest from another run as --init": Case(["bootstrap", "-r", "ROOT/fresh", "-n", "0", "--init",
+    "corrupt state": Case(["bootstrap", "-r", BOOT, "--round", "2"], 3, "state.json",
+                          _corrupt_json("bootstrap/state.json")),
+    "round 0 on a pool with a pending shard": Case(["bootstrap", "-r", "ROOT/fresh", "--round", "0"], 3,
+                                                   "--allow-partial", _pending("../fresh/embeddings/00001.parquet")),
+    "manifest from another run as --init": Case(["bootstrap", "-r", "ROOT/fresh", "--round", "0", "--init",
                                                  "RUN/foreign.parquet"], 3, "foreign.parquet", _foreign_manifest),
-    "corrupt manifest as --init": Case(["bootstrap", "-r", "ROOT/fresh", "-n", "0", "--init", "RUN/bad.parquet"], 3,
+    "corrupt manifest as --init": Case(["bootstrap", "-r", "ROOT/fresh", "--round", "0", "--init",
+                                        "RUN/bad.parquet"], 3,
                                        "bad.parquet", _garbage("bad.parquet")),
-    "missing --init": Case(["bootstrap", "-r", "ROOT/fresh", "-n", "0", "--init", "nothing-here"], 2,
+    "missing --init": Case(["bootstrap", "-r", "ROOT/fresh", "--round", "0", "--init", "nothing-here"], 2,
                            "nothing-here"),
 }
 
@@ -348,7 +364,7 @@ def test_cases_are_not_vacuous(select_base: Path, boot_base: Path, tmp_path: Pat
     s, b = root / "s" / "run", root / "b" / "run"
     assert main(["select", "-r", str(s), "-m", "clipcov", "-f", "0.5", "--partition", "kmeans:3", "--json"]) == 0
     assert main(["select", "-r", str(s), "-m", "intersect", "--of", "rand", "rand2", "--json"]) == 0
-    assert main(["reshard", "-m", str(s / "selections" / "rand"), "-o", str(root / "s" / "out"), "--json"]) == 0
+    assert main(["reshard", "--manifest", str(s / "selections" / "rand"), "-o", str(root / "s" / "out"), "--json"]) == 0
     _earlier_reshard_with_a_user_file(s)
     (root / "s" / "prev" / "notes.txt").unlink()
     assert main(["reshard", "--manifest", str(s / "selections" / "rand"), "--out", str(root / "s" / "prev"), "--force",
@@ -363,6 +379,65 @@ def test_cases_are_not_vacuous(select_base: Path, boot_base: Path, tmp_path: Pat
     assert main(["selections", str(s), "--delete", "rand-difference-rand2-difference-rand-intersect-rand2"]) == 0
     assert main(["selections", "--run", str(s), "--json"]) == 0
     _losses("ok")(b)
-    assert main(["bootstrap", "-r", str(b), "-n", "2", "--json"]) == 0
+    assert main(["bootstrap", "-r", str(b), "--round", "2", "--json"]) == 0
     json.loads((b / "bootstrap" / "state.json").read_text())
     assert main(["bootstrap", "--run", str(b), "--reset", "--round", "0"]) == 0
+
+
+# --- every option without its value -------------------------------------------------------------------
+def _options_taking_values() -> list[tuple[tuple[str, ...], str, int]]:
+    """(command path, option string, values it takes) for every option of every command and subcommand,
+    read from the command tree click builds (a command added later is covered without editing this)."""
+    import typer
+
+    from curate.cli._app import app
+    from curate.cli._tree import walk
+
+    cases = []
+    for path, cmd in walk(typer.main.get_command(app)):
+        for p in cmd.params:
+            if p.param_type_name == "option" and not p.is_flag and not getattr(p, "hidden", False):
+                cases.extend((path, opt, p.nargs) for opt in p.opts)
+    return cases
+
+
+MISSING_VALUE = _options_taking_values()
+
+
+def test_the_option_table_is_complete() -> None:
+    """The enumeration reaches every command, the subcommands and the short forms."""
+    seen = {(path, opt) for path, opt, _ in MISSING_VALUE}
+    for case in [(("select",), "--fraction"), (("select",), "-f"), (("embed",), "--run"), (("bootstrap",), "--round"),
+                 (("bootstrap", "coreset"), "--fraction"), (("report",), "-s"), (("select",), "--of"),
+                 (("shards", "validate"), "--workers"), (("losses",), "--checkpoint"), (("merge",), "--out")]:
+        assert case in seen, case
+    assert len({path for path, _, _ in MISSING_VALUE}) >= 12
+
+
+@pytest.mark.parametrize(("path", "opt", "nargs"), MISSING_VALUE, ids=[" ".join([*p, o]) for p, o, _ in MISSING_VALUE])
+def test_every_option_without_its_value_is_one_line(path: tuple[str, ...], opt: str, nargs: int,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    code = main([*path, opt])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    values = "a value" if nargs == 1 else f"{nargs} values"
+    assert lines[0] == f"error: option '{opt}' requires {values} (see 'curate {' '.join([*path, '--help'])}')"
+    assert code == 2 and out == ""
+
+
+@pytest.mark.parametrize("args", [["select", "--run", "x", "--json=yes"], ["bootstrap", "--dry-run=1"],
+                                  ["--version=2"]])
+def test_a_value_given_to_a_flag_is_one_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and "takes no value" in err and out == "", err
+
+
+def test_click_messages_on_several_lines_become_one(capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["select", "--run", "x"]) == 2  # click lists the choices of the missing --method line by line
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Missing option '--method'" in err and "clipcov" in err, err

@@ -162,7 +162,9 @@ def test_decode_workers_give_the_same_tables(world: dict[str, Any], embedded: Pa
 def test_max_pixels_flag_drops_bombs(world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     shard = str(world["shards"]["unusual_images"])  # 32x32 = 1024 px images
-    assert main([*_embed_args(shard, run, world["ckpt"], "--workers", "0", "--max-pixels", "1000"), "--json"]) == 0
+    # every image is dropped: the run records it, and the command says that nothing was embedded (exit 3)
+    assert main([*_embed_args(shard, run, world["ckpt"], "--workers", "0", "--max-pixels", "1000"), "--json"]) == 3
+    assert "nothing embedded" in capsys.readouterr().err
     stats = _shard_stats(run)["unusual_images"]
     assert stats["dropped_decompression_bomb"] == 8 and stats["written"] == 0
     capsys.readouterr()
@@ -231,7 +233,7 @@ def test_unreadable_shard_is_retried_when_readable_again(world: dict[str, Any], 
     fs = fsspec.filesystem("memory")
     if fs.exists(url):
         fs.rm(url)
-    assert main(args) == 0
+    assert main(args) == 3  # nothing embedded: said, with exit 3
     assert _shard_stats(tmp_path / "run")["later"] == {"shard_unreadable_shard": 1, "written": 0}
     with fsspec.open(url, "wb") as fh:  # the network came back
         fh.write(world["shards"]["unusual_images"].read_bytes())
@@ -240,3 +242,53 @@ def test_unreadable_shard_is_retried_when_readable_again(world: dict[str, Any], 
         assert _shard_stats(tmp_path / "run")["later"]["written"] == 8
     finally:
         fs.rm(url)
+
+
+# --- the trainer's sample cache and the evaluation split read the same shards ------------------------
+def _tiny(world: dict[str, Any]) -> Any:
+    from curate.models import load_model
+
+    return load_model(TINY_ARCH, world["ckpt"], device="cpu", precision="fp32")
+
+
+def test_sample_cache_skips_and_counts_every_defect(world: dict[str, Any], embedded: Path) -> None:
+    """``SampleCache.build`` (the cached trainer) keeps what embed keeps and counts every drop under its reason."""
+    from collections import Counter
+
+    from curate.trainer.cached import SampleCache
+
+    stats: Counter[str] = Counter()
+    cache = SampleCache.build([str(p) for p in world["shards"].values()], _tiny(world), stats)
+    want: Counter[str] = Counter()
+    for d in DEFECTS.values():
+        want.update(d.stats)
+    assert {k: v for k, v in stats.items() if k.startswith(("dropped_", "shard_"))} == dict(want)
+    embedded_uids = set(pq.read_table(embedded / "embeddings", columns=["uid"]).column("uid").to_pylist())
+    assert set(cache.uids.tolist()) == embedded_uids and len(cache) == len(embedded_uids)
+
+
+def test_labelled_split_skips_and_counts_every_defect(world: dict[str, Any], tmp_path: Path) -> None:
+    """``load_labelled_split`` (zero-shot evaluation): every bad image among labelled samples is skipped and
+    counted; the defect shards themselves (unlabelled) do not stop it either."""
+    from collections import Counter
+
+    from curate.evaluate import load_labelled_split
+    from curate.io.tarwrite import write_tar
+    from tests.reliability.faults import BAD_IMAGES, image_bytes
+
+    def labelled(cls: str, image: bytes, ext: str = "jpg") -> dict[str, bytes]:
+        return {ext: image, "txt": f"a {cls} square".encode(), "json": json.dumps({"truth": {"class": cls}}).encode()}
+
+    samples = [(f"good{i}", labelled(c, image_bytes(c))) for i, c in enumerate(["red", "blue", "red"])]
+    for name, (data, _) in BAD_IMAGES.items():
+        samples.append((name, labelled("blue", data, "png" if data[:4] == b"\x89PNG" else "jpg")))
+    samples.append(("good3", labelled("blue", image_bytes("blue"))))
+    write_tar(tmp_path / "labelled.tar", samples)
+    stats: Counter[str] = Counter()
+    shards = [str(tmp_path / "labelled.tar"), *(str(p) for p in world["shards"].values())]
+    images, labels = load_labelled_split(_tiny(world), shards, ["red", "blue"], stats)
+    assert labels.tolist() == [0, 1, 0, 1] and images.shape[0] == 4
+    # decode drops: the labelled bad images only (unlabelled samples of the defect shards are never decoded)
+    decode = Counter(f"dropped_{r}" for _, r in BAD_IMAGES.values())
+    assert {k: v for k, v in stats.items() if k in decode} == dict(decode)
+    assert stats["shard_not_tar"] == 2 and stats["shard_truncated_tar"] == 1

@@ -245,7 +245,7 @@ def test_reshard_refuses_hostile_keys(tmp_path: Path, capsys: pytest.CaptureFixt
     _hostile_source(tmp_path / "src" / "src.tar")
     man = _manifest(work / "m.parquet", keys)
     before = _tree(tmp_path)
-    code = main(["reshard", "-m", str(man), "-o", str(work / "out" / "shards"), "--shards",
+    code = main(["reshard", "--manifest", str(man), "-o", str(work / "out" / "shards"), "--shards",
                  str(tmp_path / "src" / "src.tar")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and len(err) == 1 and "missing" in err[0], err
@@ -260,7 +260,7 @@ def test_reshard_writes_only_safe_members_inside_out(tmp_path: Path) -> None:
     man = _manifest(work / "m.parquet", ["good1", "good2"])
     before = _tree(tmp_path)
     out = work / "out"
-    assert main(["reshard", "-m", str(man), "-o", str(out), "--shards", str(tmp_path / "src" / "src.tar"),
+    assert main(["reshard", "--manifest", str(man), "-o", str(out), "--shards", str(tmp_path / "src" / "src.tar"),
                  "--json"]) == 0
     after = _tree(tmp_path)
     new = sorted(set(after) - set(before))
@@ -278,7 +278,8 @@ def test_reshard_rerun_is_idempotent_and_cleans_dead_temps(tmp_path: Path) -> No
     (tmp_path / "src").mkdir()  # the source shards' folder: reshard never writes inside it
     _hostile_source(tmp_path / "src" / "src.tar")
     man = _manifest(work / "m.parquet", ["good1", "good2"])
-    args = ["reshard", "-m", str(man), "-o", str(work / "out"), "--shards", str(tmp_path / "src" / "src.tar"), "--json"]
+    args = ["reshard", "--manifest", str(man), "-o", str(work / "out"), "--shards", str(tmp_path / "src" / "src.tar"),
+            "--json"]
     stale = work / ".out.tmp-999999999"  # a killed writer's folder (no such pid)
     stale.mkdir()
     (stale / "000000.tar").write_bytes(b"partial")

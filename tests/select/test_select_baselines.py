@@ -272,11 +272,12 @@ def test_outputs_idempotent_atomic_and_recorded(make_run: MakeRun) -> None:
     assert h["counts"] == {"pool": 200, "kept": 100, "pruned": 100, "pruned_by_reason": {"budget": 100}}
     shards = man.table.column("shard").to_pylist()
     assert shards == sorted(shards)
-    rec = read_json(run / "run.json")["selections"]["random-f0.5"]
+    assert res.name == "random-s3-f0.5"  # the seed changes the result, so it is in the default name
+    rec = read_json(run / "run.json")["selections"]["random-s3-f0.5"]
     assert rec["content_hash"] == h["content_hash"] and rec["kept"] == 100
     with pytest.raises(UsageError, match="exists with other parameters"):
-        run_selection(run, "random", fraction=0.5, seed=4)
-    assert run_selection(run, "random", fraction=0.5, seed=4, force=True).kept == 100
+        run_selection(run, "random", fraction=0.5, seed=4, name="random-s3-f0.5")
+    assert run_selection(run, "random", fraction=0.5, seed=4, name="random-s3-f0.5", force=True).kept == 100
 
 
 @pytest.mark.parametrize(

@@ -30,9 +30,11 @@ def test_select_methods_json_and_summary(make_run: MakeRun, capsys: pytest.Captu
     assert main(["select", "--run", str(run), "--method", "random", "--fraction", "0.25", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["name"] == "random-f0.25" and res["kept"] == 100 and res["pool"] == 400
-    args = ["select", "-r", str(run), "-m", "clipcov", "-n", "120", "--partition", "kmeans:4", "--variant", "greedy"]
+    args = ["select", "-r", str(run), "-m", "clipcov", "-n", "120", "--partition", "kmeans:4", "--variant", "greedy",
+            "--name", "clipcov-n120"]
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    out, printed = capsys.readouterr()
+    assert out == f"{run / 'selections' / 'clipcov-n120'}\n"  # stdout: the selection folder; tables: stderr
     assert "kept" in printed and "120" in printed and "kept per partition" in printed
     assert read_scores(run / "selections" / "clipcov-n120")["selected"].sum() == 120
     assert main(["select", "--run", str(run), "--method", "semdedup", "--eps", "0.02", "--keep", "closest"]) == 0
@@ -119,7 +121,7 @@ def test_clipcov_zero_shot_with_run_model_and_classes_file(
     want = np.argmax(pool_img @ class_text.T, axis=1)  # argmax over the prompt-ensemble class embeddings
     assert (want == lab).mean() > 0.9
     np.testing.assert_array_equal(t["partition"], want)
-    assert "cat" in capsys.readouterr().out  # kept per partition shows class names
+    assert "cat" in capsys.readouterr().err  # kept per partition shows class names
     assert calls_seen == [6] and len(list((run / "cache" / "class_text").glob("*.npy"))) == 1
     assert main(["select", "--run", str(run), "--method", "clipcov", "--fraction", "0.5", "--name", "again"]) == 0
     assert calls == []  # cached
@@ -127,7 +129,7 @@ def test_clipcov_zero_shot_with_run_model_and_classes_file(
     cls_file.write_text("# my classes\nfish\ndog\n\ncat\n")
     args = ["select", "--run", str(run), "--method", "clipcov", "--count", "100", "--classes", str(cls_file)]
     assert main(args) == 0
-    t = read_scores(run / "selections" / "clipcov-n100")
+    t = read_scores(run / "selections" / "clipcov-classes-n100")  # named after the class list
     np.testing.assert_array_equal(t["partition"], np.array([2, 1, 0])[want])  # indices in file order
 
 
@@ -146,7 +148,8 @@ def test_export_and_reshard_cli(
     assert main(["export", "--manifest", str(sel), "--format", "datacomp", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["entries"] == 7 and np.load(res["path"]).dtype == np.dtype("u8,u8")
-    assert main(["export", "-m", str(sel / "manifest.parquet"), "--format", "keys", "-o", str(tmp_path / "k")]) == 0
+    args = ["export", "--manifest", str(sel / "manifest.parquet"), "--format", "keys", "-o", str(tmp_path / "k")]
+    assert main(args) == 0
     assert len((tmp_path / "k").read_text().splitlines()) == 7
     assert main(["export", "--manifest", str(sel), "--format", "urls", "-o", str(tmp_path / "u")]) == 0
     assert set((tmp_path / "u").read_text().splitlines()) <= set(urls)

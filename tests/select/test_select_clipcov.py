@@ -1,4 +1,4 @@
-"""ClipCov: known answers, the update schedule, and agreement with a brute-force spec §1.2 loop."""
+"""ClipCov: known answers, the update schedule, and agreement with a brute-force reference-notebook loop."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from curate.select import run_selection
 from curate.select.clipcov import UPDATE_PERIOD
 
 # --------------------------------------------------------------------------------------------------
-# An independent, straightforward implementation of the notebook (specs/clipcov.md §1.2), with
+# An independent, straightforward implementation of the reference notebook (docs/select.md), with
 # explicit n_k × n_k matrices per class, float64 throughout, and the notebook's argsort bookkeeping.
 # --------------------------------------------------------------------------------------------------
 
