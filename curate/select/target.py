@@ -182,13 +182,9 @@ class NormSimSelector(Selector):
     def tag(self) -> str:
         return f"t{self.config.threshold:g}" if self.config.threshold is not None else ""
 
-    def default_name(self, fraction: float | None, count: int | None) -> str:
-        base = f"{self.name}-{self.config.norm}"
-        if fraction is not None:
-            return f"{base}-f{fraction:g}"
-        if count is not None:
-            return f"{base}-n{count}"
-        return f"{base}-{self.tag()}"
+    def option_tags(self) -> list[str]:
+        assert self.config.target is not None
+        return [self.config.norm, _tag(self.config.target)]
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
         assert self.config.target is not None
@@ -299,9 +295,11 @@ class ImageFilterSelector(Selector):
     columns: ClassVar[dict[str, str]] = {"target_cluster": "bool", "centroid_sim": "f8", "partition": "i4"}
     config: ImageFilterConfig
 
-    def default_name(self, fraction: float | None, count: int | None) -> str:
+    seeded = True  # k-means
+
+    def option_tags(self) -> list[str]:
         assert self.config.target is not None
-        return f"{self.name}-{_tag(self.config.target)}"
+        return [_tag(self.config.target)] + ([f"k{self.config.clusters}"] if self.config.clusters is not None else [])
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
         from curate.select.partition import default_kmeans_sample, sample_rows, train_kmeans

@@ -46,7 +46,7 @@ def test_normsim_closed_forms(make_run: MakeRun) -> None:
     np.testing.assert_allclose(inf["score"], [1, 0, 1, s, s, s], atol=1e-3)  # float16 storage of 1/√2
     two = read_scores(run_selection(run, "normsim", count=2, options={"target": str(target), "norm": "2"}).path)
     np.testing.assert_allclose(two["score"], [1, 0, 1, 1, s, s], atol=1e-3)
-    assert kept(run / "selections" / "normsim-2-n2") == {0, 2}  # ties at 1: pool order
+    assert kept(run / "selections" / f"normsim-2-{target.name}-n2") == {0, 2}  # ties at 1: pool order
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_image_filter_keeps_exactly_the_clusters_the_target_hits(make_run: MakeR
     run = make_run(normalise(eye[lab] + 0.05 * rng.normal(size=(160, 8))))
     target = make_run(normalise(eye[[0, 2, 2, 0, 2]] + 0.05 * rng.normal(size=(5, 8))))
     res = run_selection(run, "image-filter", options={"target": str(target), "clusters": 4})
-    assert res.name == f"image-filter-{target.name}"
+    assert res.name == f"image-filter-{target.name}-k4"  # every option that changes the result
     assert kept(res.path) == set(np.flatnonzero((lab == 0) | (lab == 2)))
     assert res.pruned_by_reason == {"not_target_cluster": 80}
     assert res.info["clusters"] == 4 and res.info["target_clusters"] == 2
@@ -246,5 +246,5 @@ def test_cli_help_lists_the_methods_with_examples(capsys: pytest.CaptureFixture[
 def test_run_json_records_the_new_selections(runs: tuple[Path, Path]) -> None:
     pool, target = runs
     run_selection(pool, "normsim", fraction=0.1, options={"target": str(target)})
-    rec = RunDir(pool).load()["selections"]["normsim-inf-f0.1"]
+    rec = RunDir(pool).load()["selections"][f"normsim-inf-{target.name}-f0.1"]
     assert rec["method"] == "normsim" and rec["params"]["target"] == str(target) and rec["kept"] == 90
