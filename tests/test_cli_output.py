@@ -165,7 +165,7 @@ def test_dry_runs_write_nothing(copy: World, capsys: pytest.CaptureFixture[str])
         (["embed", copy.shards_b, "--run", copy.root / "new"], "would embed 1 of 1 shards into a new run folder"),
         (["embed", copy.shards_b, copy.shards_a, "--run", a], "would embed 1 of 2 shards into the existing run"),
         (["select", "-r", a, "-m", "clipcov", "-f", "0.5", "--partition", "kmeans:3"],
-         f"keep 30, and write {a / 'selections' / 'clipcov-f0.5'}"),
+         f"keep 30, and write {a / 'selections' / 'clipcov-km3-f0.5'}"),
         (["select", "-r", a, "-m", "random", "-n", "12", "--name", "twelve"], "exists with the same parameters"),
         (["reshard", "--manifest", a / "selections" / "twelve", "-o", copy.root / "rs", "--shard-size", "5"],
          f"would write 12 samples in 3 shards to {copy.root / 'rs'}"),
@@ -237,7 +237,7 @@ def test_progress_lines_in_logs(copy: World, capsys: pytest.CaptureFixture[str],
                   "--batch-size", "4"],
         "clipcov": ["select", "-r", a, "-m", "clipcov", "-f", "0.5", "--partition", "kmeans:3"],
         "semdedup": ["select", "-r", a, "-m", "semdedup", "--eps", "0.05"],
-        "reshard": ["reshard", "--manifest", a / "selections" / "clipcov-f0.5", "-o", copy.root / "rs"],
+        "reshard": ["reshard", "--manifest", a / "selections" / "clipcov-km3-f0.5", "-o", copy.root / "rs"],
         "losses round 0": ["bootstrap", "-r", a, "--round", "0", "--warmup-rounds", "0"],
     }
     for task, args in runs.items():

@@ -23,7 +23,6 @@ from curate.errors import InputError, UsageError
 from curate.io.manifest import Manifest, build_manifest, write_manifest
 from curate.io.tables import write_table
 from curate.run import RunDir, read_json
-from curate.select.run import check_name, selection_lock
 
 DEFAULT_NAME = "scan-coreset"
 
@@ -54,6 +53,8 @@ def derive_coreset(
     """
     if not 0.0 < fraction <= 1.0:
         raise UsageError(f"--fraction must be in (0, 1], got {fraction}")
+    from curate.select.run import check_name, selection_lock  # (select imports bootstrap: not at the top)
+
     check_name(name)  # a folder name inside RUN/selections, never a path
     run = RunDir(run_root)
     run.require()

@@ -101,6 +101,8 @@ def embed(
     if res.missing:
         ui.warn(f"{len(res.missing)} embedded shard(s) no longer exist: {_names(res.missing)}")
     if res.shards_done and not res.samples_written:
+        if json_out:  # the statistics say why (shard problems, drops), also for a script
+            ui.print_json(summary)
         raise InputError(f"nothing embedded: the {res.shards_done} shard(s) to do gave no sample "
                          "(see the warnings above and 'curate shards validate')")
     if json_out:

@@ -24,15 +24,15 @@ _EPILOG = (
 @app.command("selections", epilog=_EPILOG)
 def selections(
     run_arg: str = typer.Argument(None, metavar="RUN", help="Run folder (or --run RUN)."),
-    run_opt: str = ui.run_option("Run folder (or as the argument).", required=False),
+    run: str = ui.run_option("Run folder (or as the argument).", required=False),
     delete: str = typer.Option(None, "--delete", metavar="NAME", help="Delete selection NAME safely."),
     json_out: bool = ui.json_option(),
     quiet: bool = ui.quiet_option(),
 ) -> None:
     """List the selections of a run (name, method, parameters, kept, pool, created), or delete one."""
-    if run_arg is not None and run_opt is not None and run_arg != run_opt:
+    if run_arg is not None and run is not None and run_arg != run:
         raise UsageError("give the run once: as RUN or as --run")
-    run = run_arg or run_opt
+    run = run or run_arg
     if run is None:
         raise UsageError("curate selections needs a run folder: curate selections RUN")
     if delete is not None:

@@ -110,6 +110,10 @@ def _beside(rel: str, data: bytes = b"the user's own file") -> Callable[[Path], 
         path = run.parent / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+
+    return f
+
+
 def _pending(rel: str) -> Callable[[Path], None]:
     """An embed that did not finish: run.json plans the shard, its table is not there (yet)."""
 
@@ -375,7 +379,7 @@ def test_cases_are_not_vacuous(select_base: Path, boot_base: Path, tmp_path: Pat
     assert main(["export", "--manifest", str(s / "selections" / "rand"), "--format", "keys", "--out",
                  str(root / "s" / "keys.txt")]) == 0
     assert main(["select", "--run", str(s), "--method", "difference", "--of", "rand,rand2,rand-intersect-rand2"]) == 0
-    assert main(["select", "--run", str(s), "--method", "union", "--of", "rand", "rand2", "clipcov-f0.5"]) == 0
+    assert main(["select", "--run", str(s), "--method", "union", "--of", "rand", "rand2", "clipcov-km3-f0.5"]) == 0
     assert main(["selections", str(s), "--delete", "rand-difference-rand2-difference-rand-intersect-rand2"]) == 0
     assert main(["selections", "--run", str(s), "--json"]) == 0
     _losses("ok")(b)
