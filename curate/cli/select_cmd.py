@@ -28,6 +28,8 @@ Examples:\n
   curate select --run runs/demo --method clip-score --threshold 0.28\n
   curate select --run runs/demo --method semdedup --eps 0.05 --keep farthest\n
   curate select --run runs/demo --method random --count 1000 --seed 1\n
+  curate select --run runs/demo --method metaclip --metadata metadata.json --cap 20000 --seed 1\n
+  curate select --run runs/demo --method metaclip --metadata entries.txt --fraction 0.3\n
   curate select --run runs/demo --method clipcov --fraction 0.3 --engine ray --ray-address auto\n
   curate select --run runs/demo --method intersect --of clip-score-t0.28 clipcov-f0.3"""
 
@@ -54,7 +56,7 @@ def select(
     fraction: float = typer.Option(None, "--fraction", "-f", help="Keep int(pool × F) samples, 0 < F <= 1."),
     count: int = typer.Option(None, "--count", "-n", help="Keep K samples."),
     name: str = typer.Option(None, "--name", help="Selection name in RUN/selections/ (default from method+budget)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random choice (random, k-means)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice (random, k-means, metaclip draws)."),
     variant: Variant = typer.Option(None, help="clipcov: reference (spec §1.2, default) or greedy (exact gains)."),
     partition: str = typer.Option(None, help="clipcov: imagenet (zero-shot, default) or kmeans:K."),
     classes: str = typer.Option(None, help="clipcov: file of class names (one per line) for zero-shot labels."),
@@ -64,6 +66,8 @@ def select(
     clusters: int = typer.Option(None, help="semdedup: k-means clusters (default sqrt(pool))."),
     kmeans_sample: int = typer.Option(None, help="semdedup, clipcov --partition kmeans:K: rows k-means trains on "
                                       "(a seeded sample; default 256 per cluster, at most 500,000)."),
+    metadata: str = typer.Option(None, help="metaclip: metadata entries, one per line (or MetaCLIP's .json list)."),
+    cap: float = typer.Option(None, help="metaclip: per-entry cap t (MetaCLIP: 20000 for 400M) instead of a budget."),
     of: tuple[str, str] = typer.Option(None, "--of", help="intersect/union/difference: NAME_A NAME_B."),
     device: str = typer.Option("auto", help="clipcov: auto, cpu, cuda, cuda:N."),
     engine: EngineName = typer.Option("local", help="Where the tasks run: local or ray (same result)."),
@@ -79,7 +83,7 @@ def select(
     opts = {
         "variant": variant.value if variant else None, "partition": partition, "classes": classes,
         "threshold": threshold, "eps": eps, "keep": keep.value if keep else None, "clusters": clusters,
-        "of": tuple(of) if of and all(of) else None, "kmeans_sample": kmeans_sample,
+        "of": tuple(of) if of and all(of) else None, "kmeans_sample": kmeans_sample, "metadata": metadata, "cap": cap,
     }
     eng_opts: dict[str, Any] = {"address": ray_address} if ray_address else {}
     if workers is not None:

@@ -121,7 +121,10 @@ class BlockScan:
     ``columns`` go to the score table; ``reasons`` (a :class:`Reasons` whose default is the reason of
     eligible rows not picked) says why ineligible rows can't be picked; ``partition`` (int32, -1 for
     none) sends eligible rows to pass 2, with their embeddings and the ``carry`` scalars; ``sums`` are
-    pool-wide float64 sums, added up in block order.
+    pool-wide float64 sums, added up in block order. ``tallies`` are non-negative integer labels (any
+    number per row, e.g. matched metadata entries) counted pool-wide: ``reduce`` gets each as an int64
+    vector of counts per label in ``sums``. ``stash`` holds row-aligned Arrow arrays (any type) kept with
+    the block for ``Selector.rescan``; they never reach the score table.
     """
 
     columns: dict[str, np.ndarray]
@@ -130,6 +133,8 @@ class BlockScan:
     partition: np.ndarray | None = None
     carry: dict[str, np.ndarray] = field(default_factory=dict)
     sums: dict[str, np.ndarray] = field(default_factory=dict)
+    tallies: dict[str, np.ndarray] = field(default_factory=dict)
+    stash: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,13 +150,15 @@ class PartitionOutput:
 class RankBy:
     """Decision: the rows with the largest ``column`` (ties: lower pool row first), ``budget`` of them,
     or every row with ``column >= minimum`` when ``budget`` is None. ``info`` names the header entry
-    that records the value of the last row kept."""
+    that records the value of the last row kept. ``ascending``: the smallest values first (and
+    ``minimum`` is then a maximum)."""
 
     column: str
     budget: int | None
     minimum: float | None = None
     reason: str = "budget"
     info: str | None = None
+    ascending: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,7 +186,9 @@ class Selector(ABC):
        it may read a bounded sample of the pool.
     2. ``scan`` (pass 1, one task per block of rows): per-row columns, eligibility, reasons, a
        partition for pass 2, and pool-wide sums.
-    3. ``reduce`` (driver): shared inputs that need the sums (pool means).
+    3. ``reduce`` (driver): shared inputs that need the sums (pool means, counts per label).
+    3b. ``rescan`` (one task per block, only when ``rescans``): more per-row columns from the block's
+       pass-1 output (its columns and ``stash``) and the reduced inputs; no embeddings are read.
     4. ``partition`` (pass 2, one task per partition or group of small ones, only when
        ``partitioned``): columns of the partition's rows and, optionally, its pick sequence.
     5. ``rule``: how the decision picks rows (a :data:`DecisionRule` over the columns).
@@ -195,6 +204,8 @@ class Selector(ABC):
     #: pass 2 exists; and which embeddings it reads ("image", "text")
     partitioned: ClassVar[bool] = False
     partition_parts: ClassVar[frozenset[str]] = frozenset()
+    #: the rescan stage exists (per-row columns that need ``reduce``'s results)
+    rescans: ClassVar[bool] = False
 
     def __init__(self, config: SelectorConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -216,6 +227,16 @@ class Selector(ABC):
 
     def reduce(self, sums: dict[str, np.ndarray], counts: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
         """More shared inputs from the pool-wide sums and the rows per partition (driver)."""
+        return {}
+
+    def rescan(self, block: Any, start: int, shared: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Per-row columns of pool rows ``start ..`` from the block's pass-1 table (``block``, a pyarrow
+        table with the scan's columns and ``stash``), once ``reduce`` has run (only when ``rescans``)."""
+        raise TypeError(f"{self.name} has no rescan")
+
+    def inputs(self) -> dict[str, Any]:
+        """Identity of the files the method reads besides the run (e.g. a digest), recorded in the
+        manifest's ``params``: a selection made from other file contents is another selection."""
         return {}
 
     def partition(self, data: Any, shared: dict[str, Any]) -> PartitionOutput:

@@ -7,7 +7,10 @@ Stages (docs/scale.md has the picture and the numbers):
 2. **pass 1**, one task per block of :data:`~curate.select.source.BLOCK_ROWS` pool rows: the
    selector's per-row terms, eligibility and partition; the block's rows that pass 2 needs are
    written sorted by partition (float16 embeddings: the *shuffle*), and pool-wide sums are kept.
-3. ``reduce`` on the driver: shared inputs that need the sums (pool means).
+3. ``reduce`` on the driver: shared inputs that need the sums (pool means, counts per label).
+   Methods whose per-row terms need those (``Selector.rescans``: metaclip's sampling probabilities
+   need the pool's counts per metadata entry) then **rescan** each block's pass-1 output, one task per
+   block, without reading embeddings or shards again.
 4. **pass 2**, one task per partition or per group of small partitions: terms that need the other
    members of the partition, and the partition's pick sequence.
 5. **decision** over scalars only: a streaming top-k, a mask, or the merge of the partitions' pick
@@ -53,6 +56,8 @@ from curate.select.source import PoolSource
 WORK_FORMAT = 1
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
 _PASS1_COLUMNS = ("__eligible", "__reason", "__partition")
+STASH = "__stash:"  # prefix of the pass-1 columns kept for the rescan (dropped by it)
+_RESCANNED = b"rescanned"  # pass-1 table metadata: the rescan's columns are in
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,6 +142,11 @@ def _read_ipc(path: Path) -> pa.Table:
 RUN_DTYPE = np.dtype([("key", "<u8"), ("row", "<i8")])
 
 
+def _ranked(rule: RankBy, values: Any) -> Any:
+    """The values a rule's runs hold: the column's, negated when the smallest go first (exact)."""
+    return -np.asarray(values, np.float64) if rule.ascending else values
+
+
 def save_key_run(path: Path, values: np.ndarray, rows: np.ndarray) -> None:
     """A sorted run for :func:`top_k`: ``(desc key, row)`` pairs, best first, as one raw file."""
     run = MemRun.of(values, rows)
@@ -183,11 +193,16 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
         if part is not None:
             cols["__partition"] = np.asarray(part, np.int32)
         meta = {b"reasons": json.dumps(scan.reasons.names).encode()}
-        table = pa.table({k: pa.array(v) for k, v in cols.items()}).replace_schema_metadata(meta)
+        arrays = {k: pa.array(v) for k, v in cols.items()}
+        arrays.update({f"{STASH}{k}": v for k, v in scan.stash.items()})
+        table = pa.table(arrays).replace_schema_metadata(meta)
         if sel.partitioned and part is not None:
             _write_shuffle(spec.work / "sh" / f"b{b:07d}.arrow", chunk, rows, np.asarray(part, np.int32),
                            np.asarray(scan.eligible, bool), scan.carry, sel.partition_parts)
         sums = {f"sum:{k}": np.asarray(v, np.float64) for k, v in scan.sums.items()}
+        for k, v in scan.tallies.items():  # sparse: the labels present in the block and their counts
+            labels, counts = np.unique(np.asarray(v, np.int64), return_counts=True)
+            sums[f"tally:{k}:labels"], sums[f"tally:{k}:counts"] = labels, counts.astype(np.int64)
         if part is not None:
             k = int(spec.shared.get("n_partitions", 0))
             p = np.asarray(part)
@@ -196,7 +211,8 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
         rule = spec.rule
         if isinstance(rule, RankBy) and rule.column in cols:
             ok = cols["__eligible"] & np.isfinite(np.asarray(cols[rule.column], np.float64))
-            save_key_run(spec.work / "runs" / f"b{b:07d}.bin", np.asarray(cols[rule.column])[ok], rows[ok])
+            save_key_run(spec.work / "runs" / f"b{b:07d}.bin", _ranked(rule, np.asarray(cols[rule.column])[ok]),
+                         rows[ok])
         _write_ipc(spec.work / "p1" / f"b{b:07d}.arrow", table.to_batches(max_chunksize=n) or
                    [pa.RecordBatch.from_pylist([], schema=table.schema)], table.schema)
     return len(blocks)
@@ -220,6 +236,47 @@ def _write_shuffle(path: Path, chunk: Any, rows: np.ndarray, part: np.ndarray, e
     meta = {b"partitions": json.dumps([int(pv[a]) for a in edges[:-1]]).encode()}
     batches = [table.slice(int(a), int(e - a)).combine_chunks().to_batches()[0] for a, e in itertools.pairwise(edges)]
     _write_ipc(path, batches, table.schema.with_metadata(meta))
+
+
+# --------------------------------------------------------------------------------------------------
+# Rescan (after reduce): more per-row columns from each block's pass-1 table
+# --------------------------------------------------------------------------------------------------
+def _rescanned(path: Path) -> bool:
+    with pa.OSFile(str(path), "rb") as src:
+        return _RESCANNED in (pa.ipc.open_file(src).schema.metadata or {})
+
+
+def _rescan_task(blocks: list[int], spec: TaskSpec) -> int:
+    """Rescan blocks ``blocks``: the selector's columns are added to each pass-1 table (which loses its
+    stash), atomically, with the key run of the rule's column when it is one of them."""
+    sel = spec.selector()
+    spans = spec.source.blocks()
+    for b in blocks:
+        path = spec.work / "p1" / f"b{b:07d}.arrow"
+        table = _read_ipc(path)
+        meta = dict(table.schema.metadata or {})
+        if _RESCANNED in meta:
+            continue
+        start, stop = spans[b]
+        cols = {k: np.asarray(v) for k, v in sel.rescan(table, start, spec.shared).items()}
+        table = table.drop_columns([c for c in table.column_names if c.startswith(STASH)])
+        for k, v in cols.items():
+            if k in table.column_names:
+                table = table.set_column(table.column_names.index(k), k, pa.array(v))
+            else:
+                table = table.append_column(k, pa.array(v))
+        rule = spec.rule
+        if isinstance(rule, RankBy) and rule.column in cols:
+            rows = np.arange(start, stop, dtype=np.int64)
+            eligible = table.column("__eligible").to_numpy(zero_copy_only=False)
+            v = np.asarray(cols[rule.column], np.float64)
+            ok = eligible & np.isfinite(v)
+            save_key_run(spec.work / "runs" / f"b{b:07d}.bin", _ranked(rule, v[ok]), rows[ok])
+        meta[_RESCANNED] = b"1"
+        table = table.replace_schema_metadata(meta)
+        _write_ipc(path, table.to_batches(max_chunksize=stop - start) or
+                   [pa.RecordBatch.from_pylist([], schema=table.schema)], table.schema)
+    return len(blocks)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,7 +367,7 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
     if isinstance(rule, RankBy) and rule.column in table.column_names:
         v = table.column(rule.column).to_numpy()
         ok = np.isfinite(v)
-        save_key_run(spec.work / "runs" / f"p{t:07d}.bin", v[ok], table.column("row").to_numpy()[ok])
+        save_key_run(spec.work / "runs" / f"p{t:07d}.bin", _ranked(rule, v[ok]), table.column("row").to_numpy()[ok])
     _write_row_blocks(spec.work / "p2" / f"t{t:07d}.arrow", table, spec.source.block_rows)
     return t
 
@@ -418,6 +475,9 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
                 if k.startswith("sum:"):
                     name = k[4:]
                     sums[name] = z[k] if name not in sums else sums[name] + z[k]
+                elif k.startswith("tally:") and k.endswith(":labels"):
+                    name = k[6:-7]
+                    sums[name] = _add_tally(sums.get(name), z[k], z[f"tally:{name}:counts"])
             if "counts" in z.files:
                 counts_rows.append(z["counts"])
     counts = np.vstack(counts_rows) if counts_rows else None
@@ -425,6 +485,17 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
     rule = selector.rule(budget, shared)
     spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, rule,
                     device=spec.device, memory=ctx.memory)
+    if selector.rescans:
+        todo = [b for b in range(n_blocks) if not _rescanned(work.p1(b))]
+        progress.start(f"{selector.name}: rescan", total=n_blocks, unit="blocks")
+        progress.advance(n_blocks - len(todo))
+        if engine is None:
+            for b in todo:
+                _rescan_task([b], spec)
+                progress.advance(1)
+        else:
+            engine.map(_rescan_task, _groups(todo, width), {"spec": spec}, _Scaled(progress, todo, width))
+        progress.finish()
     tasks: list[tuple[int, int, int, dict[int, int]]] = []
     if selector.partitioned and counts is not None:
         np.save(work.path / "counts.npy", counts) if not (work.path / "counts.npy").exists() else None
@@ -441,7 +512,7 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
     info: dict[str, Any] = {}
     if isinstance(rule, RankBy):
         runs = [FileRun(p) for p in sorted((work.path / "runs").glob("*.bin"))]
-        max_key = key_of(rule.minimum) if rule.minimum is not None else None
+        max_key = key_of(float(_ranked(rule, np.float64(rule.minimum)))) if rule.minimum is not None else None
         n, last = 0, None
         chunk = max(1 << 10, min(1 << 16, ctx.memory // (ENTRY_BYTES * max(1, len(runs)))))
         for rows, keys in top_k(runs, rule.budget, chunk=chunk, max_key=max_key):
@@ -451,7 +522,7 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
         if rule.budget is not None and n < rule.budget:
             raise _short(selector, source, work, n, rule.budget)
         if rule.info and last is not None:
-            info[rule.info] = float(value_of(np.asarray([last]))[0])
+            info[rule.info] = float(_ranked(rule, value_of(np.asarray([last]))[0]))
         kept = n
     elif isinstance(rule, KeepWhere):
         kept = 0
@@ -466,6 +537,17 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
     else:  # pragma: no cover - the rule types are closed
         raise TypeError(rule)
     return PipelineResult(picks, kept, info, rule, work, source, counts, shared)
+
+
+def _add_tally(total: np.ndarray | None, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``total`` (int64 counts per label, grown as needed) plus one block's sparse counts."""
+    size = int(labels[-1]) + 1 if len(labels) else 0
+    if total is None:
+        total = np.zeros(size, np.int64)
+    elif len(total) < size:
+        total = np.concatenate([total, np.zeros(size - len(total), np.int64)])
+    total[labels] += counts
+    return total
 
 
 class _Scaled:

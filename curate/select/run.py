@@ -221,7 +221,8 @@ def run_selection(
     budget = resolve_budget(fraction, count, len(source))
     selector.check_budget(budget)
     name = check_name(name or selector.default_name(fraction, count))
-    params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict()}
+    params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict(),
+                              **selector.inputs()}
     if class_text is not None:
         params["class_text"] = f"given ({class_text.shape[0]} classes)"
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
