@@ -28,6 +28,7 @@ SCORE_LABELS: dict[str, str] = {
     "clipcov": "unary gain u_i",
     "random": "random key",
     "semdedup": "1 - similarity to an earlier cluster mate (2 = first of its cluster)",
+    "metaclip": "-log10 of the smallest cap at which the sample is kept",
 }
 #: The same, as a short label under gallery thumbnails (None: not worth showing there).
 SCORE_SHORT: dict[str, str | None] = {
@@ -35,6 +36,7 @@ SCORE_SHORT: dict[str, str | None] = {
     "clipcov": "u_i",
     "random": None,
     "semdedup": "1-dup sim",
+    "metaclip": "-log10 cap",
 }
 
 

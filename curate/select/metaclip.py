@@ -9,7 +9,8 @@
    One seeded uniform ``u_i`` per row decides, ``u_i < p_i`` (the same distribution as the reference's
    one draw per matched entry). A sample matching no entry is dropped.
 3. With a budget instead of ``--cap``, the samples are ranked by ``cap_needed``, the smallest cap at which
-   ``u_i < p_i`` holds: keeping K of them is exactly MetaCLIP's selection at the cap that keeps K.
+   ``u_i < p_i`` holds: keeping K of them is exactly MetaCLIP's selection at the cap that keeps K. The
+   ``score`` column is ``-log10(cap_needed)`` (larger is kept first, as with every method).
 
 The matcher is an Aho–Corasick automaton (pyahocorasick) built once per process and reused by every
 block. docs/select.md has the decisions and their reasons.
@@ -339,7 +340,7 @@ class MetaClipSelector(Selector):
         n = block.num_rows
         u = block_uniform(shared["seed"], start, n)
         need = caps_needed(offsets, ids, counts, u)
-        cols = {"cap_needed": need, "score": -need, "partition": rarest_entries(offsets, ids, counts),
+        cols = {"cap_needed": need, "score": -np.log10(need), "partition": rarest_entries(offsets, ids, counts),
                 "probability": np.full(n, np.nan)}
         if self.config.cap is not None:
             p = row_probabilities(offsets, ids, counts, self.config.cap)
