@@ -36,7 +36,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from embed_throughput import commit, machine  # noqa: E402
 from summary import metric, write_summary  # noqa: E402
 
 _ONSETS = ("b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "th", "ch", "sh",
@@ -142,6 +141,8 @@ def main() -> None:
     ap.add_argument("--summary-json", default=None)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from embed_throughput import commit, machine  # imports torch: only when this script runs
+
     from curate.select.metaclip import EntryMatcher, spaced
 
     t0 = time.perf_counter()

@@ -4,8 +4,9 @@ In the synthetic world (``curate.io.synthetic``: 30 Zipf-sized classes, 20% mism
 exact/near duplicates, 5% uninformative captions, a clean class-balanced test split) the pool is
 embedded with a *proxy* model (the built-in ``sample`` tiny CLIP, trained on a different world, seed 0),
 the static selections are made from those embeddings (random, clip-score, semdedup, clipcov at the same
-budgets), and a tiny CLIP is trained from random init on each arm with the reference trainer's round
-protocol (``curate.trainer.cached``: the pool is decoded once into memory). Dynamic arms (SCAN,
+budgets; metaclip from the captions, with the class names and their words as metadata), and a tiny
+CLIP is trained from random init on each arm with the reference trainer's round protocol
+(``curate.trainer.cached``: the pool is decoded once into memory). Dynamic arms (SCAN,
 InfoBatch, ClipCov + SCAN) get each round's manifest from ``bootstrap_round`` and hand back per-sample
 losses with ``LossRecorder``. Every arm uses the same optimiser, learning-rate schedule and number of
 epochs, so compute (sample-epochs seen) is proportional to what the arm keeps. Two controls: ``oracle-clean``
@@ -110,6 +111,8 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
             Arm(f"semdedup{p}", "static", selection=f"semdedup{p}", label=f"semdedup {p}%"),
             Arm(f"clipcov{p}", "static", selection=f"clipcov{p}", label=f"clipcov {p}% (world class names)"),
             Arm(f"clipcov-kmeans{p}", "static", selection=f"clipcov-kmeans{p}", label=f"clipcov {p}% (kmeans:30)"),
+            Arm(f"metaclip{p}", "static", selection=f"metaclip{p}",
+                label=f"metaclip {p}% (class names and their words as metadata)"),
         ]
     arms += [
         Arm("scan", "bootstrap", method="scan", label="SCAN (ρ 0.3/0.3, plateau warm-up)"),
@@ -144,7 +147,8 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
 FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup30", "random50", "clip-score50",
              "clipcov50", "semdedup50", "infobatch", "scan-matched-random", "clipcov50+scan", "oracle-clean30",
              "oracle-clean50", "random30-eqc", "clipcov30-eqc", "clip-score30-eqc", "scan-rho0.4",
-             "scan-rho0.4-matched-random", "clipcov-kmeans30", "clipcov-kmeans50", "random50-eqc", "clipcov50-eqc")
+             "scan-rho0.4-matched-random", "clipcov-kmeans30", "clipcov-kmeans50", "random50-eqc", "clipcov50-eqc",
+             "metaclip30", "metaclip50")
 QUICK_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan")
 
 
@@ -162,8 +166,22 @@ def selection_plans(
             (f"semdedup{p}", "semdedup", f, {}, 0),
             (f"clipcov{p}", "clipcov", f, {"classes": str(classes)}, 0),
             (f"clipcov-kmeans{p}", "clipcov", f, {"partition": "kmeans:30"}, 0),
+            (f"metaclip{p}", "metaclip", f, {"metadata": str(metadata_file(classes))}, 0),
         ]
     return plans
+
+
+def metadata_file(classes: Path) -> Path:
+    """metaclip's metadata for the world: each class name and each word of one (``red``, ``circle``,
+    ``red circle``), what a user who knows the class list would write; nothing from the caption
+    templates. Written next to the class list, one entry per line."""
+    path = classes.with_name("metaclip-metadata.txt")
+    names = [n.strip() for n in classes.read_text().splitlines() if n.strip()]
+    words = sorted({w for n in names for w in n.split()})
+    text = "".join(f"{e}\n" for e in [*names, *words])
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
