@@ -109,8 +109,19 @@ class Selection:
         return self.table.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
 
     def partition_names(self, n: int) -> list[str]:
-        """Display names of partitions 0..n-1: class names of zero-shot partitions, else ``cluster k``."""
+        """Display names of partitions 0..n-1: class names of zero-shot partitions, metadata entries of
+        metaclip, else ``cluster k``."""
         params = self.header.get("params", {})
+        if self.method == "metaclip":  # partitions are metadata entries
+            from curate.select.metaclip import load_metadata
+
+            try:
+                md = load_metadata(params.get("metadata", ""))
+            except InputError:  # the metadata file moved since the selection ran
+                md = None
+            if md is not None and md.sha256 == params.get("metadata_sha256") and len(md.entries) >= n:
+                return md.entries[:n]
+            return [f"entry {k}" for k in range(n)]
         kmeans = self.method != "clipcov" or str(params.get("partition", "imagenet")).startswith("kmeans")
         names: list[str] | None = None
         if kmeans:

@@ -380,3 +380,14 @@ def test_bad_shards_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["select", "--run", str(run), "--method", "metaclip", "--metadata", str(meta), "--cap", "5"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no longer holds sample '000000008'" in err[0]
+
+
+def test_report_names_partitions_by_metadata_entry(caption_run: tuple, tmp_path: Path) -> None:
+    from curate.report.data import Selection
+
+    run, meta, _ = caption_run
+    res = run_selection(run, "metaclip", options={"metadata": str(meta), "cap": 30}, name="r")
+    sel = Selection("r", res.header, pq.read_table(res.path / "scores.parquet"))
+    assert sel.partition_names(4) == META[:4]
+    moved = dict(res.header, params={**res.header["params"], "metadata": str(tmp_path / "gone.txt")})
+    assert Selection("r", moved, sel.table).partition_names(2) == ["entry 0", "entry 1"]
