@@ -170,6 +170,14 @@ def entry_probabilities(counts: np.ndarray, cap: float) -> np.ndarray:
     return cap / np.maximum(c, cap)
 
 
+def _probabilities(c: np.ndarray, lens: np.ndarray, starts: np.ndarray, cap: float | np.ndarray) -> np.ndarray:
+    """``p_i`` of rows that have a match: ``c`` = the counts of their entries in row order, ``lens`` and
+    ``starts`` = each row's number of entries and first position in ``c``."""
+    t = np.repeat(np.asarray(cap, np.float64), lens) if np.ndim(cap) else np.float64(cap)
+    q = 1.0 - t / np.maximum(c, t)
+    return 1.0 - np.multiply.reduceat(q, starts)
+
+
 def row_probabilities(offsets: np.ndarray, ids: np.ndarray, counts: np.ndarray, cap: float | np.ndarray
                       ) -> np.ndarray:
     """``p_i = 1 - prod_{e in M_i} (1 - min(1, cap / c_e))`` per row (NaN for a row with no match).
@@ -183,18 +191,23 @@ def row_probabilities(offsets: np.ndarray, ids: np.ndarray, counts: np.ndarray, 
     has = lens > 0
     if not has.any():
         return out
-    c = np.asarray(counts, np.float64)[ids]
-    t = np.repeat(np.asarray(cap, np.float64), lens) if np.ndim(cap) else np.float64(cap)
-    q = 1.0 - t / np.maximum(c, t)
-    out[has] = 1.0 - np.multiply.reduceat(q, offsets[:-1][has])
+    cap = np.asarray(cap, np.float64)[has] if np.ndim(cap) else cap
+    out[has] = _probabilities(np.asarray(counts, np.float64)[ids], lens[has], offsets[:-1][has], cap)
     return out
+
+
+NEWTON_STEPS = 12  # enough for the estimate to land within the bracket below in all but rare rows
+BRACKET = 1e-12  # relative half-width of the bracket around the estimate
 
 
 def caps_needed(offsets: np.ndarray, ids: np.ndarray, counts: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Per row, the smallest float64 cap ``t`` with ``u_i < p_i(t)`` (NaN for a row with no match).
 
-    ``p_i(0) = 0 <= u_i`` and ``p_i(max c_e) = 1 > u_i``, and ``p_i`` never decreases in ``t``, so a
-    bisection over the bit patterns of the floats between them finds it exactly (at most 64 steps).
+    ``p_i(0) = 0 <= u_i``, ``p_i(max c_e) = 1 > u_i``, and ``p_i`` never decreases in ``t``, so a
+    bisection over the bit patterns of the floats in a bracket where ``p_i`` crosses ``u_i`` finds it
+    exactly. The bracket comes from Newton's method on ``1 - prod(1 - t / c_e)`` (increasing and concave
+    below the smallest count, so the steps approach the root from below), checked with the exact
+    arithmetic of :func:`row_probabilities`; where the check fails the bracket is ``[0, max c_e]``.
     Hence, for any cap ``T``: ``u_i < p_i(T)`` exactly when ``cap_needed_i <= T``.
     """
     lens = np.diff(offsets)
@@ -202,20 +215,37 @@ def caps_needed(offsets: np.ndarray, ids: np.ndarray, counts: np.ndarray, u: np.
     has = np.flatnonzero(lens > 0)
     if not len(has):
         return out
-    sub = np.r_[0, np.cumsum(lens[has])]  # the rows with a match, their entries in the same order
-    c = np.asarray(counts, np.float64)
-    lo = np.zeros(len(has), np.uint64)
-    hi = np.maximum.reduceat(c[ids], offsets[:-1][has]).view(np.uint64).copy()
+    lens_h = lens[has]
+    starts = np.r_[0, np.cumsum(lens_h)][:-1]
+    c = np.asarray(counts, np.float64)[ids]
     uu = np.asarray(u, np.float64)[has]
-    while True:
+    cmin = np.minimum.reduceat(c, starts)
+    t = np.zeros(len(has))
+    with np.errstate(all="ignore"):
+        for _ in range(NEWTON_STEPS):
+            gap = c - np.repeat(t, lens_h)
+            q = np.multiply.reduceat(gap / c, starts)  # prod(1 - t / c_e)
+            slope = q * np.add.reduceat(1.0 / gap, starts)
+            new = np.clip(t + (uu - (1.0 - q)) / slope, 0.0, cmin)
+            t = np.where(np.isfinite(new), new, t)
+    lo, hi = t * (1.0 - BRACKET), t * (1.0 + BRACKET)
+    ok = (_probabilities(c, lens_h, starts, lo) <= uu) & (_probabilities(c, lens_h, starts, hi) > uu)
+    lo = np.where(ok, lo, 0.0).view(np.uint64)
+    hi = np.where(ok, hi, np.maximum.reduceat(c, starts)).view(np.uint64)
+    rows = has  # the rows still open, and their entries
+    while len(rows):
         open_ = hi - lo > np.uint64(1)
-        if not open_.any():
-            break
+        if not open_.all():  # finished rows leave the loop
+            out[rows[~open_]] = hi[~open_].view(np.float64)
+            c = c[np.repeat(open_, lens_h)]
+            rows, lens_h, uu, lo, hi = rows[open_], lens_h[open_], uu[open_], lo[open_], hi[open_]
+            starts = np.r_[0, np.cumsum(lens_h)][:-1]
+            if not len(rows):
+                break
         mid = lo + (hi - lo) // np.uint64(2)
-        up = row_probabilities(sub, ids, counts, mid.view(np.float64)) > uu
-        hi = np.where(open_ & up, mid, hi)
-        lo = np.where(open_ & ~up, mid, lo)
-    out[has] = hi.view(np.float64)
+        up = _probabilities(c, lens_h, starts, mid.view(np.float64)) > uu
+        hi = np.where(up, mid, hi)
+        lo = np.where(up, lo, mid)
     return out
 
 

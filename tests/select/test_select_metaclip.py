@@ -111,7 +111,9 @@ def test_balancing_on_hand_built_counts() -> None:
     assert rarest_entries(off, ids, counts).tolist() == [0, 1, 1, -1, 4, 0]
 
 
-def test_caps_needed_is_the_exact_smallest_cap() -> None:
+def test_caps_needed_is_the_exact_smallest_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    import curate.select.metaclip as mc
+
     rng = np.random.default_rng(2)
     n = 500
     counts = rng.integers(1, 10_000, 300)
@@ -129,6 +131,8 @@ def test_caps_needed_is_the_exact_smallest_cap() -> None:
     for cap in (1.0, 37.0, 500.0, 5000.0):  # the cap rule and the ranking agree exactly
         keep = u < np.nan_to_num(row_probabilities(off, ids, counts, cap), nan=0.0)
         np.testing.assert_array_equal(keep, has & (need <= cap))
+    monkeypatch.setattr(mc, "NEWTON_STEPS", 0)  # no estimate: every row bisects from [0, max c_e]
+    np.testing.assert_array_equal(caps_needed(off, ids, counts, u), need)
 
 
 def test_metadata_files(tmp_path: Path) -> None:
