@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,11 +22,12 @@ from curate.errors import InputError
 from curate.io.shards import ErrorPolicy, iter_shard
 
 
-def shard_urls(run_root: Path, shards: list[str]) -> dict[str, str]:
-    """``{shard name: URL}`` of ``shards`` from ``run.json`` (one-line error when one has no URL)."""
+def shard_sources(run_root: Path, shards: list[str]) -> dict[str, dict[str, Any]]:
+    """``{shard name: run.json's record}`` (``url`` and the fingerprint embed recorded) of ``shards``;
+    a one-line error when one has no URL."""
     from curate.run import RunDir
 
-    listed = {s["name"]: s["url"] for s in (RunDir(run_root).load().get("embed") or {}).get("shards", [])
+    listed = {s["name"]: s for s in (RunDir(run_root).load().get("embed") or {}).get("shards", [])
               if "name" in s and "url" in s}
     missing = [s for s in shards if s not in listed]
     if missing:
@@ -34,15 +36,17 @@ def shard_urls(run_root: Path, shards: list[str]) -> dict[str, str]:
     return {s: listed[s] for s in shards}
 
 
-def check_shard(name: str, url: str, table: Path) -> None:
-    """Refuse a shard that is gone or changed since its embedding table was written."""
+def check_shard(name: str, url: str, table: Path, listed: Mapping[str, Any] | None = None) -> None:
+    """Refuse a shard that is gone or changed since its embedding table was written (the fingerprint
+    stored with the table; for tables without one, the one ``run.json`` lists)."""
     from curate.embed.state import current_fingerprint, fingerprint_changed, recorded_fingerprint
 
     now = current_fingerprint(url)
     if now.get("missing"):
         raise InputError(f"shard {name} is gone ({url}); its captions are needed (restore it, or re-embed "
                          "without it)")
-    if fingerprint_changed(recorded_fingerprint(table), now):
+    recorded = recorded_fingerprint(table) or {k: v for k, v in (listed or {}).items() if k not in ("name", "url")}
+    if fingerprint_changed(recorded, now):
         raise InputError(f"shard {name} changed since it was embedded ({url}); re-run 'curate embed' on it so "
                          "that captions and embeddings agree")
 
@@ -76,9 +80,10 @@ def shard_captions(name: str, url: str, keys: list[str], positions: np.ndarray) 
     return out
 
 
-def read_captions(ids: pa.Table, urls: Mapping[str, str], run_root: Path) -> list[str | None]:
+def read_captions(ids: pa.Table, sources: Mapping[str, Mapping[str, Any]], run_root: Path) -> list[str | None]:
     """Captions of pool rows ``ids`` (``shard, key, position``; rows of a shard in table order), one
-    shard run at a time, each shard checked against its embedding table's fingerprint first."""
+    shard run at a time, each shard checked against its recorded fingerprint first (``sources``: from
+    :func:`shard_sources`)."""
     from curate.run import RunDir
 
     shard = ids.column("shard").to_pylist()
@@ -92,10 +97,11 @@ def read_captions(ids: pa.Table, urls: Mapping[str, str], run_root: Path) -> lis
         while b < len(shard) and shard[b] == shard[a]:
             b += 1
         name = shard[a]
-        url = urls.get(name)
-        if url is None:
+        listed = sources.get(name)
+        if listed is None:
             raise InputError(f"run.json lists no URL for shard {name!r}; captions are read back from the shards")
-        check_shard(name, url, run.embedding_file(name))
+        url = str(listed["url"])
+        check_shard(name, url, run.embedding_file(name), listed)
         out.extend(shard_captions(name, url, keys[a:b], pos[a:b]))
         a = b
     return out

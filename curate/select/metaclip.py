@@ -329,18 +329,18 @@ class MetaClipSelector(Selector):
         return {"metadata_sha256": md.sha256, "metadata_entries": len(md.entries)}
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
-        from curate.select.captions import shard_urls
+        from curate.select.captions import shard_sources
 
         md = self.metadata()
         names = [Path(f).stem for f in source.files]
-        return {"entries": md.entries, "digest": md.sha256, "urls": shard_urls(ctx.run_root, names),
+        return {"entries": md.entries, "digest": md.sha256, "shards": shard_sources(ctx.run_root, names),
                 "run_root": str(ctx.run_root), "seed": ctx.seed}
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
         from curate.select.captions import read_captions
 
         n = len(chunk)
-        captions = read_captions(chunk.ids, shared["urls"], Path(shared["run_root"]))
+        captions = read_captions(chunk.ids, shared["shards"], Path(shared["run_root"]))
         offsets, ids = matcher_for(shared["digest"], shared["entries"]).match(captions)
         lens = np.diff(offsets)
         has_caption = np.fromiter((c is not None for c in captions), bool, n)

@@ -395,3 +395,27 @@ def test_report_names_partitions_by_metadata_entry(caption_run: tuple, tmp_path:
     assert sel.partition_names(4) == META[:4]
     moved = dict(res.header, params={**res.header["params"], "metadata": str(tmp_path / "gone.txt")})
     assert Selection("r", moved, sel.table).partition_names(2) == ["entry 0", "entry 1"]
+
+
+def test_tables_without_a_fingerprint_use_run_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Tables from before fingerprints were stored with them: run.json's shard record is checked."""
+    from curate.io.shards import fingerprint
+    from curate.run import RunDir
+
+    meta = tmp_path / "m.txt"
+    meta.write_text("cat\n")
+    run = write_caption_run(tmp_path / "a", ["cat"] * 10)
+    for f in (run / "embeddings").glob("*.parquet"):
+        pq.write_table(pq.read_table(f).replace_schema_metadata(None), f)
+    rd = RunDir(run)
+    shards = [{**fingerprint(s["url"]), "name": s["name"]} for s in rd.load()["embed"]["shards"]]
+    rd.update("embed", {"model": "test", "shards": shards}, command="test")
+    args = ["select", "--run", str(run), "--method", "metaclip", "--metadata", str(meta), "--cap", "5"]
+    assert main(args) == 0
+    capsys.readouterr()
+    shard = shards[0]["url"]
+    st = os.stat(shard)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert main([*args, "--force"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shard 00000 changed since it was embedded" in err[0]
