@@ -4,8 +4,9 @@ The embedding tables hold no caption text, so a method that needs captions (meta
 the shards ``run.json`` lists, through curate's shard reader: samples are grouped exactly as ``curate
 embed`` grouped them, so a row's ``(key, position)`` finds its sample. Only the ``txt`` member is kept;
 image bytes pass through the reader and are never decoded. A shard whose fingerprint (size and mtime,
-or etag) differs from the one recorded with its embedding table, or that no longer holds a row's
-sample at its position, is refused: its captions may not be the ones that were embedded.
+or etag) differs from the one recorded with its embedding table (or in ``run.json``, for tables without
+one), or that no longer holds a row's sample at its position, is refused: its captions may not be the
+ones that were embedded.
 """
 
 from __future__ import annotations
