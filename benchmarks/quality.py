@@ -4,7 +4,8 @@ In the synthetic world (``curate.io.synthetic``: 30 Zipf-sized classes, 20% mism
 exact/near duplicates, 5% uninformative captions, a clean class-balanced test split) the pool is
 embedded with a *proxy* model (the built-in ``sample`` tiny CLIP, trained on a different world, seed 0),
 the static selections are made from those embeddings (random, clip-score, semdedup, clipcov, negcliploss,
-normsim at the same budgets; DataComp's image-based filter; intersections of those), and a tiny CLIP is
+normsim at the same budgets; DataComp's image-based filter; intersections of those; metaclip from the
+captions, with the class names and their words as metadata), and a tiny CLIP is
 trained from random init on each arm with the reference trainer's round protocol (``curate.trainer.cached``:
 the pool is decoded once into memory). Dynamic arms (SCAN,
 InfoBatch, ClipCov + SCAN) get each round's manifest from ``bootstrap_round`` and hand back per-sample
@@ -122,6 +123,8 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
                 label=f"clipcov {p}% ∩ negCLIPLoss {p}%"),
             Arm(f"image-filter-and-clip-score{p}", "static", selection=f"image-filter-intersect-clip-score{p}",
                 label=f"DataComp image-based ∩ clip-score {p}%"),
+            Arm(f"metaclip{p}", "static", selection=f"metaclip{p}",
+                label=f"metaclip {p}% (class names and their words as metadata)"),
         ]
     arms += [
         Arm("image-filter", "static", selection="image-filter", label="DataComp image-based filter (no budget)"),
@@ -158,7 +161,8 @@ FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup3
              "clipcov50", "semdedup50", "infobatch", "scan-matched-random", "clipcov50+scan", "oracle-clean30",
              "oracle-clean50", "random30-eqc", "clipcov30-eqc", "clip-score30-eqc", "scan-rho0.4",
              "scan-rho0.4-matched-random", "clipcov-kmeans30", "clipcov-kmeans50", "random50-eqc", "clipcov50-eqc",
-             "negcliploss30", "normsim30", "clipcov-and-negcliploss30", "image-filter", "image-filter-and-clip-score30")
+             "negcliploss30", "normsim30", "clipcov-and-negcliploss30", "image-filter", "image-filter-and-clip-score30",
+             "metaclip30", "metaclip50")
 QUICK_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan")
 
 
@@ -184,8 +188,22 @@ def selection_plans(
             (f"clipcov{p}-intersect-negcliploss{p}", "intersect", None, {"of": (f"clipcov{p}", f"negcliploss{p}")}, 0),
             (f"image-filter-intersect-clip-score{p}", "intersect", None, {"of": ("image-filter", f"clip-score{p}")},
              0),
+            (f"metaclip{p}", "metaclip", f, {"metadata": str(metadata_file(classes))}, 0),
         ]
     return plans
+
+
+def metadata_file(classes: Path) -> Path:
+    """metaclip's metadata for the world: each class name and each word of one (``red``, ``circle``,
+    ``red circle``), what a user who knows the class list would write; nothing from the caption
+    templates. Written next to the class list, one entry per line."""
+    path = classes.with_name("metaclip-metadata.txt")
+    names = [n.strip() for n in classes.read_text().splitlines() if n.strip()]
+    words = sorted({w for n in names for w in n.split()})
+    text = "".join(f"{e}\n" for e in [*names, *words])
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
 
 
 def needed_selections(arms: list[Arm], plans: list[tuple[str, str, float | None, dict[str, Any], int]],

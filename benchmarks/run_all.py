@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "bootstrap_scale": ("bootstrap_scale.py", ["--rows", "1000000", "--per-shard", "10000"], []),
     "decode_rate": ("decode_rate.py", ["--n", "60", "--repeats", "1"], []),
     "read_rate": ("read_rate.py", ["--quick"], []),
+    "metaclip_match": ("metaclip_match.py", ["--captions", "50000", "--check", "20", "--shard-samples", "10000"], []),
     "engines": ("engines.py", ["--quick"], ["--embed", "shards/sample/train"]),
     "quality": ("quality.py", ["--quick", "--jobs", "2", "--workdir", "{tmp}/quality"], []),
 }

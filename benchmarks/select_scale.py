@@ -4,6 +4,11 @@ Each (size, method) runs in a fresh subprocess so that its peak RSS is its own. 
 d=512, in 1000 classes of Zipf(1) sizes (largest ≈ 13% of N); image and caption embeddings are
 noisy copies of their class centre (cosine to the centre ≈ 0.6). clipcov gets the class centres as
 class-text embeddings (so its zero-shot argmax over 1000 classes is timed, prompt encoding is not).
+metaclip reads captions from shards: for it the pool also gets tar shards (made once per size, one per
+embedding table) holding a generated caption and ``--image-bytes`` of stand-in image bytes per sample,
+and a metadata file of 500,000 entries (``benchmarks/metaclip_match.py``'s generator: MetaCLIP's mix
+of words, bigrams and titles over a Zipf vocabulary). Its time includes reading the shards back, so it
+grows with ``--image-bytes``; real images (tens of KB) read more bytes per sample than the default.
 
 A run that passes ``--timeout`` seconds or ``--max-rss-gb`` of peak RSS is stopped and recorded as not
 run, with what it had reached and a power-law extrapolation from the two largest sizes measured for that
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 METHODS = {
     "clipcov": {"method": "clipcov", "options": {"variant": "reference"}},
@@ -43,7 +49,9 @@ METHODS = {
     "normsim-inf": {"method": "normsim", "options": {"norm": "inf", "target": "{target}"}},
     "normsim-2": {"method": "normsim", "options": {"norm": "2", "target": "{target}"}},
     "image-filter": {"method": "image-filter", "options": {"target": "{target}"}, "budget": False},
+    "metaclip": {"method": "metaclip", "options": {"metadata": "{run}/metadata.txt"}},
 }
+CAPTION_ENTRIES = 500_000
 TARGET_ROWS = 10_000  # target images of normsim and image-filter: 100 from each of the first 100 classes
 TARGET_CLASSES = 100
 
@@ -92,6 +100,32 @@ def make_pool(run: Path, n: int, d: int, n_classes: int, seed: int, chunk: int =
     RunDir(run).update("embed", {"model": "synthetic", "shards": shards}, command="benchmarks/select_scale.py")
 
 
+def make_caption_shards(run: Path, seed: int, image_bytes: int) -> None:
+    """For metaclip: one tar per embedding table (same keys, in row order) with a generated caption and
+    ``image_bytes`` of stand-in image bytes per sample; run.json points at them; the metadata file."""
+    from metaclip_match import TextWorld
+
+    from curate.io.tables import embedding_files
+    from curate.io.tarwrite import write_tar
+    from curate.run import RunDir
+
+    world = TextWorld(seed)
+    entries = world.entries(CAPTION_ENTRIES)
+    titles = [e for e in entries if e[:1].isupper()]
+    image = np.random.default_rng(seed).integers(0, 256, image_bytes, dtype=np.uint8).tobytes()
+    shards = []
+    for f in embedding_files(run):
+        keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
+        caps = world.captions(len(keys), titles)
+        path = run / "shards" / f"{f.stem}.tar"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_tar(path, [(k, {"jpg": image, "txt": c.encode()}) for k, c in zip(keys, caps, strict=True)])
+        shards.append({"name": f.stem, "url": str(path)})
+    (run / "metadata.txt").write_text("".join(f"{e}\n" for e in entries))
+    RunDir(run).update("embed", {"model": "synthetic", "shards": shards}, command="benchmarks/select_scale.py")
+    (run / "shards" / "done").write_text("ok\n")
+
+
 def make_target(run: Path, d: int, seed: int) -> Path:
     """``RUN/target.parquet``: TARGET_ROWS image embeddings around the first TARGET_CLASSES class centres,
     drawn like the pool's (outside ``embeddings/``, so not part of the pool)."""
@@ -136,6 +170,8 @@ def run_one(run: Path, label: str, fraction: float, seed: int, workers: int | No
     versions()  # imports open_clip & co. once (run.json provenance), so they are not timed below
     t_imp = time.perf_counter() - t_imp
     spec = METHODS[label]
+    options = {k: v.replace("{run}", str(run)) if isinstance(v, str) else v for k, v in spec["options"].items()}
+    options = {k: (str(run / "target.parquet") if v == "{target}" else v) for k, v in options.items()}
     class_text = np.load(run / "class_text.npy") if spec["method"] == "clipcov" else None
     extra: dict = {}
     if workers:
@@ -145,7 +181,6 @@ def run_one(run: Path, label: str, fraction: float, seed: int, workers: int | No
         from curate.select.base import parse_bytes
 
         extra["memory"] = parse_bytes(memory)
-    options = {k: (str(run / "target.parquet") if v == "{target}" else v) for k, v in spec["options"].items()}
     t0 = time.perf_counter()
     res = run_selection(
         run,

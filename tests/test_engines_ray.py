@@ -31,7 +31,7 @@ ray.cloudpickle.register_pickle_by_value(test_engines)  # Ray workers can't impo
 _spec = importlib.util.spec_from_file_location("select_fixtures", Path(__file__).parent / "select" / "conftest.py")
 _select = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_select)
-normalise, write_run = _select.normalise, _select.write_run
+normalise, write_run, write_caption_run = _select.normalise, _select.write_run, _select.write_caption_run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -123,6 +123,26 @@ def test_select_with_ray_gives_the_local_tables_bit_for_bit(engine, pool_run, mo
         assert ls.column(col).equals(rs.column(col)), col
     assert lm.equals(rm)
     assert local.manifest.header["content_hash"] == dist.manifest.header["content_hash"]
+    assert 0 < local.kept < local.pool_size
+
+
+@pytest.mark.parametrize("budget", [{"options": {"cap": 30}}, {"fraction": 0.3, "options": {}}])
+def test_metaclip_with_ray_gives_the_local_tables_bit_for_bit(engine, tmp_path: Path, monkeypatch, budget) -> None:
+    """Ray tasks read the captions back from the shards, match them and rescan: the same bytes."""
+    import curate.select.source as source
+
+    monkeypatch.setattr(source, "BLOCK_ROWS", 128)
+    rng = np.random.default_rng(1)
+    words = ["cat", "dog", "red", "sky", "tree", "a", "big", "boat"]
+    caps = [" ".join(rng.choice(words, int(rng.integers(1, 5)))) for _ in range(700)]
+    root = write_caption_run(tmp_path, caps, n_shards=3)
+    meta = tmp_path / "meta.txt"
+    meta.write_text("cat\ndog\nred dog\nsky\ntree\nbig boat\n")
+    kw = {**budget, "options": {"metadata": str(meta), **budget["options"]}}
+    local = run_selection(root, "metaclip", name="local", seed=4, **kw)
+    dist = run_selection(root, "metaclip", name="ray", seed=4, engine=engine, **kw)
+    (ls, lm), (rs, rm) = _tables(local.path), _tables(dist.path)
+    assert ls.equals(rs) and lm.equals(rm)
     assert 0 < local.kept < local.pool_size
 
 

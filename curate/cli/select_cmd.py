@@ -25,6 +25,7 @@ _CLIP_SCORE = "clip-score options"
 _SEMDEDUP = "semdedup options"
 _NEGCLIP = "negcliploss options"
 _TARGET = "normsim, image-filter options"
+_METACLIP = "metaclip options"
 _BUDGET = "Budgets"
 _ALGEBRA = "intersect, union, difference, combine (--of required)"
 _ENGINE = "Engine"
@@ -52,6 +53,8 @@ Examples:\n
   curate select --run runs/demo --method normsim --fraction 0.5 --target runs/imagenet-train --norm inf\n
   curate select --run runs/demo --method image-filter --target runs/imagenet-train --clusters 1000\n
   curate select --run runs/demo --method intersect --of image-filter-imagenet-train clip-score-f0.3\n
+  curate select --run runs/demo --method metaclip --metadata metadata.json --cap 20000 --seed 1\n
+  curate select --run runs/demo --method metaclip --metadata entries.txt --fraction 0.3\n
   curate select --run runs/demo --method clipcov --fraction 0.3 --engine ray --ray-address auto\n
   curate select --run runs/demo --method intersect --of clip-score-t0.28 clipcov-f0.3\n
   curate select --run runs/demo --method difference --of clipcov-f0.3 clip-score-f0.3 random-f0.3\n
@@ -99,7 +102,7 @@ def select(
     count: int = typer.Option(None, "--count", "-n", help="Keep K samples."),
     name: str = typer.Option(None, "--name", help="Selection name in RUN/selections/ (default: the method, the "
                              "options that change the result, the budget: clipcov-greedy-km20-f0.3)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random choice (random, k-means)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice (random, k-means, metaclip draws)."),
     variant: Variant = typer.Option(None, help="reference (the reference code's update schedule, default) or "
                                     "greedy (exact gains).", rich_help_panel=_CLIPCOV),
     partition: str = typer.Option(None, help="The pseudo-classes: imagenet (zero-shot ImageNet-1k labels, default; "
@@ -136,6 +139,10 @@ def select(
                                "images (embedded with the run's model).", rich_help_panel=_TARGET),
     norm: str = typer.Option(None, help="normsim: inf (largest cosine to a target image, default) or 2.",
                              rich_help_panel=_TARGET),
+    metadata: str = typer.Option(None, help="Metadata entries, one per line (or MetaCLIP's .json list).",
+                                 rich_help_panel=_METACLIP),
+    cap: float = typer.Option(None, help="Per-entry cap t (MetaCLIP: 20000 for 400M) instead of a budget.",
+                              rich_help_panel=_METACLIP),
     of: list[str] = typer.Option(None, "--of", metavar="A B [C ...]", help="Selections, space- or comma-separated "
                                  "(set algebra: two or more; difference: A minus all others; combine: their "
                                  "scores).", rich_help_panel=_ALGEBRA),
@@ -175,7 +182,7 @@ def select(
         "of": (*of, *(more_of or ())) if of else None, "kmeans_sample": kmeans_sample,
         "cross_sample": cross_sample, "weights": weights, "columns": tuple(column) if column else None,
         "normalize": normalize, "repeats": repeats, "batch_size": batch_size, "temperature": temperature,
-        "target": target, "norm": norm, "dtype": dtype,
+        "target": target, "norm": norm, "dtype": dtype, "metadata": metadata, "cap": cap,
     }
     if dry_run:
         plan = plan_selection(run, method.value, fraction=fraction, count=count, name=name, seed=seed, options=opts,

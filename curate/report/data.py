@@ -31,6 +31,7 @@ SCORE_LABELS: dict[str, str] = {
     "negcliploss": "negCLIPLoss (CLIP score - batch normalisation term)",
     "normsim": "NormSim (image similarity to the target set)",
     "combine": "recipe (weighted sum of normalised scores)",
+    "metaclip": "-log10 of the smallest cap at which the sample is kept",
 }
 #: Score values that stand for "nothing to compare with" (semdedup: 2 = first member of its cluster).
 SCORE_SENTINELS: dict[str, float] = {"semdedup": 2.0}
@@ -52,6 +53,7 @@ SCORE_SHORT: dict[str, str | None] = {
     "negcliploss": "negCLIPLoss",
     "normsim": "NormSim",
     "combine": "recipe",
+    "metaclip": "-log10 cap",
 }
 
 
@@ -133,8 +135,19 @@ class Selection:
         return self.table.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
 
     def partition_names(self, n: int) -> list[str]:
-        """Display names of partitions 0..n-1: class names of zero-shot partitions, else ``cluster k``."""
+        """Display names of partitions 0..n-1: class names of zero-shot partitions, metadata entries of
+        metaclip, else ``cluster k``."""
         params = self.header.get("params", {})
+        if self.method == "metaclip":  # partitions are metadata entries
+            from curate.select.metaclip import load_metadata
+
+            try:
+                md = load_metadata(params.get("metadata", ""))
+            except InputError:  # the metadata file moved since the selection ran
+                md = None
+            if md is not None and md.sha256 == params.get("metadata_sha256") and len(md.entries) >= n:
+                return md.entries[:n]
+            return [f"entry {k}" for k in range(n)]
         kmeans = self.method != "clipcov" or str(params.get("partition", "imagenet")).startswith("kmeans")
         names: list[str] | None = None
         if kmeans:

@@ -9,6 +9,7 @@ from curate.select import (  # noqa: F401  (register the methods)
     baselines,
     clipcov,
     combine,
+    metaclip,
     negcliploss,
     setops,
     target,

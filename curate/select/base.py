@@ -126,6 +126,10 @@ class BlockScan:
     ``partition`` of shape ``(n, K)`` sends a row to up to K partitions (one per column, -1 for none;
     e.g. K random batches): pass 2 then sees the row once in each, and the selector's
     ``pass2_combine`` says how the row's pass-2 values are put together (see :class:`Selector`).
+    ``tallies`` are non-negative integer labels (any
+    number per row, e.g. matched metadata entries) counted pool-wide: ``reduce`` gets each as an int64
+    vector of counts per label in ``sums``. ``stash`` holds row-aligned Arrow arrays (any type) kept with
+    the block for ``Selector.rescan``; they never reach the score table.
     """
 
     columns: dict[str, np.ndarray]
@@ -134,6 +138,8 @@ class BlockScan:
     partition: np.ndarray | None = None
     carry: dict[str, np.ndarray] = field(default_factory=dict)
     sums: dict[str, np.ndarray] = field(default_factory=dict)
+    tallies: dict[str, np.ndarray] = field(default_factory=dict)
+    stash: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,7 +156,8 @@ class RankBy:
     """Decision: the rows with the largest ``column`` (ties: lower pool row first), ``budget`` of them,
     or every row with ``column >= minimum`` when ``budget`` is None. ``info`` names the header entry
     that records the value of the last row kept; ``below`` (optional) is the reason of eligible rows not
-    kept whose value is below that one (the others get ``reason``)."""
+    kept whose value is below that one (the others get ``reason``). ``ascending``: the smallest values
+    first (and ``minimum`` is then a maximum)."""
 
     column: str
     budget: int | None
@@ -158,6 +165,7 @@ class RankBy:
     reason: str = "budget"
     info: str | None = None
     below: str | None = None  # the reason of rows not kept whose value is below the last kept one
+    ascending: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,9 @@ class Selector(ABC):
        it may read a bounded sample of the pool.
     2. ``scan`` (pass 1, one task per block of rows): per-row columns, eligibility, reasons, a
        partition for pass 2, and pool-wide sums.
-    3. ``reduce`` (driver): shared inputs that need the sums (pool means).
+    3. ``reduce`` (driver): shared inputs that need the sums (pool means, counts per label).
+    3b. ``rescan`` (one task per block, only when ``rescans``): more per-row columns from the block's
+       pass-1 output (its columns and ``stash``) and the reduced inputs; no embeddings are read.
     4. ``partition`` (pass 2, one task per partition or group of small ones, only when
        ``partitioned``): columns of the partition's rows and, optionally, its pick sequence.
     5. ``rule``: how the decision picks rows (a :data:`DecisionRule` over the columns).
@@ -205,6 +215,10 @@ class Selector(ABC):
     #: from its partitions are combined before ``finish`` (``"sum"``: added in partition order)
     pass2_combine: ClassVar[str | None] = None
     seeded: ClassVar[bool] = False  # whether ``--seed`` changes the result (see ``uses_seed``)
+    #: its partitions mean something to budget by (classes, clusters); else --per-partition labels its own
+    own_partitions: ClassVar[bool] = False
+    #: the rescan stage exists (per-row columns that need ``reduce``'s results)
+    rescans: ClassVar[bool] = False
 
     def __init__(self, config: SelectorConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -226,6 +240,16 @@ class Selector(ABC):
 
     def reduce(self, sums: dict[str, np.ndarray], counts: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
         """More shared inputs from the pool-wide sums and the rows per partition (driver)."""
+        return {}
+
+    def rescan(self, block: Any, start: int, shared: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Per-row columns of pool rows ``start ..`` from the block's pass-1 table (``block``, a pyarrow
+        table with the scan's columns and ``stash``), once ``reduce`` has run (only when ``rescans``)."""
+        raise TypeError(f"{self.name} has no rescan")
+
+    def inputs(self) -> dict[str, Any]:
+        """Identity of the files the method reads besides the run (e.g. a digest), recorded in the
+        manifest's ``params``: a selection made from other file contents is another selection."""
         return {}
 
     def partition(self, data: Any, shared: dict[str, Any]) -> PartitionOutput:

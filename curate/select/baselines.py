@@ -194,6 +194,7 @@ class SemDedupSelector(Selector):
     budget_mode = "optional"
     columns: ClassVar[dict[str, str]] = {"score": "f8", "dup_sim": "f8", "centroid_sim": "f8", "partition": "i4"}
     partitioned = True
+    own_partitions = True
     partition_parts = frozenset({"image"})
     config: SemDedupConfig
 

@@ -513,6 +513,7 @@ class ClipCov(Selector):
     columns: ClassVar[dict[str, str]] = {"score": "f8", "easiness": "f8", "cross": "f8", "label_sim": "f8",
                                          "centre_sim": "f8", "partition": "i4", "gain": "f8"}
     partitioned = True
+    own_partitions = True
     partition_parts = frozenset({"image", "text"})
     config: ClipCovConfig
 

@@ -7,7 +7,10 @@ Stages (docs/scale.md has the picture and the numbers):
 2. **pass 1**, one task per block of :data:`~curate.select.source.BLOCK_ROWS` pool rows: the
    selector's per-row terms, eligibility and partition; the block's rows that pass 2 needs are
    written sorted by partition (float16 embeddings: the *shuffle*), and pool-wide sums are kept.
-3. ``reduce`` on the driver: shared inputs that need the sums (pool means).
+3. ``reduce`` on the driver: shared inputs that need the sums (pool means, counts per label).
+   Methods whose per-row terms need those (``Selector.rescans``: metaclip's sampling probabilities
+   need the pool's counts per metadata entry) then **rescan** each block's pass-1 output, one task per
+   block, without reading embeddings or shards again.
 4. **pass 2**, one task per partition or per group of small partitions: terms that need the other
    members of the partition, and the partition's pick sequence. A method may send a row to several
    partitions (e.g. K random batches); then a **combine** task per block adds up each row's pass-2
@@ -55,6 +58,8 @@ from curate.select.source import PoolSource
 WORK_FORMAT = 1
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
 _PASS1_COLUMNS = ("__eligible", "__reason", "__partition")
+STASH = "__stash:"  # prefix of the pass-1 columns kept for the rescan (dropped by it)
+_RESCANNED = b"rescanned"  # pass-1 table metadata: the rescan's columns are in
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,6 +161,11 @@ def _read_ipc(path: Path) -> pa.Table:
 RUN_DTYPE = np.dtype([("key", "<u8"), ("row", "<i8")])
 
 
+def _ranked(rule: RankBy, values: Any) -> Any:
+    """The values a rule's runs hold: the column's, negated when the smallest go first (exact)."""
+    return -np.asarray(values, np.float64) if rule.ascending else values
+
+
 def save_key_run(path: Path, values: np.ndarray, rows: np.ndarray) -> None:
     """A sorted run for :func:`top_k`: ``(desc key, row)`` pairs, best first, as one raw file."""
     run = MemRun.of(values, rows)
@@ -196,12 +206,13 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
         start, stop = spans[b]
         chunk = spec.source.chunk(start, stop, parts)
         scan = sel.scan(chunk, start, spec.shared)
-        if own:  # the per-partition budgets' partitions (the selector has none of its own)
+        pp_labels = None
+        if own:  # the per-partition budgets' partitions (the selector's own, if any, serve its pass 2)
             from curate.select.partition import Partitioner
 
             assert chunk.image is not None and chunk.image_ok is not None
-            scan.partition = Partitioner.labels(chunk.image, spec.shared["per_partition"],
-                                                np.asarray(scan.eligible, bool) & chunk.image_ok)
+            pp_labels = Partitioner.labels(chunk.image, spec.shared["per_partition"],
+                                           np.asarray(scan.eligible, bool) & chunk.image_ok)
         n = stop - start
         rows = np.arange(start, stop, dtype=np.int64)
         cols: dict[str, Any] = {k: np.asarray(v) for k, v in scan.columns.items()}
@@ -210,21 +221,32 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
         part = scan.partition
         if part is not None and np.ndim(part) == 1:  # (n, K): a row in K partitions has no single label
             cols["__partition"] = np.asarray(part, np.int32)
+        if pp_labels is not None:
+            cols["__pp_partition"] = np.asarray(pp_labels, np.int32)
         meta = {b"reasons": json.dumps(scan.reasons.names).encode()}
-        table = pa.table({k: pa.array(v) for k, v in cols.items()}).replace_schema_metadata(meta)
+        arrays = {k: pa.array(v) for k, v in cols.items()}
+        arrays.update({f"{STASH}{k}": v for k, v in scan.stash.items()})
+        table = pa.table(arrays).replace_schema_metadata(meta)
         if sel.partitioned and part is not None:
             _write_shuffle(spec.work / "sh" / f"b{b:07d}.arrow", chunk, rows, np.asarray(part, np.int32),
                            np.asarray(scan.eligible, bool), scan.carry, sel.partition_parts)
         sums = {f"sum:{k}": np.asarray(v, np.float64) for k, v in scan.sums.items()}
+        for k, v in scan.tallies.items():  # sparse: the labels present in the block and their counts
+            labels, counts = np.unique(np.asarray(v, np.int64), return_counts=True)
+            sums[f"tally:{k}:labels"], sums[f"tally:{k}:counts"] = labels, counts.astype(np.int64)
         if part is not None:
-            k = int(spec.shared["per_partition"]["n_partitions"] if own else spec.shared.get("n_partitions", 0))
+            k = int(spec.shared.get("n_partitions", 0))
             p = np.asarray(part).reshape(-1)
             sums["counts"] = np.bincount(p[p >= 0], minlength=k).astype(np.int64)
+        if pp_labels is not None:
+            k = int(spec.shared["per_partition"]["n_partitions"])
+            sums["pp_counts"] = np.bincount(pp_labels[pp_labels >= 0], minlength=k).astype(np.int64)
         _save_npz(spec.work / "p1" / f"b{b:07d}.npz", **sums)
         rule = spec.rule
         if isinstance(rule, RankBy) and rule.column in cols:
             ok = cols["__eligible"] & np.isfinite(np.asarray(cols[rule.column], np.float64))
-            save_key_run(spec.work / "runs" / f"b{b:07d}.bin", np.asarray(cols[rule.column])[ok], rows[ok])
+            save_key_run(spec.work / "runs" / f"b{b:07d}.bin", _ranked(rule, np.asarray(cols[rule.column])[ok]),
+                         rows[ok])
         _write_ipc(spec.work / "p1" / f"b{b:07d}.arrow", table.to_batches(max_chunksize=n) or
                    [pa.RecordBatch.from_pylist([], schema=table.schema)], table.schema)
     return len(blocks)
@@ -252,6 +274,47 @@ def _write_shuffle(path: Path, chunk: Any, rows: np.ndarray, part: np.ndarray, e
     meta = {b"partitions": json.dumps([int(pv[a]) for a in edges[:-1]]).encode()}
     batches = [table.slice(int(a), int(e - a)).combine_chunks().to_batches()[0] for a, e in itertools.pairwise(edges)]
     _write_ipc(path, batches, table.schema.with_metadata(meta))
+
+
+# --------------------------------------------------------------------------------------------------
+# Rescan (after reduce): more per-row columns from each block's pass-1 table
+# --------------------------------------------------------------------------------------------------
+def _rescanned(path: Path) -> bool:
+    with pa.OSFile(str(path), "rb") as src:
+        return _RESCANNED in (pa.ipc.open_file(src).schema.metadata or {})
+
+
+def _rescan_task(blocks: list[int], spec: TaskSpec) -> int:
+    """Rescan blocks ``blocks``: the selector's columns are added to each pass-1 table (which loses its
+    stash), atomically, with the key run of the rule's column when it is one of them."""
+    sel = spec.selector()
+    spans = spec.source.blocks()
+    for b in blocks:
+        path = spec.work / "p1" / f"b{b:07d}.arrow"
+        table = _read_ipc(path)
+        meta = dict(table.schema.metadata or {})
+        if _RESCANNED in meta:
+            continue
+        start, stop = spans[b]
+        cols = {k: np.asarray(v) for k, v in sel.rescan(table, start, spec.shared).items()}
+        table = table.drop_columns([c for c in table.column_names if c.startswith(STASH)])
+        for k, v in cols.items():
+            if k in table.column_names:
+                table = table.set_column(table.column_names.index(k), k, pa.array(v))
+            else:
+                table = table.append_column(k, pa.array(v))
+        rule = spec.rule
+        if isinstance(rule, RankBy) and rule.column in cols:
+            rows = np.arange(start, stop, dtype=np.int64)
+            eligible = table.column("__eligible").to_numpy(zero_copy_only=False)
+            v = np.asarray(cols[rule.column], np.float64)
+            ok = eligible & np.isfinite(v)
+            save_key_run(spec.work / "runs" / f"b{b:07d}.bin", _ranked(rule, v[ok]), rows[ok])
+        meta[_RESCANNED] = b"1"
+        table = table.replace_schema_metadata(meta)
+        _write_ipc(path, table.to_batches(max_chunksize=stop - start) or
+                   [pa.RecordBatch.from_pylist([], schema=table.schema)], table.schema)
+    return len(blocks)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,7 +405,7 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
     if isinstance(rule, RankBy) and rule.column in table.column_names and not sel.pass2_combine:
         v = table.column(rule.column).to_numpy()
         ok = np.isfinite(v)
-        save_key_run(spec.work / "runs" / f"p{t:07d}.bin", v[ok], table.column("row").to_numpy()[ok])
+        save_key_run(spec.work / "runs" / f"p{t:07d}.bin", _ranked(rule, v[ok]), table.column("row").to_numpy()[ok])
     _write_row_blocks(spec.work / "p2" / f"t{t:07d}.arrow", table, spec.source.block_rows)
     return t
 
@@ -506,27 +569,44 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
         engine.map(_pass1_task, _groups(todo, width), {"spec": spec}, _Scaled(progress, todo, width))
     progress.finish()
     sums: dict[str, np.ndarray] = {}
-    counts_rows = []
+    counts_rows, pp_rows = [], []
     for b in range(n_blocks):
         with np.load(work.sums(b)) as z:
             for k in z.files:
                 if k.startswith("sum:"):
                     name = k[4:]
                     sums[name] = z[k] if name not in sums else sums[name] + z[k]
+                elif k.startswith("tally:") and k.endswith(":labels"):
+                    name = k[6:-7]
+                    sums[name] = _add_tally(sums.get(name), z[k], z[f"tally:{name}:counts"])
             if "counts" in z.files:
                 counts_rows.append(z["counts"])
+            if "pp_counts" in z.files:
+                pp_rows.append(z["pp_counts"])
     counts = np.vstack(counts_rows) if counts_rows else None
+    pp_counts = np.vstack(pp_rows) if pp_rows else counts  # the budgets' partitions: their own, or the selector's
     shared.update(selector.reduce(sums, counts if counts is not None else np.zeros((0, 0), np.int64), shared))
     rule = selector.rule(budget, shared)
     spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, rule,
                     device=spec.device, memory=ctx.memory, per_partition=per_partition)
+    if selector.rescans:
+        todo = [b for b in range(n_blocks) if not _rescanned(work.p1(b))]
+        progress.start(f"{selector.name}: rescan", total=n_blocks, unit="blocks")
+        progress.advance(n_blocks - len(todo))
+        if engine is None:
+            for b in todo:
+                _rescan_task([b], spec)
+                progress.advance(1)
+        else:
+            engine.map(_rescan_task, _groups(todo, width), {"spec": spec}, _Scaled(progress, todo, width))
+        progress.finish()
     quotas = None
     if per_partition is not None:
         from curate.select.partition import allocate_quotas
 
-        if counts is None:
+        if pp_counts is None:
             raise InputError(f"--per-partition: {selector.name} found no partitions")
-        quotas = allocate_quotas(counts.sum(axis=0), getattr(rule, "budget", None), per_partition.mode,
+        quotas = allocate_quotas(pp_counts.sum(axis=0), getattr(rule, "budget", None), per_partition.mode,
                                  per_partition.cap)
         budget_ = getattr(rule, "budget", None)
         if budget_ is not None and int(quotas.sum()) < budget_:
@@ -565,7 +645,7 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
             info[rule.info] = last_value
     elif isinstance(rule, RankBy):
         runs = [FileRun(p) for p in sorted((work.path / "runs").glob("*.bin"))]
-        max_key = key_of(rule.minimum) if rule.minimum is not None else None
+        max_key = key_of(float(_ranked(rule, np.float64(rule.minimum)))) if rule.minimum is not None else None
         n, last = 0, None
         chunk = max(1 << 10, min(1 << 16, ctx.memory // (ENTRY_BYTES * max(1, len(runs)))))
         for rows, keys in top_k(runs, rule.budget, chunk=chunk, max_key=max_key):
@@ -575,7 +655,7 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
         if rule.budget is not None and n < rule.budget:
             raise _short(selector, source, work, n, rule.budget)
         if last is not None:
-            last_value = float(value_of(np.asarray([last]))[0])
+            last_value = float(_ranked(rule, value_of(np.asarray([last]))[0]))
             if rule.info:
                 info[rule.info] = last_value
         kept = n
@@ -599,6 +679,17 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
         if per_partition.partitioner is not None:
             info["per_partition"]["partition"] = per_partition.partitioner.describe()
     return PipelineResult(picks, kept, info, rule, work, source, counts, shared, last_value, quotas, per_partition)
+
+
+def _add_tally(total: np.ndarray | None, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``total`` (int64 counts per label, grown as needed) plus one block's sparse counts."""
+    size = int(labels[-1]) + 1 if len(labels) else 0
+    if total is None:
+        total = np.zeros(size, np.int64)
+    elif len(total) < size:
+        total = np.concatenate([total, np.zeros(size - len(total), np.int64)])
+    total[labels] += counts
+    return total
 
 
 class _Scaled:
@@ -631,19 +722,13 @@ def _rank_per_partition(selector: Selector, rule: RankBy, source: PoolSource, wo
     k = len(quotas)
     bucket = max(1, -(-k // 64))
     groups = RowValues({"key": "u8", "row": "i8"}, k, bucket, max(1 << 16, memory // ENTRY_BYTES), work.path / "pp")
-    p2 = Pass2Columns(work) if selector.partitioned else None
-    max_key = key_of(rule.minimum) if rule.minimum is not None else None
+    reader = _ColumnReader(work, selector)
+    max_key = key_of(float(_ranked(rule, np.float64(rule.minimum)))) if rule.minimum is not None else None
     for b, (start, stop) in enumerate(source.blocks()):
         t = _read_ipc(work.p1(b))
-        part = t.column("__partition").to_numpy()
+        part = t.column("__pp_partition" if "__pp_partition" in t.column_names else "__partition").to_numpy()
         ok = t.column("__eligible").to_numpy(zero_copy_only=False) & (part >= 0)
-        if rule.column in t.column_names:
-            values = t.column(rule.column).to_numpy(zero_copy_only=False).astype(np.float64)
-        else:
-            assert p2 is not None
-            values = np.full(stop - start, np.nan)
-            rows, got = p2.block(b)
-            values[rows - start] = got[rule.column]
+        values = np.asarray(_ranked(rule, reader.block(b, t, rule.column, start, stop)), np.float64)
         ok &= np.isfinite(values)
         key = desc_key(values)
         if max_key is not None:
@@ -676,7 +761,30 @@ def _rank_per_partition(selector: Selector, rule: RankBy, source: PoolSource, wo
         last = keys[-1]
     if rule.budget is not None and n < rule.budget and int(quotas.sum()) >= rule.budget:
         raise _short(selector, source, work, n, rule.budget)
-    return n, (float(value_of(np.asarray([last]))[0]) if last is not None else None)
+    return n, (float(_ranked(rule, value_of(np.asarray([last]))[0])) if last is not None else None)
+
+
+class _ColumnReader:
+    """A block's final values of one column: from pass 1, the combine stage, or the pass-2 files."""
+
+    def __init__(self, work: WorkDir, selector: Selector) -> None:
+        self.work = work
+        self.combined = bool(selector.partitioned and selector.pass2_combine)
+        self.p2 = Pass2Columns(work) if selector.partitioned and not self.combined else None
+
+    def block(self, b: int, t: pa.Table, column: str, start: int, stop: int) -> np.ndarray:
+        if self.combined:
+            t3 = _read_ipc(self.work.p3(b))
+            if column in t3.column_names:
+                return t3.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+        if column in t.column_names:
+            return t.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+        values = np.full(stop - start, np.nan)
+        if self.p2 is not None:
+            rows, got = self.p2.block(b)
+            if column in got:
+                values[rows - start] = got[column]
+        return values
 
 
 def _short(selector: Selector, source: PoolSource, work: WorkDir, n: int, budget: int) -> InputError:
@@ -850,7 +958,9 @@ def iter_blocks(res: PipelineResult, selector: Selector) -> Iterator[dict[str, A
         eligible = t.column("__eligible").to_numpy(zero_copy_only=False)
         cols: dict[str, np.ndarray] = {}
         for k, dt in table_columns(selector, res).items():
-            if k == "partition" and k not in t.column_names and "__partition" in t.column_names:
+            if k == "partition" and k not in t.column_names and "__pp_partition" in t.column_names:
+                cols[k] = t.column("__pp_partition").to_numpy()
+            elif k == "partition" and k not in t.column_names and "__partition" in t.column_names:
                 cols[k] = t.column("__partition").to_numpy()
             elif k in t.column_names:
                 cols[k] = t.column(k).to_numpy(zero_copy_only=False)

@@ -187,7 +187,7 @@ def _per_partition(cls: Any, spec: str | None, opts: dict[str, Any]) -> tuple[Pe
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     taken = {k: opts.pop(k) for k in _PARTITION_OPTIONS if k not in fields and opts.get(k) is not None}
     partitioner = None
-    if not cls.partitioned:
+    if not cls.own_partitions:
         partitioner = Partitioner(taken.get("partition", "imagenet"), taken.get("classes"), taken.get("kmeans_sample"))
         taken.setdefault("partition", "imagenet")
     return PerPartition(mode, cap, partitioner), {"per_partition": spec, **taken}

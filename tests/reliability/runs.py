@@ -60,7 +60,8 @@ def clustered_run(root: Path, n: int, dim: int = 32, n_shards: int = 8, k: int =
     return root
 
 
-def source_shards(folder: Path, n: int, n_shards: int, member_bytes: int = 3000, seed: int = 0) -> list[str]:
+def source_shards(folder: Path, n: int, n_shards: int, member_bytes: int = 3000, seed: int = 0,
+                  caption: Callable[[int], str] = lambda i: f"caption {i}") -> list[str]:
     """Tars of ``n`` samples (random 'jpg' bytes + caption + json uid) whose keys match ``clustered_run``."""
     rng = np.random.default_rng(seed)
     bounds = np.linspace(0, n, n_shards + 1).astype(int)
@@ -70,7 +71,7 @@ def source_shards(folder: Path, n: int, n_shards: int, member_bytes: int = 3000,
         for i in range(int(bounds[s]), int(bounds[s + 1])):
             samples.append((f"{i:09d}", {
                 "jpg": rng.integers(0, 256, member_bytes, dtype=np.uint8).tobytes(),
-                "txt": f"caption {i}".encode(),
+                "txt": caption(i).encode(),
                 "json": json.dumps({"uid": uid_of(i)}).encode(),
             }))
         path = folder / f"{s:05d}.tar"

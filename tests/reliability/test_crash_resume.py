@@ -90,6 +90,19 @@ def test_select_toward_a_target_killed_and_rerun(tmp_path: Path, method: str, op
     print(f"select {method}: {rep}")
 
 
+def test_metaclip_select_killed_and_rerun(tmp_path: Path) -> None:
+    """metaclip reads captions back from the shards (pass 1), then rescans: killed anywhere, same bytes."""
+    n, n_shards = 10_000, 8
+    urls = source_shards(tmp_path / "src", n, n_shards, member_bytes=500,
+                         caption=lambda i: f"item {i % 97} of set {i % 13}, shade {i % 7}")
+    base = clustered_run(tmp_path / "base", n, n_shards=n_shards, shard_urls=urls)
+    meta = tmp_path / "meta.txt"
+    meta.write_text("".join(f"{k}\n" for k in ["item", "set", "shade", "of set", *map(str, range(100))]))
+    rep = _loop(tmp_path, base, lambda r: ["select", "--run", str(r), "--method", "metaclip", "--metadata", str(meta),
+                                           "--cap", "150", "--json"], seed=4)
+    print(f"select metaclip: {rep}")
+
+
 def test_bootstrap_round_killed_and_rerun(tmp_path: Path) -> None:
     run = make_pool_run(tmp_path / "base", 60_000, per_shard=5_000, dim=4)
     for r in range(2):  # warm-up round 0, preparation round 1: round 2 is the first mutation round

@@ -35,8 +35,10 @@ def write_run(
     n_shards: int = 2,
     shard_urls: Sequence[str] | None = None,
     keys: Sequence[str] | None = None,
+    sources: Sequence[dict] | None = None,
 ) -> Path:
-    """Write ``root/embeddings/<shard>.parquet`` (float16, as ``curate embed`` does) and run.json."""
+    """Write ``root/embeddings/<shard>.parquet`` (float16, as ``curate embed`` does) and run.json
+    (``sources``: each shard's fingerprint, stored with its table as embed does)."""
     n, d = img.shape
     txt = img if txt is None else txt
     if clip_score is None:
@@ -64,11 +66,39 @@ def write_run(
                 "text_emb": txt_arr,
                 "clip_score": pa.array(cs, mask=np.isnan(cs)),
             },
-            schema=embedding_schema(d, {"model": "test", "dim": d}),
+            schema=embedding_schema(d, {"model": "test", "dim": d, **({"source": sources[s]} if sources else {})}),
         )
         write_table(root / "embeddings" / f"{name}.parquet", table)
     RunDir(root).update("embed", {"model": "test", "shards": shards}, command="test")
     return root
+
+
+def write_caption_run(root: Path, captions: Sequence[str | None], n_shards: int = 2, d: int = 8,
+                      seed: int = 0) -> Path:
+    """A run whose shards (``root/shards/<shard>.tar``: a few image bytes, never decoded, and ``txt`` unless
+    the caption is None) hold ``captions`` in pool order, with random embeddings and the shards'
+    fingerprints recorded with the tables."""
+    from curate.io.shards import fingerprint
+    from curate.io.tarwrite import write_tar
+
+    n = len(captions)
+    rng = np.random.default_rng(seed)
+    img = normalise(rng.normal(size=(n, d)))
+    bounds = np.linspace(0, n, n_shards + 1).astype(int)
+    urls = []
+    for s in range(n_shards):
+        samples = []
+        for i in range(int(bounds[s]), int(bounds[s + 1])):
+            members = {"jpg": rng.integers(0, 256, 40, dtype=np.uint8).tobytes()}
+            if captions[i] is not None:
+                members["txt"] = str(captions[i]).encode()
+            samples.append((f"{i:09d}", members))
+        path = root / "shards" / f"{s:05d}.tar"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_tar(path, samples)
+        urls.append(str(path))
+    return write_run(root / "run", img, n_shards=n_shards, shard_urls=urls,
+                     sources=[fingerprint(u) for u in urls])
 
 
 @pytest.fixture
