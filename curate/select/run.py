@@ -297,7 +297,8 @@ def _prepare(
     selector.check_budget(budget)
     selector.check_pool(len(source))
     name = check_name(name or _with_tag(selector.default_name(fraction, count, seed), pp_params))
-    params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict()}
+    params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict(),
+                              **selector.inputs()}
     params.update(pp_params)
     if class_text is not None:
         params["class_text"] = f"given ({class_text.shape[0]} classes)"

@@ -173,7 +173,7 @@ def test_image_filter_intersect_clip_score_is_the_set_intersection(runs: tuple[P
     assert main(["select", "--run", str(pool), "--method", "image-filter", "--target", str(target),
                  "--clusters", "30", "--force", "--json"]) == 0
     name = json.loads(capsys.readouterr().out)["name"]
-    assert name == "image-filter-tgt"
+    assert name == "image-filter-tgt-k30"
     assert main(["select", "--run", str(pool), "--method", "clip-score", "--fraction", "0.3"]) == 0
     capsys.readouterr()
     assert main(["select", "--run", str(pool), "--method", "intersect", "--of", name, "clip-score-f0.3",
