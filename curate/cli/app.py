@@ -7,6 +7,7 @@ Where everything else goes (stdout: the result; stderr: tables, progress, warnin
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -87,11 +88,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         code = 130
+    except Exception as exc:  # a bug: one line here, the traceback in a file (CURATE_DEBUG=1 raises it)
+        if os.environ.get("CURATE_DEBUG"):
+            raise
+        code = _internal_error(exc)
     else:
         code = rv if isinstance(rv, int) else 0
     if argv is None:
         sys.exit(code)
     return code
+
+
+def _internal_error(exc: BaseException) -> int:
+    """Write the traceback of an unexpected error to a file and say so in one line; exit code 1."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="curate-error-", suffix=".txt")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"curate {__version__}: {' '.join(sys.argv)}\n")
+        traceback.print_exception(exc, file=fh)
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    sys.stderr.write(f"error: internal error ({type(exc).__name__}{': ' + first if first else ''}); the traceback "
+                     f"is in {path} (please report it)\n")
+    return 1
 
 
 def _usage_message(exc: _cx.UsageError, root: Any, args: list[str]) -> str:

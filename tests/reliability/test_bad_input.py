@@ -445,3 +445,28 @@ def test_click_messages_on_several_lines_become_one(capsys: pytest.CaptureFixtur
     assert main(["select", "--run", "x"]) == 2  # click lists the choices of the missing --method line by line
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Missing option '--method'" in err and "clipcov" in err, err
+
+
+def test_an_unexpected_error_is_one_line_and_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug (any exception that is not curate's own) is one line naming a file with the traceback, exit 1."""
+    import curate.inspect as insp
+
+    def broken(run: object) -> None:
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr(insp, "inspect_run", broken)
+    import curate.cli.inspect_cmd as cmd
+
+    monkeypatch.setattr(cmd, "inspect_run", broken)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("CURATE_DEBUG", raising=False)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: internal error (ZeroDivisionError: division by zero)"), err
+    files = list(tmp_path.glob("curate-error-*.txt"))
+    assert len(files) == 1 and "Traceback" in files[0].read_text() and str(files[0]) in err[0]
