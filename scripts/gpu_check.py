@@ -320,8 +320,12 @@ def step_preprocess(ctx: Ctx) -> dict[str, Any]:
 
 @step("clipcov", "clipcov cross terms, GPU vs CPU")
 def step_clipcov(ctx: Ctx) -> dict[str, Any]:
-    """Cross terms and the reference selection on a Zipf pool on each device: same selection, time of each,
-    and the cross terms' time against a plain matrix product of the same shapes."""
+    """clipcov on a Zipf pool (written as a run, as curate embed writes it) on each device: the same
+    selection, the time of each, and the cross terms' time against a plain matrix product of the same
+    shapes. Float32 inputs on both devices (so that they can agree), plus the GPU's default (float16
+    inputs, float32 accumulation) timed and compared."""
+    import tempfile
+
     import numpy as np
 
     p = ctx.params
@@ -332,19 +336,29 @@ def step_clipcov(ctx: Ctx) -> dict[str, Any]:
     flops = float(2 * (sizes.astype(np.float64) ** 2).sum() * d)
     out: dict[str, Any] = {"n": n, "d": d, "classes": k, "largest_class": int(sizes.max()), "budget": budget,
                            "matmul_gflop": round(flops / 1e9, 1), "devices": {}}
-    per = {}
-    for dev in ["cpu", "cuda"] if ctx.cuda else ["cpu"]:
-        per[dev] = _clipcov_on(dev, img, txt, labels, centres, budget, flops)
-        out["devices"][dev] = {key: v for key, v in per[dev].items() if key not in ("order", "cross")}
-        say(f"clipcov on {dev}: {out['devices'][dev]}")
-    # the cross terms of a few mid-sized classes against float64 products
-    check = [c for c in np.argsort(sizes, kind="stable") if 2 <= sizes[c] <= 4000][-3:]
+    with tempfile.TemporaryDirectory(prefix="curate-gpu-clipcov-") as tmp:
+        run = _write_pool_run(Path(tmp) / "run", img, txt)
+        img16 = _stored(img)  # what the pipeline reads back: float16, normalised again
+        txt16 = _stored(txt)
+        per = {}
+        for dev in ["cpu", "cuda"] if ctx.cuda else ["cpu"]:
+            per[dev] = _clipcov_on(dev, run, img16, txt16, labels, centres, budget, flops)
+            out["devices"][dev] = {key: v for key, v in per[dev].items()
+                                   if key not in ("order", "cross", "partition")}
+            say(f"clipcov on {dev}: {out['devices'][dev]}")
+        if ctx.cuda:
+            t0 = time.perf_counter()
+            half = _select(run, "cuda", centres, budget, "auto", "gpu-half")
+            out["devices"]["cuda"]["select_float16_inputs_s"] = round(time.perf_counter() - t0, 3)
+            out["float16_overlap_with_float32"] = round(len(set(half[0]) & set(per["cuda"]["order"])) / budget, 6)
+    # the cross terms of a few mid-sized classes against float64 products of the stored embeddings
     problems = []
     for dev, r in per.items():
         errs = []
-        for c in check:
-            idx = np.flatnonzero(labels == c)
-            m = np.maximum(img[idx].astype(np.float64) @ txt[idx].astype(np.float64).T, 0.0)
+        got = np.bincount(r["partition"][r["partition"] >= 0], minlength=k)
+        for c in [c for c in np.argsort(got, kind="stable") if 2 <= got[c] <= 4000][-3:]:
+            idx = np.flatnonzero(r["partition"] == c)
+            m = np.maximum(img16[idx] @ txt16[idx].T, 0.0)
             want = (m.sum(0) + m.sum(1)) / len(idx)
             errs.append(float(np.abs(r["cross"][idx] - want).max() / np.abs(want).max()))
         err = max(errs) if errs else None
@@ -369,44 +383,92 @@ def step_clipcov(ctx: Ctx) -> dict[str, Any]:
     return outcome("fail" if problems else "pass", "; ".join(problems) or note, **out)
 
 
-def _clipcov_on(dev: str, img: Any, txt: Any, labels: Any, centres: Any, budget: int, flops: float
+def _stored(x: Any) -> Any:
+    """Rows as curate embed stores them (float16) and select reads them (normalised), in float64."""
+    import numpy as np
+
+    y = x.astype(np.float16).astype(np.float64)
+    return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+
+def _write_pool_run(run: Path, img: Any, txt: Any, shard_rows: int = 50_000) -> Path:
+    """A run folder holding ``img``/``txt`` as float16 embedding tables (and run.json)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from curate.io.tables import embedding_schema, fixed_list, write_table
+    from curate.run import RunDir
+
+    n, d = img.shape
+    shards = []
+    for s, lo in enumerate(range(0, n, shard_rows)):
+        hi = min(n, lo + shard_rows)
+        name = f"{s:05d}"
+        uid = pa.array([f"{i:032x}" for i in range(lo, hi)])
+        table = pa.table({
+            "uid": uid, "shard": pa.array([name] * (hi - lo)), "key": pa.array([f"{i:09d}" for i in range(lo, hi)]),
+            "position": pa.array(np.arange(hi - lo, dtype=np.int32)), "content_hash": uid,
+            "image_emb": fixed_list(img[lo:hi]), "text_emb": fixed_list(txt[lo:hi]),
+            "clip_score": pa.array(np.einsum("ij,ij->i", img[lo:hi], txt[lo:hi]).astype(np.float32)),
+        }, schema=embedding_schema(d, {"model": "synthetic", "dim": d}))
+        write_table(run / "embeddings" / f"{name}.parquet", table)
+        shards.append({"name": name, "url": f"synthetic/{name}.tar"})
+    RunDir(run).update("embed", {"model": "synthetic", "shards": shards}, command="gpu_check")
+    return run
+
+
+def _select(run: Path, dev: str, centres: Any, budget: int, dtype: str, name: str) -> tuple[list[int], Any, Any]:
+    """``run_selection`` (clipcov, reference) on ``dev``: the pool rows in pick order, the cross terms and the
+    classes (zero-shot labels against ``centres``)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from curate.select import run_selection
+
+    res = run_selection(run, "clipcov", count=budget, class_text=centres, device=dev, name=name, force=True,
+                        options={"dtype": dtype})
+    t = pq.read_table(res.path / "scores.parquet", columns=["rank", "cross", "partition"])
+    rank = t.column("rank").fill_null(-1).to_numpy()
+    picked = np.flatnonzero(rank >= 0)
+    return ([int(i) for i in picked[np.argsort(rank[picked])]], t.column("cross").to_numpy(zero_copy_only=False),
+            t.column("partition").fill_null(-1).to_numpy())
+
+
+def _clipcov_on(dev: str, run: Path, img: Any, txt: Any, labels: Any, centres: Any, budget: int, flops: float
                 ) -> dict[str, Any]:
-    """prepare (cross terms once, untimed warm-up included), the cross terms again, the same products
-    as plain matmuls, and the reference selection; cross terms and the selection in pool order."""
+    """The whole selection through the pipeline on ``dev`` (float32 inputs), then the cross-term kernel
+    class by class against plain matmuls of the same block shapes (warmed up once)."""
     import numpy as np
     import torch
 
-    from curate.select.clipcov import cross_block_rows, prepare, select_reference
+    from curate.select.clipcov import Blocks, cross_block_rows
 
     def sync() -> None:
         if dev == "cuda":
             torch.cuda.synchronize()
 
     t0 = time.perf_counter()
-    st = prepare(img, txt, labels, centres, device=dev)
+    order, cross, part = _select(run, dev, centres, budget, "float32", f"gpu-check-{dev}")
+    t_sel = time.perf_counter() - t0
+    classes = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    blocks = [Blocks(img[idx].astype(np.float32), txt[idx].astype(np.float32), dev, "float32") for idx in classes]
+    blocks[0].cross(0, len(classes[0]))  # warm-up
     sync()
-    t_prepare = time.perf_counter() - t0
-    b = st.blocks
     t0 = time.perf_counter()
-    cross = np.concatenate([b.cross(int(s), int(e)) for s, e in itertools.pairwise(st.bounds)])
+    for b, idx in zip(blocks, classes, strict=True):
+        b.cross(0, len(idx))
     t_cross = time.perf_counter() - t0  # cross() copies its result to the host: synchronised
     t0 = time.perf_counter()
-    for s, e in itertools.pairwise(st.bounds):
-        x, y = b.img[s:e], b.txt[s:e]
-        bs = cross_block_rows(int(e - s))
-        for r in range(0, int(e - s), bs):
+    for b, idx in zip(blocks, classes, strict=True):
+        x, y = b.img.held, b.txt.held
+        bs = cross_block_rows(len(idx))
+        for r in range(0, len(idx), bs):
             x[r : r + bs] @ y.T
     sync()
     t_mm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rows, _, _ = select_reference(st, budget)
-    t_sel = time.perf_counter() - t0
-    pool_cross = np.empty(len(cross))
-    pool_cross[st.perm] = cross
-    return {"prepare_s": round(t_prepare, 3), "cross_s": round(t_cross, 4), "matmul_s": round(t_mm, 4),
+    return {"select_s": round(t_sel, 3), "cross_s": round(t_cross, 4), "matmul_s": round(t_mm, 4),
             "cross_vs_matmul": round(t_cross / t_mm, 2), "matmul_gflop_per_s": round(flops / t_mm / 1e9, 1),
-            "cross_gflop_per_s": round(flops / t_cross / 1e9, 1), "select_s": round(t_sel, 3),
-            "order": [int(i) for i in st.perm[rows]], "cross": pool_cross}
+            "cross_gflop_per_s": round(flops / t_cross / 1e9, 1), "order": order, "cross": cross, "partition": part}
 
 
 def zipf_pool(n: int, d: int, classes: int, seed: int) -> tuple[Any, Any, Any, Any]:
@@ -840,12 +902,18 @@ def render_md(doc: dict[str, Any]) -> str:
         lines += ["", f"## clipcov: {cc['n']:,} × {cc['d']} pool, {cc['classes']} Zipf classes (largest "
                   f"{cc['largest_class']:,}), budget {cc['budget']:,}; plain matmul of the same shapes: "
                   f"{cc['matmul_gflop']:,} GFLOP", "",
-                  "| device | prepare s | cross terms s | plain matmul s | cross / matmul | matmul GFLOP/s "
-                  "| select s | cross terms vs float64 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| device | select s (float32 inputs) | select s (float16 inputs) | cross terms s | plain matmul s | "
+                  "cross / matmul | matmul GFLOP/s | cross terms vs float64 |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for dev, r in cc["devices"].items():
             err = r.get("cross_rel_err_vs_float64")
-            lines.append(f"| {dev} | {r['prepare_s']} | {r['cross_s']} | {r['matmul_s']} | {r['cross_vs_matmul']} | "
-                         f"{r['matmul_gflop_per_s']:,} | {r['select_s']} | {'-' if err is None else f'{err:.1e}'} |")
+            lines.append(f"| {dev} | {r['select_s']} | {r.get('select_float16_inputs_s', '-')} | {r['cross_s']} | "
+                         f"{r['matmul_s']} | {r['cross_vs_matmul']} | {r['matmul_gflop_per_s']:,} | "
+                         f"{'-' if err is None else f'{err:.1e}'} |")
+        if "float16_overlap_with_float32" in cc:
+            share = cc["float16_overlap_with_float32"]
+            lines.append(f"\nOn the GPU, float16 inputs (the default there) keep {share:.4%} of the float32-input "
+                         "selection.")
         if "same_set" in cc:
             lines.append(f"\nSame selection: order {cc['same_order']}, set {cc['same_set']} (overlap "
                          f"{cc['overlap']:.4%}); largest cross-term difference GPU vs CPU "

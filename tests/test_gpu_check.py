@@ -90,8 +90,8 @@ def test_report_renders_the_gpu_figures():
     runs = [{"world": "256 px", "model": "ViT-B-32", "precision": "fp16", "workers": 15, "workers_label": "default",
              "images": 20000, "seconds": 4.0, "images_per_s": 5000.0, "decode_only_per_s": 6250.0, "ratio": 0.8,
              "gpu_busy": 0.314, "gpu_peak_gib": 1.25}]
-    dev = {"prepare_s": 1.0, "cross_s": 0.5, "matmul_s": 0.25, "cross_vs_matmul": 2.0, "matmul_gflop_per_s": 4000.0,
-           "select_s": 2.0, "cross_rel_err_vs_float64": 3e-7}
+    dev = {"cross_s": 0.5, "matmul_s": 0.25, "cross_vs_matmul": 2.0, "matmul_gflop_per_s": 4000.0,
+           "select_s": 2.0, "select_float16_inputs_s": 1.5, "cross_rel_err_vs_float64": 3e-7}
     doc = {"mode": "gpu", "started": "2026-12-05T10:00:00", "commit": "abc1234", "seconds": 400.0, "wheels": "x",
            "params": {"budget_s": 480},
            "steps": {"env": {"status": "pass", "note": "", "seconds": 9, "result": {
@@ -107,7 +107,7 @@ def test_report_renders_the_gpu_figures():
     md = gc.render_md(doc)
     assert "card: NVIDIA H100 80GB HBM3 (79.2 GiB); driver 580.1" in md
     assert "| 256 px | ViT-B-32 | fp16 | 15 (default) | 20,000 | 5,000 | 6,250 | 80% | 31% | 1.25 |" in md
-    assert "| cuda | 1.0 | 0.5 | 0.25 | 2.0 | 4,000.0 | 2.0 | 3.0e-07 |" in md
+    assert "| cuda | 2.0 | 1.5 | 0.5 | 0.25 | 2.0 | 4,000.0 | 3.0e-07 |" in md
     assert "Same selection: order True, set True" in md and "**ray** (skipped): ray not installed" in md
 
 
