@@ -3,7 +3,7 @@
 A refactoring must not change what curate writes. Run the demo before and after it, fingerprint both
 folders, and compare: every Parquet/Arrow table's rows and schema (with its curate metadata) and every
 JSON file must be the same. What legitimately differs between two runs is left out: timestamps and the
-command log of ``run.json``, wall-clock figures (``seconds``, ``samples_per_s``...), absolute paths of
+command log of ``run.json``, wall-clock figures (``seconds``, ``samples_per_s``...), file fingerprints (mtimes), absolute paths of
 the output folder (replaced by ``<RUN>``), and the report (its HTML embeds timings).
 
     python scripts/demo_tables.py snapshot demo-run before.json
@@ -25,7 +25,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 VOLATILE = {"at", "commands", "seconds", "samples_per_s", "images_per_s", "elapsed", "created", "date", "time",
-            "wall_seconds", "versions", "cpu_seconds", "duration_s", "rate"}
+            "wall_seconds", "versions", "cpu_seconds", "duration_s", "rate", "fingerprint"}
 SKIP_PARTS = {"reports", "cache", "checkpoints"}
 
 
