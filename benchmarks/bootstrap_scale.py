@@ -47,7 +47,7 @@ def _hex_uids(n: int, seed: int) -> pa.Array:
 def make_run(root: Path, rows: int, per_shard: int) -> None:
     """A run whose embeddings hold only the pool columns (uid, shard, key, position) — enough for bootstrap."""
     from curate.io.tables import write_table
-    from curate.run import RunDir
+    from curate.rundir import RunDir
 
     run = RunDir(root)
     uids = _hex_uids(rows, 0)
@@ -68,7 +68,7 @@ def write_round_losses(root: Path, round_: int, seed: int) -> None:
     """Losses for every sample of a round's manifest, in a shuffled order with global batches of BATCH."""
     from curate.io.manifest import read_manifest
     from curate.io.tables import write_table
-    from curate.run import RunDir
+    from curate.rundir import RunDir
 
     run = RunDir(root)
     uids = read_manifest(run.manifest_file(round_)).table.column("uid")

@@ -563,7 +563,7 @@ def load_results(path: Path, setup: Setup, fresh: bool) -> dict[str, Any]:
 
 
 def save_results(path: Path, res: dict[str, Any]) -> None:
-    from curate.run import write_json
+    from curate.fs import write_json
 
     write_json(path, res)
 

@@ -21,8 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import UsageError
+from curate.fs import write_json
+from curate.io.manifest import manifest_path_of
 from curate.progress import NullProgress, Progress
-from curate.run import write_json
 
 MARKER = "demo.json"
 
@@ -80,8 +81,8 @@ def _prepare_out(out: Path) -> None:
     write_json(out / MARKER, {"status": "running"})
 
 
-def _selected_uids(selection_dir: Path) -> Any:
-    t = pq.read_table(selection_dir / "manifest.parquet", columns=["uid"])
+def _selected_uids(selection: Path) -> Any:
+    t = pq.read_table(manifest_path_of(selection), columns=["uid"])
     return t.column("uid").combine_chunks()
 
 

@@ -3,8 +3,9 @@
 A refactoring must not change what curate writes. Run the demo before and after it, fingerprint both
 folders, and compare: every Parquet/Arrow table's rows and schema (with its curate metadata) and every
 JSON file must be the same. What legitimately differs between two runs is left out: timestamps and the
-command log of ``run.json``, wall-clock figures (``seconds``, ``samples_per_s``...), file fingerprints (mtimes), absolute paths of
-the output folder (replaced by ``<RUN>``), and the report (its HTML embeds timings).
+command log of ``run.json``, wall-clock figures (``seconds``, ``samples_per_s``...), file fingerprints
+(mtimes), absolute paths of the output folder (replaced by ``<RUN>``), and the report (its HTML embeds
+timings).
 
     python scripts/demo_tables.py snapshot demo-run before.json
     python scripts/demo_tables.py snapshot demo-run after.json

@@ -10,7 +10,7 @@ import pytest
 from bootstrap_helpers import make_pool_run, manifest_uids, record_random_losses, uid_of, write_losses
 
 from curate.cli.app import main
-from curate.run import RunDir
+from curate.rundir import RunDir
 
 
 def _files(root: Path) -> dict[str, bytes]:

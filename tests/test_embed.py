@@ -21,7 +21,7 @@ from curate.io.shards import decode_image, iter_shard, make_uid
 from curate.io.tables import table_metadata
 from curate.io.tarwrite import write_tar
 from curate.models import load_model
-from curate.run import RunDir
+from curate.rundir import RunDir
 from tests.conftest import jpeg_bytes
 from tests.embed_helpers import (
     TINY_ARCH,
@@ -157,9 +157,9 @@ def test_cpu_model_threads(tmp_path, make_shards, ckpt, monkeypatch, threads, wa
 )
 def test_decode_workers_default(workers, device_type, share, want):
     """--workers wins; a GPU model gets the process's cores but one for decoding, a CPU model 2."""
-    from curate.embed.runner import _decode_workers
+    from curate.embed.runner import decode_workers
 
-    assert _decode_workers(workers, device_type, share) == want
+    assert decode_workers(workers, device_type, share) == want
 
 
 def test_default_workers_embed_like_explicit(tmp_path, make_shards, ckpt):

@@ -30,7 +30,7 @@ from curate.io.shards import iter_shards
 from curate.io.tables import read_parquet
 from curate.report import ReportOptions, build_report
 from curate.report.samples import choose, truth_label
-from curate.run import RunDir
+from curate.rundir import RunDir
 
 pytest.importorskip("matplotlib")
 

@@ -16,7 +16,7 @@ from curate.errors import InputError, UsageError
 from curate.io.manifest import Manifest, read_manifest
 from curate.io.shards import expand_shards
 from curate.models import load_model, register_model_config
-from curate.run import RunDir
+from curate.rundir import RunDir
 from curate.trainer.cached import (
     CachedTrainConfig,
     RoundPlan,

@@ -20,7 +20,7 @@ from curate.bootstrap.data import read_losses
 from curate.cli.app import main
 from curate.io.manifest import read_manifest
 from curate.models import register_model_config
-from curate.run import RunDir
+from curate.rundir import RunDir
 from curate.trainer import TrainConfig, train_rounds
 
 TINY = "curate-test-tiny-boot"

@@ -20,9 +20,10 @@ from curate.bootstrap.data import load_pool, loss_files, map_losses, read_table
 from curate.bootstrap.engine import load_state
 from curate.bootstrap.methods import ScanParams, candidates_path, scan_candidates
 from curate.errors import InputError, UsageError
+from curate.fs import read_json
 from curate.io.manifest import Manifest, build_manifest, write_manifest
 from curate.io.tables import write_table
-from curate.run import RunDir, read_json
+from curate.rundir import RunDir, check_selection_name
 
 DEFAULT_NAME = "scan-coreset"
 
@@ -53,9 +54,7 @@ def derive_coreset(
     """
     if not 0.0 < fraction <= 1.0:
         raise UsageError(f"--fraction must be in (0, 1], got {fraction}")
-    from curate.select.run import check_name, selection_lock  # (select imports bootstrap: not at the top)
-
-    check_name(name)  # a folder name inside RUN/selections, never a path
+    check_selection_name(name)  # a folder name inside RUN/selections, never a path
     run = RunDir(run_root)
     run.require()
     old = run.selection_dir(name) / "manifest.json"
@@ -111,7 +110,6 @@ def derive_coreset(
             "selected": pa.array(selected),
         }
     )
-    sel_dir = run.selection_dir(name)
     manifest = build_manifest(
         pool.table.filter(pa.array(selected)),
         kind="selection",
@@ -122,16 +120,17 @@ def derive_coreset(
         pruned_by_reason={"frequent_candidate": int(n - selected.sum())},
         extra={"method": "scan-coreset", "selection": name},
     )
-    with selection_lock(run, name):  # like `curate select`: one writer per selection name
-        write_table(sel_dir / "scores.parquet", scores)
-        path = write_manifest(sel_dir / "manifest.parquet", manifest)
-        run.update_entry("selections", name, {  # same layout as `curate select`
+    with run.selection_lock(name), run.write_selection(name) as draft:  # like `curate select`
+        write_table(draft.folder / "scores.parquet", scores)
+        write_manifest(draft.folder / "manifest.parquet", manifest)
+        draft.record = {  # same layout as `curate select`
             "method": "scan-coreset",
             "params": {"fraction": fraction, "prepare_rounds": used},
             "seed": int(state["seed"]),
             "pool": n,
             "kept": len(manifest),
-            "manifest": str(Path("selections") / name / "manifest.parquet"),
             "content_hash": manifest.header["content_hash"],
-        }, command=f"{command} --fraction {fraction} --name {name}")
+        }
+        draft.command = f"{command} --fraction {fraction} --name {name}"
+    path = run.selection_manifest(name)
     return CoresetResult(name, path, manifest, used)

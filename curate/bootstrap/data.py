@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 
 from curate.bootstrap.uidindex import KEY_VERSION, UidIndex, uid_words
 from curate.errors import InputError, UsageError
+from curate.fs import atomic_path
 from curate.io.tables import embedding_files, read_parquet
-from curate.run import RunDir, atomic_path
+from curate.rundir import RunDir
 
 POOL_COLUMNS = ["uid", "shard", "key", "position"]
 #: Rows per chunk of the pool table, fresh or cached (``write_feather``'s chunk size). Manifests are cut from
@@ -161,7 +162,7 @@ _INDEX_META = b"curate.pool_index"
 
 def init_manifest_path(run: RunDir, init: str) -> Path:
     """``--init`` accepts a selection name (``RUN/selections/NAME``) or a manifest ``.parquet`` path."""
-    sel = run.selection_dir(init) / "manifest.parquet"
+    sel = run.selection_manifest(init)
     if sel.exists():
         return sel
     p = Path(init)

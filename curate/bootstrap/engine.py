@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import os
 import re
 from collections.abc import Callable
@@ -47,8 +46,9 @@ from curate.bootstrap.data import (
 from curate.bootstrap.methods import Decision, RoundContext, get_method, knob_names, list_methods
 from curate.embed.state import check_pool_complete
 from curate.errors import InputError, UsageError
+from curate.fs import atomic_path, read_json, remove_dead_temps_of, write_json
 from curate.io.manifest import Manifest, build_manifest, header_path, manifest_file_table
-from curate.run import RunDir, atomic_path, read_json, write_json
+from curate.rundir import RunDir
 
 STATE_FORMAT_VERSION = 1
 DEFAULT_METHOD = "scan"
@@ -146,13 +146,6 @@ def _resolve_config(
                 "knobs are fixed per run (start over with 'curate bootstrap --reset', or use a new run folder)"
             )
     return {k: prev[k] for k in ("method", "params", "seed", "init")}
-
-
-def _remove_stale_temps(paths: list[Path]) -> None:
-    """Temporary files of these outputs (``.<name>.*.tmp``, see ``atomic_path``) left by a killed attempt."""
-    for p in paths:
-        for tmp in p.parent.glob(f".{glob.escape(p.name)}.*.tmp"):
-            tmp.unlink(missing_ok=True)
 
 
 class _Writes:
@@ -285,7 +278,7 @@ def bootstrap_round(
     # while the manifest is built), renamed in order once all are complete; the state goes last.
     outputs = [pool_cache_path(run), pool_index_path(run), decisions_path(run, round_), run.manifest_file(round_),
                header_path(run.manifest_file(round_)), snapshot_path(run, round_), state_path(run)]
-    _remove_stale_temps([*outputs, *(run.bootstrap_dir / rel for rel in dec.tables)])
+    remove_dead_temps_of(*outputs, *(run.bootstrap_dir / rel for rel in dec.tables))
     with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1))) as executor:
         writes = _Writes(executor)
         try:
@@ -427,7 +420,7 @@ def reset_rounds(run_root: str | os.PathLike[str], command: str = "curate bootst
     run.require()
     removed: list[Path] = []
     kept: list[Path] = []
-    for folder, patterns in ((run.bootstrap_dir, BOOTSTRAP_FILES), (run.root / "manifests", ROUND_FILES)):
+    for folder, patterns in ((run.bootstrap_dir, BOOTSTRAP_FILES), (run.manifests_dir, ROUND_FILES)):
         if not folder.is_dir() or folder.is_symlink():
             continue
         for p in sorted(folder.rglob("*")):

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from curate.bootstrap.methods import METHODS, PRUNE_MODES, RANK_SCOPES, list_methods
-from curate.cli import _common as ui
-from curate.cli._app import app
+from curate.cli import ui
+from curate.cli.root import app
 from curate.errors import UsageError
 
 Method = ui.choices("Method", list_methods())
@@ -118,7 +118,7 @@ def bootstrap(
     if run is None or round_ is None:
         raise UsageError("curate bootstrap needs --run RUN and --round N (see 'curate bootstrap --help')")
     from curate.bootstrap import bootstrap_round
-    from curate.trainer.manifest_filter import shard_urls
+    from curate.io.manifest import shard_urls
 
     knobs = {
         "rho_max": rho_max, "rho_min": rho_min, "t_cos": t_cos, "prune_td": prune_td,

@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 from typer.core import TyperCommand
 
-from curate.cli import _common as ui
-from curate.cli._app import app
+from curate.cli import ui
+from curate.cli.root import app
 from curate.engines import list_engines
 from curate.errors import UsageError
 from curate.select import SELECTORS, list_selectors, plan_selection, run_selection

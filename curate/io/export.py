@@ -22,9 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import InputError, UsageError
-from curate.fs import check_replace, output_file, run_folder_of, same_file_content
-from curate.io.manifest import Manifest, header_path, read_manifest
-from curate.run import atomic_path
+from curate.fs import atomic_path, check_replace, output_file, run_folder_of, same_file_content
+from curate.io.manifest import Manifest, header_path, manifest_path_of, read_manifest, shard_urls
 
 FORMATS = ("datacomp", "keys", "urls")
 DEFAULT_NAMES = {"datacomp": "subset.npy", "keys": "keys.txt", "urls": "urls.txt"}
@@ -110,7 +109,6 @@ def run_of_manifest(path: Path) -> Path | None:
 
 def write_urls(manifest: Manifest, out: str | os.PathLike[str], run: Path | None, shards: str | None = None) -> int:
     """Write the URLs of shards that still hold kept samples (from ``shards``, run.json, or names)."""
-    from curate.trainer.manifest_filter import shard_urls
 
     urls = shard_urls(manifest, urls=shards, run=run)
     with atomic_path(out) as tmp:
@@ -183,9 +181,7 @@ def export_manifest(
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    path = Path(manifest_path)
-    if path.is_dir():
-        path = path / "manifest.parquet"
+    path = manifest_path_of(manifest_path)
     manifest = read_manifest(path)
     if out is None:
         target = path.parent / DEFAULT_NAMES[fmt]

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,21 +22,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import InputError
+from curate.fs import atomic_path, write_json
+from curate.io.shards import expand_shards, shard_name
 from curate.io.tables import read_parquet
-from curate.run import atomic_path, write_json
-
-MANIFEST_FORMAT_VERSION = 1
-HEADER_KEY = b"curate.manifest"
-
-MANIFEST_SCHEMA = pa.schema(
-    [
-        pa.field("uid", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("position", pa.int32(), nullable=False),
-        pa.field("weight", pa.float32(), nullable=False),
-    ]
-)
+from curate.rundir import RunDir
+from curate.schemas import MANIFEST_FORMAT_VERSION, MANIFEST_HEADER_KEY, MANIFEST_SCHEMA, check_version
 
 
 @dataclass
@@ -163,7 +154,7 @@ def read_manifest_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         md = pq.read_schema(path).metadata or {}
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"corrupt Parquet file {path}: {str(exc).splitlines()[0]}") from None
-    raw = md.get(HEADER_KEY)
+    raw = md.get(MANIFEST_HEADER_KEY)
     return json.loads(raw) if raw else {}
 
 
@@ -261,7 +252,7 @@ class ManifestWriter:
             "content_hash": self._hash.hexdigest(),
             **extra,
         }
-        meta = {HEADER_KEY: json.dumps(head, sort_keys=True).encode()}
+        meta = {MANIFEST_HEADER_KEY: json.dumps(head, sort_keys=True).encode()}
         try:
             src = pq.ParquetFile(self._rows)
             with atomic_path(self.path) as tmp, pq.ParquetWriter(tmp, MANIFEST_SCHEMA.with_metadata(meta)) as out:
@@ -309,7 +300,20 @@ def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> Path:
 
 def manifest_file_table(manifest: Manifest) -> pa.Table:
     """The table a manifest's Parquet file holds: the rows, with the header in the schema metadata."""
-    return manifest.table.replace_schema_metadata({HEADER_KEY: json.dumps(manifest.header, sort_keys=True).encode()})
+    header = json.dumps(manifest.header, sort_keys=True).encode()
+    return manifest.table.replace_schema_metadata({MANIFEST_HEADER_KEY: header})
+
+
+def manifest_path_of(path: str | os.PathLike[str]) -> Path:
+    """The Parquet file of a manifest given as that file, its ``.json`` header, or a selection folder."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "manifest.parquet"
+    elif p.suffix == ".json":
+        p = p.with_suffix(".parquet")
+    if not p.is_file():
+        raise InputError(f"manifest not found: {path}")
+    return p
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -321,8 +325,50 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     missing = {"uid", "shard", "key", "weight"} - set(table.column_names)
     if missing:
         raise InputError(f"{path} is not a curate manifest (missing columns {sorted(missing)})")
-    raw = (table.schema.metadata or {}).get(HEADER_KEY)
+    raw = (table.schema.metadata or {}).get(MANIFEST_HEADER_KEY)
     header = json.loads(raw) if raw else {}
+    if "format_version" in header:  # a manifest curate wrote (one made elsewhere may have no header)
+        check_version("manifest", header, path, MANIFEST_FORMAT_VERSION)
     if "position" not in table.column_names:
         table = table.append_column("position", pa.array(np.zeros(table.num_rows, np.int32)))
     return Manifest(table.replace_schema_metadata(None), header)
+
+
+def kept_shard_names(manifest: Manifest) -> list[str]:
+    """Names of the shards that hold kept samples of ``manifest``, in its order."""
+    shards = manifest.header.get("shards")
+    if shards:
+        return [s["shard"] for s in shards if s.get("kept", 1) > 0]
+    return pc.unique(manifest.table.column("shard")).sort().to_pylist()
+
+
+def shard_urls(
+    manifest: str | os.PathLike[str] | Manifest,
+    urls: str | Sequence[str] | Mapping[str, str] | None = None,
+    run: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """URLs of the shards that still hold kept samples, in manifest order.
+
+    The name → URL map comes from ``urls`` (a shard spec, a list of URLs, or a mapping), else from the
+    manifest's header (merged manifests), else from the run's ``run.json`` (embed section), else the
+    bare shard names are returned.
+    """
+    m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    names = kept_shard_names(m)
+    mapping: dict[str, str] | None = None
+    if isinstance(urls, Mapping):
+        mapping = dict(urls)
+    elif urls is not None:
+        mapping = {shard_name(u): u for u in expand_shards(urls)}
+    elif m.header.get("shard_urls"):  # a merged manifest (curate merge) carries its shards' URLs
+        mapping = dict(m.header["shard_urls"])
+    elif run is not None and RunDir(run).exists():
+        mapping = RunDir(run).shard_urls() or None
+    if mapping is None:
+        return names
+    missing = [n for n in names if n not in mapping]
+    if missing:
+        raise InputError(
+            f"shard {missing[0]!r} of the manifest is not among the given shard URLs ({len(missing)} missing)"
+        )
+    return [mapping[n] for n in names]

@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 
 from curate.errors import UsageError
 from curate.io.tarwrite import atomic_write_bytes, write_tar
+from curate.schemas import TRUTH_SCHEMA
 
 __all__ = [
     "BACKGROUND_COLORS",
@@ -182,22 +183,6 @@ _CLEAN, _MISMATCHED, _UNINFORMATIVE_ROLE, _EXACT, _NEAR = range(5)
 _ROLE_NAMES = ("clean", "mismatched", "uninformative", "exact_duplicate", "near_duplicate")
 _SPLIT_STREAM = {"train": 1, "test": 2}
 _WORLD_STREAM = 0
-
-#: Schema of :func:`read_truth`.
-TRUTH_SCHEMA = pa.schema(
-    [
-        pa.field("uid", pa.string(), nullable=False),
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("class", pa.string(), nullable=False),
-        pa.field("class_id", pa.int32(), nullable=False),
-        pa.field("mismatched", pa.bool_(), nullable=False),
-        pa.field("duplicate_of", pa.string()),
-        pa.field("duplicate_kind", pa.string()),
-        pa.field("uninformative", pa.bool_(), nullable=False),
-    ]
-)
-
 
 def class_names(colors: Sequence[str] = DEFAULT_COLORS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[str]:
     """Class names in class_id order: colour-major, ``class_id = colour_index * len(shapes) + shape_index``."""

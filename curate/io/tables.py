@@ -1,4 +1,4 @@
-"""Parquet table schemas and readers for the run directory (README.md, "Data contracts")."""
+"""Reading and writing Parquet tables of the run folder (their schemas: ``curate.schemas``)."""
 
 from __future__ import annotations
 
@@ -13,31 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import InputError
-from curate.run import atomic_path
+from curate.fs import atomic_path
+from curate.schemas import EMBEDDINGS_META_KEY, embedding_schema
 
-EMBEDDINGS_FORMAT_VERSION = 1
-META_KEY = b"curate"
-
-
-def embedding_schema(dim: int, metadata: dict[str, Any] | None = None) -> pa.Schema:
-    """Schema of ``RUN/embeddings/<shard>.parquet``.
-
-    ``position`` is the sample's index among the shard's sample groups in tar order, so that tables
-    and manifests can be sorted in shard order without re-reading the tar.
-    """
-    fields = [
-        pa.field("uid", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("position", pa.int32(), nullable=False),
-        pa.field("content_hash", pa.string(), nullable=False),
-        pa.field("image_emb", pa.list_(pa.float16(), dim), nullable=False),
-        pa.field("text_emb", pa.list_(pa.float16(), dim), nullable=True),
-        pa.field("clip_score", pa.float32(), nullable=True),
-    ]
-    md = {META_KEY: json.dumps(metadata, sort_keys=True).encode()} if metadata else None
-    return pa.schema(fields, metadata=md)
-
+__all__ = ["embedding_schema", "fixed_list", "read_parquet", "table_metadata", "to_numpy_matrix", "write_table"]
 
 def fixed_list(arr: np.ndarray, dtype: pa.DataType = pa.float16()) -> pa.FixedSizeListArray:
     """An (n, d) numpy array as a fixed-size-list Arrow array without a Python loop."""
@@ -81,7 +60,7 @@ def table_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         md = pq.read_schema(path).metadata or {}
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"corrupt Parquet file {path}: {str(exc).splitlines()[0]}") from None
-    raw = md.get(META_KEY)
+    raw = md.get(EMBEDDINGS_META_KEY)
     return json.loads(raw) if raw else {}
 
 

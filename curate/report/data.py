@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import InputError
+from curate.fs import read_json
 from curate.io.tables import embedding_files, read_parquet
-from curate.run import RunDir, read_json
+from curate.rundir import RunDir
 
 #: Scores-table columns a report uses (the others are left on disk).
 SELECTION_COLUMNS = ("uid", "shard", "key", "selected", "rank", "reason", "score", "gain", "partition")
@@ -195,9 +196,7 @@ def load_selections(run: RunDir, emb: Embeddings, names: list[str] | None = None
 
     A selection whose files cannot be read is left out; ``notes["selection NAME"]`` says why.
     """
-    root = run.root / "selections"
-    found = sorted(p.name for p in root.glob("*") if p.is_dir() and not p.name.startswith(".")) if root.is_dir() \
-        else []
+    found = run.selection_names()
     if names is not None:
         missing = [n for n in names if n not in found]
         if missing:
@@ -285,7 +284,7 @@ def sample_losses(run: RunDir, round_: int) -> pa.Table | None:
 
 def load_rounds(run: RunDir) -> list[Round]:
     """Every bootstrap round with a manifest, in order, with its mean loss where losses exist."""
-    d = run.root / "manifests"
+    d = run.manifests_dir
     paths = sorted(d.glob("round-*.json")) if d.is_dir() else []
     out = []
     for p in paths:

@@ -8,7 +8,7 @@ It works in two steps that stay separate:
 * ``decide(pool, scores, budget, ctx)`` picks samples among the eligible ones and returns them in
   pick order.
 
-:func:`curate.select.run.run_selection` drives both steps and writes the score table and manifest.
+:func:`curate.select.driver.run_selection` drives both steps and writes the score table and manifest.
 The CLI builds its ``--method`` choices from :func:`list_selectors`.
 """
 

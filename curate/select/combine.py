@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import InputError, UsageError
 from curate.io.manifest import read_manifest_header
+from curate.rundir import RunDir
 from curate.select.base import BlockScan, Pool, RankBy, Reasons, SelectContext, Selector, SelectorConfig, register
 from curate.select.setops import MAX_INPUTS, split_names
 
@@ -134,8 +134,8 @@ class Combine(Selector):
         assert self.config.of is not None
         tables, parents, norms = [], [], []
         for name in self.config.of:
-            folder = Path(ctx.run_root) / "selections" / name
-            path, scores = folder / "manifest.parquet", folder / "scores.parquet"
+            run = RunDir(ctx.run_root)
+            path, scores = run.selection_manifest(name), run.selection_scores(name)
             if not path.exists() or not scores.exists():
                 raise InputError(
                     f"no selection {name!r} in {ctx.run_root}/selections; run 'curate select --name {name}'")

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import InputError, UsageError
+from curate.fs import read_json, remove_dead_temps
 from curate.io.export import DEFAULT_NAMES
-from curate.io.tarwrite import remove_dead_temps
-from curate.run import RunDir, read_json
-from curate.select.run import check_name, selection_lock
+from curate.rundir import RunDir, check_selection_name
 
 #: The files curate writes in a selection folder (select, coreset, and export's default names).
 SELECTION_FILES = ("scores.parquet", "manifest.parquet", "manifest.json", *DEFAULT_NAMES.values())
@@ -73,10 +72,7 @@ def params_text(params: dict[str, Any]) -> str:
 
 
 def _folders(run: RunDir) -> list[str]:
-    root = run.root / "selections"
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return run.selection_names()
 
 
 def _created(path: Path) -> str | None:
@@ -138,7 +134,7 @@ def dependents(run_root: str | os.PathLike[str], name: str) -> list[str]:
 def delete_selection(run_root: str | os.PathLike[str], name: str,
                      command: str | None = None) -> DeleteResult:
     """Delete selection ``name`` of a run safely (see the module docstring); return what was removed."""
-    check_name(name)
+    check_selection_name(name)
     run = RunDir(run_root)
     records = run.require().get("selections") or {}
     folder = run.selection_dir(name)
@@ -146,7 +142,7 @@ def delete_selection(run_root: str | os.PathLike[str], name: str,
     if name not in records and not os.path.lexists(folder):
         have = ", ".join(sorted(set(records) | set(_folders(run)))) or "none"
         raise InputError(f"no selection {name!r} in {run.root} (selections: {have})")
-    with selection_lock(run, name):
+    with run.selection_lock(name):
         records = run.load().get("selections") or {}
         if name not in records:
             raise UsageError(f"{folder} is not recorded in {run.run_json}: curate did not write it, so it is left "

@@ -152,12 +152,12 @@ class NegClipLossSelector(Selector):
         return f"t{self.config.threshold:g}" if self.config.threshold is not None else ""
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
-        from curate.select.clipcov import pick_device
+        from curate.engines.devices import device_name
 
         tau = self.config.temperature if self.config.temperature is not None else model_temperature(ctx.run_root)
         batches = max(1, math.ceil(len(source) / self.config.batch_size))
         return {"temperature": float(tau), "batches": batches, "n_partitions": batches * self.config.repeats,
-                "seed": ctx.seed, "device": pick_device(ctx.device)}
+                "seed": ctx.seed, "device": device_name(ctx.device)}
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
         from curate.select.baselines import rowdot

@@ -18,13 +18,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import InputError, UsageError
-from curate.run import atomic_path
-
-
-def _block_rows() -> int:
-    from curate.select import source
-
-    return source.BLOCK_ROWS
+from curate.fs import atomic_path
 
 
 def parse_partition(spec: str) -> tuple[str, int | None]:
@@ -70,7 +64,7 @@ def shard_class_list(run_root: str | os.PathLike[str], max_folders: int = 16) ->
     Only local shards are looked at, and only the first ``max_folders`` distinct folders (a few stats).
     """
     from curate.embed.state import run_shard_urls
-    from curate.run import RunDir
+    from curate.rundir import RunDir
 
     folders: list[Path] = []
     for url in run_shard_urls(RunDir(run_root)):

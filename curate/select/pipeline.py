@@ -42,8 +42,8 @@ import pyarrow as pa
 
 from curate.engines.base import Engine
 from curate.errors import InputError
+from curate.fs import atomic_path
 from curate.progress import NullProgress, Progress
-from curate.run import atomic_path
 from curate.select.base import (
     KeepWhere,
     MergeSequences,
@@ -614,7 +614,9 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
                              f"{budget_}; raise T or lower --fraction/--count")
     tasks: list[tuple[int, int, int, dict[int, int]]] = []
     if selector.partitioned and counts is not None:
-        np.save(work.path / "counts.npy", counts) if not (work.path / "counts.npy").exists() else None
+        if not (work.path / "counts.npy").exists():
+            with atomic_path(work.path / "counts.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, counts)
         sizes = counts.sum(axis=0)
         first = _first_requests(sizes, rule, quotas)
         tasks = _partition_tasks(sizes, first, 4 * max(source.dim, 1), ctx.memory)

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from curate.errors import InputError, UsageError
 from curate.io.tables import embedding_files, read_embeddings, table_metadata
 from curate.progress import Progress
+from curate.schemas import ID_COLUMNS
 from curate.select import source
 from curate.select.base import Pool
 from curate.select.clipcov import (
@@ -40,7 +41,7 @@ from curate.select.clipcov import (
     ClassGreedy,
 )
 from curate.select.partition import _argmax_task, argmax_rows, default_kmeans_sample, sample_rows, train_kmeans
-from curate.select.pool import ID_COLUMNS, embedding_matrix
+from curate.select.pool import embedding_matrix
 
 _CHUNK = 2048  # picks examined per vectorised step
 

@@ -9,8 +9,8 @@ import pytest
 from conftest import MakeRun, hex_uid, normalise, read_scores
 
 from curate.errors import InputError, UsageError
+from curate.fs import read_json
 from curate.io.manifest import read_manifest
-from curate.run import read_json
 from curate.select import SelectionResult, run_selection
 from curate.select.baselines import max_prior_similarity
 

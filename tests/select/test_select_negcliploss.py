@@ -12,7 +12,7 @@ import pytest
 from conftest import MakeRun, normalise, read_scores, write_run
 
 from curate.errors import InputError, UsageError
-from curate.run import RunDir
+from curate.rundir import RunDir
 from curate.select import run_selection
 from curate.select import source as source_mod
 from curate.select.negcliploss import NegClipLossSelector, batch_lse

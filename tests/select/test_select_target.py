@@ -14,7 +14,7 @@ from conftest import MakeRun, normalise, read_scores, write_run
 
 from curate.cli.app import main
 from curate.errors import InputError, UsageError
-from curate.run import RunDir
+from curate.rundir import RunDir
 from curate.select import run_selection
 from curate.select import source as source_mod
 from curate.select.target import ImageFilterSelector, NormSimSelector, default_clusters
