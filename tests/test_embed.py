@@ -266,8 +266,9 @@ def test_one_writer_per_run(tmp_path, make_shards, ckpt):
 
 def test_temp_files_of_a_killed_writer_are_removed(tmp_path, make_shards, ckpt):
     shards = make_shards(1, 2)
-    stale = [tmp_path / "run" / "embeddings" / ".00000.parquet.abc123.tmp",
-             tmp_path / "run" / "stats" / "embed" / ".00000.json.abc123.tmp"]
+    dead = 999_999_999  # no such pid: temporary names carry their writer's pid (curate.fs.atomic_path)
+    stale = [tmp_path / "run" / "embeddings" / f".00000.parquet.{dead}-abc123.tmp",
+             tmp_path / "run" / "stats" / "embed" / f".00000.json.{dead}-abc123.tmp"]
     for p in stale:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"partial")
