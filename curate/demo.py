@@ -123,13 +123,12 @@ def run_demo(
     """Run the demo into ``cfg.out`` (a previous demo there is replaced) and return what it did."""
     from curate.bootstrap import derive_coreset
     from curate.embed import EmbedConfig, run_embed
-    from curate.evaluate import load_labelled_split, subset_truth_metrics, zero_shot_accuracy
     from curate.io.export import export_manifest
     from curate.io.shards import expand_shards
-    from curate.io.synthetic import read_truth
     from curate.models import load_model, sample_dir
     from curate.select import run_selection
     from curate.trainer import TrainConfig, train_rounds
+    from curate.world import load_labelled_split, read_truth, subset_truth_metrics, zero_shot_accuracy
 
     cfg.validate()
     progress = progress or NullProgress()
