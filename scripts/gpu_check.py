@@ -256,7 +256,7 @@ def step_worlds(ctx: Ctx) -> dict[str, Any]:
 
 def _make_world_part(job: tuple[int, int, int, int, str]) -> tuple[int, int]:
     """One process's part of a world: its own seed, its shards renamed into the world's shard folder."""
-    from curate.io.synthetic import make_sample
+    from curate.world import make_sample
 
     size, part, count, per, root = job
     if count == 0:

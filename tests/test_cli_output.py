@@ -22,8 +22,8 @@ from rich.console import Console
 
 from curate.cli.app import main
 from curate.embed import EmbedConfig, run_embed
-from curate.io.synthetic import make_sample
 from curate.models import sample_model_paths
+from curate.world import make_sample
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -409,7 +409,7 @@ def test_fast_path_tables_equal_the_open_clip_path(tmp_path, make_shards, ckpt):
 
 def test_draft_decoding_agrees_with_open_clip_on_large_images(tmp_path):
     """The sample model on 256 px JPEGs: fast path with reduced-scale decoding vs open_clip's own transform."""
-    from curate.io.synthetic import make_sample
+    from curate.world import make_sample
 
     make_sample(tmp_path / "w", seed=3, n_train=48, n_test=1, shard_size=24, image_size=256)
     shards = str(tmp_path / "w" / "train")

@@ -19,8 +19,8 @@ import torch
 from rich.console import Console
 
 from curate.cli.app import main
-from curate.io.synthetic import read_truth
 from curate.io.tarwrite import write_tar
+from curate.world import read_truth
 from tests.conftest import COLORS, jpeg_bytes
 from tests.embed_helpers import (
     CURATE,

@@ -54,8 +54,8 @@ SELECTIONS = {
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import torch
 
-    from curate.io.synthetic import make_sample
     from curate.models import load_model, register_model_config
+    from curate.world import make_sample
 
     register_model_config(TINY, TINY_CFG)
     root = tmp_path_factory.mktemp("report")

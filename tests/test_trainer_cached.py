@@ -37,7 +37,7 @@ N_TRAIN = 48
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from curate.io.synthetic import make_sample
+    from curate.world import make_sample
 
     register_model_config(TINY, TINY_CFG)
     root = tmp_path_factory.mktemp("cached")

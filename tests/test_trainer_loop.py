@@ -34,7 +34,7 @@ N_TRAIN = 60
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from curate.io.synthetic import make_sample
+    from curate.world import make_sample
 
     register_model_config(TINY, TINY_CFG)
     root = tmp_path_factory.mktemp("boot")

@@ -23,7 +23,7 @@ def make_sample(
     quiet: bool = ui.quiet_option(),
 ) -> None:
     """Generate the deterministic synthetic image-caption world with ground-truth defects; print the folder."""
-    from curate.io.synthetic import make_sample as _make
+    from curate.world import make_sample as _make
 
     if n_train < 1:
         raise CurateError("--n-train must be >= 1")
