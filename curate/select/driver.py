@@ -165,7 +165,14 @@ def _with_tag(name: str, pp_params: dict[str, Any]) -> str:
         return name
     mode = str(pp_params["per_partition"]).replace(":", "")
     part = pp_params.get("partition")
-    tag = "-cls" if pp_params.get("classes") else (f"-km{part.split(':')[1]}" if part and part != "imagenet" else "")
+    if pp_params.get("classes"):
+        tag = "-cls"
+    elif part and part.startswith("kmeans:"):
+        tag = f"-km{part.split(':')[1]}"
+    elif part and part.startswith("selection:"):
+        tag = f"-by-{part.split(':', 1)[1]}"
+    else:
+        tag = ""
     return f"{name}-pp-{mode}{tag}"
 
 
@@ -394,7 +401,7 @@ def _write_selection(draft: SelectionDraft, plan: SelectionPlan, selector: Any, 
             "selection": plan.name,
             "budget": plan.budget,
             "info": info,
-            "parents": selector.parents(res.shared),
+            "parents": _parents(selector, res.shared),
             "embeddings": {"rows": len(source), "meta": source.meta},
             "pool": plan.pool,
         },
@@ -410,6 +417,12 @@ def _write_selection(draft: SelectionDraft, plan: SelectionPlan, selector: Any, 
     }
     draft.command = cmd
     return _Written(header, pruned, per_part, info)
+
+
+def _parents(selector: Any, shared: dict[str, Any]) -> list[dict[str, Any]]:
+    """The selections this one was computed from: the method's inputs, and the partitions' selection."""
+    parent = (shared.get("per_partition") or {}).get("parent")
+    return [*selector.parents(shared), *([parent] if parent else [])]
 
 
 def _result(plan: SelectionPlan, selector: Any, res: PipelineResult, written: _Written,

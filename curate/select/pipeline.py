@@ -211,8 +211,8 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
             from curate.select.partition import Partitioner
 
             assert chunk.image is not None and chunk.image_ok is not None
-            pp_labels = Partitioner.labels(chunk.image, spec.shared["per_partition"],
-                                           np.asarray(scan.eligible, bool) & chunk.image_ok)
+            pp_labels = Partitioner.block_labels(chunk, start, stop, spec.shared["per_partition"],
+                                                 np.asarray(scan.eligible, bool) & chunk.image_ok)
         n = stop - start
         rows = np.arange(start, stop, dtype=np.int64)
         cols: dict[str, Any] = {k: np.asarray(v) for k, v in scan.columns.items()}
