@@ -212,6 +212,9 @@ class Partitioner:
         if self.selection is not None:
             if not self.selection:
                 raise UsageError(f"bad --partition {spec!r}: name the selection, selection:NAME")
+            from curate.rundir import check_selection_name
+
+            check_selection_name(self.selection)
             self.kind, self.k = "selection", None
         else:
             self.kind, self.k = parse_partition(spec)

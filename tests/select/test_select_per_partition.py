@@ -144,7 +144,7 @@ def test_partitions_of_an_earlier_selection(make_run: MakeRun) -> None:
     np.testing.assert_array_equal(t["selected"], want)
     assert res.header["info"]["per_partition"]["partition"] == "selection:clusters"
     assert {"name": "clusters", "role": "partitions"}.items() <= res.header["parents"][0].items()
-    with pytest.raises(UsageError, match="is the source of selection .clip-score-f0.25"):
+    with pytest.raises(UsageError, match=r"is the source of selection 'clip-score-f0\.25"):
         delete_selection(run, "clusters")
     with pytest.raises(InputError, match="no selection 'absent'"):
         run_selection(run, "clip-score", fraction=0.25, per_partition="sqrt", options={"partition": "selection:absent"})
