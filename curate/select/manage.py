@@ -1,4 +1,4 @@
-"""List and delete a run's selections (``curate selections``).
+"""List and delete a run's selections (``curate selections``), and open one as the input of another.
 
 A selection is the folder ``RUN/selections/NAME`` plus its record in ``run.json`` (written together by
 ``curate select`` and ``curate bootstrap coreset``). Deleting one is safe:
@@ -27,6 +27,40 @@ from curate.rundir import RunDir, check_selection_name
 
 #: The files curate writes in a selection folder (select, coreset, and export's default names).
 SELECTION_FILES = ("scores.parquet", "manifest.parquet", "manifest.json", *DEFAULT_NAMES.values())
+
+
+@dataclass
+class InputSelection:
+    """An earlier selection of the same pool that a new one reads (set algebra, combine, partitions)."""
+
+    name: str
+    scores: Path  # its score table, one row per pool sample in pool order
+    manifest: Path
+    header: dict[str, Any]
+
+    def parent(self, run_root: str | os.PathLike[str], **extra: Any) -> dict[str, Any]:
+        """The record of this input in the new selection's header (``parents``)."""
+        return {"name": self.name, "path": str(self.manifest.relative_to(run_root)),
+                "method": self.header.get("method"), "content_hash": self.header.get("content_hash"), **extra}
+
+
+def input_selection(run_root: str | os.PathLike[str], name: str, pool_size: int, what: str = "") -> InputSelection:
+    """Selection ``name`` of the run, checked to be one of this pool (``pool_size`` rows); one-line errors
+    otherwise (``what`` prefixes them, e.g. ``--partition selection:NAME``)."""
+    import pyarrow.parquet as pq
+
+    from curate.io.manifest import read_manifest_header
+
+    prefix = f"{what}: " if what else ""
+    run = RunDir(run_root)
+    path, scores = run.selection_manifest(check_selection_name(name)), run.selection_scores(name)
+    if not path.exists() or not scores.exists():
+        raise InputError(f"{prefix}no selection {name!r} in {run_root}/selections; run 'curate select --name {name}'")
+    rows = pq.read_metadata(scores).num_rows
+    if rows != pool_size:
+        raise InputError(f"{prefix}selection {name!r} was made on a pool of {rows} samples, the run has "
+                         f"{pool_size} now; re-run it")
+    return InputSelection(name, scores, path, read_manifest_header(path))
 
 
 @dataclass

@@ -31,8 +31,8 @@ from curate.select.base import (
     RankBy,
     Reasons,
     SelectContext,
-    Selector,
     SelectorConfig,
+    ThresholdOrBudget,
     register,
 )
 
@@ -130,26 +130,19 @@ def batch_lse(img: Any, txt: Any, temperature: float) -> tuple[np.ndarray, np.nd
 
 
 @register
-class NegClipLossSelector(Selector):
+class NegClipLossSelector(ThresholdOrBudget):
     """negCLIPLoss: top samples by the clip score minus the batch-normalisation term (docs/select.md)."""
 
     name = "negcliploss"
     summary = "top samples by CLIP score minus its contrastive normalisation over K random batches (Wang et al. 2024)"
     config_class = NegClipLossConfig
     needs = frozenset({"image", "text"})
-    budget_mode = "optional"
     columns: ClassVar[dict[str, str]] = {"score": "f8", "clip_score": "f8", "norm_term": "f8"}
     partitioned = True
     partition_parts = frozenset({"image", "text"})
     pass2_combine = "sum"
     config: NegClipLossConfig
 
-    def check_budget(self, budget: int | None) -> None:
-        if (budget is None) == (self.config.threshold is None):
-            raise UsageError("--method negcliploss needs exactly one of --fraction, --count or --threshold")
-
-    def tag(self) -> str:
-        return f"t{self.config.threshold:g}" if self.config.threshold is not None else ""
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
         from curate.engines.devices import device_name

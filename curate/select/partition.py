@@ -275,26 +275,15 @@ def selection_partitions(run_root: str | os.PathLike[str], name: str, pool_size:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from curate.io.manifest import read_manifest_header
-    from curate.rundir import RunDir, check_selection_name
+    from curate.select.manage import input_selection
 
-    run = RunDir(run_root)
-    scores = run.selection_scores(check_selection_name(name))
-    if not scores.exists():
-        raise InputError(f"--partition selection:{name}: no selection {name!r} in {run_root}; make it first")
-    schema = pq.read_schema(scores)
-    if "partition" not in schema.names or "uid" not in schema.names:
+    sel = input_selection(run_root, name, pool_size, f"--partition selection:{name}")
+    if "partition" not in pq.read_schema(sel.scores).names:
         raise InputError(f"--partition selection:{name}: that selection has no partition column (methods with "
                          "partitions: clipcov, semdedup, metaclip, image-filter, or one made with --per-partition)")
-    rows = pq.read_metadata(scores).num_rows
-    if rows != pool_size:
-        raise InputError(f"--partition selection:{name}: it was made on a pool of {rows} samples, the run has "
-                         f"{pool_size} now; re-run it")
-    top = pc.max(pq.read_table(scores, columns=["partition"]).column("partition")).as_py()
-    header = read_manifest_header(run.selection_manifest(name))
-    parent = {"name": name, "path": str(Path("selections") / name / "manifest.parquet"),
-              "method": header.get("method"), "content_hash": header.get("content_hash"), "role": "partitions"}
-    return {"scores": str(scores), "selection": name, "names": None, "parent": parent,
+    top = pc.max(pq.read_table(sel.scores, columns=["partition"]).column("partition")).as_py()
+    return {"scores": str(sel.scores), "selection": name, "names": None,
+            "parent": sel.parent(run_root, role="partitions"),
             "n_partitions": int(top) + 1 if top is not None else 0}
 
 

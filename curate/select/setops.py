@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from curate.errors import InputError, UsageError
-from curate.io.manifest import read_manifest_header
-from curate.rundir import RunDir, check_selection_name
+from curate.rundir import check_selection_name
 from curate.select.base import BlockScan, KeepWhere, Pool, Reasons, SelectContext, Selector, SelectorConfig, register
+from curate.select.manage import input_selection
 
 #: Most selections one operation combines (one ``in_<letter>`` column each).
 MAX_INPUTS = 26
@@ -100,20 +99,9 @@ class SetOperation(Selector):
         assert self.config.of is not None
         parents, tables = [], []
         for name in self.config.of:
-            run = RunDir(ctx.run_root)
-            path, scores = run.selection_manifest(name), run.selection_scores(name)
-            if not path.exists() or not scores.exists():
-                raise InputError(
-                    f"no selection {name!r} in {ctx.run_root}/selections; run 'curate select --name {name}'")
-            header = read_manifest_header(path)
-            rows = pq.read_metadata(scores).num_rows
-            if rows != len(source):
-                raise InputError(f"selection {name!r} was made on a pool of {rows} samples, the run has "
-                                 f"{len(source)} now; re-run it")
-            parents.append({"name": name, "path": str(path.relative_to(ctx.run_root)), "method": header.get("method"),
-                            "content_hash": header.get("content_hash"),
-                            "kept": (header.get("counts") or {}).get("kept")})
-            tables.append(str(scores))
+            sel = input_selection(ctx.run_root, name, len(source))
+            parents.append(sel.parent(ctx.run_root, kept=(sel.header.get("counts") or {}).get("kept")))
+            tables.append(str(sel.scores))
         return {"parents": parents, "scores": tables}
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
