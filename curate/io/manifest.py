@@ -7,7 +7,9 @@ shell tools) and in the Parquet schema metadata (so the Parquet file is self-con
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,7 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import InputError
-from curate.io.tables import read_parquet
+from curate.fs import make_temp_file
+from curate.io.tables import RowGroupWriter, read_parquet
 from curate.run import atomic_path, write_json
 
 MANIFEST_FORMAT_VERSION = 1
@@ -151,6 +154,148 @@ def build_manifest(
     if extra:
         header.update(extra)
     return Manifest(table, header)
+
+
+class ManifestWriter:
+    """Write a manifest whose rows arrive in pieces, already in (shard, position) order.
+
+    The file is the one :func:`write_manifest` writes for :func:`build_manifest` over all the rows
+    (``presorted``): the same header, the same row groups, the same bytes. Memory is one piece plus one
+    row group: the rows go to a temporary Arrow file as they come (uncompressed), and :meth:`finish`
+    writes the Parquet file with the header in its metadata, atomically.
+
+    ``hash_batches`` says how the content hash cuts the rows, as :func:`content_hash` does for a table:
+    ``"rows"`` in 65,536-row batches of all the rows (a table of one chunk, as a sort gives), ``"pieces"``
+    in each added table's own record batches of at most 65,536 rows (the concatenation of the pieces as
+    they are: what ``bootstrap`` has always hashed, its rows being cut from the pool's 65,536-row chunks).
+    """
+
+    BATCH = 1 << 16
+
+    def __init__(self, path: str | os.PathLike[str], *, hash_batches: str = "rows") -> None:
+        self.path = Path(path)
+        if self.path.suffix != ".parquet":
+            raise ValueError(f"manifest path must end in .parquet: {self.path}")
+        if hash_batches not in ("rows", "pieces"):
+            raise ValueError(f"hash_batches must be 'rows' or 'pieces', got {hash_batches!r}")
+        self._pieces = hash_batches == "pieces"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._rows = make_temp_file(self.path.parent, f".{self.path.name}.{os.getpid()}-rows-", ".tmp")
+        self._sink = pa.OSFile(str(self._rows), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, MANIFEST_SCHEMA)
+        self._hash = hashlib.sha256()
+        self._pending: list[pa.Table] = []
+        self._held = 0
+        self._last: tuple[str, int] | None = None
+        self.shards: list[str] = []
+        self.counts: list[int] = []
+        self.kept = 0
+        self.weighted = False
+
+    def add(self, rows: pa.Table) -> None:
+        """Append rows ``uid, shard, key, position[, weight]`` that follow every row added before."""
+        if rows.num_rows == 0:
+            return
+        if "weight" not in rows.column_names:
+            rows = rows.append_column("weight", pa.array(np.ones(rows.num_rows, np.float32)))
+        table = rows.select(["uid", "shard", "key", "position", "weight"]).cast(MANIFEST_SCHEMA)
+        w = table.column("weight").to_numpy()
+        if not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise InputError("manifest weights must be finite and positive")
+        names, lengths = _runs(table.column("shard"))
+        pos = table.column("position").to_numpy()
+        starts = np.cumsum([0, *lengths[:-1]])
+        step = np.diff(pos) > 0
+        step[starts[1:] - 1] = True  # a new shard may start at any position
+        first = (names[0], int(pos[0]))
+        if (not bool(np.all(step)) or any(a >= b for a, b in itertools.pairwise(names))
+                or (self._last is not None and first <= self._last)):
+            raise InputError("manifest rows out of (shard, position) order")
+        self._last = (names[-1], int(pos[-1]))
+        self.weighted = self.weighted or bool(np.any(w != 1.0))
+        for name, n in zip(names, lengths, strict=True):
+            if self.shards and self.shards[-1] == name:
+                self.counts[-1] += n
+            else:
+                self.shards.append(name)
+                self.counts.append(n)
+        self._writer.write_table(table)
+        self.kept += table.num_rows
+        if self._pieces:
+            for batch in table.select(["uid", "weight"]).to_batches(max_chunksize=self.BATCH):
+                self._hash_batch(batch)
+            return
+        self._pending.append(table.select(["uid", "weight"]))
+        self._held += table.num_rows
+        while self._held >= self.BATCH:
+            self._hash_rows(self.BATCH)
+
+    def _hash_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
+        uids = batch.column(0)
+        if isinstance(uids, pa.ChunkedArray):
+            uids = uids.combine_chunks() if uids.num_chunks != 1 else uids.chunk(0)
+        self._hash.update(_joined(uids))
+        self._hash.update(batch.column(1).to_numpy(zero_copy_only=False).astype("<f4").tobytes())
+
+    def _hash_rows(self, n: int) -> None:
+        t = pa.concat_tables(self._pending)
+        self._hash_batch(t.slice(0, n))
+        rest = t.slice(n)
+        self._pending, self._held = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def finish(self, *, kind: str, command: str, pool_size: int | None = None, **header: Any) -> dict[str, Any]:
+        """Write the manifest (and its .json header) atomically; return the header.
+
+        ``header``: ``params, seed, round, phase, parent, pruned_by_reason, extra`` as for ``build_manifest``.
+        """
+        if self._held:
+            self._hash_rows(self._held)
+        self._writer.close()
+        self._sink.close()
+        pruned = (pool_size - self.kept) if pool_size is not None else None
+        head: dict[str, Any] = {
+            "format_version": MANIFEST_FORMAT_VERSION,
+            "kind": kind,
+            "command": command,
+            "params": header.get("params") or {},
+            "seed": header.get("seed"),
+            "round": header.get("round"),
+            "phase": header.get("phase"),
+            "parent": header.get("parent"),
+            "counts": {
+                "pool": pool_size,
+                "kept": self.kept,
+                "pruned": pruned,
+                "pruned_by_reason": dict(sorted((header.get("pruned_by_reason") or {}).items())),
+            },
+            "shards": [{"shard": s, "kept": int(c)} for s, c in zip(self.shards, self.counts, strict=True)],
+            "weighted": self.weighted,
+            "content_hash": self._hash.hexdigest(),
+        }
+        head.update(header.get("extra") or {})
+        schema = MANIFEST_SCHEMA.with_metadata({HEADER_KEY: json.dumps(head, sort_keys=True).encode()})
+        try:
+            with atomic_path(self.path) as tmp, pa.OSFile(str(self._rows), "rb") as src:
+                out = RowGroupWriter(tmp, schema, combine=["weight"])
+                try:
+                    for batch in pa.ipc.open_stream(src):
+                        out.write(pa.Table.from_batches([batch], schema))
+                except BaseException:
+                    out.abort()
+                    raise
+                out.close()
+        finally:
+            self._rows.unlink(missing_ok=True)
+        write_json(header_path(self.path), head)
+        return head
+
+    def abort(self) -> None:
+        """Drop what was written (an error before ``finish``)."""
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(Exception):
+            self._sink.close()
+        self._rows.unlink(missing_ok=True)
 
 
 def _runs(col: pa.ChunkedArray) -> tuple[list[str], list[int]]:
