@@ -37,7 +37,8 @@ class EngineOptions:
         devices: local engine: one process per device (``--devices``), e.g. ``("cuda:0", "cuda:1")``.
         address: ray engine: cluster address (``auto``, ``ray://host:10001``); None starts a local Ray.
         num_cpus: ray engine: CPUs of a local Ray instance started by curate (tests use 2).
-        workers: ray engine: actors in the pool (default: one per GPU, else one per CPU).
+        workers: ray engine: actors in the pool (default: one per GPU, else one per CPU); local engine:
+            processes that run ``map`` tasks (default 1: this process).
         gpus_per_worker: ray engine: GPUs per actor (default 1 when the cluster has GPUs, else 0).
         items_per_task: ray engine: work items (shards) per actor call.
     """

@@ -193,3 +193,51 @@ def run_per_device(
         for j, r in enumerate(res):
             out[rank + j * world] = r
     return out
+
+
+def _pool_init(parent: int, threads: int, start_method: str) -> None:
+    """Initialiser of a task process: die with the parent, share the cores, keep the parent's start method."""
+    _die_with_parent(parent)
+    mp.set_start_method(start_method, force=True)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def _pool_call(fn: Any, item: Any, shared: dict[str, Any]) -> Any:
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    return fn(item, **shared)
+
+
+def process_map(fn: Any, items: Sequence[Any], shared: dict[str, Any] | None, workers: int,
+                progress: Progress | None = None) -> list[Any]:
+    """``[fn(item, **shared) for item in items]`` in ``workers`` processes of this machine, in item order.
+
+    Processes are spawned (no forked torch or CUDA state), share the cores evenly, and die with this
+    process, so a killed command leaves nothing running. The first failure is raised here; a
+    :class:`CurateError` keeps its type and one-line message.
+    """
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    progress = progress or NullProgress()
+    if not items:
+        return []
+    ctx = mp.get_context("spawn")
+    threads = threads_per_process(workers)
+    kw = dict(shared or {})
+    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx, initializer=_pool_init,
+                             initargs=(os.getpid(), threads, mp.get_start_method())) as pool:
+        futures = [pool.submit(_pool_call, fn, it, kw) for it in items]
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    f.result()  # raises the task's error
+                    progress.advance(1)
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+        return [f.result() for f in futures]

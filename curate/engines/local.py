@@ -18,11 +18,19 @@ from curate.progress import Progress
 
 @register_engine
 class LocalEngine(Engine):
-    """Run everything in this process; ``run_items`` with several ``devices`` runs one process per device."""
+    """This machine: ``run_items`` with several ``devices`` runs one process per device; ``map`` with
+    ``workers`` > 1 runs its tasks in that many processes (else in this process)."""
 
     name = "local"
-    summary = "this machine: one process, or one process per device with --devices"
-    accepts = frozenset({"device", "devices"})
+    summary = "this machine: one process, one process per device with --devices, or --workers task processes"
+    accepts = frozenset({"device", "devices", "workers"})
+
+    @property
+    def distributed(self) -> bool:
+        return (self.options.workers or 1) > 1
+
+    def parallelism(self) -> int:
+        return self.options.workers or 1
 
     def map(
         self,
@@ -31,6 +39,10 @@ class LocalEngine(Engine):
         shared: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
     ) -> list[R]:
+        if (self.options.workers or 1) > 1:
+            from curate.engines.devices import process_map
+
+            return process_map(fn, items, shared, int(self.options.workers or 1), progress)
         return local_map(fn, items, shared, progress)
 
     def run_items(self, worker: ItemWorker, items: Sequence[Any], progress: Progress | None = None) -> list[Any]:
