@@ -9,7 +9,6 @@ mapped with a sorted uid index cached beside the pool (``uidindex.py``); other u
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,10 +22,10 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
-from curate.bootstrap.uidindex import KEY_VERSION, UidIndex, uid_words
+from curate.bootstrap.uidindex import UidIndex, uid_words
 from curate.errors import InputError, UsageError
 from curate.io.tables import embedding_files, read_parquet
-from curate.run import RunDir, atomic_path
+from curate.run import RunDir
 
 POOL_COLUMNS = ["uid", "shard", "key", "position"]
 #: Rows per chunk of the pool table, fresh or cached (``write_feather``'s chunk size). Manifests are cut from
@@ -62,18 +61,30 @@ def read_table(path: str | os.PathLike[str], columns: list[str] | None = None) -
         raise InputError(f"corrupt Parquet file {path}: {str(exc).splitlines()[0]}") from None
 
 
+class StringsHash:
+    """``hash_strings`` fed a piece at a time: the same digest for the same values in the same order."""
+
+    def __init__(self) -> None:
+        self._lengths, self._data = hashlib.sha256(), hashlib.sha256()
+
+    def update(self, col: pa.Array | pa.ChunkedArray) -> None:
+        for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
+            chunk = chunk.cast(pa.large_string())
+            if len(chunk) == 0:
+                continue
+            offs = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+            self._lengths.update(np.diff(offs).astype("<i8").tobytes())
+            self._data.update(memoryview(chunk.buffers()[2])[int(offs[0]) : int(offs[-1])])
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(self._lengths.digest() + self._data.digest()).hexdigest()
+
+
 def hash_strings(col: pa.Array | pa.ChunkedArray) -> str:
     """sha256 of a string column's values in order (independent of chunking)."""
-    lengths, data = hashlib.sha256(), hashlib.sha256()
-    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
-    for chunk in chunks:
-        chunk = chunk.cast(pa.large_string())
-        if len(chunk) == 0:
-            continue
-        offs = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
-        lengths.update(np.diff(offs).astype("<i8").tobytes())
-        data.update(memoryview(chunk.buffers()[2])[int(offs[0]) : int(offs[-1])])
-    return hashlib.sha256(lengths.digest() + data.digest()).hexdigest()
+    h = StringsHash()
+    h.update(col)
+    return h.hexdigest()
 
 
 @dataclass
@@ -84,9 +95,7 @@ class Pool:
     source: str  # "embeddings" or "selection:<name>"
     digest: str  # sha256 of the uids in pool order
     fingerprint: str = ""  # of the input files the pool was read from
-    fresh: bool = False  # read from the inputs (not the cache): the caller may cache it
     uid_index: UidIndex | None = None  # sorted fixed-width uid keys (built on first use when not cached)
-    index_fresh: bool = False  # uid_index was built here (not read from the cache): the caller may cache it
     _uids: pa.Array | None = field(default=None, init=False, repr=False, compare=False)
     _whole: pa.Table | None = field(default=None, init=False, repr=False, compare=False)  # one chunk per column
     _index_tried: bool = field(default=False, init=False, repr=False, compare=False)
@@ -118,7 +127,6 @@ class Pool:
         if self.uid_index is None and not self._index_tried:
             self._index_tried = True
             self.uid_index = UidIndex.build(self.uids)
-            self.index_fresh = self.uid_index is not None
         return self.uid_index
 
     def index_of(self, uids: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int64]:
@@ -208,52 +216,51 @@ def _rechunk(table: pa.Table) -> pa.Table:
     return pa.Table.from_batches(table.to_batches(max_chunksize=POOL_CHUNK), table.schema)
 
 
-def _read_index(run: RunDir, digest: str) -> UidIndex | None:
-    """The cached uid index of the pool with ``digest``; None when absent, stale or damaged."""
-    path = pool_index_path(run)
-    if not path.exists():
+def _read_index(index: Path, width: int | None) -> UidIndex | None:
+    """The cached uid index (``store.py``) as a :class:`UidIndex`; None for uids of several widths, equal keys
+    (the in-memory index needs distinct ones) or a damaged file."""
+    if width is None:
         return None
     try:
-        table = feather.read_table(path, memory_map=True)
-        meta = json.loads((table.schema.metadata or {}).get(_INDEX_META, b"{}"))
-        if meta.get("digest") != digest or meta.get("key_version") != KEY_VERSION:
+        table = feather.read_table(index, columns=["key", "row"], memory_map=True)
+        key, row = (_one_chunk(table.column(c)).to_numpy() for c in ("key", "row"))
+        if len(key) > 1 and not bool(np.all(key[1:] > key[:-1])):
             return None
-        key, row = (_one_chunk(table.column(c)).to_numpy() for c in ("key", "row"))  # zero-copy from the map
-        if key.dtype != np.uint64 or row.dtype != np.int64 or len(key) != len(row):
-            return None
-        return UidIndex(int(meta["width"]), key, row)
-    except (pa.ArrowInvalid, OSError, ValueError, KeyError, TypeError):
-        return None  # a stale or damaged cache is rebuilt
+        return UidIndex(int(width), key, row)
+    except (pa.ArrowInvalid, OSError, ValueError):
+        return None
 
 
-def load_pool(run_root: str | os.PathLike[str], init: str | None = None) -> Pool:
-    """The pool: every embedded sample, or the subset of the manifest ``init`` names.
-
-    Reading and validating 1,000 embedding files is the slow part of a round at scale, so the canonical
-    pool is cached in ``RUN/bootstrap/pool.arrow`` (written by ``bootstrap_round``), keyed by a
-    fingerprint of the input files (names, sizes, mtimes).
-    """
-    run = RunDir(run_root)
+def pool_inputs(run: RunDir, init: str | None) -> tuple[list[Path], str]:
+    """The files the pool is read from and its source: every embedding file, or the ``--init`` manifest."""
     if init is None:
         files = embedding_files(run.root)
         if not files:
             raise InputError(f"no embeddings in {run.root}; run 'curate embed SHARDS --run {run.root}' first")
-        source = "embeddings"
-    else:
-        files = [init_manifest_path(run, init)]
-        source = f"selection:{init}"
+        return files, "embeddings"
+    return [init_manifest_path(run, init)], f"selection:{init}"
+
+
+def load_pool(run_root: str | os.PathLike[str], init: str | None = None) -> Pool:
+    """The whole pool in memory: every embedded sample, or the subset of the manifest ``init`` names.
+
+    From the cache ``bootstrap_round`` keeps (``store.py``: memory-mapped) when it is current, else read and
+    validated from the input files. For tools that need the pool at once (the coreset, reports, history);
+    rounds read it a piece at a time (:func:`curate.bootstrap.store.open_pool_store`).
+    """
+    from curate.bootstrap.store import cached_store
+
+    run = RunDir(run_root)
+    files, source = pool_inputs(run, init)
     fp = _fingerprint(files, source)
-    cache = pool_cache_path(run)
-    if cache.exists():
+    store = cached_store(run, source, fp)
+    if store is not None:
         try:
-            table = feather.read_table(cache, memory_map=True)
-            meta = json.loads((table.schema.metadata or {}).get(_POOL_META, b"{}"))
-            if meta.get("fingerprint") == fp:
-                digest = meta["digest"]
-                return Pool.of(table.replace_schema_metadata(None), source, digest, fp,
-                               uid_index=_read_index(run, digest))
+            table = feather.read_table(store.path, memory_map=True)
+            return Pool.of(table.replace_schema_metadata(None), source, store.digest, fp,
+                           uid_index=_read_index(store.index_path, store.width))
         except (pa.ArrowInvalid, OSError, ValueError):
-            pass  # a stale or damaged cache is rebuilt
+            pass  # a damaged cache: read the inputs
     table = _read_sorted(files)
     if table.num_rows == 0:
         raise InputError(f"the pool of {run.root} ({source}) is empty")
@@ -263,7 +270,7 @@ def load_pool(run_root: str | os.PathLike[str], init: str | None = None) -> Pool
         raise InputError(f"the pool of {run.root} ({source}) has duplicate uids; re-embed or fix the selection")
     if init is not None:
         _check_embedded(run, table, files[0])
-    return Pool.of(table, source, hash_strings(uids), fp, fresh=True, uid_index=index, index_fresh=index is not None)
+    return Pool.of(table, source, hash_strings(uids), fp, uid_index=index)
 
 
 def _check_embedded(run: RunDir, table: pa.Table, manifest: Path) -> None:
@@ -279,43 +286,6 @@ def _check_embedded(run: RunDir, table: pa.Table, manifest: Path) -> None:
             f"--init {manifest}: {n} of {table.num_rows} samples are not embedded in {run.root} "
             "(a manifest of another run?)"
         )
-
-
-def write_arrow(path: str | os.PathLike[str], table: pa.Table) -> None:
-    """An uncompressed Arrow IPC file with one record batch (memory-mapped without copies on read)."""
-    feather.write_feather(table, path, compression="uncompressed", chunksize=max(1, table.num_rows))
-
-
-def pool_cache_table(pool: Pool) -> pa.Table:
-    """What ``RUN/bootstrap/pool.arrow`` holds: the pool table with its fingerprint and digest."""
-    meta = {_POOL_META: json.dumps({"fingerprint": pool.fingerprint, "digest": pool.digest,
-                                    "source": pool.source}).encode()}
-    table = pool._whole if pool._whole is not None else pool.table
-    return table.replace_schema_metadata(meta)
-
-
-def pool_index_table(pool: Pool) -> pa.Table | None:
-    """What ``RUN/bootstrap/pool-index.arrow`` holds (None without a fixed-width uid index)."""
-    index = pool.uid_index
-    if index is None:
-        return None
-    meta = {_INDEX_META: json.dumps({"digest": pool.digest, "width": index.width,
-                                     "key_version": KEY_VERSION}).encode()}
-    return pa.table({"key": index.key, "row": index.row}).replace_schema_metadata(meta)
-
-
-def write_pool_cache(run: RunDir, pool: Pool) -> None:
-    """Persist a freshly read pool for the next rounds (atomic)."""
-    with atomic_path(pool_cache_path(run)) as tmp:
-        write_arrow(tmp, pool_cache_table(pool))
-
-
-def write_pool_index(run: RunDir, pool: Pool) -> None:
-    """Persist the pool's uid index for the next rounds (atomic)."""
-    table = pool_index_table(pool)
-    if table is not None:
-        with atomic_path(pool_index_path(run)) as tmp:
-            write_arrow(tmp, table)
 
 
 @dataclass

@@ -22,9 +22,11 @@ import dataclasses
 import glob
 import os
 import re
-from collections.abc import Callable
+import shutil
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +34,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.bootstrap.data import (
-    Pool,
-    RoundLosses,
-    load_pool,
-    map_losses,
-    pool_cache_path,
-    pool_cache_table,
-    pool_index_path,
-    pool_index_table,
-    read_table,
-    write_arrow,
-)
-from curate.bootstrap.methods import Decision, RoundContext, get_method, knob_names, list_methods
-from curate.errors import InputError, UsageError
-from curate.io.manifest import Manifest, build_manifest, header_path, manifest_file_table
+from curate.bootstrap.data import POOL_CHUNK, load_pool, pool_cache_path, pool_index_path, read_table
+from curate.bootstrap.methods import Decision, Part, RoundContext, get_method, knob_names, list_methods, row_ranges
+from curate.bootstrap.store import PARTITION_ROWS, PoolStore, open_pool_store
+from curate.bootstrap.tasks import LossTable, engine_mapper, remove_other_work, work_path
+from curate.engines import Engine, make_engine
+from curate.errors import CurateError, InputError, UsageError
+from curate.fs import make_temp_file
+from curate.io.manifest import Manifest, ManifestWriter, header_path, read_manifest
+from curate.io.tables import RowGroupWriter
 from curate.run import RunDir, atomic_path, read_json, write_json
 
 STATE_FORMAT_VERSION = 1
@@ -66,12 +62,18 @@ DECISIONS_SCHEMA = pa.schema(
 
 @dataclass
 class RoundResult:
-    """What ``bootstrap_round`` wrote."""
+    """What ``bootstrap_round`` wrote; ``manifest`` is read from ``manifest_path`` when first used."""
 
     round: int
     manifest_path: Path
-    manifest: Manifest
     summary: dict[str, Any]
+    _manifest: Manifest | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = read_manifest(self.manifest_path)
+        return self._manifest
 
 
 # --- state files ------------------------------------------------------------------------------
@@ -147,76 +149,49 @@ def _resolve_config(
 
 
 def _remove_stale_temps(paths: list[Path]) -> None:
-    """Temporary files of these outputs (``.<name>.*.tmp``, see ``atomic_path``) left by a killed attempt."""
+    """Temporary files of these outputs (``.<name>.*.tmp``, see ``atomic_path``) left by a killed attempt
+    (not this process's own: a pool built by this round waits under such a name)."""
+    mine = f".{os.getpid()}-"
     for p in paths:
         for tmp in p.parent.glob(f".{glob.escape(p.name)}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
-class _Writes:
-    """Output files written to temporary names in worker threads (pyarrow and numpy release the GIL), then
-    renamed in submission order by ``commit``; ``abort`` removes the temporaries (``atomic_path`` semantics).
-    """
-
-    def __init__(self, executor: ThreadPoolExecutor) -> None:
-        self._executor = executor
-        self._pending: list[tuple[contextlib.AbstractContextManager[Path], Future[None]]] = []
-
-    def add(self, path: Path, write: Callable[[Path], None]) -> None:
-        cm = atomic_path(path)
-        tmp = cm.__enter__()
-        self._pending.append((cm, self._executor.submit(write, tmp)))
-
-    def _finish(self, error: BaseException | None) -> None:
-        pending, self._pending = self._pending, []
-        errors = [f.exception() for _, f in pending]  # waits for every write
-        error = error or next((e for e in errors if e is not None), None)
-        for cm, _ in pending:
-            if error is None:
-                cm.__exit__(None, None, None)  # rename onto the final name
-            else:
-                cm.__exit__(type(error), error, error.__traceback__)  # remove the temporary
-        if error is not None:
-            raise error
-
-    def commit(self) -> None:
-        self._finish(None)
-
-    def abort(self, error: BaseException) -> None:
-        self._finish(error)
-
-
-#: Parquet options of the tables under RUN/bootstrap (read back only by curate): dictionary pages only for
-#: low-cardinality columns, no page statistics. The manifest keeps pyarrow's defaults.
-_DICTIONARY_COLUMNS = {"round", "batch"}
-
-
-def _write_internal(table: pa.Table) -> Callable[[Path], None]:
-    dictionary = [f.name for f in table.schema if pa.types.is_dictionary(f.type) or f.name in _DICTIONARY_COLUMNS]
-    return lambda tmp: pq.write_table(table, tmp, use_dictionary=dictionary, write_statistics=False)
+            if not tmp.name.startswith(f".{p.name}{mine}"):
+                tmp.unlink(missing_ok=True)
 
 
 # --- the round ----------------------------------------------------------------------------------
-def _kept_mask(run: RunDir, round_: int, n: int) -> np.ndarray:
-    """Pool rows that were in round ``round_``'s manifest (from its decisions file)."""
-    keep = np.ones(n, bool)
-    p = decisions_path(run, round_)
-    if p.exists():
-        t = read_table(p, ["row", "pruned"])
-        rows = t.column("row").to_numpy()
-        keep[rows[t.column("pruned").to_numpy(zero_copy_only=False)]] = False
-    return keep
+def _allowed_bits(run: RunDir, r: int, n: int, path: Path) -> Path | None:
+    """The pool rows that were in round ``r``'s manifest, as packed bits (little bit order) in ``path``;
+    None when the round pruned nothing (every row allowed). Read from round r's decisions, a row group at a time.
+    """
+    src = decisions_path(run, r)
+    if not src.exists():
+        return None
+    bits: np.ndarray | None = None
+    pf = pq.ParquetFile(src)
+    for g in range(pf.num_row_groups):
+        t = pf.read_row_group(g, columns=["row", "pruned"])
+        rows = t.column("row").to_numpy()[t.column("pruned").to_numpy(zero_copy_only=False)]
+        if len(rows):
+            if bits is None:
+                bits = np.full(-(-n // 8), 0xFF, np.uint8)
+            np.bitwise_and.at(bits, rows >> 3, ~np.left_shift(np.uint8(1), (rows & 7).astype(np.uint8)))
+    if bits is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        bits.tofile(tmp)
+    return path
 
 
-def _decisions_table(round_: int, dec: Decision) -> pa.Table:
-    rows = pa.array(dec.rows, pa.int64())
-    labels = pa.array(dec.labels, pa.string())
-    kind = pa.DictionaryArray.from_arrays(pa.array(dec.kind, pa.int8()), labels)
-    reason = pa.DictionaryArray.from_arrays(pa.array(dec.kind, pa.int8(), mask=~dec.pruned), labels)
-    pruned = pa.array(dec.pruned, pa.bool_())
+def _decisions_table(round_: int, part: Part, labels: tuple[str, ...]) -> pa.Table:
+    rows = pa.array(part.rows, pa.int64())
+    dictionary = pa.array(labels, pa.string())
+    kind = pa.DictionaryArray.from_arrays(pa.array(part.kind, pa.int8()), dictionary)
+    reason = pa.DictionaryArray.from_arrays(pa.array(part.kind, pa.int8(), mask=~part.pruned), dictionary)
+    pruned = pa.array(part.pruned, pa.bool_())
     return pa.table(
         {
-            "round": pa.array(np.full(len(dec.rows), round_, np.int32)),
+            "round": pa.array(np.full(len(part.rows), round_, np.int32)),
             "row": rows,
             "candidate": kind,
             "pruned": pruned,
@@ -224,6 +199,21 @@ def _decisions_table(round_: int, dec: Decision) -> pa.Table:
         },
         schema=DECISIONS_SCHEMA,
     )
+
+
+@contextlib.contextmanager
+def _engine(engine: Engine | str | None, options: Mapping[str, Any] | None) -> Iterator[Engine | None]:
+    """The engine of the passes: a given instance as is, or one made from a name and closed afterwards."""
+    if engine is None or isinstance(engine, Engine):
+        if options:
+            raise UsageError("engine options need an engine name")
+        yield engine
+        return
+    opts = dict(options or {})
+    if engine == "ray":
+        opts.setdefault("device", "cpu")  # the passes are numpy and Arrow work
+    with make_engine(engine, **opts) as eng:
+        yield eng
 
 
 def bootstrap_round(
@@ -235,75 +225,99 @@ def bootstrap_round(
     seed: int | None = None,
     init: str | None = None,
     command: str = "curate bootstrap",
+    engine: Engine | str | None = None,
+    engine_options: Mapping[str, Any] | None = None,
+    partition_rows: int | None = None,
 ) -> RoundResult:
     """Decide round ``round_`` of a run and write its manifest; see the module docstring.
 
     ``method``, ``knobs`` (the method's Params fields), ``seed`` and ``init`` are fixed at round 0 and
     default to the run's values afterwards; passing a different value later is an error.
+
+    The pool and the loss table are read in parts of about ``partition_rows`` rows (default
+    :data:`~curate.bootstrap.store.PARTITION_ROWS`), so memory does not grow with them; ``engine`` (an
+    :class:`~curate.engines.Engine` or a name with ``engine_options``, e.g. ``"local", {"workers": 2}``)
+    runs the passes over the loss table. Every engine and every part size writes the same files.
     """
     run = RunDir(run_root)
     run.require()
     prev = _previous_state(run, round_)
     cfg = _resolve_config(prev, method, knobs or {}, seed, init)
     impl = get_method(cfg["method"])(get_method(cfg["method"]).Params(**cfg["params"]))
-    pool = load_pool(run.root, cfg["init"])
-    if prev is not None and prev["pool"]["digest"] != pool.digest:
-        raise InputError(
-            f"the pool of {run.root} changed since round 0 ({prev['pool']['size']} → {len(pool)} samples); "
-            "re-embedding mid-run is not supported: start over with 'curate bootstrap --reset', or use a new run folder"
-        )
-
-    def losses(r: int) -> RoundLosses:
-        return map_losses(run, r, pool, _kept_mask(run, r, len(pool)))
-
-    def read_own(rel: str, columns: list[str] | None = None) -> pa.Table:
-        return read_table(run.bootstrap_dir / rel, columns)
-
-    ctx = RoundContext(round_, pool, int(cfg["seed"]), dict(prev["method_state"]) if prev else {}, losses, read_own)
-    dec = impl.step(ctx)
-    # Decided and validated: from here on files are written, each to a temporary name (in worker threads,
-    # while the manifest is built), renamed in order once all are complete; the state goes last.
-    outputs = [pool_cache_path(run), pool_index_path(run), decisions_path(run, round_), run.manifest_file(round_),
-               header_path(run.manifest_file(round_)), snapshot_path(run, round_), state_path(run)]
-    _remove_stale_temps([*outputs, *(run.bootstrap_dir / rel for rel in dec.tables)])
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1))) as executor:
-        writes = _Writes(executor)
+    rows = int(partition_rows or PARTITION_ROWS)
+    if rows < 1:
+        raise UsageError(f"partition_rows must be >= 1, got {rows}")
+    with _engine(engine, engine_options) as eng:
+        store = open_pool_store(run.root, cfg["init"], bucket_rows=rows)
         try:
-            if pool.fresh:
-                cache = pool_cache_table(pool)
-                writes.add(pool_cache_path(run), lambda tmp: write_arrow(tmp, cache))
-            index = pool_index_table(pool) if pool.index_fresh else None
-            if index is not None:
-                writes.add(pool_index_path(run), lambda tmp: write_arrow(tmp, index))
-            for rel, table in sorted(dec.tables.items()):
-                writes.add(run.bootstrap_dir / rel, _write_internal(table))
-            writes.add(decisions_path(run, round_), _write_internal(_decisions_table(round_, dec)))
-            manifest = _manifest(pool, dec, cfg, round_, command)
-            writes.add(run.manifest_file(round_), lambda tmp: pq.write_table(manifest_file_table(manifest), tmp))
-        except BaseException as exc:
-            writes.abort(exc)
+            if prev is not None and prev["pool"]["digest"] != store.digest:
+                raise InputError(
+                    f"the pool of {run.root} changed since round 0 ({prev['pool']['size']} → {len(store)} samples); "
+                    "re-embedding mid-run is not supported: start over with 'curate bootstrap --reset', or use a "
+                    "new run folder"
+                )
+            remove_other_work(run, round_)
+            work = work_path(run, round_)
+            mapper = engine_mapper(eng)
+            ident = {k: cfg[k] for k in ("method", "params", "seed")}
+
+            def losses(r: int) -> LossTable:
+                allowed = decisions_path(run, r)
+                bits = _allowed_bits(run, r, len(store), work / f"allowed-{r:04d}.bits")
+                return LossTable(run, round_, r, store, bits, mapper, rows,
+                                 {**ident, "allowed_from": _file_id(allowed) if bits is not None else None})
+
+            def read_own(rel: str, columns: list[str] | None = None) -> pa.Table:
+                return read_table(run.bootstrap_dir / rel, columns)
+
+            def iter_own(rel: str, columns: list[str]) -> Iterator[pa.Table]:
+                path = run.bootstrap_dir / rel
+                try:
+                    pf = pq.ParquetFile(path, memory_map=True)
+                    groups = range(pf.num_row_groups)
+                except (pa.ArrowInvalid, OSError):
+                    read_table(path, columns)  # the usual one-line error for a missing or damaged file
+                    raise
+                if not set(columns) <= set(pf.schema_arrow.names):
+                    read_table(path, columns)
+                for g in groups:
+                    yield pf.read_row_group(g, columns=columns)
+
+            ctx = RoundContext(round_, store, int(cfg["seed"]), dict(prev["method_state"]) if prev else {}, losses,
+                               read_own, iter_own, rows)
+            dec = impl.step(ctx)
+            # Decided and validated: from here on files are written, each to a temporary name, renamed once
+            # all are complete; the state goes last.
+            outputs = [pool_cache_path(run), pool_index_path(run), decisions_path(run, round_),
+                       run.manifest_file(round_), header_path(run.manifest_file(round_)), snapshot_path(run, round_),
+                       state_path(run)]
+            _remove_stale_temps([*outputs, *(run.bootstrap_dir / rel for rel in dec.tables)])
+            header, reasons = _write_round(run, store, dec, cfg, round_, command, rows)
+        except CurateError:
+            store.discard()
+            shutil.rmtree(work_path(run, round_), ignore_errors=True)  # an input error: nothing written
             raise
-        writes.commit()
+        except BaseException:
+            store.discard()
+            raise
     path = run.manifest_file(round_)
-    write_json(header_path(path), manifest.header)
-    reasons = dec.pruned_by_reason()
     summary = {
         "round": round_,
         "method": cfg["method"],
         "phase": dec.phase,
         "rho_cur": dec.header.get("rho_cur"),
-        "pool": len(pool),
-        "kept": len(manifest),
-        "pruned": len(pool) - len(manifest),
+        "pool": len(store),
+        "kept": header["counts"]["kept"],
+        "pruned": len(store) - header["counts"]["kept"],
         "pruned_by_reason": reasons,
         "candidates": dec.header.get("candidates"),
         "record_losses": dec.record_losses,
-        "content_hash": manifest.header["content_hash"],
+        "content_hash": header["content_hash"],
     }
     state = {
         "format_version": STATE_FORMAT_VERSION,
         **{k: cfg[k] for k in ("method", "params", "seed", "init")},
-        "pool": {"source": pool.source, "size": len(pool), "digest": pool.digest},
+        "pool": {"source": store.source, "size": len(store), "digest": store.digest},
         "round": round_,
         "method_state": dec.state,
         "history": [*(prev["history"] if prev else []), summary],
@@ -315,34 +329,230 @@ def bootstrap_round(
         {k: cfg[k] for k in ("method", "params", "seed", "init")} | {"round": round_},
         command=f"{command} --round {round_}",
     )
-    return RoundResult(round_, path, manifest, summary)
+    shutil.rmtree(work_path(run, round_), ignore_errors=True)
+    return RoundResult(round_, path, summary)
 
 
-def _manifest(pool: Pool, dec: Decision, cfg: dict[str, Any], round_: int, command: str) -> Manifest:
-    """The round's manifest: the kept pool rows (in pool order) and the header."""
-    rows = pool.table if dec.keep.all() else pool.table.filter(pa.array(dec.keep))  # same chunks either way
-    if dec.weight is not None:
-        rows = rows.append_column("weight", pa.array(dec.weight[dec.keep], pa.float32()))
+def _file_id(p: Path) -> list[Any]:
+    st = p.stat()
+    return [p.name, st.st_size, st.st_mtime_ns]
+
+
+class _Pending:
+    """An output written to a temporary name beside it; ``commit`` renames it, ``discard`` removes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = make_temp_file(path.parent, f".{path.name}.{os.getpid()}-", ".tmp")
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
+#: Parquet options of the tables under RUN/bootstrap (read back only by curate): dictionary pages only for
+#: low-cardinality columns, no page statistics. The manifest keeps pyarrow's defaults.
+_DICTIONARY_COLUMNS = {"round", "batch"}
+
+
+def _internal_writer(pending: _Pending, schema: pa.Schema) -> RowGroupWriter:
+    dictionary = [f.name for f in schema if pa.types.is_dictionary(f.type) or f.name in _DICTIONARY_COLUMNS]
+    return RowGroupWriter(pending.tmp, schema, use_dictionary=dictionary, write_statistics=False)
+
+
+class _ManifestFeed:
+    """The manifest of a round from parts of any size, in two passes over the pool's chunks.
+
+    ``add`` takes each part's keep mask and weights; once a pool chunk's values are all known, its kept rows
+    are checked, counted and hashed (``ManifestWriter(keep_rows=False)``) and the chunk's keep mask is kept as
+    bits (and the kept rows' weights in a file). ``rows`` then cuts the same rows again for the Parquet file:
+    no copy of the manifest is stored on the way. The manifest is cut from whole chunks, as always.
+    """
+
+    def __init__(self, store: PoolStore, writer: ManifestWriter, spill: Path) -> None:
+        self._store = store
+        self._chunks = store.chunks()
+        self._writer = writer
+        self._held: list[tuple[int, np.ndarray | None, np.ndarray | None]] = []
+        self._n = 0
+        self._bits: list[np.ndarray | None] = []  # per chunk: packed keep mask (None: every row kept)
+        self._sizes: list[int] = []  # per chunk: rows
+        self._spill = spill
+        self._weights: Any = None  # open file of the kept rows' weights (float32), when a part has weights
+
+    def add(self, length: int, keep: np.ndarray | None, weight: np.ndarray | None) -> None:
+        self._held.append((length, keep, weight))
+        self._n += length
+        while self._n >= POOL_CHUNK:
+            self._emit(POOL_CHUNK)
+
+    def finish(self) -> None:
+        if self._n:
+            self._emit(self._n)
+        if self._weights is not None:
+            self._weights.close()
+
+    def _take(self, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        keeps, weights, got = [], [], 0
+        any_keep = any(k is not None for _, k, _ in self._held)
+        any_weight = any(w is not None for _, _, w in self._held)
+        while got < n:
+            length, k, w = self._held[0]
+            use = min(length, n - got)
+            if any_keep:
+                keeps.append(np.ones(use, bool) if k is None else k[:use])
+            if any_weight:
+                weights.append(np.ones(use, np.float32) if w is None else w[:use])
+            if use == length:
+                self._held.pop(0)
+            else:
+                self._held[0] = (length - use, None if k is None else k[use:], None if w is None else w[use:])
+            got += use
+        self._n -= n
+        return (np.concatenate(keeps) if any_keep else None), (np.concatenate(weights) if any_weight else None)
+
+    def _emit(self, n: int) -> None:
+        keep, weight = self._take(n)
+        if keep is not None and keep.all():
+            keep = None
+        chunk = next(self._chunks).select(["uid", "shard", "position"])
+        if keep is not None:
+            chunk = chunk.filter(pa.array(keep))
+        if weight is not None:
+            if keep is not None:
+                weight = weight[keep]
+            if self._weights is None:
+                self._spill.parent.mkdir(parents=True, exist_ok=True)
+                self._weights = open(self._spill, "wb")  # noqa: SIM115  (closed by finish)
+                self._weights.write(np.ones(sum(self._kept_rows()), np.float32).tobytes())  # earlier chunks
+            self._weights.write(np.ascontiguousarray(weight, np.float32).tobytes())
+            chunk = chunk.append_column("weight", pa.array(weight, pa.float32()))
+        elif self._weights is not None:
+            self._weights.write(np.ones(chunk.num_rows, np.float32).tobytes())
+        self._bits.append(None if keep is None else np.packbits(keep))
+        self._sizes.append(n)
+        self._writer.add(chunk)
+
+    def _kept_rows(self) -> Iterator[int]:
+        for bits, n in zip(self._bits, self._sizes, strict=True):
+            yield n if bits is None else int(np.unpackbits(bits, count=n).sum())
+
+    def rows(self) -> Iterator[pa.Table]:
+        """The kept rows of each chunk again (with their weights), for the Parquet file."""
+        weights = open(self._spill, "rb") if self._weights is not None else None  # noqa: SIM115
+        try:
+            for chunk, bits, n in zip(self._store.chunks(), self._bits, self._sizes, strict=True):
+                if bits is not None:
+                    chunk = chunk.filter(pa.array(np.unpackbits(bits, count=n).view(bool)))
+                if weights is not None:
+                    w = np.frombuffer(weights.read(4 * chunk.num_rows), np.float32)
+                    chunk = chunk.append_column("weight", pa.array(w, pa.float32()))
+                yield chunk
+        finally:
+            if weights is not None:
+                weights.close()
+
+
+class _Lane:
+    """Calls on one writer, in order, in a thread of its own (Parquet and Arrow writes release the GIL), so
+    that the round's files are encoded while the next part is prepared; at most ``depth`` calls wait."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self._ex = ThreadPoolExecutor(max_workers=1)
+        self._pending: deque[Future[Any]] = deque()
+        self._depth = depth
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._pending.append(self._ex.submit(fn, *args))
+        while len(self._pending) > self._depth:
+            self._pending.popleft().result()
+
+    def drain(self) -> None:
+        """Wait for every call; the first failure is raised (after all have ended)."""
+        error = None
+        while self._pending:
+            try:
+                self._pending.popleft().result()
+            except BaseException as exc:
+                error = error or exc
+        self._ex.shutdown(wait=True)
+        if error is not None:
+            raise error
+
+
+def _write_round(run: RunDir, store: PoolStore, dec: Decision, cfg: dict[str, Any], round_: int, command: str,
+                 rows: int) -> tuple[dict[str, Any], dict[str, int]]:
+    """Write the round's tables, decisions and manifest from the decision's parts; returns (header, reasons).
+
+    Each output has a lane (a writer thread): this thread walks the parts and hands each lane its piece.
+    """
+    labels = dec.labels
+    pending = {rel: _Pending(run.bootstrap_dir / rel) for rel in sorted(dec.tables)}
+    decisions = _Pending(decisions_path(run, round_))
+    writers = {rel: _internal_writer(p, dec.tables[rel]) for rel, p in pending.items()}
+    dec_writer = _internal_writer(decisions, DECISIONS_SCHEMA)
+    manifest = ManifestWriter(run.manifest_file(round_), hash_batches="pieces", keep_rows=False)
+    lanes = {name: _Lane() for name in [*writers, "decisions", "manifest"]}
+    pruned = np.zeros(len(labels), np.int64)
+    try:
+        feed = _ManifestFeed(store, manifest, work_path(run, round_) / "weights.f32")
+        at = 0
+        parts = dec.parts or (Part(a, b) for a, b in row_ranges(len(store), rows))
+        for part in parts:
+            if part.start != at:
+                raise ValueError(f"decision parts out of order: {part.start} after {at}")
+            for rel, piece in part.tables.items():
+                lanes[rel].submit(writers[rel].write, piece)
+            if len(part.rows):
+                lanes["decisions"].submit(dec_writer.write, _decisions_table(round_, part, labels))
+                pruned += np.bincount(part.kind[part.pruned], minlength=len(labels))
+            lanes["manifest"].submit(feed.add, part.stop - part.start, part.keep, part.weight)
+            at = part.stop
+        if at != len(store):
+            raise ValueError(f"decision parts end at row {at} of {len(store)}")
+        lanes["manifest"].submit(feed.finish)
+        for rel, w in writers.items():
+            lanes[rel].submit(w.close)
+        lanes["decisions"].submit(dec_writer.close)
+        for lane in lanes.values():
+            lane.drain()
+    except BaseException:
+        for lane in lanes.values():
+            with contextlib.suppress(BaseException):
+                lane.drain()
+        for w in [*writers.values(), dec_writer]:
+            w.abort()
+        for p in [*pending.values(), decisions]:
+            p.discard()
+        manifest.abort()
+        raise
+    reasons = {lab: int(c) for lab, c in zip(labels, pruned, strict=True) if c}
+    store.commit()
+    for p in [*pending.values(), decisions]:
+        p.commit()
     boot = {
         "method": cfg["method"],
-        "pool_source": pool.source,
+        "pool_source": store.source,
         "record_losses": dec.record_losses,
         **dec.header,
     }
-    return build_manifest(
-        rows,
+    header = manifest.finish(
         kind="bootstrap",
         command=command,
+        pool_size=len(store),
         params={"method": cfg["method"], "init": cfg["init"], **cfg["params"]},
         seed=int(cfg["seed"]),
         round=round_,
         phase=dec.phase,
         parent=f"manifests/round-{round_ - 1:04d}.parquet" if round_ > 0 else None,
-        pool_size=len(pool),
-        pruned_by_reason=dec.pruned_by_reason(),
+        pruned_by_reason=reasons,
         extra={"bootstrap": boot},
-        presorted=True,  # pool rows are in (shard, position) order with unique uids; filtering keeps that
+        rows=feed.rows(),
     )
+    return header, reasons
 
 
 def history(run_root: str | os.PathLike[str]) -> pa.Table:
@@ -363,6 +573,7 @@ BOOTSTRAP_FILES = (
     r"state\.json", r"pool\.arrow", r"pool-index\.arrow", r"rounds/round-\d{4,}\.json",
     r"decisions/round-\d{4,}\.parquet", r"candidates/round-\d{4,}\.parquet",
     r"infobatch/scores-round-\d{4,}\.parquet",
+    r"\.work-round-\d{4,}/.+", r"\.pool-spill\.\d+-[^/]+/.+",  # a killed round's task outputs and pool spill
 )
 #: Files of the rounds in ``RUN/manifests``: the manifest, its header, and the trainer kit's filter index.
 ROUND_FILES = (r"round-\d{4,}\.parquet", r"round-\d{4,}\.json", r"\.round-\d{4,}\.filter-[0-9a-zA-Z-]+\.arrow")

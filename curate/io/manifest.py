@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,11 +169,15 @@ class ManifestWriter:
     ``"rows"`` in 65,536-row batches of all the rows (a table of one chunk, as a sort gives), ``"pieces"``
     in each added table's own record batches of at most 65,536 rows (the concatenation of the pieces as
     they are: what ``bootstrap`` has always hashed, its rows being cut from the pool's 65,536-row chunks).
+
+    ``keep_rows=False``: for a caller that can produce the rows twice (``bootstrap`` cuts them from the pool
+    by a keep mask). ``add`` then only checks, counts and hashes them, nothing is stored, and ``finish``
+    takes the same rows again (``rows=``) and writes them straight into the Parquet file.
     """
 
     BATCH = 1 << 16
 
-    def __init__(self, path: str | os.PathLike[str], *, hash_batches: str = "rows") -> None:
+    def __init__(self, path: str | os.PathLike[str], *, hash_batches: str = "rows", keep_rows: bool = True) -> None:
         self.path = Path(path)
         if self.path.suffix != ".parquet":
             raise ValueError(f"manifest path must end in .parquet: {self.path}")
@@ -180,9 +185,12 @@ class ManifestWriter:
             raise ValueError(f"hash_batches must be 'rows' or 'pieces', got {hash_batches!r}")
         self._pieces = hash_batches == "pieces"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._rows = make_temp_file(self.path.parent, f".{self.path.name}.{os.getpid()}-rows-", ".tmp")
-        self._sink = pa.OSFile(str(self._rows), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, MANIFEST_SCHEMA)
+        self._rows: Path | None = None
+        self._writer: Any = None
+        if keep_rows:
+            self._rows = make_temp_file(self.path.parent, f".{self.path.name}.{os.getpid()}-rows-", ".tmp")
+            self._sink = pa.OSFile(str(self._rows), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, MANIFEST_SCHEMA)
         self._hash = hashlib.sha256()
         self._pending: list[pa.Table] = []
         self._held = 0
@@ -193,12 +201,11 @@ class ManifestWriter:
         self.weighted = False
 
     def add(self, rows: pa.Table) -> None:
-        """Append rows ``uid, shard, key, position[, weight]`` that follow every row added before."""
+        """Append rows ``uid, shard, key, position[, weight]`` that follow every row added before
+        (``keep_rows=False``: ``key`` may be left out, it is not needed until ``finish``)."""
         if rows.num_rows == 0:
             return
-        if "weight" not in rows.column_names:
-            rows = rows.append_column("weight", pa.array(np.ones(rows.num_rows, np.float32)))
-        table = rows.select(["uid", "shard", "key", "position", "weight"]).cast(MANIFEST_SCHEMA)
+        table = _manifest_rows(rows, key=self._writer is not None)
         w = table.column("weight").to_numpy()
         if not np.all(np.isfinite(w)) or np.any(w <= 0):
             raise InputError("manifest weights must be finite and positive")
@@ -219,7 +226,8 @@ class ManifestWriter:
             else:
                 self.shards.append(name)
                 self.counts.append(n)
-        self._writer.write_table(table)
+        if self._writer is not None:
+            self._writer.write_table(table)
         self.kept += table.num_rows
         if self._pieces:
             for batch in table.select(["uid", "weight"]).to_batches(max_chunksize=self.BATCH):
@@ -243,15 +251,20 @@ class ManifestWriter:
         rest = t.slice(n)
         self._pending, self._held = ([rest] if rest.num_rows else []), rest.num_rows
 
-    def finish(self, *, kind: str, command: str, pool_size: int | None = None, **header: Any) -> dict[str, Any]:
+    def finish(self, *, kind: str, command: str, pool_size: int | None = None,
+               rows: Iterable[pa.Table] | None = None, **header: Any) -> dict[str, Any]:
         """Write the manifest (and its .json header) atomically; return the header.
 
         ``header``: ``params, seed, round, phase, parent, pruned_by_reason, extra`` as for ``build_manifest``.
+        ``rows``: with ``keep_rows=False``, the added rows again, in the same order.
         """
         if self._held:
             self._hash_rows(self._held)
-        self._writer.close()
-        self._sink.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+        elif rows is None:
+            raise ValueError("ManifestWriter(keep_rows=False).finish needs the rows again")
         pruned = (pool_size - self.kept) if pool_size is not None else None
         head: dict[str, Any] = {
             "format_version": MANIFEST_FORMAT_VERSION,
@@ -275,27 +288,46 @@ class ManifestWriter:
         head.update(header.get("extra") or {})
         schema = MANIFEST_SCHEMA.with_metadata({HEADER_KEY: json.dumps(head, sort_keys=True).encode()})
         try:
-            with atomic_path(self.path) as tmp, pa.OSFile(str(self._rows), "rb") as src:
+            with atomic_path(self.path) as tmp:
                 out = RowGroupWriter(tmp, schema, combine=["weight"])
                 try:
-                    for batch in pa.ipc.open_stream(src):
-                        out.write(pa.Table.from_batches([batch], schema))
+                    for table in self._stored() if rows is None else (_manifest_rows(t) for t in rows if t.num_rows):
+                        out.write(table.replace_schema_metadata(schema.metadata))
+                    if out.rows != self.kept:
+                        raise ValueError(f"finish got {out.rows} rows, add had {self.kept}")
                 except BaseException:
                     out.abort()
                     raise
                 out.close()
         finally:
-            self._rows.unlink(missing_ok=True)
+            if self._rows is not None:
+                self._rows.unlink(missing_ok=True)
         write_json(header_path(self.path), head)
         return head
 
+    def _stored(self) -> Iterator[pa.Table]:
+        assert self._rows is not None
+        with pa.OSFile(str(self._rows), "rb") as src:
+            for batch in pa.ipc.open_stream(src):
+                yield pa.Table.from_batches([batch])
+
     def abort(self) -> None:
         """Drop what was written (an error before ``finish``)."""
+        if self._writer is None or self._rows is None:
+            return
         with contextlib.suppress(Exception):
             self._writer.close()
         with contextlib.suppress(Exception):
             self._sink.close()
         self._rows.unlink(missing_ok=True)
+
+
+def _manifest_rows(rows: pa.Table, key: bool = True) -> pa.Table:
+    """``rows`` as manifest columns (weight 1 where absent; without ``key`` unless asked)."""
+    if "weight" not in rows.column_names:
+        rows = rows.append_column("weight", pa.array(np.ones(rows.num_rows, np.float32)))
+    schema = MANIFEST_SCHEMA if key else pa.schema([f for f in MANIFEST_SCHEMA if f.name != "key"])
+    return rows.select(schema.names).cast(schema)
 
 
 def _runs(col: pa.ChunkedArray) -> tuple[list[str], list[int]]:
