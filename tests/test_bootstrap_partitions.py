@@ -265,3 +265,50 @@ def _ragged_pool_run(root: Path, n: int, per_shard: int = 75,
         shards.append({"name": name, "url": f"/data/{name}.tar"})
     run.update("embed", {"shards": shards, "model": "none"}, command="test pool")
     return run
+
+
+# --- resume ---------------------------------------------------------------------------------------------
+class _Stop(BaseException):
+    """Stands for a kill (not an input error: the work folder stays)."""
+
+
+def test_a_stopped_round_resumes_from_the_finished_tasks(tmp_path: Path, small_chunks: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import curate.bootstrap.tasks as btasks
+
+    base = make_pool_run(tmp_path / "base", 1500, per_shard=137)
+    bootstrap_round(base.root, 0, knobs={"warmup_rounds": 1})
+    bootstrap_round(base.root, 1)
+    record(RunDir(base.root), 1, seed=11)
+    reference = tmp_path / "reference"
+    shutil.copytree(base.root, reference)
+    bootstrap_round(reference, 2, partition_rows=97)
+
+    ran: list[tuple[str, bool]] = []  # (stage, whether its part was already written)
+    real = {"a": btasks._read_task, "b": btasks._join_task, "c": btasks._rank_task}
+
+    def counted(stage: str, stop_after: int | None) -> Callable[..., object]:
+        def task(item: object, spec: btasks.Spec) -> object:
+            if stop_after is not None and sum(s == stage for s, _ in ran) >= stop_after:
+                raise _Stop
+            ran.append((stage, spec.part(stage, item[0] if isinstance(item, tuple) else item).exists()))
+            return real[stage](item, spec)
+        return task
+
+    monkeypatch.setattr(btasks, "_read_task", counted("a", None))
+    monkeypatch.setattr(btasks, "_join_task", counted("b", None))
+    monkeypatch.setattr(btasks, "_rank_task", counted("c", 3))  # stopped in the third pass
+    with pytest.raises(_Stop):
+        bootstrap_round(base.root, 2, partition_rows=97)
+    work = bengine.work_path(base, 2)
+    assert work.is_dir() and not base.manifest_file(2).exists()
+    first = len(ran)
+    assert not any(done for _, done in ran)
+    monkeypatch.setattr(btasks, "_rank_task", counted("c", None))
+    bootstrap_round(base.root, 2, partition_rows=97)
+    again = ran[first:]
+    # the rerun found the parts of the finished tasks (all of the first two passes, three of the third)
+    assert [s for s, done in again if done] == [s for s, _ in ran[:first]]
+    assert sum(s == "c" and not done for s, done in again) > 0
+    assert not work.exists()
+    _assert_same(reference, base.root)

@@ -49,7 +49,7 @@ from curate.bootstrap.data import (
     pool_inputs,
     read_table,
 )
-from curate.bootstrap.uidindex import KEY_VERSION, fixed_width, uid_keys
+from curate.bootstrap.uidindex import KEY_VERSION, _as_items, fixed_width, mix, uid_keys, uid_words
 from curate.errors import InputError
 from curate.fs import make_temp_file
 from curate.io.tables import embedding_files, read_parquet
@@ -57,7 +57,7 @@ from curate.io.tarwrite import remove_dead_temps
 from curate.run import RunDir
 
 POOL_FORMAT = 2  # pool.arrow in POOL_CHUNK-row record batches (format 1: one record batch)
-INDEX_FORMAT = 2  # pool-index.arrow bucketed, with the uids (format 1: key and row only)
+INDEX_FORMAT = 3  # pool-index.arrow bucketed, with the uids (1: key and row only; 2: uids as strings)
 #: Pool rows per bucket of the uid index, and rows per task of the passes over a loss table (``tasks.py``):
 #: a task holds about 300 bytes per row at its peak, so ~0.6 GB at this size.
 PARTITION_ROWS = 1 << 21
@@ -69,6 +69,11 @@ INDEX_SCHEMA = pa.schema(
         pa.field("uid", pa.string(), nullable=False),
     ]
 )
+
+
+def index_schema(width: int | None) -> pa.Schema:
+    """The uid index's schema: uids as fixed-size binary when every pool uid has ``width`` bytes, else strings."""
+    return INDEX_SCHEMA if not width else INDEX_SCHEMA.set(2, pa.field("uid", pa.binary(width), nullable=False))
 _PREFETCH = 8  # embedding files read ahead by threads while the pool streams
 
 
@@ -190,7 +195,7 @@ class PoolStore:
 
     def bucket(self, b: int) -> pa.Table:
         """Bucket ``b`` of the uid index: ``key, row, uid`` sorted by (key, row)."""
-        return read_part([self.index_path], b, INDEX_SCHEMA)
+        return read_part([self.index_path], b, index_schema(self.width))
 
     def commit(self) -> None:
         """Publish a freshly built pool cache and index (rename the temporary files)."""
@@ -401,7 +406,11 @@ def _build(run: RunDir, source: str, fp: str, tables: Callable[[], Iterable[pa.T
 
 def _stream_pool(tables: Iterable[pa.Table], pool_tmp: Path, spill: Path, bits: int,
                  group_rows: int) -> tuple[int, str, int | None, list[Path]]:
-    """Write the pool chunks and spill the index rows by bucket; returns (rows, digest, uid width, spills)."""
+    """Write the pool chunks and spill the index rows by bucket; returns (rows, digest, uid width, spills).
+
+    A group of uids of the first chunk's width is spilled as fixed-size binary (numpy moves its rows), any
+    other group as strings.
+    """
     spill.mkdir(parents=True, exist_ok=True)
     hasher = StringsHash()
     chunker = _Chunker(POOL_CHUNK)
@@ -410,17 +419,25 @@ def _stream_pool(tables: Iterable[pa.Table], pool_tmp: Path, spill: Path, bits: 
     held_rows, row = 0, 0
     widths: set[int | None] = set()
     buckets = 1 << bits
+    first_width: list[int | None] = []
 
     def spill_group() -> None:
         nonlocal held, held_rows
         if not held_rows:
             return
         uids = pa.concat_arrays(held)
-        keys = uid_keys(uids)
-        t = pa.table({"key": keys, "row": np.arange(row - held_rows, row, dtype=np.int64), "uid": uids},
-                     schema=INDEX_SCHEMA)
+        rows = np.arange(row - held_rows, row, dtype=np.int64)
+        w = first_width[0]
+        words = uid_words(uids, w) if w else None
+        keys = mix(words) if words is not None else uid_keys(uids)
+        dest = bucket_of(keys, bits)
+        order = group_order(dest, buckets)
+        col = fixed_binary(np.take(_as_items(words), order), w) if words is not None and w else \
+            uids.take(pa.array(order))
+        t = pa.table({"key": keys[order], "row": rows[order], "uid": col},
+                     schema=index_schema(w if words is not None else None))
         path = spill / f"g{len(groups):07d}.arrow"
-        write_parts(path, t, bucket_of(keys, bits), buckets)
+        write_parts(path, t, dest[order], buckets)
         groups.append(path)
         held, held_rows = [], 0
 
@@ -431,7 +448,10 @@ def _stream_pool(tables: Iterable[pa.Table], pool_tmp: Path, spill: Path, bits: 
                 writer.write_batch(_one_batch(chunk, _POOL_SCHEMA))
                 uids = chunk.column("uid").chunk(0)
                 hasher.update(uids)
-                widths.add(fixed_width(uids))
+                w = fixed_width(uids)
+                widths.add(w)
+                if not first_width:
+                    first_width.append(w)
                 held.append(uids)
                 held_rows += chunk.num_rows
                 row += chunk.num_rows
@@ -445,31 +465,76 @@ def _stream_pool(tables: Iterable[pa.Table], pool_tmp: Path, spill: Path, bits: 
 def _write_index(path: Path, groups: list[Path], bits: int, meta: dict[str, Any], what: str) -> None:
     """Each bucket of the spilled index rows sorted by (key, row), as one record batch; duplicate uids are an
     error (equal keys with different uids are kept: lookups compare the uids)."""
-    schema = INDEX_SCHEMA.with_metadata({_INDEX_META: json.dumps(meta).encode()})
+    width = meta["pool"]["width"]
+    schema = index_schema(width).with_metadata({_INDEX_META: json.dumps(meta).encode()})
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
         for b in range(1 << bits):
-            t = read_part(groups, b, INDEX_SCHEMA)
-            keys = t.column("key").to_numpy()
-            order = np.argsort(keys, kind="stable")  # rows ascend within a bucket: (key, row) order
-            t = t.take(pa.array(order)) if len(order) else t
+            parts = [read_part([g], b) for g in groups]
+            if not width:  # several widths: strings everywhere
+                parts = [t.set_column(2, "uid", t.column("uid").cast(pa.binary()).cast(pa.string()))
+                         if not pa.types.is_string(t.schema.field("uid").type) else t for t in parts]
+            t = pa.concat_tables(parts) if parts else schema.empty_table()
+            keys, rows = t.column("key").to_numpy(), t.column("row").to_numpy()
+            order = _key_row_order(keys, rows)
             keys = keys[order]
-            if _has_duplicates(keys, t.column("uid")):
+            i, j = _same_key_pairs(keys)
+            if width:
+                words = fixed_words(t.column("uid"), width)
+                col: pa.Array = fixed_binary(np.take(_as_items(words), order), width)
+                dup = bool(np.any(np.all(words[order[i]] == words[order[j]], axis=1)))
+            else:
+                col = t.column("uid").combine_chunks().take(pa.array(order))
+                dup = len(i) > 0 and bool(pc.any(pc.equal(col.take(pa.array(i)), col.take(pa.array(j)))).as_py())
+            if dup:
                 raise InputError(f"{what} has duplicate uids; re-embed or fix the selection")
-            w.write_batch(_one_batch(t, schema))
+            w.write_batch(pa.RecordBatch.from_arrays([pa.array(keys), pa.array(rows[order]), col], schema=schema))
 
 
-def _has_duplicates(keys: np.ndarray, uids: pa.ChunkedArray) -> bool:
-    """Whether two of the uids (sorted by key) are equal: only rows with equal keys are compared."""
-    same = np.flatnonzero(keys[1:] == keys[:-1])
-    if not len(same):
-        return False
-    arr = uids.combine_chunks()
-    runs = np.split(np.union1d(same, same + 1), np.flatnonzero(np.diff(np.union1d(same, same + 1)) > 1) + 1)
-    for r in runs:
-        vals = arr.take(pa.array(r)).to_pylist()
-        if len(set(vals)) != len(vals):
-            return True
-    return False
+def _key_row_order(keys: np.ndarray, rows: np.ndarray) -> npt.NDArray[np.intp]:
+    """The order by (key, row): a sort by key, then the rare runs of equal keys by row."""
+    order = np.argsort(keys)
+    k = keys[order]
+    same = np.flatnonzero(k[1:] == k[:-1])
+    if len(same):
+        sel = np.union1d(same, same + 1)
+        sub = np.lexsort((rows[order[sel]], k[sel]))
+        order[sel] = order[sel][sub]
+    return order
+
+
+def _same_key_pairs(keys: np.ndarray) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Every pair (i < j) of positions with equal keys (``keys`` sorted; such pairs are rare)."""
+    if not bool(np.any(keys[1:] == keys[:-1])):
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    lengths = np.diff(np.r_[starts, len(keys)])
+    pairs = [np.triu_indices(n, 1) for n in lengths[lengths > 1].tolist()]
+    offsets = starts[lengths > 1].tolist()
+    return (np.concatenate([p[0] + o for p, o in zip(pairs, offsets, strict=True)]),
+            np.concatenate([p[1] + o for p, o in zip(pairs, offsets, strict=True)]))
+
+
+def fixed_binary(items: np.ndarray, width: int) -> pa.Array:
+    """Rows of ``width`` bytes (void items of whole words, zero-padded) as a fixed-size binary array."""
+    if len(items) == 0:
+        return pa.array([], pa.binary(width))
+    raw = np.ascontiguousarray(items).view(np.uint8).reshape(len(items), -1)
+    data = raw.reshape(-1) if raw.shape[1] == width else np.ascontiguousarray(raw[:, :width]).reshape(-1)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(items), [None, pa.py_buffer(data)])
+
+
+def fixed_words(col: pa.ChunkedArray | pa.Array, width: int) -> npt.NDArray[np.uint64]:
+    """A fixed-size binary column as ``(n, ceil(width / 8))`` little-endian words (zero-padded)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n, w = len(arr), -(-width // 8)
+    if n == 0:
+        return np.zeros((0, w), "<u8")
+    data = np.frombuffer(arr.buffers()[1], np.uint8, count=n * width, offset=arr.offset * width)
+    if width % 8 == 0:
+        return data.view("<u8").reshape(n, w)
+    padded = np.zeros((n, w * 8), np.uint8)
+    padded[:, :width] = data.reshape(n, width)
+    return padded.view("<u8")
 
 
 def _check_embedded(run: RunDir, pool: Path, manifest: Path, n: int) -> None:

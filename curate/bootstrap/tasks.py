@@ -40,10 +40,12 @@ import pyarrow.parquet as pq
 from curate.bootstrap.candidates import _canonical_candidates, by_row, make_groups, uint32_slice
 from curate.bootstrap.data import LOSS_SCHEMA, loss_files
 from curate.bootstrap.store import (
-    INDEX_SCHEMA,
     PoolStore,
     bucket_of,
+    fixed_binary,
+    fixed_words,
     group_order,
+    index_schema,
     part_metadata,
     read_part,
     write_parts,
@@ -217,7 +219,7 @@ def _read_task(item: tuple[int, str, list[int], int], spec: Spec) -> str | None:
     dest = bucket_of(keys, spec.bits)
     order = group_order(dest, spec.buckets)
     if spec.width:
-        col: pa.Array = _fixed_binary(np.take(_as_items(words), order), spec.width)
+        col: pa.Array = fixed_binary(np.take(_as_items(words), order), spec.width)
     else:
         col = uids.take(pa.array(order))
     table = pa.table({"uid": col, "batch": batch[order], "loss_a": a[order], "loss_b": b[order],
@@ -244,26 +246,6 @@ def _floats(col: pa.ChunkedArray) -> npt.NDArray[np.float32]:
 def _offsets(arr: pa.Array) -> np.ndarray:
     dtype = np.int64 if pa.types.is_large_string(arr.type) else np.int32
     return np.frombuffer(arr.buffers()[1], dtype)[arr.offset : arr.offset + len(arr) + 1]
-
-
-def _fixed_binary(items: np.ndarray, width: int) -> pa.Array:
-    """Rows of ``width`` bytes (void items or a byte matrix) as a fixed-size binary array (no copy)."""
-    data = np.ascontiguousarray(items).view(np.uint8).reshape(-1)[: len(items) * width] if width % 8 == 0 else \
-        np.ascontiguousarray(items).view(np.uint8).reshape(len(items), -1)[:, :width].reshape(-1)
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(items), [None, pa.py_buffer(data)])
-
-
-def _fixed_words(col: pa.ChunkedArray | pa.Array, width: int) -> npt.NDArray[np.uint64]:
-    """A fixed-size binary column as ``(n, ceil(width / 8))`` little-endian words (zero-padded)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    n, w = len(arr), -(-width // 8)
-    data = np.frombuffer(arr.buffers()[1], np.uint8, count=n * width, offset=arr.offset * width) if n else \
-        np.zeros(0, np.uint8)
-    if width % 8 == 0:
-        return data.view("<u8").reshape(n, w)
-    padded = np.zeros((n, w * 8), np.uint8)
-    padded[:, :width] = data.reshape(n, width)
-    return padded.view("<u8")
 
 
 # --- B: join -------------------------------------------------------------------------------------------
@@ -310,8 +292,9 @@ def _uid_equality(pool: pa.Array, query: pa.Array | np.ndarray
                   ) -> Callable[[np.ndarray, np.ndarray], npt.NDArray[np.bool_]]:
     """``f(p, q)``: whether ``pool[p[i]] == query[q[i]]``; 64-bit words are compared when both have them."""
     if isinstance(query, np.ndarray):
-        width = fixed_width(pool)
-        pw = uid_words(pool, width) if width else None
+        width = pool.type.byte_width if pa.types.is_fixed_size_binary(pool.type) else fixed_width(pool)
+        pw = (fixed_words(pool, width) if pa.types.is_fixed_size_binary(pool.type) else uid_words(pool, width)) \
+            if width else None
         if pw is None or pw.shape[1] != query.shape[1]:
             raise ValueError("word queries need a pool of uids of one width")
         w = pw.shape[1]
@@ -349,12 +332,12 @@ def _join_task(b: int, spec: Spec) -> None:
         return
     t = read_part(spec.parts("a", spec.n_a), b, _a_schema(spec.width))
     if spec.width:
-        query: pa.Array | np.ndarray = _fixed_words(t.column("uid"), spec.width)
+        query: pa.Array | np.ndarray = fixed_words(t.column("uid"), spec.width)
         keys = mix(query)
     else:
         query = t.column("uid").combine_chunks()
         keys = uid_keys(query)
-    pool = read_part([spec.index], b, INDEX_SCHEMA)
+    pool = read_part([spec.index], b, index_schema(spec.width))
     at = lookup(pool, keys, query)
     known = at >= 0
     prow = pool.column("row").to_numpy()
@@ -372,7 +355,7 @@ def _join_task(b: int, spec: Spec) -> None:
     if len(twice):
         first = int(np.argmin(prow[twice]))
         meta["dup"] = len(twice)
-        meta["first_dup"] = [int(prow[twice[first]]), pool.column("uid")[int(twice[first])].as_py()]
+        meta["first_dup"] = [int(prow[twice[first]]), _uid_at(pool, int(twice[first]))]
     del times, pool
     batch = t.column("batch").to_numpy()
     if spec.split == "batch":

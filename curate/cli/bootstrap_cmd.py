@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,10 @@ from rich.table import Table
 from curate.bootstrap.methods import METHODS, list_methods
 from curate.cli._app import app
 from curate.cli._common import err, print_json
+from curate.engines import list_engines
 from curate.errors import UsageError
+
+EngineName = enum.Enum("EngineName", {n: n for n in list_engines()}, type=str)  # type: ignore[misc]
 
 bootstrap_app = typer.Typer(
     help="Dynamic pruning between training rounds (SCAN, InfoBatch); prints the round's manifest path.",
@@ -82,6 +86,11 @@ def bootstrap(
                                "(RUN/bootstrap, RUN/manifests/round-*; losses are kept); with --round 0, then "
                                "decide round 0."),
     json_out: bool = typer.Option(False, "--json", help="Print the round summary as JSON instead."),
+    engine: EngineName = typer.Option("local", help="Where the passes over the loss table run: local or ray "
+                                      "(same files)."),
+    workers: int = typer.Option(None, help="--engine local: task processes (default 1: this process)."),
+    ray_address: str = typer.Option(None, help="--engine ray: cluster address (auto, ray://HOST:10001); "
+                                    "default: start a local Ray."),
 ) -> None:
     """Decide round N from round N-1's losses; write RUN/manifests/round-NNNN.parquet and print its path."""
     if ctx.invoked_subcommand is not None:
@@ -104,7 +113,11 @@ def bootstrap(
         "warmup_rounds": warmup_rounds, "rank_scope": rank_scope, "prune_mode": prune_mode,
         "prune_ratio": prune_ratio, "delta": delta, "total_rounds": total_rounds, "init_score": init_score,
     }
-    res = bootstrap_round(run, round_, method=method, knobs=knobs, seed=seed, init=init)
+    eng_opts: dict[str, Any] = {"address": ray_address} if ray_address else {}
+    if workers is not None:
+        eng_opts["workers"] = workers
+    res = bootstrap_round(run, round_, method=method, knobs=knobs, seed=seed, init=init, engine=engine.value,
+                          engine_options=eng_opts or None)
     if json_out:
         print_json({**res.summary, "manifest": str(res.manifest_path)})
         return
