@@ -312,3 +312,24 @@ def test_a_stopped_round_resumes_from_the_finished_tasks(tmp_path: Path, small_c
     assert sum(s == "c" and not done for s, done in again) > 0
     assert not work.exists()
     _assert_same(reference, base.root)
+
+
+def test_reset_removes_a_stopped_rounds_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import curate.bootstrap.tasks as btasks
+    from curate.bootstrap import reset_rounds
+
+    run = make_pool_run(tmp_path / "run", 300, per_shard=70)
+    bootstrap_round(run.root, 0, knobs={"warmup_rounds": 0})
+    record(run, 0, seed=12)
+
+    def stop(item: object, spec: btasks.Spec) -> None:
+        raise _Stop
+
+    monkeypatch.setattr(btasks, "_rank_task", stop)
+    with pytest.raises(_Stop):
+        bootstrap_round(run.root, 1, partition_rows=50)
+    work = bengine.work_path(run, 1)
+    assert any(p.is_file() for p in work.rglob("*"))
+    res = reset_rounds(run.root)
+    assert not work.exists() and any(".work-round-0001" in str(p) for p in res.removed)
+    assert not res.kept

@@ -1,9 +1,11 @@
 """Inputs of a bootstrap round: the pool of samples and the per-sample loss tables of a round.
 
-The pool is held in a canonical order (shard, position) and every other table is mapped onto pool row
-indices once, so the state machine works on integer arrays. Fixed-width uids (DataComp's 32-hex) are
-mapped with a sorted uid index cached beside the pool (``uidindex.py``); other uids with
-``pyarrow.compute.index_in``. Both give the same rows.
+The pool is in a canonical order (shard, position) and every other table is mapped onto pool row indices,
+so the methods work on integer arrays. Rounds read the pool and the losses a part at a time
+(``store.py``, ``tasks.py``); this module has the pool in memory (:func:`load_pool`, for the coreset,
+reports and history) and the in-memory mapping of a loss table (:func:`map_losses`). Fixed-width uids
+(DataComp's 32-hex) are mapped with a sorted uid index (``uidindex.py``, from the cache when it has
+distinct keys); other uids with ``pyarrow.compute.index_in``. Both give the same rows.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from curate.io.tables import embedding_files, read_parquet
 from curate.run import RunDir
 
 POOL_COLUMNS = ["uid", "shard", "key", "position"]
-#: Rows per chunk of the pool table, fresh or cached (``write_feather``'s chunk size). Manifests are cut from
+#: Rows per chunk of the pool table, fresh or cached (a record batch of ``pool.arrow``). Manifests are cut from
 #: the pool and their content hash is taken per record batch, so the layout must not depend on the cache.
 POOL_CHUNK = 1 << 16
 
@@ -149,8 +151,6 @@ _POOL_SCHEMA = pa.schema(
         pa.field("position", pa.int32(), nullable=False),
     ]
 )
-_POOL_META = b"curate.pool"
-_INDEX_META = b"curate.pool_index"
 
 
 def init_manifest_path(run: RunDir, init: str) -> Path:

@@ -5,14 +5,20 @@ losses of round N-1 when the method needs them, advances ``RUN/bootstrap/state.j
 ``RUN/manifests/round-NNNN.parquet``. Rounds run in order; the latest round may be rerun and gives the
 same bytes. Everything is validated before anything is written.
 
+Memory does not grow with the pool: the pool is read a range of rows at a time (``store.py``), the loss
+table in passes of bounded tasks (``tasks.py``, on any engine), and every output is written a range of
+pool rows at a time. The driver holds scalars: per-batch and per-range counts, a bit per pool row, and
+the random draw over the candidates (numpy's, 8 bytes per candidate).
+
 Files under ``RUN/bootstrap/``:
     state.json                    the state after the latest round (same as rounds/round-<latest>.json)
     rounds/round-NNNN.json        the state after round N (a rerun of N+1 starts from it)
     pool.arrow                    the pool in canonical (shard, position) order; ``row`` below indexes it
-    pool-index.arrow              sorted keys of fixed-width uids → pool row (maps loss uids onto rows)
+    pool-index.arrow              the uids' 64-bit keys → pool row, in buckets by key (the loss tables' join)
     decisions/round-NNNN.parquet  per-sample history of round N: round, row, candidate, pruned, reason
     candidates/round-NNNN.parquet SCAN: every sample scored in preparation round N (see methods.py)
     infobatch/scores-round-NNNN.parquet  InfoBatch: the score of every pool row used to decide round N
+    .work-round-NNNN/             while round N runs: its tasks' outputs (a killed round resumes from them)
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from curate.errors import CurateError, InputError, UsageError
 from curate.fs import make_temp_file
 from curate.io.manifest import Manifest, ManifestWriter, header_path, read_manifest
 from curate.io.tables import RowGroupWriter
+from curate.progress import NullProgress, Progress
 from curate.run import RunDir, atomic_path, read_json, write_json
 
 STATE_FORMAT_VERSION = 1
@@ -228,6 +235,7 @@ def bootstrap_round(
     engine: Engine | str | None = None,
     engine_options: Mapping[str, Any] | None = None,
     partition_rows: int | None = None,
+    progress: Progress | None = None,
 ) -> RoundResult:
     """Decide round ``round_`` of a run and write its manifest; see the module docstring.
 
@@ -238,6 +246,7 @@ def bootstrap_round(
     :data:`~curate.bootstrap.store.PARTITION_ROWS`), so memory does not grow with them; ``engine`` (an
     :class:`~curate.engines.Engine` or a name with ``engine_options``, e.g. ``"local", {"workers": 2}``)
     runs the passes over the loss table. Every engine and every part size writes the same files.
+    ``progress`` receives each pass and the writing of the round's files.
     """
     run = RunDir(run_root)
     run.require()
@@ -258,7 +267,7 @@ def bootstrap_round(
                 )
             remove_other_work(run, round_)
             work = work_path(run, round_)
-            mapper = engine_mapper(eng)
+            mapper = engine_mapper(eng, progress)
             ident = {k: cfg[k] for k in ("method", "params", "seed")}
 
             def losses(r: int) -> LossTable:
@@ -292,7 +301,7 @@ def bootstrap_round(
                        run.manifest_file(round_), header_path(run.manifest_file(round_)), snapshot_path(run, round_),
                        state_path(run)]
             _remove_stale_temps([*outputs, *(run.bootstrap_dir / rel for rel in dec.tables)])
-            header, reasons = _write_round(run, store, dec, cfg, round_, command, rows)
+            header, reasons = _write_round(run, store, dec, cfg, round_, command, rows, progress or NullProgress())
         except CurateError:
             store.discard()
             shutil.rmtree(work_path(run, round_), ignore_errors=True)  # an input error: nothing written
@@ -484,7 +493,7 @@ class _Lane:
 
 
 def _write_round(run: RunDir, store: PoolStore, dec: Decision, cfg: dict[str, Any], round_: int, command: str,
-                 rows: int) -> tuple[dict[str, Any], dict[str, int]]:
+                 rows: int, progress: Progress) -> tuple[dict[str, Any], dict[str, int]]:
     """Write the round's tables, decisions and manifest from the decision's parts; returns (header, reasons).
 
     Each output has a lane (a writer thread): this thread walks the parts and hands each lane its piece.
@@ -499,6 +508,7 @@ def _write_round(run: RunDir, store: PoolStore, dec: Decision, cfg: dict[str, An
     pruned = np.zeros(len(labels), np.int64)
     try:
         feed = _ManifestFeed(store, manifest, work_path(run, round_) / "weights.f32")
+        progress.start(f"bootstrap: round {round_}", total=len(store), unit="samples")
         at = 0
         parts = dec.parts or (Part(a, b) for a, b in row_ranges(len(store), rows))
         for part in parts:
@@ -510,6 +520,7 @@ def _write_round(run: RunDir, store: PoolStore, dec: Decision, cfg: dict[str, An
                 lanes["decisions"].submit(dec_writer.write, _decisions_table(round_, part, labels))
                 pruned += np.bincount(part.kind[part.pruned], minlength=len(labels))
             lanes["manifest"].submit(feed.add, part.stop - part.start, part.keep, part.weight)
+            progress.advance(part.stop - part.start)
             at = part.stop
         if at != len(store):
             raise ValueError(f"decision parts end at row {at} of {len(store)}")
@@ -519,6 +530,7 @@ def _write_round(run: RunDir, store: PoolStore, dec: Decision, cfg: dict[str, An
         lanes["decisions"].submit(dec_writer.close)
         for lane in lanes.values():
             lane.drain()
+        progress.finish()
     except BaseException:
         for lane in lanes.values():
             with contextlib.suppress(BaseException):

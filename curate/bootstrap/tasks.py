@@ -52,6 +52,7 @@ from curate.bootstrap.store import (
 )
 from curate.bootstrap.uidindex import _as_items, fixed_width, mix, uid_keys, uid_words
 from curate.errors import InputError
+from curate.progress import NullProgress, Progress
 from curate.run import RunDir, atomic_path
 
 WORK_FORMAT = 1
@@ -625,9 +626,6 @@ class LossTable:
             loss = a if not spec.loss_b else (a + t.column("loss_b").to_numpy().astype(np.float64)) / 2.0
             yield t.column("row").to_numpy(), loss
 
-    def remove(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
-
 
 def _batch_ranges(batches: np.ndarray, rows: np.ndarray, per_task: int, one: bool
                   ) -> tuple[list[int], npt.NDArray[np.int64]]:
@@ -646,17 +644,32 @@ def _batch_ranges(batches: np.ndarray, rows: np.ndarray, per_task: int, one: boo
     return edges, np.asarray(sizes, np.int64)
 
 
-def local_mapper(fn: Callable[..., Any], items: list[Any], spec: Spec) -> list[Any]:
+def local_mapper(fn: Callable[..., Any], items: list[Any], spec: Spec, progress: Progress | None = None) -> list[Any]:
     """Run the tasks here, one after the other."""
-    return [fn(it, spec) for it in items]
+    out = []
+    for it in items:
+        out.append(fn(it, spec))
+        if progress is not None:
+            progress.advance(1)
+    return out
 
 
-def engine_mapper(engine: Any) -> Mapper:
-    """Run the tasks on ``engine`` (``Engine.map``: local processes, Ray); here when it runs work in-process."""
-    if engine is None or not engine.distributed:
-        return local_mapper
+def engine_mapper(engine: Any, progress: Progress | None = None) -> Mapper:
+    """Run the tasks on ``engine`` (``Engine.map``: local processes, Ray), or here when it runs work in this
+    process; each pass is reported to ``progress`` (one unit per task)."""
+    bar = progress or NullProgress()
 
     def run(fn: Callable[..., Any], items: list[Any], spec: Spec) -> list[Any]:
-        return engine.map(fn, items, {"spec": spec}) if items else []
+        bar.start(f"bootstrap: {_PASSES.get(fn.__name__, fn.__name__)}", total=len(items), unit="tasks")
+        try:
+            if engine is None or not engine.distributed:
+                return local_mapper(fn, items, spec, bar)
+            return engine.map(fn, items, {"spec": spec}, bar) if items else []
+        finally:
+            bar.finish()
 
     return run
+
+
+_PASSES = {"_read_task": "read losses", "_join_task": "join uids", "_rank_task": "rank batches",
+           "_epoch_task": "epoch loss"}

@@ -8,6 +8,9 @@ the index with a binary search over sorted keys, and verifies every match byte f
 uid; a failed check retries with the full key. The result is exactly ``pyarrow.compute.index_in``'s
 (pool row, -1 where absent) for any input: key collisions cost a retry, never a wrong row. Uids that are
 not all of the pool's width make :meth:`UidIndex.lookup` return None (the caller falls back to Arrow).
+
+:func:`uid_keys` gives the same keys for uids of one width and extends them to strings of any length; the
+partitioned rounds bucket and join loss uids by them (``store.py``, ``tasks.py``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from curate.bootstrap.methods import METHODS, list_methods
 from curate.cli._app import app
-from curate.cli._common import err, print_json
+from curate.cli._common import RichProgress, err, print_json
 from curate.engines import list_engines
 from curate.errors import UsageError
 
@@ -117,7 +117,7 @@ def bootstrap(
     if workers is not None:
         eng_opts["workers"] = workers
     res = bootstrap_round(run, round_, method=method, knobs=knobs, seed=seed, init=init, engine=engine.value,
-                          engine_options=eng_opts or None)
+                          engine_options=eng_opts or None, progress=RichProgress(enabled=not json_out))
     if json_out:
         print_json({**res.summary, "manifest": str(res.manifest_path)})
         return
