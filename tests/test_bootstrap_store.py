@@ -31,6 +31,7 @@ def _rows(store: bstore.PoolStore) -> pa.Table:
 def _assert_like_load_pool(run: RunDir, init: str | None = None, bucket_rows: int = 64) -> bstore.PoolStore:
     expected = load_pool(run.root, init)  # in memory, from the inputs (nothing cached yet)
     store = open_pool_store(run.root, init, bucket_rows=bucket_rows)
+    store.ready()
     assert store.fresh and len(store) == len(expected) and store.digest == expected.digest
     assert _rows(store).equals(expected.table.combine_chunks())
     # every uid is found at its row through its bucket
@@ -89,7 +90,7 @@ def test_duplicate_uids_and_empty_pools_are_errors(tmp_path: Path) -> None:
     t = read_parquet(last)
     write_table(last, t.set_column(0, "uid", pa.array([uid_of(7), *t.column("uid").to_pylist()[1:]])))
     with pytest.raises(InputError, match="has duplicate uids") as exc:
-        open_pool_store(run.root, bucket_rows=16)
+        open_pool_store(run.root, bucket_rows=16).ready()
     with pytest.raises(InputError) as old:
         load_pool(run.root)
     assert str(exc.value) == str(old.value)
@@ -156,7 +157,7 @@ def test_init_manifest_is_streamed_and_checked(tmp_path: Path) -> None:
     stranger = load_pool(other.root).table.set_column(0, "uid", pa.array([f"z{i:031d}" for i in range(50)]))
     write_manifest(run.selection_dir("x") / "manifest.parquet", build_manifest(stranger, kind="s", command="t"))
     with pytest.raises(InputError, match="50 of 50 samples are not embedded") as exc:
-        open_pool_store(run.root, "x")
+        open_pool_store(run.root, "x").ready()
     with pytest.raises(InputError) as old:
         load_pool(run.root, "x")
     assert str(exc.value) == str(old.value)

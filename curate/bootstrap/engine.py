@@ -259,6 +259,8 @@ def bootstrap_round(
     with _engine(engine, engine_options) as eng:
         store = open_pool_store(run.root, cfg["init"], bucket_rows=rows)
         try:
+            if prev is not None:  # rounds that may read losses need the uid index; round 0 writes meanwhile
+                store.ready()
             if prev is not None and prev["pool"]["digest"] != store.digest:
                 raise InputError(
                     f"the pool of {run.root} changed since round 0 ({prev['pool']['size']} → {len(store)} samples); "
@@ -530,6 +532,7 @@ def _write_round(run: RunDir, store: PoolStore, dec: Decision, cfg: dict[str, An
         lanes["decisions"].submit(dec_writer.close)
         for lane in lanes.values():
             lane.drain()
+        store.ready()  # a pool built by this round: its index is complete and its checks passed
         progress.finish()
     except BaseException:
         for lane in lanes.values():

@@ -18,6 +18,7 @@ merged or hand-made layout) are sorted in memory, as before.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -164,6 +165,7 @@ class PoolStore:
     bits: int
     width: int | None = None  # the common byte length of the uids (None: several lengths)
     temps: list[tuple[Path, Path]] = field(default_factory=list)  # (temporary, final) files to commit
+    index_job: Future[None] | None = field(default=None, repr=False)  # the index being sorted (a fresh pool)
 
     def __len__(self) -> int:
         return self.size
@@ -197,8 +199,16 @@ class PoolStore:
         """Bucket ``b`` of the uid index: ``key, row, uid`` sorted by (key, row)."""
         return read_part([self.index_path], b, index_schema(self.width))
 
+    def ready(self) -> None:
+        """Wait for the uid index of a fresh pool, and raise what its build found (duplicate uids, an
+        ``--init`` manifest of samples that are not embedded). The pool rows are readable before."""
+        job, self.index_job = self.index_job, None
+        if job is not None:
+            job.result()
+
     def commit(self) -> None:
         """Publish a freshly built pool cache and index (rename the temporary files)."""
+        self.ready()
         for tmp, final in self.temps:
             os.replace(tmp, final)
         self.temps = []
@@ -206,6 +216,8 @@ class PoolStore:
 
     def discard(self) -> None:
         """Remove the temporary files of a pool built by a round that failed."""
+        with contextlib.suppress(BaseException):
+            self.ready()
         for tmp, _ in self.temps:
             tmp.unlink(missing_ok=True)
         self.temps = []
@@ -371,7 +383,11 @@ class _Chunker:
 
 def _build(run: RunDir, source: str, fp: str, tables: Callable[[], Iterable[pa.Table]], n_expected: int,
            bucket_rows: int, *, init: Path | None) -> PoolStore:
-    """Stream the pool into temporary ``pool.arrow`` and ``pool-index.arrow`` files (``commit`` publishes them)."""
+    """Stream the pool into temporary ``pool.arrow`` and ``pool-index.arrow`` files (``commit`` publishes them).
+
+    The pool rows are written here; the index's buckets are sorted (and an ``--init`` manifest checked) by a
+    thread, so that a round can write its manifest meanwhile (``PoolStore.ready`` waits for it).
+    """
     bdir = run.bootstrap_dir
     bdir.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
@@ -380,6 +396,12 @@ def _build(run: RunDir, source: str, fp: str, tables: Callable[[], Iterable[pa.T
     spill = Path(tempfile.mkdtemp(prefix=f".pool-spill.{pid}-", dir=bdir))
     pool_tmp = make_temp_file(bdir, f".pool.arrow.{pid}-", ".tmp")
     index_tmp = make_temp_file(bdir, f".pool-index.arrow.{pid}-", ".tmp")
+
+    def drop() -> None:
+        pool_tmp.unlink(missing_ok=True)
+        index_tmp.unlink(missing_ok=True)
+        shutil.rmtree(spill, ignore_errors=True)
+
     try:
         try:
             n, digest, width, groups = _stream_pool(tables(), pool_tmp, spill / "a", bits, bucket_rows)
@@ -388,20 +410,29 @@ def _build(run: RunDir, source: str, fp: str, tables: Callable[[], Iterable[pa.T
             n, digest, width, groups = _stream_pool([table], pool_tmp, spill / "b", bits, bucket_rows)
         if n == 0:
             raise InputError(f"the pool of {run.root} ({source}) is empty")
-        meta = {"digest": digest, "bits": bits, "format": INDEX_FORMAT, "key_version": KEY_VERSION,
-                "pool": {"fingerprint": fp, "digest": digest, "source": source, "size": n, "width": width,
-                         "format": POOL_FORMAT, "bytes": pool_tmp.stat().st_size}}
-        _write_index(index_tmp, groups, bits, meta, f"the pool of {run.root} ({source})")
-        if init is not None:
-            _check_embedded(run, pool_tmp, init, n)
     except BaseException:
-        pool_tmp.unlink(missing_ok=True)
-        index_tmp.unlink(missing_ok=True)
+        drop()
         raise
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
+    meta = {"digest": digest, "bits": bits, "format": INDEX_FORMAT, "key_version": KEY_VERSION,
+            "pool": {"fingerprint": fp, "digest": digest, "source": source, "size": n, "width": width,
+                     "format": POOL_FORMAT, "bytes": pool_tmp.stat().st_size}}
+
+    def index() -> None:
+        try:
+            _write_index(index_tmp, groups, bits, meta, f"the pool of {run.root} ({source})")
+            if init is not None:
+                _check_embedded(run, pool_tmp, init, n)
+        except BaseException:
+            drop()
+            raise
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
+
+    ex = ThreadPoolExecutor(max_workers=1)
+    job = ex.submit(index)
+    ex.shutdown(wait=False)  # the thread ends with the job
     temps = [(pool_tmp, pool_cache_path(run)), (index_tmp, pool_index_path(run))]
-    return PoolStore(pool_tmp, index_tmp, n, digest, source, fp, bits, width, temps)
+    return PoolStore(pool_tmp, index_tmp, n, digest, source, fp, bits, width, temps, job)
 
 
 def _stream_pool(tables: Iterable[pa.Table], pool_tmp: Path, spill: Path, bits: int,
