@@ -63,6 +63,21 @@ def read_table(path: str | os.PathLike[str], columns: list[str] | None = None) -
         raise InputError(f"corrupt Parquet file {path}: {str(exc).splitlines()[0]}") from None
 
 
+def bools(col: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.bool_]:
+    """A boolean column as numpy, nulls as False, from its bit buffers (no per-value conversion)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n, off = len(arr), arr.offset
+    if n == 0:
+        return np.zeros(0, bool)
+    def unpack(buf: pa.Buffer) -> np.ndarray:
+        return np.unpackbits(np.frombuffer(buf, np.uint8), count=off + n, bitorder="little")[off:].view(bool)
+
+    out = unpack(arr.buffers()[1])
+    if arr.null_count:
+        out = out & unpack(arr.buffers()[0])
+    return out
+
+
 class StringsHash:
     """``hash_strings`` fed a piece at a time: the same digest for the same values in the same order."""
 

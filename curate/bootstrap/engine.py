@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.bootstrap.data import POOL_CHUNK, load_pool, pool_cache_path, pool_index_path, read_table
+from curate.bootstrap.data import POOL_CHUNK, bools, load_pool, pool_cache_path, pool_index_path, read_table
 from curate.bootstrap.methods import Decision, Part, RoundContext, get_method, knob_names, list_methods, row_ranges
 from curate.bootstrap.store import PARTITION_ROWS, PoolStore, open_pool_store
 from curate.bootstrap.tasks import LossTable, engine_mapper, remove_other_work, work_path
@@ -177,7 +178,7 @@ def _allowed_bits(run: RunDir, r: int, n: int, path: Path) -> Path | None:
     pf = pq.ParquetFile(src)
     for g in range(pf.num_row_groups):
         t = pf.read_row_group(g, columns=["row", "pruned"])
-        rows = t.column("row").to_numpy()[t.column("pruned").to_numpy(zero_copy_only=False)]
+        rows = t.column("row").to_numpy()[bools(t.column("pruned"))]
         if len(rows):
             if bits is None:
                 bits = np.full(-(-n // 8), 0xFF, np.uint8)
@@ -467,6 +468,10 @@ class _ManifestFeed:
                 weights.close()
 
 
+def _write_piece(writer: RowGroupWriter, piece: pa.Table | Callable[[], pa.Table]) -> None:
+    writer.write(piece() if callable(piece) else piece)
+
+
 class _Lane:
     """Calls on one writer, in order, in a thread of its own (Parquet and Arrow writes release the GIL), so
     that the round's files are encoded while the next part is prepared; at most ``depth`` calls wait."""
@@ -517,9 +522,9 @@ def _write_round(run: RunDir, store: PoolStore, dec: Decision, cfg: dict[str, An
             if part.start != at:
                 raise ValueError(f"decision parts out of order: {part.start} after {at}")
             for rel, piece in part.tables.items():
-                lanes[rel].submit(writers[rel].write, piece)
+                lanes[rel].submit(_write_piece, writers[rel], piece)
             if len(part.rows):
-                lanes["decisions"].submit(dec_writer.write, _decisions_table(round_, part, labels))
+                lanes["decisions"].submit(_write_piece, dec_writer, partial(_decisions_table, round_, part, labels))
                 pruned += np.bincount(part.kind[part.pruned], minlength=len(labels))
             lanes["manifest"].submit(feed.add, part.stop - part.start, part.keep, part.weight)
             progress.advance(part.stop - part.start)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -64,7 +66,8 @@ class Part:
     rows: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     kind: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, np.int8))  # index into labels
     pruned: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
-    tables: dict[str, pa.Table] = field(default_factory=dict)  # relative path → this part's rows of that table
+    # relative path → this part's rows of that table (or a function that builds them, called by the writer)
+    tables: dict[str, pa.Table | Callable[[], pa.Table]] = field(default_factory=dict)
 
 
 @dataclass
@@ -307,13 +310,19 @@ Ranges = Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.int8], dict[str, p
 
 
 def _scored_ranges(src: CandidateRanges, rel: str, prune_code: int | None) -> Ranges:
-    """(candidate rows in force, their kinds, the candidates table's rows) per pool row range, from the tasks."""
-    for d in range(src.spec.n_ranges):
-        t = src.range(d)
-        rows, code = t["row"], t["code"]
-        mask = _in_force(code, prune_code)
-        table = candidates_table(rows, t["batch"], t["loss_rank"], code)
-        yield rows[mask], code[mask], {rel: table}
+    """(candidate rows in force, their kinds, the candidates table's rows) per pool row range, from the tasks.
+
+    The next range is read by a thread while this one is used; its table is built by the writer (a callable).
+    """
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        ahead = ex.submit(src.range, 0) if src.spec.n_ranges else None
+        for d in range(src.spec.n_ranges):
+            assert ahead is not None
+            t = ahead.result()
+            ahead = ex.submit(src.range, d + 1) if d + 1 < src.spec.n_ranges else None
+            rows, code = t["row"], t["code"]
+            mask = _in_force(code, prune_code)
+            yield rows[mask], code[mask], {rel: partial(candidates_table, rows, t["batch"], t["loss_rank"], code)}
 
 
 def _count_in_force(tables: Iterator[pa.Table], prune_code: int | None) -> npt.NDArray[np.int64]:

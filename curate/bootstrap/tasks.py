@@ -629,19 +629,16 @@ class LossTable:
 
 def _batch_ranges(batches: np.ndarray, rows: np.ndarray, per_task: int, one: bool
                   ) -> tuple[list[int], npt.NDArray[np.int64]]:
-    """Consecutive batch ids cut into ranges of at most ``per_task`` rows (a larger batch alone): the first
-    id of each range and its rows. ``one``: a single range (the whole table is ranked at once)."""
+    """Consecutive batch ids cut into ranges of about ``per_task`` rows: a range starts at each batch whose
+    first row is past the next multiple of ``per_task`` (so a range holds at most ``per_task`` rows plus one
+    batch). Returns the first id of each range and its rows. ``one``: a single range (the whole table is
+    ranked at once). Where the cuts fall changes no result, only the tasks' sizes."""
     if one or len(batches) == 0:
         return [int(batches[0]) if len(batches) else 0], np.array([int(rows.sum())], np.int64)
-    edges, sizes, held = [int(batches[0])], [], 0
-    for b, n in zip(batches.tolist(), rows.tolist(), strict=True):
-        if held and held + n > per_task:
-            edges.append(b)
-            sizes.append(held)
-            held = 0
-        held += n
-    sizes.append(held)
-    return edges, np.asarray(sizes, np.int64)
+    before = np.cumsum(rows) - rows  # rows in earlier batches
+    starts = np.flatnonzero(np.r_[True, np.diff(before // per_task) > 0])
+    sizes = np.diff(np.r_[before[starts], before[-1] + rows[-1]]).astype(np.int64)
+    return batches[starts].astype(np.int64).tolist(), sizes
 
 
 def local_mapper(fn: Callable[..., Any], items: list[Any], spec: Spec, progress: Progress | None = None) -> list[Any]:
