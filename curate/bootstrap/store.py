@@ -76,6 +76,7 @@ def index_schema(width: int | None) -> pa.Schema:
     """The uid index's schema: uids as fixed-size binary when every pool uid has ``width`` bytes, else strings."""
     return INDEX_SCHEMA if not width else INDEX_SCHEMA.set(2, pa.field("uid", pa.binary(width), nullable=False))
 _PREFETCH = 8  # embedding files read ahead by threads while the pool streams
+_MAP_CHUNKS = 16  # pool chunks read through one memory map
 
 
 # --- partitioned Arrow files ------------------------------------------------------------------------
@@ -184,10 +185,14 @@ class PoolStore:
         stop = self.size if stop is None else min(stop, self.size)
         if start % POOL_CHUNK:
             raise ValueError(f"pool ranges start at multiples of {POOL_CHUNK}, not {start}")
-        with pa.OSFile(str(self.path), "rb") as src:
-            reader = pa.ipc.open_file(src)
-            for i in range(start // POOL_CHUNK, -(-stop // POOL_CHUNK)):
+        first, end = start // POOL_CHUNK, -(-stop // POOL_CHUNK)
+        for g in range(first, end, _MAP_CHUNKS):
+            # memory-mapped, without copies; a new map every few chunks, so that the pages of the ones already
+            # used leave this process's memory once their tables are dropped
+            reader = pa.ipc.open_file(pa.memory_map(str(self.path), "r"))
+            for i in range(g, min(end, g + _MAP_CHUNKS)):
                 yield pa.Table.from_batches([reader.get_batch(i).replace_schema_metadata(None)])
+            del reader
 
     def rows(self, start: int, stop: int) -> pa.Table:
         """The pool rows ``[start, stop)`` (``start`` a multiple of POOL_CHUNK) as one table."""

@@ -270,22 +270,20 @@ def lookup(pool: pa.Table, keys: npt.NDArray[np.uint64], query: pa.Array | np.nd
     packed = keys & ~low
     packed |= np.arange(len(keys), dtype=np.uint64)
     packed.sort()
-    todo = (packed & low).astype(np.intp)
+    q = (packed & low).astype(np.intp)
     del packed
-    pos = np.empty(len(keys), np.int64)
-    pos[todo] = np.searchsorted(pk, keys[todo])
-    step = 0
-    while len(todo):
-        p = pos[todo] + step
-        same = p < n
-        same[same] = pk[p[same]] == keys[todo[same]]
-        todo, p = todo[same], p[same]
-        if not len(todo):
+    kq = keys[q]
+    p = np.searchsorted(pk, kq)
+    while len(q):
+        inside = p < n
+        hit = inside
+        hit[inside] = pk[p[inside]] == kq[inside]
+        q, p, kq = q[hit], p[hit], kq[hit]
+        if not len(q):
             break
-        eq = same_uid(p, todo)
-        out[todo[eq]] = p[eq]
-        todo = todo[~eq]
-        step += 1
+        eq = same_uid(p, q)
+        out[q[eq]] = p[eq]
+        q, p, kq = q[~eq], p[~eq] + 1, kq[~eq]  # another uid with the same key: try the next pool entry
     return out
 
 
