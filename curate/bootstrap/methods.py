@@ -284,7 +284,8 @@ class Scan(Method):
                 ranges = _file_ranges(ctx.iter_table(rel, ["row", "candidate"]), len(ctx.pool), ctx.rows, prune_code)
             total = int(kinds.sum())
             n_drop = int(total * rho)
-            picks = np.sort(rng_for(ctx.seed, n_round, STREAM_DRAW).choice(total, n_drop, replace=False))
+            picks = rng_for(ctx.seed, n_round, STREAM_DRAW).choice(total, n_drop, replace=False)
+            picks.sort()  # in place: the draw holds 8 bytes per candidate and per pick, no more
             dec.parts = _mutation_parts(len(ctx.pool), ctx.rows, ranges, picks)
             dec.header["candidates"] = {
                 "from_round": st["candidates_round"],
@@ -431,7 +432,8 @@ class InfoBatch(Method):
             mean = scores.mean()
             n_well = int(np.count_nonzero(scores < mean))
             n_keep = int(keep_ratio * n_well)
-            kept = np.sort(rng_for(ctx.seed, n_round, STREAM_DRAW).choice(n_well, n_keep, replace=False))
+            kept = rng_for(ctx.seed, n_round, STREAM_DRAW).choice(n_well, n_keep, replace=False)
+            kept.sort()
             dec.header["candidates"] = {"well_learned": n_well, "score_mean": float(mean)}
         dec.header["keep_ratio"] = keep_ratio if prune else 1.0
         dec.header["full_from_round"] = full_from
