@@ -78,28 +78,30 @@ def bools(col: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.bool_]:
     return out
 
 
-class StringsHash:
-    """``hash_strings`` fed a piece at a time: the same digest for the same values in the same order."""
+class StringHasher:
+    """sha256 of a string column's values in order, fed a chunk at a time (the result does not depend on
+    how the column is cut into chunks)."""
 
     def __init__(self) -> None:
-        self._lengths, self._data = hashlib.sha256(), hashlib.sha256()
+        self.lengths, self.data = hashlib.sha256(), hashlib.sha256()
 
     def update(self, col: pa.Array | pa.ChunkedArray) -> None:
-        for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
+        chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+        for chunk in chunks:
             chunk = chunk.cast(pa.large_string())
             if len(chunk) == 0:
                 continue
             offs = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
-            self._lengths.update(np.diff(offs).astype("<i8").tobytes())
-            self._data.update(memoryview(chunk.buffers()[2])[int(offs[0]) : int(offs[-1])])
+            self.lengths.update(np.diff(offs).astype("<i8").tobytes())
+            self.data.update(memoryview(chunk.buffers()[2])[int(offs[0]) : int(offs[-1])])
 
     def hexdigest(self) -> str:
-        return hashlib.sha256(self._lengths.digest() + self._data.digest()).hexdigest()
+        return hashlib.sha256(self.lengths.digest() + self.data.digest()).hexdigest()
 
 
 def hash_strings(col: pa.Array | pa.ChunkedArray) -> str:
     """sha256 of a string column's values in order (independent of chunking)."""
-    h = StringsHash()
+    h = StringHasher()
     h.update(col)
     return h.hexdigest()
 

@@ -41,7 +41,7 @@ from curate.bootstrap.data import (
     _POOL_SCHEMA,
     POOL_CHUNK,
     POOL_COLUMNS,
-    StringsHash,
+    StringHasher,
     _fingerprint,
     _read_one,
     _read_sorted,
@@ -448,7 +448,7 @@ def _stream_pool(tables: Iterable[pa.Table], pool_tmp: Path, spill: Path, bits: 
     other group as strings.
     """
     spill.mkdir(parents=True, exist_ok=True)
-    hasher = StringsHash()
+    hasher = StringHasher()
     chunker = _Chunker(POOL_CHUNK)
     groups: list[Path] = []
     held: list[pa.Array] = []
