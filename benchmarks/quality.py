@@ -253,12 +253,12 @@ def write_oracle(run: Path, truth: Any, fraction: float, seed: int, path: Path) 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from curate.bootstrap.data import load_pool
+    from curate.bootstrap.data import load_round_pool
     from curate.io.manifest import build_manifest, write_manifest
 
     ok = pc.and_(pc.invert(truth.column("mismatched")), pc.invert(truth.column("uninformative")))
     clean = truth.filter(pc.and_(ok, pc.is_null(truth.column("duplicate_of"))))
-    pool = load_pool(run).table
+    pool = load_round_pool(run).table
     n = int(pool.num_rows * fraction)
     ids = clean.column("uid").to_numpy(zero_copy_only=False)
     if n > len(ids):

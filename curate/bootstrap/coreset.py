@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.bootstrap.data import load_pool, loss_files, map_losses, read_table
-from curate.bootstrap.engine import load_state
+from curate.bootstrap.data import load_round_pool, loss_files, map_losses
 from curate.bootstrap.methods import ScanParams, candidates_path, scan_candidates
+from curate.bootstrap.rounds import load_state
 from curate.errors import InputError, UsageError
 from curate.fs import read_json
 from curate.io.manifest import Manifest, build_manifest, write_manifest
-from curate.io.tables import write_table
+from curate.io.tables import read_parquet, write_table
 from curate.rundir import RunDir, check_selection_name
 
 DEFAULT_NAME = "scan-coreset"
@@ -67,7 +67,7 @@ def derive_coreset(
     state = load_state(run.root)
     if state is None or state["method"] != "scan":
         raise InputError(f"{run.root} has no SCAN rounds; run 'curate bootstrap --run {run.root} --round N' first")
-    pool = load_pool(run.root, state["init"])
+    pool = load_round_pool(run.root, state["init"])
     if pool.digest != state["pool"]["digest"]:
         raise InputError(f"the pool of {run.root} changed since round 0; the coreset would mix pools")
     params = ScanParams(**state["params"])
@@ -79,7 +79,7 @@ def derive_coreset(
     for r in _prepare_rounds(state):
         f = run.bootstrap_dir / candidates_path(r)
         if f.exists():
-            t = read_table(f, ["row", "loss_rank", "candidate"])
+            t = read_parquet(f, ["row", "loss_rank", "candidate"], memory_map=True)
         elif loss_files(run, r):  # the last preparation round, not yet followed by a mutation round
             t = scan_candidates(map_losses(run, r, pool), params, int(state["seed"]), r)
         else:

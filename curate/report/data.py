@@ -320,7 +320,7 @@ class RoundSamples:
 def round_samples(run: RunDir, rnd: Round, state: dict[str, Any] | None, shards: list[str]) -> RoundSamples:
     """Join a round's decisions with the pool rows of ``shards`` (memory bounded by those shards)."""
     from curate.bootstrap.data import load_pool
-    from curate.bootstrap.engine import decisions_path
+    from curate.bootstrap.rounds import decisions_path
 
     pool = load_pool(run.root, (state or {}).get("init"))
     in_shards = pc.is_in(pool.table.column("shard"), value_set=pa.array(shards, pa.string()))
@@ -375,7 +375,7 @@ class RunData:
 
 def load_run(run_root: str | os.PathLike[str], selections: list[str] | None = None) -> RunData:
     """Read a run for a report; stages that are absent are empty, unreadable ones leave a note."""
-    from curate.bootstrap.engine import load_state
+    from curate.bootstrap.rounds import load_state
     from curate.inspect import inspect_run
 
     run = RunDir(run_root)

@@ -82,9 +82,9 @@ def test_clipcov_per_partition_takes_each_class_prefix(make_run: MakeRun, mode: 
     labels = t["partition"]
     sizes = np.bincount(labels, minlength=4)
     quotas = allocate_quotas(sizes, 450, mode)
-    from oracle import load_pool
+    from oracle import load_round_pool
 
-    pool = load_pool(run, {"image", "text"})
+    pool = load_round_pool(run, {"image", "text"})
     for k in range(4):
         members = np.flatnonzero(labels == k)
         lab = np.zeros(len(members), int)
