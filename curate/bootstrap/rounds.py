@@ -250,46 +250,12 @@ def bootstrap_round(
     with _engine(engine, engine_options) as eng:
         store = open_pool_store(run.root, cfg["init"], bucket_rows=rows)
         try:
-            if prev is not None:  # rounds that may read losses need the uid index; round 0 writes meanwhile
-                store.ready()
-            if prev is not None and prev["pool"]["digest"] != store.digest:
-                raise InputError(
-                    f"the pool of {run.root} changed since round 0 ({prev['pool']['size']} → {len(store)} samples); "
-                    "re-embedding mid-run is not supported: start over with 'curate bootstrap --reset', or use a "
-                    "new run folder"
-                )
-            _check_round0_pool(run, round_, prev, store)
+            _check_pool(run, round_, prev, store)
             work = work_path(run, round_)
             resumed = work.exists()
             if not dry_run:
                 remove_other_work(run, round_)
-            mapper = engine_mapper(eng, progress)
-            ident = {k: cfg[k] for k in ("method", "params", "seed")}
-
-            def losses(r: int) -> LossTable:
-                allowed = decisions_path(run, r)
-                bits = _allowed_bits(run, r, len(store), work / f"allowed-{r:04d}.bits")
-                return LossTable(run, round_, r, store, bits, mapper, rows,
-                                 {**ident, "allowed_from": _file_id(allowed) if bits is not None else None})
-
-            def read_own(rel: str, columns: list[str] | None = None) -> pa.Table:
-                return read_parquet(run.bootstrap_dir / rel, columns, memory_map=True)
-
-            def iter_own(rel: str, columns: list[str]) -> Iterator[pa.Table]:
-                path = run.bootstrap_dir / rel
-                try:
-                    pf = pq.ParquetFile(path, memory_map=True)
-                    groups = range(pf.num_row_groups)
-                except (pa.ArrowInvalid, OSError):
-                    read_parquet(path, columns, memory_map=True)  # the one-line error of a missing or damaged file
-                    raise
-                if not set(columns) <= set(pf.schema_arrow.names):
-                    read_parquet(path, columns, memory_map=True)
-                for g in groups:
-                    yield pf.read_row_group(g, columns=columns)
-
-            ctx = RoundContext(round_, store, int(cfg["seed"]), dict(prev["method_state"]) if prev else {}, losses,
-                               read_own, iter_own, rows)
+            ctx = _round_context(run, round_, store, cfg, prev, engine_mapper(eng, progress), rows)
             dec = impl.step(ctx)
             if dry_run:
                 kept, reasons = _count_parts(dec, len(store), rows)
@@ -313,8 +279,60 @@ def bootstrap_round(
         except BaseException:
             store.discard()
             raise
-    path = run.manifest_file(round_)
     summary = _summary(round_, cfg, dec, len(store), header["counts"]["kept"], reasons, header["content_hash"])
+    _save_state(run, round_, cfg, prev, store, dec, summary, partial_pool, command)
+    shutil.rmtree(work_path(run, round_), ignore_errors=True)
+    return RoundResult(round_, run.manifest_file(round_), summary)
+
+
+def _check_pool(run: RunDir, round_: int, prev: dict[str, Any] | None, store: PoolStore) -> None:
+    """The pool is the one round 0 fixed (and a rerun of round 0 is on the pool it was decided on)."""
+    if prev is not None:  # rounds that may read losses need the uid index; round 0 writes meanwhile
+        store.ready()
+    if prev is not None and prev["pool"]["digest"] != store.digest:
+        raise InputError(
+            f"the pool of {run.root} changed since round 0 ({prev['pool']['size']} → {len(store)} samples); "
+            "re-embedding mid-run is not supported: start over with 'curate bootstrap --reset', or use a "
+            "new run folder"
+        )
+    _check_round0_pool(run, round_, prev, store)
+
+
+def _round_context(run: RunDir, round_: int, store: PoolStore, cfg: dict[str, Any], prev: dict[str, Any] | None,
+                   mapper: Any, rows: int) -> RoundContext:
+    """What a method may read while deciding: earlier rounds' losses (as passes of tasks) and its own tables."""
+    work = work_path(run, round_)
+    ident = {k: cfg[k] for k in ("method", "params", "seed")}
+
+    def losses(r: int) -> LossTable:
+        allowed = decisions_path(run, r)
+        bits = _allowed_bits(run, r, len(store), work / f"allowed-{r:04d}.bits")
+        return LossTable(run, round_, r, store, bits, mapper, rows,
+                         {**ident, "allowed_from": _file_id(allowed) if bits is not None else None})
+
+    def read_own(rel: str, columns: list[str] | None = None) -> pa.Table:
+        return read_parquet(run.bootstrap_dir / rel, columns, memory_map=True)
+
+    def iter_own(rel: str, columns: list[str]) -> Iterator[pa.Table]:
+        path = run.bootstrap_dir / rel
+        try:
+            pf = pq.ParquetFile(path, memory_map=True)
+            groups = range(pf.num_row_groups)
+        except (pa.ArrowInvalid, OSError):
+            read_parquet(path, columns, memory_map=True)  # the one-line error of a missing or damaged file
+            raise
+        if not set(columns) <= set(pf.schema_arrow.names):
+            read_parquet(path, columns, memory_map=True)
+        for g in groups:
+            yield pf.read_row_group(g, columns=columns)
+
+    return RoundContext(round_, store, int(cfg["seed"]), dict(prev["method_state"]) if prev else {}, losses,
+                        read_own, iter_own, rows)
+
+
+def _save_state(run: RunDir, round_: int, cfg: dict[str, Any], prev: dict[str, Any] | None, store: PoolStore,
+                dec: Decision, summary: dict[str, Any], partial_pool: bool, command: str) -> None:
+    """The state after the round (its snapshot, then ``state.json``: the round is done) and run.json's record."""
     state = {
         "format_version": STATE_FORMAT_VERSION,
         **{k: cfg[k] for k in ("method", "params", "seed", "init")},
@@ -330,8 +348,6 @@ def bootstrap_round(
         {k: cfg[k] for k in ("method", "params", "seed", "init")} | {"round": round_},
         command=f"{command} --round {round_}",
     )
-    shutil.rmtree(work_path(run, round_), ignore_errors=True)
-    return RoundResult(round_, path, summary)
 
 
 def _check_round0_pool(run: RunDir, round_: int, prev: dict[str, Any] | None, store: PoolStore) -> None:

@@ -319,10 +319,10 @@ class RoundSamples:
 
 def round_samples(run: RunDir, rnd: Round, state: dict[str, Any] | None, shards: list[str]) -> RoundSamples:
     """Join a round's decisions with the pool rows of ``shards`` (memory bounded by those shards)."""
-    from curate.bootstrap.data import load_pool
+    from curate.bootstrap.data import load_round_pool
     from curate.bootstrap.rounds import decisions_path
 
-    pool = load_pool(run.root, (state or {}).get("init"))
+    pool = load_round_pool(run.root, (state or {}).get("init"))
     in_shards = pc.is_in(pool.table.column("shard"), value_set=pa.array(shards, pa.string()))
     rows = np.flatnonzero(in_shards.to_numpy(zero_copy_only=False))
     code = np.zeros(len(rows), np.int64)  # 0 = kept, else 1 + index into names
