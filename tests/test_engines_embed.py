@@ -167,10 +167,13 @@ def test_cli_devices_lock_kill_and_resume(world, tmp_path: Path) -> None:
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.02)
+    # freeze the whole group mid-run at once, so that a loaded machine cannot let it finish before the kill
+    os.killpg(proc.pid, signal.SIGSTOP)
     with pytest.raises(UsageError, match="another 'curate embed' is writing"), run_lock(RunDir(run), "embed"):
         pass  # the parent holds the lock for its device processes
     proc.send_signal(signal.SIGKILL)  # the parent only: its device processes must follow it
     proc.wait()
+    os.killpg(proc.pid, signal.SIGCONT)  # the device processes go on, with their parent gone
     deadline = time.monotonic() + 30
     while _group(proc.pid):
         assert time.monotonic() < deadline, f"processes outlived their parent: {_group(proc.pid)}"
