@@ -253,7 +253,7 @@ def measure(name: str, urls: list[str], args: argparse.Namespace, tmp: Path, dra
 
 def big_world(tmp: Path, n: int) -> list[str]:
     """A synthetic world of 256 px JPEGs (draft decoding reduces them before resizing to the model's 64 px)."""
-    from curate.io.synthetic import make_sample
+    from curate.world import make_sample
 
     make_sample(tmp / "world256", seed=1, n_train=n, n_test=20, shard_size=max(1, n // 6), image_size=256)
     return expand_shards(str(tmp / "world256" / "train"))

@@ -261,7 +261,7 @@ def prepare_target(setup: Setup, work: Path) -> Path:
     """The target run of normsim and image-filter (see ``TARGET_WORLD_OFFSET``), made when missing."""
     from curate.embed import EmbedConfig, run_embed
     from curate.io.shards import expand_shards
-    from curate.io.synthetic import make_sample
+    from curate.world import make_sample
 
     world, run = work / "target-world", work / "target-run"
     seed = setup.world_seed + TARGET_WORLD_OFFSET
@@ -310,12 +310,12 @@ def write_oracle(run: Path, truth: Any, fraction: float, seed: int, path: Path) 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from curate.bootstrap.data import load_pool
+    from curate.bootstrap.data import load_round_pool
     from curate.io.manifest import build_manifest, write_manifest
 
     ok = pc.and_(pc.invert(truth.column("mismatched")), pc.invert(truth.column("uninformative")))
     clean = truth.filter(pc.and_(ok, pc.is_null(truth.column("duplicate_of"))))
-    pool = load_pool(run).table
+    pool = load_round_pool(run).table
     n = int(pool.num_rows * fraction)
     ids = clean.column("uid").to_numpy(zero_copy_only=False)
     if n > len(ids):
@@ -342,13 +342,12 @@ def log(msg: str) -> None:
 def prepare(setup: Setup, seeds: list[int], work: Path, arms: list[Arm]) -> dict[str, Any]:
     """World → proxy embeddings → selections → training/test caches, each skipped when already there."""
     from curate.embed import EmbedConfig, run_embed
-    from curate.evaluate import load_labelled_split, subset_truth_metrics
     from curate.io.manifest import read_manifest
     from curate.io.shards import expand_shards
-    from curate.io.synthetic import make_sample, read_truth
     from curate.models import load_model, register_model_config
     from curate.select import run_selection
     from curate.trainer.cached import SampleCache
+    from curate.world import load_labelled_split, make_sample, read_truth, subset_truth_metrics
 
     timings: dict[str, float] = {}
     world = work / "world"
@@ -448,10 +447,10 @@ def train_arm(setup_d: dict[str, Any], arm_d: dict[str, Any], seed: int, work_s:
     import torch
 
     torch.set_num_threads(setup_d["threads"])
-    from curate.evaluate import zero_shot_accuracy
     from curate.io.manifest import read_manifest
     from curate.models import load_model, register_model_config
     from curate.trainer.cached import CachedTrainConfig, SampleCache, bootstrap_plan, static_plan, train_cached
+    from curate.world import zero_shot_accuracy
 
     setup = Setup(**{**setup_d, "fractions": tuple(setup_d["fractions"]), "arms": tuple(setup_d["arms"])})
     arm = Arm(**arm_d)
@@ -622,7 +621,7 @@ def load_results(path: Path, setup: Setup, fresh: bool) -> dict[str, Any]:
 
 
 def save_results(path: Path, res: dict[str, Any]) -> None:
-    from curate.run import write_json
+    from curate.fs import write_json
 
     write_json(path, res)
 

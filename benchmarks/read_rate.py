@@ -90,7 +90,7 @@ def count_items(it: Iterable[Any]) -> int:
 
 
 def worlds(tmp: Path, quick: bool) -> dict[str, list[str]]:
-    from curate.io.synthetic import make_sample
+    from curate.world import make_sample
 
     sample = expand_shards(str(REPO / "shards" / "sample" / "train"))
     out = {"sample (64 px)": sample}

@@ -49,10 +49,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from curate.cli.app import main as cli
-    from curate.evaluate import subset_truth_metrics as metrics
     from curate.io.shards import expand_shards
-    from curate.io.synthetic import read_truth
     from curate.select import run_selection
+    from curate.world import read_truth
+    from curate.world import subset_truth_metrics as metrics
 
     run = Path(args.run)
     if not (run / "embeddings").exists() or not any((run / "embeddings").glob("*.parquet")):

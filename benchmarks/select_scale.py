@@ -71,7 +71,7 @@ def make_pool(run: Path, n: int, d: int, n_classes: int, seed: int, chunk: int =
 
     ``sizes``: ``zipf`` (class k has a share 1/k) or ``uniform`` (every class the same share)."""
     from curate.io.tables import embedding_schema, fixed_list, write_table
-    from curate.run import RunDir
+    from curate.rundir import RunDir
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_classes, d)).astype(np.float32)
@@ -116,7 +116,7 @@ def make_caption_shards(run: Path, seed: int, image_bytes: int) -> None:
 
     from curate.io.tables import embedding_files
     from curate.io.tarwrite import write_tar
-    from curate.run import RunDir
+    from curate.rundir import RunDir
 
     world = TextWorld(seed)
     entries = world.entries(CAPTION_ENTRIES)
@@ -175,7 +175,7 @@ def run_one(run: Path, label: str, fraction: float, seed: int, workers: int | No
     import faiss  # noqa: F401
     import torch  # noqa: F401
 
-    from curate.run import versions
+    from curate.rundir import versions
     from curate.select import run_selection
 
     versions()  # imports open_clip & co. once (run.json provenance), so they are not timed below

@@ -6,6 +6,9 @@
   a teammate or a worker running as another user reads curate's outputs like any other file.
 * **Locks.** :func:`exclusive_lock` holds an ``fcntl`` lock on a small file for one writer; the OS drops
   it when the process dies, so a killed writer never blocks the next one.
+* **Temporary files.** :func:`atomic_path` writes under ``.<name>.<pid>-<random>.tmp`` and renames onto
+  the target; a killed writer's leftovers are found by the pid in their name and removed by the next
+  attempt (:func:`remove_dead_temps_of`, :func:`sweep_dead_temps`), never those of a live writer.
 * **Output files.** :func:`output_file` turns ``--out`` into a file path (a folder gets a default name
   inside it) and :func:`check_replace` decides whether an existing file may be replaced.
 """
@@ -14,15 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import json
 import os
+import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from curate.errors import UsageError
+from curate.errors import InputError, UsageError
 
 __all__ = [
+    "atomic_path",
     "check_replace",
     "dir_mode",
     "exclusive_lock",
@@ -30,10 +38,16 @@ __all__ = [
     "make_temp_dir",
     "make_temp_file",
     "output_file",
+    "pid_alive",
+    "read_json",
+    "remove_dead_temps",
+    "remove_dead_temps_of",
     "remove_stale_locks",
     "run_folder_of",
     "same_file_content",
+    "sweep_dead_temps",
     "umask",
+    "write_json",
 ]
 
 
@@ -187,3 +201,95 @@ def check_replace(target: Path, force: bool, written_by_curate: Callable[[Path],
     if force or (written_by_curate is not None and written_by_curate(target)):
         return
     raise UsageError(f"{target} exists and curate did not write it; pass --force to replace it or choose another --out")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = make_temp_file(path.parent, f".{path.name}.{os.getpid()}-", ".tmp")  # the umask's mode
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read JSON with a one-line error on a missing or corrupt file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"corrupt JSON in {path}: {exc}") from None
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_temps(folder: str | os.PathLike[str], prefix: str) -> list[Path]:
+    """Remove ``folder/<prefix><pid>[-...]`` files and folders whose writing process is gone.
+
+    Temporary outputs carry their writer's pid; a killed writer leaves them behind, and the next attempt
+    removes them. Those of live processes (a concurrent writer) are left alone. Returns what was removed.
+    """
+    pat = re.compile(re.escape(prefix) + r"(\d+)(?:-.*)?$")
+    removed = []
+    d = Path(folder)
+    if not d.is_dir():
+        return removed
+    for p in d.iterdir():
+        m = pat.match(p.name)
+        if m is None or pid_alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def remove_dead_temps_of(*paths: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` left for these outputs when its writer was killed."""
+    removed: list[Path] = []
+    for p in map(Path, paths):
+        removed += remove_dead_temps(p.parent, f".{p.name}.")
+    return removed
+
+
+_TEMP_NAME = re.compile(r"\..+\.(\d+)-[^.]*\.tmp$")
+
+
+def sweep_dead_temps(*folders: str | os.PathLike[str]) -> list[Path]:
+    """Remove every :func:`atomic_path` temporary file in these folders whose writer is gone."""
+    removed: list[Path] = []
+    for d in map(Path, folders):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            m = _TEMP_NAME.match(p.name)
+            if m is not None and p.is_file() and not pid_alive(int(m.group(1))):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed

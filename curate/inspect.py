@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from curate.embed.state import STEP, aggregate_stats, shard_states
 from curate.io.tables import embedding_files, read_parquet, table_metadata
-from curate.run import RunDir
+from curate.rundir import RunDir
 
 
 def inspect_run(run_root: str | os.PathLike[str], bins: int = 10) -> dict[str, Any]:
@@ -64,6 +64,6 @@ def inspect_run(run_root: str | os.PathLike[str], bins: int = 10) -> dict[str, A
             "max": float(s.max()) if len(s) else None,
             "histogram": hist,
         },
-        "selections": sorted(p.name for p in (run.root / "selections").glob("*") if p.is_dir()),
-        "rounds": sorted(int(p.stem.split("-")[1]) for p in (run.root / "manifests").glob("round-*.parquet")),
+        "selections": run.selection_names(),
+        "rounds": list(run.manifests()),
     }

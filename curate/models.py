@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from curate.choices import PRECISIONS
+from curate.engines.devices import check_device
 from curate.errors import CurateError, InputError, UsageError
 
 _logger = logging.getLogger(__name__)
@@ -91,28 +92,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_device(device: str | torch.device | None) -> torch.device:
-    """The torch device for ``device`` (``auto``: CUDA when present); ``UsageError`` when it can't be used."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    elif dev.type != "cpu" and dev.type != "mps":
-        raise UsageError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return dev
-
-
-_resolve_device = check_device
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if device.type != "cuda":
@@ -276,7 +256,7 @@ def load_model(
     import open_clip
 
     dev = check_device(device)
-    _autocast_dtype(precision, dev)  # validate before the (slow) load
+    autocast_dtype(precision, dev)  # validate before the (slow) load
     arch, weights = _resolve_name(name, pretrained)
     is_schema = arch.startswith(("local-dir:", "hf-hub:"))
     if is_schema and weights is not None:
@@ -347,12 +327,12 @@ def load_model(
         "open_clip": open_clip.__version__,
         "precision": precision,
     }
-    return LoadedModel(model, preprocess, tokenizer, dev, info, _autocast_dtype(precision, dev))
+    return LoadedModel(model, preprocess, tokenizer, dev, info, autocast_dtype(precision, dev))
 
 
 def load_model_from_run(run_root: str | os.PathLike[str], device: str | None = "cpu") -> LoadedModel:
     """Load the model that embedded a run (from ``run.json``'s ``embed`` section)."""
-    from curate.run import RunDir
+    from curate.rundir import RunDir
 
     rec = RunDir(run_root).require()
     emb = rec.get("embed") or {}

@@ -3,8 +3,9 @@
 A refactoring must not change what curate writes. Run the demo before and after it, fingerprint both
 folders, and compare: every Parquet/Arrow table's rows and schema (with its curate metadata) and every
 JSON file must be the same. What legitimately differs between two runs is left out: timestamps and the
-command log of ``run.json``, wall-clock figures (``seconds``, ``samples_per_s``...), file fingerprints (mtimes), absolute paths of
-the output folder (replaced by ``<RUN>``), and the report (its HTML embeds timings).
+command log of ``run.json``, wall-clock figures (``seconds``, ``samples_per_s``...), file fingerprints
+(mtimes), absolute paths of the output folder (replaced by ``<RUN>``), and the report (its HTML embeds
+timings).
 
     python scripts/demo_tables.py snapshot demo-run before.json
     python scripts/demo_tables.py snapshot demo-run after.json
@@ -25,7 +26,9 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 VOLATILE = {"at", "commands", "seconds", "samples_per_s", "images_per_s", "elapsed", "created", "date", "time",
-            "wall_seconds", "versions", "cpu_seconds", "duration_s", "rate", "fingerprint"}
+            "wall_seconds", "versions", "cpu_seconds", "duration_s", "rate", "fingerprint", "mtime_ns"}
+#: The checkout the demo ran from (its bundled shards' paths): a worktree elsewhere compares equal.
+REPO = str(Path(__file__).resolve().parents[1])
 SKIP_PARTS = {"reports", "cache", "checkpoints"}
 
 
@@ -35,7 +38,7 @@ def _scrub(obj: Any, root: str) -> Any:
     if isinstance(obj, list):
         return [_scrub(v, root) for v in obj]
     if isinstance(obj, str):
-        return obj.replace(root, "<RUN>")
+        return obj.replace(root, "<RUN>").replace(REPO, "<REPO>")
     return obj
 
 
@@ -47,7 +50,7 @@ def _table_digest(table: pa.Table, root: str) -> str:
         try:
             clean[k] = _scrub(json.loads(v), root)
         except ValueError:
-            clean[k] = v.replace(root, "<RUN>")
+            clean[k] = v.replace(root, "<RUN>").replace(REPO, "<REPO>")
     h.update(json.dumps(clean, sort_keys=True).encode())
     table = table.replace_schema_metadata(None).combine_chunks()
     sink = pa.BufferOutputStream()

@@ -256,7 +256,7 @@ def step_worlds(ctx: Ctx) -> dict[str, Any]:
 
 def _make_world_part(job: tuple[int, int, int, int, str]) -> tuple[int, int]:
     """One process's part of a world: its own seed, its shards renamed into the world's shard folder."""
-    from curate.io.synthetic import make_sample
+    from curate.world import make_sample
 
     size, part, count, per, root = job
     if count == 0:
@@ -397,7 +397,7 @@ def _write_pool_run(run: Path, img: Any, txt: Any, shard_rows: int = 50_000) -> 
     import pyarrow as pa
 
     from curate.io.tables import embedding_schema, fixed_list, write_table
-    from curate.run import RunDir
+    from curate.rundir import RunDir
 
     n, d = img.shape
     shards = []
@@ -587,13 +587,13 @@ def step_embed(ctx: Ctx) -> dict[str, Any]:
     import torch
 
     from curate.embed import EmbedConfig, run_embed
-    from curate.embed.runner import _decode_workers
+    from curate.embed.runner import decode_workers
     from curate.models import RANDOM_WEIGHTS
 
     et = _bench("embed_throughput")
     p = ctx.params
     device = ctx.device
-    default = _decode_workers(None, device, torch.get_num_threads())
+    default = decode_workers(None, device, torch.get_num_threads())
     counts: list[tuple[str, int]] = []
     for w in p["workers"]:
         label, num = ("default", default) if w == "default" else (str(w), int(w))

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from curate.evaluate import load_labelled_split, zero_shot_accuracy
 from curate.io.shards import decode_image, expand_shards, iter_shards
 from curate.models import SAMPLE_ARCH, load_model, register_model_config
+from curate.world import load_labelled_split, zero_shot_accuracy
 
 
 def load_split(loaded, folder: Path) -> tuple[torch.Tensor, list[str], list[dict]]:

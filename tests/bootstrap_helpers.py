@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.io.tables import embedding_schema, fixed_list, write_table
-from curate.run import RunDir
+from curate.rundir import RunDir
 
 
 def uid_of(i: int) -> str:

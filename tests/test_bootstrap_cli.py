@@ -10,7 +10,7 @@ import pytest
 from bootstrap_helpers import make_pool_run, manifest_uids, record_random_losses, uid_of, write_losses
 
 from curate.cli.app import main
-from curate.run import RunDir
+from curate.rundir import RunDir
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -175,3 +175,22 @@ def test_reset_starts_the_rounds_over(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(res["removed"]) > 10 and res["kept"] == [str(run.root / "manifests" / "notes.txt")]
     assert len(res["losses_kept"]) == 3 and not run.bootstrap_dir.exists()  # rounds 0-2, recorded again
     _expect_error(["bootstrap", "--run", r, "--reset", "--round", "1"], 2, "--reset", capsys, run.root)
+
+
+def test_workers_write_the_files_of_one_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--workers 2`` runs the passes over the loss table in two processes: the same files."""
+    runs = [make_pool_run(tmp_path / name, 300, per_shard=70) for name in ("one", "two")]
+    for run, extra in zip(runs, ([], ["--workers", "2"]), strict=True):
+        for n in range(3):
+            if n:
+                record_random_losses(run, n - 1, batch_size=7)
+            knobs = ["--warmup-rounds", "1"] if n == 0 else []
+            assert main(["bootstrap", "--run", str(run.root), "--round", str(n), *knobs, *extra, "--json"]) == 0
+            capsys.readouterr()
+    one, two = (_files(r.root) for r in runs)
+    for files in (one, two):  # the pool cache records the inputs' mtimes
+        files.pop("bootstrap/pool-index.arrow")
+    assert one == two
+    assert main(["bootstrap", "--run", str(runs[0].root), "--round", "2", "--engine", "local", "--ray-address",
+                 "auto"]) == 2
+    assert "--ray-address does not apply to --engine local" in capsys.readouterr().err

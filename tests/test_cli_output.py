@@ -22,8 +22,8 @@ from rich.console import Console
 
 from curate.cli.app import main
 from curate.embed import EmbedConfig, run_embed
-from curate.io.synthetic import make_sample
 from curate.models import sample_model_paths
+from curate.world import make_sample
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,10 +205,10 @@ def test_tables_in_a_log_are_as_wide_as_their_content(copy: World, capsys: pytes
 
 def test_tables_in_a_narrow_terminal_wrap_instead_of_cutting(copy: World, capsys: pytest.CaptureFixture[str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from curate.cli import _common
+    from curate.cli import ui
 
     buf = io.StringIO()
-    monkeypatch.setattr(_common, "console", lambda stderr=True: Console(file=buf, force_terminal=True, width=60,
+    monkeypatch.setattr(ui, "console", lambda stderr=True: Console(file=buf, force_terminal=True, width=60,
                                                                          color_system=None))
     _run(["select", "-r", copy.root / "a", "-m", "random", "-n", "5", "--name", NAME], capsys)
     shown = buf.getvalue()

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import typer
 
-from curate.cli._app import app
-from curate.cli._tree import apply_conventions, walk
 from curate.cli.app import main
+from curate.cli.conventions import apply_conventions, walk
+from curate.cli.root import app
 
 REPO = Path(__file__).resolve().parents[1]
 

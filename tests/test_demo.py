@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from curate.cli.app import main as cli
-from curate.io.synthetic import make_sample
+from curate.world import make_sample
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from curate.io.shards import decode_image, iter_shard, make_uid
 from curate.io.tables import table_metadata
 from curate.io.tarwrite import write_tar
 from curate.models import load_model
-from curate.run import RunDir
+from curate.rundir import RunDir
 from tests.conftest import jpeg_bytes
 from tests.embed_helpers import (
     TINY_ARCH,
@@ -157,9 +157,9 @@ def test_cpu_model_threads(tmp_path, make_shards, ckpt, monkeypatch, threads, wa
 )
 def test_decode_workers_default(workers, device_type, share, want):
     """--workers wins; a GPU model gets the process's cores but one for decoding, a CPU model 2."""
-    from curate.embed.runner import _decode_workers
+    from curate.embed.runner import decode_workers
 
-    assert _decode_workers(workers, device_type, share) == want
+    assert decode_workers(workers, device_type, share) == want
 
 
 def test_default_workers_embed_like_explicit(tmp_path, make_shards, ckpt):
@@ -266,8 +266,9 @@ def test_one_writer_per_run(tmp_path, make_shards, ckpt):
 
 def test_temp_files_of_a_killed_writer_are_removed(tmp_path, make_shards, ckpt):
     shards = make_shards(1, 2)
-    stale = [tmp_path / "run" / "embeddings" / ".00000.parquet.abc123.tmp",
-             tmp_path / "run" / "stats" / "embed" / ".00000.json.abc123.tmp"]
+    dead = 999_999_999  # no such pid: temporary names carry their writer's pid (curate.fs.atomic_path)
+    stale = [tmp_path / "run" / "embeddings" / f".00000.parquet.{dead}-abc123.tmp",
+             tmp_path / "run" / "stats" / "embed" / f".00000.json.{dead}-abc123.tmp"]
     for p in stale:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"partial")
@@ -408,7 +409,7 @@ def test_fast_path_tables_equal_the_open_clip_path(tmp_path, make_shards, ckpt):
 
 def test_draft_decoding_agrees_with_open_clip_on_large_images(tmp_path):
     """The sample model on 256 px JPEGs: fast path with reduced-scale decoding vs open_clip's own transform."""
-    from curate.io.synthetic import make_sample
+    from curate.world import make_sample
 
     make_sample(tmp_path / "w", seed=3, n_train=48, n_test=1, shard_size=24, image_size=256)
     shards = str(tmp_path / "w" / "train")

@@ -19,8 +19,8 @@ import torch
 from rich.console import Console
 
 from curate.cli.app import main
-from curate.io.synthetic import read_truth
 from curate.io.tarwrite import write_tar
+from curate.world import read_truth
 from tests.conftest import COLORS, jpeg_bytes
 from tests.embed_helpers import (
     CURATE,
@@ -121,10 +121,10 @@ def test_errors_from_a_subprocess_have_no_traceback(tmp_path, make_shards):
 
 
 def test_progress_bar_shows_images_per_second(tmp_path, make_shards, ckpt, monkeypatch, capsys):
-    from curate.cli import _common
+    from curate.cli import ui
 
     buf = io.StringIO()
-    monkeypatch.setattr(_common, "console", lambda stderr=True: Console(file=buf, force_terminal=True, width=120))
+    monkeypatch.setattr(ui, "console", lambda stderr=True: Console(file=buf, force_terminal=True, width=120))
     args = ["embed", *make_shards(3, 6), "--run", str(tmp_path / "r"), "--model", TINY_ARCH, "--pretrained", ckpt,
             "--batch-size", "2", "--workers", "1"]
     assert main(args) == 0

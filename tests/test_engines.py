@@ -18,8 +18,8 @@ import pytest
 from curate.engines import ItemWorker, list_engines, make_engine, parse_devices, run_per_device
 from curate.engines.base import EngineOptions
 from curate.errors import CurateError, InputError, UsageError
+from curate.fs import write_json
 from curate.progress import Progress
-from curate.run import write_json
 
 
 class FileWorker(ItemWorker):

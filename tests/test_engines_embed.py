@@ -16,7 +16,7 @@ import pytest
 from curate.embed import EmbedConfig, run_embed
 from curate.embed.state import run_lock
 from curate.errors import UsageError
-from curate.run import RunDir
+from curate.rundir import RunDir
 from tests.conftest import COLORS, jpeg_bytes
 from tests.embed_helpers import CURATE, REPO, defect_shard, make_local_dir
 

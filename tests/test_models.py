@@ -9,8 +9,9 @@ import open_clip
 import pytest
 import torch
 
+from curate.engines.devices import check_device
 from curate.errors import CurateError, UsageError
-from curate.models import check_device, load_model, register_model_config
+from curate.models import load_model, register_model_config
 from tests.embed_helpers import TINY_ARCH, TINY_CONFIG, make_local_dir, save_tiny_checkpoint, tiny_state_dict
 
 

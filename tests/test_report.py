@@ -30,7 +30,7 @@ from curate.io.shards import iter_shards
 from curate.io.tables import read_parquet
 from curate.report import ReportOptions, build_report
 from curate.report.samples import choose, truth_label
-from curate.run import RunDir
+from curate.rundir import RunDir
 
 pytest.importorskip("matplotlib")
 
@@ -54,8 +54,8 @@ SELECTIONS = {
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import torch
 
-    from curate.io.synthetic import make_sample
     from curate.models import load_model, register_model_config
+    from curate.world import make_sample
 
     register_model_config(TINY, TINY_CFG)
     root = tmp_path_factory.mktemp("report")

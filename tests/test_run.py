@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from curate.errors import InputError
-from curate.run import atomic_path, read_json, write_json
+from curate.fs import atomic_path, read_json, write_json
 
 
 def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path: Path) -> None:

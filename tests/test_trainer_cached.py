@@ -16,7 +16,7 @@ from curate.errors import InputError, UsageError
 from curate.io.manifest import Manifest, read_manifest
 from curate.io.shards import expand_shards
 from curate.models import load_model, register_model_config
-from curate.run import RunDir
+from curate.rundir import RunDir
 from curate.trainer.cached import (
     CachedTrainConfig,
     RoundPlan,
@@ -37,7 +37,7 @@ N_TRAIN = 48
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from curate.io.synthetic import make_sample
+    from curate.world import make_sample
 
     register_model_config(TINY, TINY_CFG)
     root = tmp_path_factory.mktemp("cached")

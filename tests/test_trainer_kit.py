@@ -16,7 +16,7 @@ from curate.bootstrap.data import read_losses
 from curate.errors import InputError, StrictModeError
 from curate.io.manifest import build_manifest, write_manifest
 from curate.io.shards import shard_name
-from curate.run import RunDir
+from curate.rundir import RunDir
 from curate.trainer import LossRecorder, ManifestFilter, TarSamples, clip_loss_per_sample, shard_urls
 
 

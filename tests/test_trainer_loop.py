@@ -20,7 +20,7 @@ from curate.bootstrap.data import read_losses
 from curate.cli.app import main
 from curate.io.manifest import read_manifest
 from curate.models import register_model_config
-from curate.run import RunDir
+from curate.rundir import RunDir
 from curate.trainer import TrainConfig, train_rounds
 
 TINY = "curate-test-tiny-boot"
@@ -34,7 +34,7 @@ N_TRAIN = 60
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from curate.io.synthetic import make_sample
+    from curate.world import make_sample
 
     register_model_config(TINY, TINY_CFG)
     root = tmp_path_factory.mktemp("boot")

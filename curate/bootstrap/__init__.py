@@ -8,8 +8,8 @@ Library entry points (the CLI is a thin layer over these)::
 """
 
 from curate.bootstrap.coreset import CoresetResult, derive_coreset
-from curate.bootstrap.engine import ResetResult, RoundResult, bootstrap_round, history, load_state, reset_rounds
 from curate.bootstrap.methods import METHODS, get_method, knob_names, list_methods
+from curate.bootstrap.rounds import ResetResult, RoundResult, bootstrap_round, history, load_state, reset_rounds
 
 __all__ = [
     "METHODS",

@@ -14,6 +14,7 @@ Ties are broken by ``tiebreak`` (the sample's pool index), so results do not dep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -295,21 +296,30 @@ def _loss_rank(groups: Groups, ra: np.ndarray, rb: np.ndarray) -> npt.NDArray[np
     return out
 
 
-def _canonical_candidates(
+def canonical_candidates(
     batch: np.ndarray,
     loss_a: np.ndarray,
     loss_b: np.ndarray | None,
     *,
     rho_max: float,
     rho_min: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None = None,
     tiebreak: np.ndarray | None = None,
     distinct: bool = False,
+    draws: Callable[[int], npt.NDArray[np.uint64]] | None = None,
 ) -> tuple[npt.NDArray[np.intp], Candidates]:
     """``find_candidates`` in canonical (batch, tiebreak) order: (canon, candidates of rows ``canon``).
 
-    ``distinct=True``: the caller guarantees distinct tie-breaks (pool rows).
+    ``distinct=True``: the caller guarantees distinct tie-breaks (pool rows). The random keys of the two
+    top-ups are ``rng.integers(0, 2**32, n, dtype=np.uint64)`` twice, or ``draws(0)`` and ``draws(1)``: a
+    range of batches ranked alone takes the slices of those two draws at its rows' canonical positions
+    (see :func:`uint32_slice`), and so marks the rows the whole table would.
     """
+    if draws is None:
+        if rng is None:
+            raise ValueError("canonical_candidates needs rng or draws")
+        first = rng.integers(0, 2**32, len(loss_a), dtype=np.uint64)
+        draws = lambda k: first if k == 0 else rng.integers(0, 2**32, len(loss_a), dtype=np.uint64)  # noqa: E731
     n = len(loss_a)
     batch = np.asarray(batch, np.int64)
     if tiebreak is None:
@@ -324,13 +334,30 @@ def _canonical_candidates(
     rb = ra if loss_b is None else _rank_desc(layout, np.ascontiguousarray(loss_b, dtype=np.float32)[canon])
     k_hi, k_lo = quota(groups, rho_max), quota(groups, rho_min)
     thr = (groups.size - k_lo).astype(ra.dtype)[gid]  # rank >= size - k_lo: redundant
-    u = rng.integers(0, 2**32, n, dtype=np.uint64)  # the first draw: top-up of the redundant sets
+    u = draws(0)  # the first draw: top-up of the redundant sets
     red = _top_up_packed(layout, ra >= thr, rb >= thr, k_lo, u)
     thr = k_hi.astype(ra.dtype)[gid]  # rank < k_hi: ill-matched
-    u = rng.integers(0, 2**32, n, dtype=np.uint64)  # the second draw: top-up of the ill-matched sets
+    u = draws(1)  # the second draw: top-up of the ill-matched sets
     ill = _top_up_packed(layout, ra < thr, rb < thr, k_hi, u)
     del thr, u, layout
     return canon, Candidates(red, ill, _loss_rank(groups, ra, rb))
+
+
+def uint32_slice(make_rng: Callable[[], np.random.Generator], start: int, count: int) -> npt.NDArray[np.uint64]:
+    """Values ``start .. start + count - 1`` of the sequence that ``rng.integers(0, 2**32, k, dtype=np.uint64)``
+    calls draw from a fresh ``make_rng()``, one call after another, without drawing the values before them.
+
+    numpy draws such values as 32-bit halves of PCG64's 64-bit outputs (low half first, the high half kept
+    for the next value), so value ``i`` is a half of output ``i // 2``: advance the generator by
+    ``start // 2`` outputs and, for an odd ``start``, drop one value.
+    """
+    rng = make_rng()
+    if not isinstance(rng.bit_generator, np.random.PCG64):
+        raise TypeError("uint32_slice needs a PCG64 generator (numpy's default_rng)")
+    rng.bit_generator.advance(start // 2)
+    if start % 2:
+        rng.integers(0, 2**32, 1, dtype=np.uint64)
+    return rng.integers(0, 2**32, count, dtype=np.uint64)
 
 
 def find_candidates(
@@ -351,7 +378,7 @@ def find_candidates(
     For one global ranking pass a constant ``batch``. Losses are compared as float32.
     """
     n = len(loss_a)
-    canon, c = _canonical_candidates(batch, loss_a, loss_b, rho_max=rho_max, rho_min=rho_min, rng=rng,
+    canon, c = canonical_candidates(batch, loss_a, loss_b, rho_max=rho_max, rho_min=rho_min, rng=rng,
                                      tiebreak=tiebreak)
     out_red, out_ill, out_pct = np.empty(n, bool), np.empty(n, bool), np.empty(n, np.float32)
     out_red[canon], out_ill[canon], out_pct[canon] = c.redundant, c.ill_matched, c.loss_rank
@@ -368,3 +395,18 @@ def epoch_loss(batch: np.ndarray, loss_a: np.ndarray, loss_b: np.ndarray | None)
     groups = make_groups(batch)
     sums = np.bincount(groups.gid, weights=loss, minlength=groups.n_groups)
     return float(np.sum(sums / groups.size))
+
+
+def by_row(rows: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(order, rows[order]) for distinct non-negative ``rows`` ascending (a numpy sort, no argsort)."""
+    n = len(rows)
+    ib = int(n - 1).bit_length() if n else 0
+    if n and rows.min() >= 0 and int(rows.max()).bit_length() + ib <= 63:
+        key = rows << ib
+        key |= np.arange(n, dtype=np.int64)
+        key.sort()
+        order = key & ((1 << ib) - 1)
+        key >>= ib
+        return order, key
+    order = np.argsort(rows, kind="stable")
+    return order, rows[order]

@@ -12,17 +12,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from curate.bootstrap.data import load_pool, loss_files, map_losses, read_table
-from curate.bootstrap.engine import load_state
+from curate.bootstrap.data import load_round_pool, loss_files, map_losses
 from curate.bootstrap.methods import ScanParams, candidates_path, scan_candidates
+from curate.bootstrap.rounds import load_state
 from curate.errors import InputError, UsageError
+from curate.fs import read_json
 from curate.io.manifest import Manifest, build_manifest, write_manifest
-from curate.io.tables import write_table
-from curate.run import RunDir, read_json
+from curate.io.tables import read_parquet, write_table
+from curate.rundir import RunDir, check_selection_name
+from curate.schemas import CORESET_SCORES_SCHEMA
 
 DEFAULT_NAME = "scan-coreset"
 
@@ -51,11 +54,45 @@ def derive_coreset(
     A selection ``name`` made otherwise (another method, or a coreset of another fraction) is replaced
     only with ``force``; the same coreset is recomputed (e.g. after more rounds) without it.
     """
+    run, state = _check_inputs(run_root, fraction, name, force)
+    pool = load_round_pool(run.root, state["init"])
+    if pool.digest != state["pool"]["digest"]:
+        raise InputError(f"the pool of {run.root} changed since round 0; the coreset would mix pools")
+    tally = _tally_prepare_rounds(run, state, pool)
+    rank = tally.rank()
+    selected = rank < max(1, round(fraction * len(pool)))
+    manifest = build_manifest(
+        pool.table.filter(pa.array(selected)),
+        kind="selection",
+        command=command,
+        params={"method": "scan-coreset", "fraction": fraction, "prepare_rounds": tally.used},
+        seed=int(state["seed"]),
+        pool_size=len(pool),
+        pruned_by_reason={"frequent_candidate": int(len(pool) - selected.sum())},
+        extra={"method": "scan-coreset", "selection": name},
+    )
+    with run.selection_lock(name), run.write_selection(name) as draft:  # like `curate select`
+        write_table(draft.folder / "scores.parquet", tally.table(pool, rank, selected))
+        write_manifest(draft.folder / "manifest.parquet", manifest)
+        draft.record = {  # same layout as `curate select`
+            "method": "scan-coreset",
+            "params": {"fraction": fraction, "prepare_rounds": tally.used},
+            "seed": int(state["seed"]),
+            "pool": len(pool),
+            "kept": len(manifest),
+            "content_hash": manifest.header["content_hash"],
+        }
+        draft.command = f"{command} --fraction {fraction} --name {name}"
+    return CoresetResult(name, run.selection_manifest(name), manifest, tally.used)
+
+
+def _check_inputs(run_root: str | os.PathLike[str], fraction: float, name: str,
+                  force: bool) -> tuple[RunDir, dict[str, Any]]:
+    """The run and its SCAN state; one-line errors for a bad fraction or name, a selection of that name
+    made otherwise (without ``force``), or a run without SCAN rounds."""
     if not 0.0 < fraction <= 1.0:
         raise UsageError(f"--fraction must be in (0, 1], got {fraction}")
-    from curate.select.run import check_name, selection_lock  # (select imports bootstrap: not at the top)
-
-    check_name(name)  # a folder name inside RUN/selections, never a path
+    check_selection_name(name)  # a folder name inside RUN/selections, never a path
     run = RunDir(run_root)
     run.require()
     old = run.selection_dir(name) / "manifest.json"
@@ -68,70 +105,61 @@ def derive_coreset(
     state = load_state(run.root)
     if state is None or state["method"] != "scan":
         raise InputError(f"{run.root} has no SCAN rounds; run 'curate bootstrap --run {run.root} --round N' first")
-    pool = load_pool(run.root, state["init"])
-    if pool.digest != state["pool"]["digest"]:
-        raise InputError(f"the pool of {run.root} changed since round 0; the coreset would mix pools")
-    params = ScanParams(**state["params"])
+    return run, state
+
+
+@dataclass
+class _Tally:
+    """Per pool sample over the preparation rounds: how often a candidate, how often scored, and the summed
+    distance of its loss percentile from the median."""
+
+    count: np.ndarray
+    scored: np.ndarray
+    dist: np.ndarray
+    used: list[int]
+
+    def mean_distance(self) -> np.ndarray:
+        return np.where(self.scored > 0, self.dist / np.maximum(self.scored, 1), 0.5)
+
+    def rank(self) -> np.ndarray:
+        """0 = kept first: fewest candidacies, then nearest the median, then pool order; never-scored last."""
+        n = len(self.count)
+        order = np.lexsort((np.arange(n), self.mean_distance(), self.count, self.scored == 0))
+        rank = np.empty(n, np.int64)
+        rank[order] = np.arange(n)
+        return rank
+
+    def table(self, pool: Any, rank: np.ndarray, selected: np.ndarray) -> pa.Table:
+        return pa.table({
+            "uid": pool.uids,
+            "candidate_count": pa.array(self.count),
+            "scored_rounds": pa.array(self.scored),
+            "median_distance": pa.array(self.mean_distance().astype(np.float32)),
+            "rank": pa.array(rank),
+            "selected": pa.array(selected),
+        }, schema=CORESET_SCORES_SCHEMA)
+
+
+def _tally_prepare_rounds(run: RunDir, state: dict[str, Any], pool: Any) -> _Tally:
+    """Add up every preparation round's candidates (written, or computed from the last round's losses)."""
     n = len(pool)
-    count = np.zeros(n, np.int64)  # rounds in which the sample was a candidate
-    scored = np.zeros(n, np.int64)  # preparation rounds with a recorded loss for the sample
-    dist = np.zeros(n, np.float64)  # sum of |loss percentile - 0.5|
-    used = []
+    tally = _Tally(np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.float64), [])
+    params = ScanParams(**state["params"])
     for r in _prepare_rounds(state):
         f = run.bootstrap_dir / candidates_path(r)
         if f.exists():
-            t = read_table(f, ["row", "loss_rank", "candidate"])
+            t = read_parquet(f, ["row", "loss_rank", "candidate"], memory_map=True)
         elif loss_files(run, r):  # the last preparation round, not yet followed by a mutation round
             t = scan_candidates(map_losses(run, r, pool), params, int(state["seed"]), r)
         else:
             continue
         rows = t.column("row").to_numpy()
-        scored[rows] += 1
-        count[rows] += t.column("candidate").is_valid().to_numpy(zero_copy_only=False)
-        dist[rows] += np.abs(t.column("loss_rank").to_numpy().astype(np.float64) - 0.5)
-        used.append(r)
-    if not used:
+        tally.scored[rows] += 1
+        tally.count[rows] += t.column("candidate").is_valid().to_numpy(zero_copy_only=False)
+        tally.dist[rows] += np.abs(t.column("loss_rank").to_numpy().astype(np.float64) - 0.5)
+        tally.used.append(r)
+    if not tally.used:
         raise InputError(
             f"no preparation round of {run.root} has losses yet; train through a preparation round first"
         )
-    mean_dist = np.where(scored > 0, dist / np.maximum(scored, 1), 0.5)
-    never = scored == 0  # never scored: ranked after every scored sample
-    order = np.lexsort((np.arange(n), mean_dist, count, never))
-    k = max(1, round(fraction * n))
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    selected = rank < k
-    scores = pa.table(
-        {
-            "uid": pool.uids,
-            "candidate_count": pa.array(count),
-            "scored_rounds": pa.array(scored),
-            "median_distance": pa.array(mean_dist.astype(np.float32)),
-            "rank": pa.array(rank),
-            "selected": pa.array(selected),
-        }
-    )
-    sel_dir = run.selection_dir(name)
-    manifest = build_manifest(
-        pool.table.filter(pa.array(selected)),
-        kind="selection",
-        command=command,
-        params={"method": "scan-coreset", "fraction": fraction, "prepare_rounds": used},
-        seed=int(state["seed"]),
-        pool_size=n,
-        pruned_by_reason={"frequent_candidate": int(n - selected.sum())},
-        extra={"method": "scan-coreset", "selection": name},
-    )
-    with selection_lock(run, name):  # like `curate select`: one writer per selection name
-        write_table(sel_dir / "scores.parquet", scores)
-        path = write_manifest(sel_dir / "manifest.parquet", manifest)
-        run.update_entry("selections", name, {  # same layout as `curate select`
-            "method": "scan-coreset",
-            "params": {"fraction": fraction, "prepare_rounds": used},
-            "seed": int(state["seed"]),
-            "pool": n,
-            "kept": len(manifest),
-            "manifest": str(Path("selections") / name / "manifest.parquet"),
-            "content_hash": manifest.header["content_hash"],
-        }, command=f"{command} --fraction {fraction} --name {name}")
-    return CoresetResult(name, path, manifest, used)
+    return tally

@@ -1,15 +1,16 @@
 """Inputs of a bootstrap round: the pool of samples and the per-sample loss tables of a round.
 
-The pool is held in a canonical order (shard, position) and every other table is mapped onto pool row
-indices once, so the state machine works on integer arrays. Fixed-width uids (DataComp's 32-hex) are
-mapped with a sorted uid index cached beside the pool (``uidindex.py``); other uids with
-``pyarrow.compute.index_in``. Both give the same rows.
+The pool is in a canonical order (shard, position) and every other table is mapped onto pool row indices,
+so the methods work on integer arrays. Rounds read the pool and the losses a part at a time
+(``store.py``, ``tasks.py``); this module has the pool in memory (:func:`load_round_pool`, for the coreset,
+reports and history) and the in-memory mapping of a loss table (:func:`map_losses`). Fixed-width uids
+(DataComp's 32-hex) are mapped with a sorted uid index (``uidindex.py``, from the cache when it has
+distinct keys); other uids with ``pyarrow.compute.index_in``. Both give the same rows.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,45 +22,30 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
-import pyarrow.parquet as pq
 
-from curate.bootstrap.uidindex import KEY_VERSION, UidIndex, uid_words
+from curate.bootstrap.uidindex import UidIndex, uid_words
 from curate.errors import InputError, UsageError
 from curate.io.tables import embedding_files, read_parquet
-from curate.run import RunDir, atomic_path
+from curate.rundir import RunDir
+from curate.schemas import ID_COLUMNS, LOSS_SCHEMA, POOL_SCHEMA
 
-POOL_COLUMNS = ["uid", "shard", "key", "position"]
-#: Rows per chunk of the pool table, fresh or cached (``write_feather``'s chunk size). Manifests are cut from
+#: Rows per chunk of the pool table, fresh or cached (a record batch of ``pool.arrow``). Manifests are cut from
 #: the pool and their content hash is taken per record batch, so the layout must not depend on the cache.
 POOL_CHUNK = 1 << 16
 
-#: Schema of ``RUN/losses/round-NNNN/part-*.parquet`` (README.md, "Data contracts": loss table).
-LOSS_SCHEMA = pa.schema(
-    [
-        pa.field("uid", pa.string(), nullable=False),
-        pa.field("batch", pa.int64(), nullable=False),
-        pa.field("loss_a", pa.float32(), nullable=False),
-        pa.field("loss_b", pa.float32(), nullable=True),
-    ]
-)
+def bools(col: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.bool_]:
+    """A boolean column as numpy, nulls as False, from its bit buffers (no per-value conversion)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n, off = len(arr), arr.offset
+    if n == 0:
+        return np.zeros(0, bool)
+    def unpack(buf: pa.Buffer) -> np.ndarray:
+        return np.unpackbits(np.frombuffer(buf, np.uint8), count=off + n, bitorder="little")[off:].view(bool)
 
-
-def read_table(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
-    """``curate.io.tables.read_parquet`` (same errors) through ``ParquetFile`` on a memory map.
-
-    For one file this skips the dataset layer: one chunk per column, no copy of the file into memory, and
-    at 10M rows a fraction of the time and fresh memory of ``pq.read_table``.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"file not found: {path}")
-    try:
-        pf = pq.ParquetFile(path, memory_map=True)
-        if columns is not None and not set(columns) <= set(pf.schema_arrow.names):
-            return read_parquet(path, columns)  # ParquetFile skips absent columns: raise read_parquet's error
-        return pf.read(columns=columns)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"corrupt Parquet file {path}: {str(exc).splitlines()[0]}") from None
+    out = unpack(arr.buffers()[1])
+    if arr.null_count:
+        out = out & unpack(arr.buffers()[0])
+    return out
 
 
 class StringHasher:
@@ -91,22 +77,20 @@ def hash_strings(col: pa.Array | pa.ChunkedArray) -> str:
 
 
 @dataclass
-class Pool:
+class RoundPool:
     """The samples a run may train on, in (shard, position) order; row indices are stable per digest."""
 
     table: pa.Table  # uid, shard, key, position
     source: str  # "embeddings" or "selection:<name>"
     digest: str  # sha256 of the uids in pool order
     fingerprint: str = ""  # of the input files the pool was read from
-    fresh: bool = False  # read from the inputs (not the cache): the caller may cache it
     uid_index: UidIndex | None = None  # sorted fixed-width uid keys (built on first use when not cached)
-    index_fresh: bool = False  # uid_index was built here (not read from the cache): the caller may cache it
     _uids: pa.Array | None = field(default=None, init=False, repr=False, compare=False)
     _whole: pa.Table | None = field(default=None, init=False, repr=False, compare=False)  # one chunk per column
     _index_tried: bool = field(default=False, init=False, repr=False, compare=False)
 
     @classmethod
-    def of(cls, table: pa.Table, source: str, digest: str, fingerprint: str, **kw: Any) -> Pool:
+    def of(cls, table: pa.Table, source: str, digest: str, fingerprint: str, **kw: Any) -> RoundPool:
         """A pool over ``table`` (any chunking), held in ``POOL_CHUNK``-row chunks (zero-copy when ``table`` is
         one chunk per column; the uid column then stays available as one array without a copy)."""
         whole = table if all(c.num_chunks == 1 for c in table.columns) else None
@@ -132,7 +116,6 @@ class Pool:
         if self.uid_index is None and not self._index_tried:
             self._index_tried = True
             self.uid_index = UidIndex.build(self.uids)
-            self.index_fresh = self.uid_index is not None
         return self.uid_index
 
     def index_of(self, uids: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int64]:
@@ -147,21 +130,9 @@ class Pool:
         return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-_POOL_SCHEMA = pa.schema(
-    [
-        pa.field("uid", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("position", pa.int32(), nullable=False),
-    ]
-)
-_POOL_META = b"curate.pool"
-_INDEX_META = b"curate.pool_index"
-
-
 def init_manifest_path(run: RunDir, init: str) -> Path:
     """``--init`` accepts a selection name (``RUN/selections/NAME``) or a manifest ``.parquet`` path."""
-    sel = run.selection_dir(init) / "manifest.parquet"
+    sel = run.selection_manifest(init)
     if sel.exists():
         return sel
     p = Path(init)
@@ -181,7 +152,7 @@ def pool_index_path(run: RunDir) -> Path:
     return run.bootstrap_dir / "pool-index.arrow"
 
 
-def _fingerprint(files: list[Path], source: str) -> str:
+def inputs_fingerprint(files: list[Path], source: str) -> str:
     h = hashlib.sha256(source.encode())
     for f in files:
         st = f.stat()
@@ -189,25 +160,25 @@ def _fingerprint(files: list[Path], source: str) -> str:
     return h.hexdigest()
 
 
-def _read_one(path: Path) -> tuple[str, pa.Table, bool]:
+def read_one_pool_table(path: Path) -> tuple[str, pa.Table, bool]:
     """(its shard, the pool columns of one file, whether it holds one shard in position order)."""
-    t = read_table(path, POOL_COLUMNS).select(POOL_COLUMNS).cast(_POOL_SCHEMA)
+    t = read_parquet(path, ID_COLUMNS, memory_map=True).select(ID_COLUMNS).cast(POOL_SCHEMA)
     shards = pc.unique(t.column("shard"))
     pos = t.column("position").to_numpy()
     return (shards[0].as_py() if len(shards) else ""), t, len(shards) <= 1 and bool(np.all(pos[1:] > pos[:-1]))
 
 
-def _read_sorted(files: list[Path]) -> pa.Table:
+def read_sorted_pool(files: list[Path]) -> pa.Table:
     """Per-shard tables concatenated in shard order; sorted with Arrow only if a file is not in order.
 
     Files are read by a few threads (pyarrow releases the GIL); the first bad file in order raises.
     """
     with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as ex:
-        read = list(ex.map(_read_one, files))
+        read = list(ex.map(read_one_pool_table, files))
     ordered = all(ok for _, _, ok in read)
     keyed = [(shard, t) for shard, t, _ in read]
     keyed.sort(key=lambda kt: kt[0].encode())  # Arrow sorts strings bytewise
-    table = pa.concat_tables([t for _, t in keyed]) if keyed else _POOL_SCHEMA.empty_table()
+    table = pa.concat_tables([t for _, t in keyed]) if keyed else POOL_SCHEMA.empty_table()
     if not ordered:
         table = table.sort_by([("shard", "ascending"), ("position", "ascending")])
     return table.combine_chunks()
@@ -222,62 +193,61 @@ def _rechunk(table: pa.Table) -> pa.Table:
     return pa.Table.from_batches(table.to_batches(max_chunksize=POOL_CHUNK), table.schema)
 
 
-def _read_index(run: RunDir, digest: str) -> UidIndex | None:
-    """The cached uid index of the pool with ``digest``; None when absent, stale or damaged."""
-    path = pool_index_path(run)
-    if not path.exists():
+def _read_index(index: Path, width: int | None) -> UidIndex | None:
+    """The cached uid index (``store.py``) as a :class:`UidIndex`; None for uids of several widths, equal keys
+    (the in-memory index needs distinct ones) or a damaged file."""
+    if width is None:
         return None
     try:
-        table = feather.read_table(path, memory_map=True)
-        meta = json.loads((table.schema.metadata or {}).get(_INDEX_META, b"{}"))
-        if meta.get("digest") != digest or meta.get("key_version") != KEY_VERSION:
+        table = feather.read_table(index, columns=["key", "row"], memory_map=True)
+        key, row = (_one_chunk(table.column(c)).to_numpy() for c in ("key", "row"))
+        if len(key) > 1 and not bool(np.all(key[1:] > key[:-1])):
             return None
-        key, row = (_one_chunk(table.column(c)).to_numpy() for c in ("key", "row"))  # zero-copy from the map
-        if key.dtype != np.uint64 or row.dtype != np.int64 or len(key) != len(row):
-            return None
-        return UidIndex(int(meta["width"]), key, row)
-    except (pa.ArrowInvalid, OSError, ValueError, KeyError, TypeError):
-        return None  # a stale or damaged cache is rebuilt
+        return UidIndex(int(width), key, row)
+    except (pa.ArrowInvalid, OSError, ValueError):
+        return None
 
 
-def load_pool(run_root: str | os.PathLike[str], init: str | None = None) -> Pool:
-    """The pool: every embedded sample, or the subset of the manifest ``init`` names.
-
-    Reading and validating 1,000 embedding files is the slow part of a round at scale, so the canonical
-    pool is cached in ``RUN/bootstrap/pool.arrow`` (written by ``bootstrap_round``), keyed by a
-    fingerprint of the input files (names, sizes, mtimes).
-    """
-    run = RunDir(run_root)
+def pool_inputs(run: RunDir, init: str | None) -> tuple[list[Path], str]:
+    """The files the pool is read from and its source: every embedding file, or the ``--init`` manifest."""
     if init is None:
         files = embedding_files(run.root)
         if not files:
             raise InputError(f"no embeddings in {run.root}; run 'curate embed SHARDS --run {run.root}' first")
-        source = "embeddings"
-    else:
-        files = [init_manifest_path(run, init)]
-        source = f"selection:{init}"
-    fp = _fingerprint(files, source)
-    cache = pool_cache_path(run)
-    if cache.exists():
+        return files, "embeddings"
+    return [init_manifest_path(run, init)], f"selection:{init}"
+
+
+def load_round_pool(run_root: str | os.PathLike[str], init: str | None = None) -> RoundPool:
+    """The whole pool in memory: every embedded sample, or the subset of the manifest ``init`` names.
+
+    From the cache ``bootstrap_round`` keeps (``store.py``: memory-mapped) when it is current, else read and
+    validated from the input files. For tools that need the pool at once (the coreset, reports, history);
+    rounds read it a piece at a time (:func:`curate.bootstrap.store.open_pool_store`).
+    """
+    from curate.bootstrap.store import cached_store
+
+    run = RunDir(run_root)
+    files, source = pool_inputs(run, init)
+    fp = inputs_fingerprint(files, source)
+    store = cached_store(run, source, fp)
+    if store is not None:
         try:
-            table = feather.read_table(cache, memory_map=True)
-            meta = json.loads((table.schema.metadata or {}).get(_POOL_META, b"{}"))
-            if meta.get("fingerprint") == fp:
-                digest = meta["digest"]
-                return Pool.of(table.replace_schema_metadata(None), source, digest, fp,
-                               uid_index=_read_index(run, digest))
+            table = feather.read_table(store.path, memory_map=True)
+            return RoundPool.of(table.replace_schema_metadata(None), source, store.digest, fp,
+                           uid_index=_read_index(store.index_path, store.width))
         except (pa.ArrowInvalid, OSError, ValueError):
-            pass  # a stale or damaged cache is rebuilt
-    table = _read_sorted(files)
+            pass  # a damaged cache: read the inputs
+    table = read_sorted_pool(files)
     if table.num_rows == 0:
         raise InputError(f"the pool of {run.root} ({source}) is empty")
-    uids = table.column("uid").chunk(0)  # one chunk after _read_sorted
+    uids = table.column("uid").chunk(0)  # one chunk after read_sorted_pool
     index = UidIndex.build(uids)  # sorted fixed-width keys: built only for distinct uids
     if index is None and pc.count_distinct(uids).as_py() != table.num_rows:
         raise InputError(f"the pool of {run.root} ({source}) has duplicate uids; re-embed or fix the selection")
     if init is not None:
         _check_embedded(run, table, files[0])
-    return Pool.of(table, source, hash_strings(uids), fp, fresh=True, uid_index=index, index_fresh=index is not None)
+    return RoundPool.of(table, source, hash_strings(uids), fp, uid_index=index)
 
 
 def _check_embedded(run: RunDir, table: pa.Table, manifest: Path) -> None:
@@ -285,7 +255,7 @@ def _check_embedded(run: RunDir, table: pa.Table, manifest: Path) -> None:
     emb = embedding_files(run.root)
     if not emb:
         raise InputError(f"no embeddings in {run.root}; run 'curate embed SHARDS --run {run.root}' first")
-    known = pa.chunked_array([read_table(f, ["uid"]).column("uid").combine_chunks() for f in emb])
+    known = pa.chunked_array([read_parquet(f, ["uid"], memory_map=True).column("uid").combine_chunks() for f in emb])
     missing = pc.invert(pc.is_in(table.column("uid"), value_set=known.combine_chunks()))
     n = pc.sum(missing).as_py() or 0
     if n:
@@ -293,43 +263,6 @@ def _check_embedded(run: RunDir, table: pa.Table, manifest: Path) -> None:
             f"--init {manifest}: {n} of {table.num_rows} samples are not embedded in {run.root} "
             "(a manifest of another run?)"
         )
-
-
-def write_arrow(path: str | os.PathLike[str], table: pa.Table) -> None:
-    """An uncompressed Arrow IPC file with one record batch (memory-mapped without copies on read)."""
-    feather.write_feather(table, path, compression="uncompressed", chunksize=max(1, table.num_rows))
-
-
-def pool_cache_table(pool: Pool) -> pa.Table:
-    """What ``RUN/bootstrap/pool.arrow`` holds: the pool table with its fingerprint and digest."""
-    meta = {_POOL_META: json.dumps({"fingerprint": pool.fingerprint, "digest": pool.digest,
-                                    "source": pool.source}).encode()}
-    table = pool._whole if pool._whole is not None else pool.table
-    return table.replace_schema_metadata(meta)
-
-
-def pool_index_table(pool: Pool) -> pa.Table | None:
-    """What ``RUN/bootstrap/pool-index.arrow`` holds (None without a fixed-width uid index)."""
-    index = pool.uid_index
-    if index is None:
-        return None
-    meta = {_INDEX_META: json.dumps({"digest": pool.digest, "width": index.width,
-                                     "key_version": KEY_VERSION}).encode()}
-    return pa.table({"key": index.key, "row": index.row}).replace_schema_metadata(meta)
-
-
-def write_pool_cache(run: RunDir, pool: Pool) -> None:
-    """Persist a freshly read pool for the next rounds (atomic)."""
-    with atomic_path(pool_cache_path(run)) as tmp:
-        write_arrow(tmp, pool_cache_table(pool))
-
-
-def write_pool_index(run: RunDir, pool: Pool) -> None:
-    """Persist the pool's uid index for the next rounds (atomic)."""
-    table = pool_index_table(pool)
-    if table is not None:
-        with atomic_path(pool_index_path(run)) as tmp:
-            write_arrow(tmp, table)
 
 
 @dataclass
@@ -368,7 +301,7 @@ def read_losses(run: RunDir, round_: int) -> tuple[pa.Table, int]:
         )
     tables = []
     for f in files:
-        t = read_table(f)
+        t = read_parquet(f, memory_map=True)
         missing = {"uid", "batch", "loss_a"} - set(t.column_names)
         if missing:
             raise InputError(f"loss table {f} lacks columns {sorted(missing)} (need uid, batch, loss_a[, loss_b])")
@@ -383,7 +316,7 @@ def read_losses(run: RunDir, round_: int) -> tuple[pa.Table, int]:
 
 
 def map_losses(
-    run: RunDir, round_: int, pool: Pool, allowed: npt.NDArray[np.bool_] | None = None
+    run: RunDir, round_: int, pool: RoundPool, allowed: npt.NDArray[np.bool_] | None = None
 ) -> RoundLosses:
     """Read, validate and map the losses of ``round_``: unknown, duplicate or non-finite rows are errors.
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,8 +23,10 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from curate.bootstrap import schedule as sch
-from curate.bootstrap.candidates import _canonical_candidates, epoch_loss
-from curate.bootstrap.data import Pool, RoundLosses
+from curate.bootstrap.candidates import by_row, canonical_candidates
+from curate.bootstrap.data import RoundLosses
+from curate.bootstrap.store import PoolStore
+from curate.bootstrap.tasks import CandidateRanges, LossTable
 from curate.errors import UsageError
 
 # Random streams: every draw uses default_rng([seed, round, stream]).
@@ -41,44 +45,68 @@ class RoundContext:
     """What a method sees when deciding round ``round``."""
 
     round: int
-    pool: Pool
+    pool: PoolStore  # len(pool): the pool size; rows are never needed by the methods
     seed: int
     state: dict[str, Any]  # the method's state after the previous round ({} before round 0)
-    losses: Callable[[int], RoundLosses]  # validated losses of an earlier round (raises if missing)
+    losses: Callable[[int], LossTable]  # the losses of an earlier round (raises if missing; checked when read)
     read_table: Callable[..., pa.Table]  # (path under RUN/bootstrap/, columns=None): a table written earlier
+    iter_table: Callable[[str, list[str]], Iterator[pa.Table]]  # the same, a row group at a time
+    rows: int = 1 << 21  # pool rows per part of a decision
+
+
+@dataclass
+class Part:
+    """The decision over pool rows ``[start, stop)``, and the method's table rows that belong to them."""
+
+    start: int
+    stop: int
+    keep: npt.NDArray[np.bool_] | None = None  # per row of the range; None: every row kept
+    weight: npt.NDArray[np.float32] | None = None  # per row of the range; None: all 1
+    # Per-uid history: pool rows that were candidates this round (ascending), their kind, whether pruned.
+    rows: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    kind: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, np.int8))  # index into labels
+    pruned: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    # relative path → this part's rows of that table (or a function that builds them, called by the writer)
+    tables: dict[str, pa.Table | Callable[[], pa.Table]] = field(default_factory=dict)
 
 
 @dataclass
 class Decision:
-    """One round's outcome over the pool rows."""
+    """One round's outcome: its phase and state, and the decision over the pool a range of rows at a time.
+
+    ``parts`` yields :class:`Part` in pool order covering every row (empty: every row kept, no history); it
+    is consumed once, while the round's files are written. ``tables`` names the tables the parts fill
+    (relative path under RUN/bootstrap → schema).
+    """
 
     phase: str
-    keep: npt.NDArray[np.bool_]
     state: dict[str, Any]
-    weight: npt.NDArray[np.float32] | None = None
-    # Per-uid history: pool rows that were candidates this round, their kind, and whether pruned.
-    rows: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
-    kind: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, np.int8))  # index into labels
     labels: tuple[str, ...] = CANDIDATE_KINDS
-    pruned: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
     header: dict[str, Any] = field(default_factory=dict)
-    tables: dict[str, pa.Table] = field(default_factory=dict)  # relative path under RUN/bootstrap → table
+    tables: dict[str, pa.Schema] = field(default_factory=dict)
     record_losses: bool = True  # whether the next round needs this round's losses
+    parts: Iterable[Part] = ()
 
-    def pruned_by_reason(self) -> dict[str, int]:
-        counts = np.bincount(self.kind[self.pruned], minlength=len(self.labels))
-        return {lab: int(c) for lab, c in zip(self.labels, counts, strict=True) if c}
 
-    def kind_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.kind, minlength=len(self.labels))
-        return {lab: int(c) for lab, c in zip(self.labels, counts, strict=True)}
+def row_ranges(n: int, rows: int) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` of the consecutive ranges of ``rows`` pool rows."""
+    for start in range(0, n, rows):
+        yield start, min(n, start + rows)
+
+
+def _pruned_in(picks: npt.NDArray[np.int64], offset: int, count: int) -> npt.NDArray[np.bool_]:
+    """Which of the ``count`` entries from position ``offset`` of a list the sorted ``picks`` name."""
+    lo, hi = np.searchsorted(picks, [offset, offset + count])
+    out = np.zeros(count, bool)
+    out[picks[lo:hi] - offset] = True
+    return out
 
 
 class Method(ABC):
-    """A pruning method; ``Params`` is a dataclass of its knobs (their defaults are the method's)."""
+    """A pruning method; ``config_class`` is the dataclass of its knobs (their defaults are the method's)."""
 
     name: ClassVar[str]
-    Params: ClassVar[type]
+    config_class: ClassVar[type]
     summary: ClassVar[str]
 
     def __init__(self, params: Any) -> None:
@@ -93,6 +121,9 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a pruning method to the registry under ``cls.name`` (a name is registered once)."""
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"bootstrap method {cls.name!r} is already registered")
     METHODS[cls.name] = cls
     return cls
 
@@ -108,7 +139,7 @@ def get_method(name: str) -> type[Method]:
 
 
 def knob_names(method: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(get_method(method).Params)]
+    return [f.name for f in dataclasses.fields(get_method(method).config_class)]
 
 
 # --- SCAN ---------------------------------------------------------------------------------------
@@ -150,7 +181,7 @@ def scan_candidates(losses: RoundLosses, p: ScanParams, seed: int, prep_round: i
     """
     n = len(losses)
     batch = losses.batch if p.rank_scope == "batch" else np.zeros(n, np.int64)
-    canon, c = _canonical_candidates(  # results in canonical (batch, row) order: row i is losses row canon[i]
+    canon, c = canonical_candidates(  # results in canonical (batch, row) order: row i is losses row canon[i]
         batch,
         losses.loss_a,
         losses.loss_b,
@@ -160,37 +191,28 @@ def scan_candidates(losses: RoundLosses, p: ScanParams, seed: int, prep_round: i
         tiebreak=losses.row,
         distinct=True,  # map_losses rejects duplicate uids
     )
-    order, rows = _by_row(losses.row[canon])
+    order, rows = by_row(losses.row[canon])
     code = c.redundant.astype(np.int8)
     code += 2 * c.ill_matched.astype(np.int8)
     code -= 1  # -1 none, 0 redundant, 1 ill_matched, 2 both
-    code = code[order]
+    return candidates_table(rows, losses.batch[canon[order]], c.loss_rank[order], code[order])
+
+
+def candidates_table(rows: np.ndarray, batch: np.ndarray, loss_rank: np.ndarray, code: np.ndarray) -> pa.Table:
+    """Rows of ``candidates/round-NNNN.parquet``; ``code``: -1 none, else an index into CANDIDATE_KINDS."""
+    code = np.array(code, np.int8)
     none = code < 0
     code[none] = 0
     kinds = pa.DictionaryArray.from_arrays(pa.array(code, mask=none), pa.array(CANDIDATE_KINDS))
-    return pa.table(
-        {
-            "row": pa.array(rows),
-            "batch": pa.array(losses.batch[canon[order]]),
-            "loss_rank": pa.array(c.loss_rank[order]),
-            "candidate": kinds,
-        }
-    )
+    return pa.table({"row": pa.array(rows), "batch": pa.array(batch), "loss_rank": pa.array(loss_rank),
+                     "candidate": kinds})
 
 
-def _by_row(rows: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """(order, rows[order]) for distinct non-negative ``rows`` ascending (a numpy sort, no argsort)."""
-    n = len(rows)
-    ib = int(n - 1).bit_length() if n else 0
-    if n and rows.min() >= 0 and int(rows.max()).bit_length() + ib <= 63:
-        key = rows << ib
-        key |= np.arange(n, dtype=np.int64)
-        key.sort()
-        order = key & ((1 << ib) - 1)
-        key >>= ib
-        return order, key
-    order = np.argsort(rows, kind="stable")
-    return order, rows[order]
+CANDIDATES_SCHEMA = pa.schema([
+    pa.field("row", pa.int64()), pa.field("batch", pa.int64()), pa.field("loss_rank", pa.float32()),
+    pa.field("candidate", pa.dictionary(pa.int8(), pa.string())),
+])
+SCORES_SCHEMA = pa.schema([pa.field("score", pa.float32())])
 
 
 def kind_codes(col: pa.ChunkedArray | pa.Array, labels: tuple[str, ...] = CANDIDATE_KINDS) -> np.ndarray:
@@ -199,11 +221,24 @@ def kind_codes(col: pa.ChunkedArray | pa.Array, labels: tuple[str, ...] = CANDID
     if not pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_encode()
     values = arr.dictionary.to_pylist()  # few values
-    idx = arr.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    idx = _with_nulls(arr.indices)
     if values == list(labels[: len(values)]) and idx.dtype == np.int8:
         return idx  # the dictionary is a prefix of labels (as written by scan_candidates): codes as they are
     remap = np.array([labels.index(v) for v in values] + [-1], np.int8)
     return remap[idx.astype(np.int64)]
+
+
+def _with_nulls(ind: pa.Array) -> np.ndarray:
+    """Integer indices as numpy, -1 where null (from the buffers: no per-value conversion)."""
+    n = len(ind)
+    if not pa.types.is_integer(ind.type) or ind.offset:
+        return ind.fill_null(-1).to_numpy(zero_copy_only=False)
+    dtype = np.dtype(f"{'i' if pa.types.is_signed_integer(ind.type) else 'u'}{ind.type.bit_width // 8}")
+    vals = np.frombuffer(ind.buffers()[1], dtype, count=n).copy()
+    if ind.null_count:
+        valid = np.unpackbits(np.frombuffer(ind.buffers()[0], np.uint8), count=n, bitorder="little").view(bool)
+        vals[~valid] = -1
+    return vals
 
 
 def candidates_path(prep_round: int) -> str:
@@ -213,7 +248,7 @@ def candidates_path(prep_round: int) -> str:
 @register
 class Scan(Method):
     name = "scan"
-    Params = ScanParams
+    config_class = ScanParams
     summary = "SCAN: cosine-ramped random pruning of within-batch loss extremes (docs/bootstrap.md)"
     p: ScanParams
 
@@ -227,8 +262,7 @@ class Scan(Method):
         }
         st["warmup_trace"] = list(st["warmup_trace"])
         if st["warmup_end"] is None and n_round > 0:  # plateau test on the last warm-up round's losses
-            lo = ctx.losses(n_round - 1)
-            cur = epoch_loss(lo.batch, lo.loss_a, lo.loss_b)
+            cur = ctx.losses(n_round - 1).epoch_loss()
             hit, rel = sch.plateau(st["loss_pre"], cur, p.prune_td)
             st["warmup_trace"].append({"round": n_round - 1, "epoch_loss": cur, "rel_improvement": rel})
             if hit:
@@ -236,44 +270,124 @@ class Scan(Method):
             else:
                 st["loss_pre"] = cur
         phase = sch.phase_of(n_round, st["warmup_end"], p.t_cos)
-        n = len(ctx.pool)
-        keep = np.ones(n, bool)
-        dec = Decision(phase=phase, keep=keep, state=st)
+        dec = Decision(phase=phase, state=st)
         dec.record_losses = phase == sch.PREPARE or (phase == sch.WARMUP and p.warmup_rounds is None)
         rho = 0.0
         if phase == sch.MUTATE:
             e = n_round - st["warmup_end"]
             rho = sch.rho_cur(e, p.t_cos)
+            prune_code = None if p.prune_mode == "both" else CANDIDATE_KINDS.index(p.prune_mode)
             if e % (p.t_cos + 1) == 1:  # first mutation round: score the preparation round before it
                 prep = n_round - 1
-                table = scan_candidates(ctx.losses(prep), p, ctx.seed, prep)
-                dec.tables[candidates_path(prep)] = table
+                src = ctx.losses(prep).candidates(
+                    rho_max=p.rho_max, rho_min=p.rho_min, scope_global=p.rank_scope == "global", seed=ctx.seed,
+                    rng_round=prep, stream=STREAM_CANDIDATES, prune_code=prune_code)
+                rel = candidates_path(prep)
+                dec.tables[rel] = CANDIDATES_SCHEMA
                 st["candidates_round"] = prep
+                kinds = src.kind_counts
+                ranges = _scored_ranges(src, rel, prune_code)
             else:
-                table = ctx.read_table(candidates_path(st["candidates_round"]), ["row", "candidate"])
-            code = kind_codes(table.column("candidate"))
-            mask = code >= 0
-            if p.prune_mode != "both":
-                mask &= (code == CANDIDATE_KINDS.index(p.prune_mode)) | (code == CANDIDATE_KINDS.index("both"))
-            cand_rows = table.column("row").to_numpy()[mask]  # ascending pool rows
-            labels = code[mask]
-            n_drop = int(len(cand_rows) * rho)
-            pick = rng_for(ctx.seed, n_round, STREAM_DRAW).choice(len(cand_rows), n_drop, replace=False)
-            pruned = np.zeros(len(cand_rows), bool)
-            pruned[pick] = True
-            keep[cand_rows[pruned]] = False
-            dec.rows, dec.kind, dec.pruned = cand_rows, labels, pruned
-            counts = dec.kind_counts()
+                rel = candidates_path(st["candidates_round"])
+                kinds = _count_in_force(ctx.iter_table(rel, ["candidate"]), prune_code)
+                ranges = _file_ranges(ctx.iter_table(rel, ["row", "candidate"]), len(ctx.pool), ctx.rows, prune_code)
+            total = int(kinds.sum())
+            n_drop = int(total * rho)
+            picks = rng_for(ctx.seed, n_round, STREAM_DRAW).choice(total, n_drop, replace=False)
+            picks.sort()  # in place: the draw holds 8 bytes per candidate and per pick, no more
+            dec.parts = _mutation_parts(len(ctx.pool), ctx.rows, ranges, picks)
             dec.header["candidates"] = {
                 "from_round": st["candidates_round"],
-                "total": len(cand_rows),
-                "redundant": counts["redundant"] + counts["both"],
-                "ill_matched": counts["ill_matched"] + counts["both"],
-                "both": counts["both"],
+                "total": total,
+                "redundant": int(kinds[0] + kinds[2]),
+                "ill_matched": int(kinds[1] + kinds[2]),
+                "both": int(kinds[2]),
             }
         dec.header["rho_cur"] = rho
         dec.header["warmup_end"] = st["warmup_end"]
         return dec
+
+
+def _in_force(code: np.ndarray, prune_code: int | None) -> npt.NDArray[np.bool_]:
+    """Candidates that mutation rounds may drop: every kind, or ``prune_code`` and ``both``."""
+    mask = code >= 0
+    if prune_code is not None:
+        mask &= (code == prune_code) | (code == CANDIDATE_KINDS.index("both"))
+    return mask
+
+
+Ranges = Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.int8], dict[str, pa.Table]]]
+
+
+def _scored_ranges(src: CandidateRanges, rel: str, prune_code: int | None) -> Ranges:
+    """(candidate rows in force, their kinds, the candidates table's rows) per pool row range, from the tasks.
+
+    The next range is read by a thread while this one is used; its table is built by the writer (a callable).
+    """
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        ahead = ex.submit(src.range, 0) if src.spec.n_ranges else None
+        for d in range(src.spec.n_ranges):
+            assert ahead is not None
+            t = ahead.result()
+            ahead = ex.submit(src.range, d + 1) if d + 1 < src.spec.n_ranges else None
+            rows, code = t["row"], t["code"]
+            mask = _in_force(code, prune_code)
+            yield rows[mask], code[mask], {rel: partial(candidates_table, rows, t["batch"], t["loss_rank"], code)}
+
+
+def _count_in_force(tables: Iterator[pa.Table], prune_code: int | None) -> npt.NDArray[np.int64]:
+    """Candidates in force of each kind in a candidates file."""
+    counts = np.zeros(len(CANDIDATE_KINDS), np.int64)
+    for t in tables:
+        code = kind_codes(t.column("candidate"))
+        counts += np.bincount(code[_in_force(code, prune_code)], minlength=len(CANDIDATE_KINDS))
+    return counts
+
+
+def _file_ranges(tables: Iterator[pa.Table], n: int, rows: int, prune_code: int | None) -> Ranges:
+    """(candidate rows in force, their kinds, no table rows) per pool row range, from a candidates file."""
+    held_rows: list[np.ndarray] = []
+    held_code: list[np.ndarray] = []
+    d = 0
+
+    def emit() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int8], dict[str, pa.Table]]:
+        r = np.concatenate(held_rows) if held_rows else np.zeros(0, np.int64)
+        c = np.concatenate(held_code) if held_code else np.zeros(0, np.int8)
+        held_rows.clear()
+        held_code.clear()
+        return r, c, {}
+
+    for t in tables:
+        r = t.column("row").to_numpy()
+        code = kind_codes(t.column("candidate"))
+        mask = _in_force(code, prune_code)
+        r, code = r[mask], code[mask]
+        dest = r // rows
+        cuts = np.flatnonzero(np.diff(dest)) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(r)], strict=True):
+            if a == b:
+                continue
+            while d < dest[a]:
+                yield emit()
+                d += 1
+            held_rows.append(r[a:b])
+            held_code.append(code[a:b])
+    while d < -(-n // rows):
+        yield emit()
+        d += 1
+
+
+def _mutation_parts(n: int, rows: int, ranges: Ranges, picks: npt.NDArray[np.int64]) -> Iterator[Part]:
+    """Parts of a mutation round: the candidates in force, the ones ``picks`` names (positions in pool order) pruned."""
+    offset = 0
+    for (start, stop), (cand, code, tables) in zip(row_ranges(n, rows), ranges, strict=True):
+        pruned = _pruned_in(picks, offset, len(cand))
+        offset += len(cand)
+        keep = None
+        if pruned.any():
+            keep = np.ones(stop - start, bool)
+            keep[cand[pruned] - start] = False
+        yield Part(start, stop, keep, None, cand, code, pruned, tables)
 
 
 # --- InfoBatch ----------------------------------------------------------------------------------
@@ -296,7 +410,7 @@ class InfoBatchParams:
 @register
 class InfoBatch(Method):
     name = "infobatch"
-    Params = InfoBatchParams
+    config_class = InfoBatchParams
     summary = "InfoBatch: drop a random share of below-mean-loss samples, reweight the rest"
     p: InfoBatchParams
 
@@ -305,34 +419,55 @@ class InfoBatch(Method):
         if ctx.state.get("scores_round") is None:
             scores = np.full(n, p.init_score, np.float64)
         else:
-            scores = ctx.read_table(_scores_path(ctx.state["scores_round"]), ["score"]).column("score").to_numpy()
-            scores = scores.astype(np.float64)
+            scores = np.empty(n, np.float64)
+            at = 0
+            for t in ctx.iter_table(_scores_path(ctx.state["scores_round"]), ["score"]):
+                col = t.column("score").to_numpy()
+                scores[at : at + len(col)] = col
+                at += len(col)
         if n_round > 0:
-            lo = ctx.losses(n_round - 1)
-            scores[lo.row] = lo.loss  # last seen loss; pruned samples keep their older score
-        keep = np.ones(n, bool)
-        weight = np.ones(n, np.float32)
+            for rows, loss in ctx.losses(n_round - 1).losses_by_range():
+                scores[rows] = loss  # last seen loss; pruned samples keep their older score
         assert p.total_rounds is not None
         full_from = sch.infobatch_prune_rounds(p.delta, p.total_rounds)
         prune = n_round < full_from
-        dec = Decision(phase=sch.PRUNE if prune else sch.FULL, keep=keep, state={"scores_round": n_round})
-        dec.tables[_scores_path(n_round)] = pa.table({"score": scores.astype(np.float32)})  # one per pool row
+        dec = Decision(phase=sch.PRUNE if prune else sch.FULL, state={"scores_round": n_round},
+                       labels=("well_learned",))
+        rel = _scores_path(n_round)
+        dec.tables[rel] = SCORES_SCHEMA  # one row per pool row
+        keep_ratio = 1.0 - p.prune_ratio
+        mean, kept = 0.0, np.zeros(0, np.int64)
         if prune:
-            keep_ratio = 1.0 - p.prune_ratio
-            well = np.flatnonzero(scores < scores.mean())
-            n_keep = int(keep_ratio * len(well))
-            kept = rng_for(ctx.seed, n_round, STREAM_DRAW).choice(len(well), n_keep, replace=False)
-            pruned = np.ones(len(well), bool)
-            pruned[kept] = False
-            keep[well[pruned]] = False
-            weight[well[~pruned]] = 1.0 / keep_ratio
-            dec.rows, dec.pruned = well, pruned
-            dec.kind, dec.labels = np.zeros(len(well), np.int8), ("well_learned",)
-            dec.header["candidates"] = {"well_learned": len(well), "score_mean": float(scores.mean())}
-        dec.weight = weight
-        dec.header["keep_ratio"] = 1.0 - p.prune_ratio if prune else 1.0
+            mean = scores.mean()
+            n_well = int(np.count_nonzero(scores < mean))
+            n_keep = int(keep_ratio * n_well)
+            kept = rng_for(ctx.seed, n_round, STREAM_DRAW).choice(n_well, n_keep, replace=False)
+            kept.sort()
+            dec.header["candidates"] = {"well_learned": n_well, "score_mean": float(mean)}
+        dec.header["keep_ratio"] = keep_ratio if prune else 1.0
         dec.header["full_from_round"] = full_from
+        dec.parts = _infobatch_parts(scores, ctx.rows, rel, prune, mean, kept, keep_ratio)
         return dec
+
+
+def _infobatch_parts(scores: np.ndarray, rows: int, rel: str, prune: bool, mean: float,
+                     kept: npt.NDArray[np.int64], keep_ratio: float) -> Iterator[Part]:
+    """InfoBatch's parts: each range's well-learned rows (score below the mean), the ones not in ``kept``
+    (positions in pool order) pruned, the others weighted ``1 / keep_ratio``; the range's scores."""
+    offset = 0
+    for start, stop in row_ranges(len(scores), rows):
+        s = scores[start:stop]
+        part = Part(start, stop, tables={rel: pa.table({"score": s.astype(np.float32)})})
+        if prune:
+            well = np.flatnonzero(s < mean)
+            pruned = ~_pruned_in(kept, offset, len(well))
+            offset += len(well)
+            part.keep = np.ones(stop - start, bool)
+            part.keep[well[pruned]] = False
+            part.weight = np.ones(stop - start, np.float32)
+            part.weight[well[~pruned]] = 1.0 / keep_ratio
+            part.rows, part.kind, part.pruned = well + start, np.zeros(len(well), np.int8), pruned
+        yield part
 
 
 def _scores_path(round_: int) -> str:
@@ -348,10 +483,8 @@ class NoParams:
 @register
 class NoPruning(Method):
     name = "none"
-    Params = NoParams
+    config_class = NoParams
     summary = "the full pool every round (control runs)"
 
     def step(self, ctx: RoundContext) -> Decision:
-        dec = Decision(phase=sch.FULL, keep=np.ones(len(ctx.pool), bool), state={})
-        dec.record_losses = False
-        return dec
+        return Decision(phase=sch.FULL, state={}, record_losses=False)

@@ -8,6 +8,9 @@ the index with a binary search over sorted keys, and verifies every match byte f
 uid; a failed check retries with the full key. The result is exactly ``pyarrow.compute.index_in``'s
 (pool row, -1 where absent) for any input: key collisions cost a retry, never a wrong row. Uids that are
 not all of the pool's width make :meth:`UidIndex.lookup` return None (the caller falls back to Arrow).
+
+:func:`uid_keys` gives the same keys for uids of one width and extends them to strings of any length; the
+partitioned rounds bucket and join loss uids by them (``store.py``, ``tasks.py``).
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ def _rows_match(pool: np.ndarray, rows: np.ndarray, words: npt.NDArray[np.uint64
     return out
 
 
-def _as_items(words: npt.NDArray[np.uint64]) -> np.ndarray:
+def word_items(words: npt.NDArray[np.uint64]) -> np.ndarray:
     """Rows of a C-contiguous word matrix as single void items (a view)."""
     return np.ascontiguousarray(words).view(f"V{8 * words.shape[1]}").reshape(len(words))
 
@@ -197,7 +200,7 @@ class UidIndex:
         out[qpos[hit]] = self.row[at[hit]]
         del at, hit, qpos
         # byte check, chunk by chunk in query order; a failed one retries with the full key
-        pool = _as_items(pool_words)
+        pool = word_items(pool_words)
         offsets = np.cumsum([0] + [len(p) for p in parts])
         retry = []
         for off, words in zip(offsets, parts, strict=False):
@@ -215,3 +218,65 @@ class UidIndex:
             ok = _rows_match(pool, rows, words) & (rows >= 0)
             out[todo[ok]] = rows[ok]
         return out
+
+
+_KEY_BLOCK = 1 << 16  # rows keyed per step when the uids are of several lengths (bounds the padded copy)
+
+
+def uid_keys(col: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.uint64]:
+    """A 64-bit key per string of any length: :func:`mix` of its bytes as little-endian words, the last one
+    zero-padded, with the word count as the seed. Equal strings have equal keys in any array; for uids of one
+    width the keys are ``mix(uid_words(col, width))`` (those of :class:`UidIndex`). Nulls key as empty strings.
+    """
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    parts = [_keys_of(c) for c in chunks if len(c)]
+    if not parts:
+        return np.zeros(0, _U64)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _keys_of(arr: pa.Array) -> npt.NDArray[np.uint64]:
+    if pa.types.is_large_string(arr.type) or pa.types.is_string(arr.type):
+        width = fixed_width(arr)
+        if width is not None:
+            words = uid_words(arr, width)
+            if words is not None:
+                return mix(words)
+    else:
+        arr = arr.cast(pa.string())
+    if arr.null_count:
+        arr = arr.fill_null("")
+    return np.concatenate([_ragged_keys(arr.slice(s, _KEY_BLOCK)) for s in range(0, len(arr), _KEY_BLOCK)])
+
+
+def _ragged_keys(arr: pa.Array) -> npt.NDArray[np.uint64]:
+    """``uid_keys`` of strings of several lengths: each row padded to the longest in whole words."""
+    n = len(arr)
+    offs = _offsets(arr).astype(np.int64)
+    lengths = np.diff(offs)
+    nw = (lengths + 7) // 8
+    w = int(nw.max(initial=0))
+    padded = np.zeros((n, max(w, 1) * 8), np.uint8)
+    total = int(offs[-1] - offs[0])
+    if total:
+        data = np.frombuffer(arr.buffers()[2], np.uint8, count=total, offset=int(offs[0]))
+        rows = np.repeat(np.arange(n), lengths)
+        cols = np.arange(total, dtype=np.int64) - np.repeat(offs[:-1] - offs[0], lengths)
+        padded[rows, cols] = data
+    words = padded.view("<u8")
+    k = nw.astype(_U64)
+    tmp = np.empty(n, _U64)
+    for j in range(w):  # mix's word loop, only for the rows that have word j
+        act = nw > j
+        nk = k ^ words[:, j]
+        np.multiply(nk, _M0, out=nk)
+        np.right_shift(nk, _U64(31), out=tmp)
+        np.bitwise_xor(nk, tmp, out=nk)
+        k = np.where(act, nk, k)
+    for shift, mult in ((30, _M1), (27, _M2)):
+        np.right_shift(k, _U64(shift), out=tmp)
+        np.bitwise_xor(k, tmp, out=k)
+        np.multiply(k, mult, out=k)
+    np.right_shift(k, _U64(31), out=tmp)
+    np.bitwise_xor(k, tmp, out=k)
+    return k

@@ -2,7 +2,7 @@
 
 Errors a user can fix are printed as one line on stderr with a non-zero exit code:
 1 = runtime failure, 2 = bad usage (option or argument), 3 = bad input data, 130 = interrupted.
-Where everything else goes (stdout: the result; stderr: tables, progress, warnings): ``_common``.
+Where everything else goes (stdout: the result; stderr: tables, progress, warnings): ``curate.cli.ui``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ except ImportError:  # older typer on top of click
     from click.exceptions import Exit as _Exit
 
 from curate import __version__
-from curate.cli import _common as ui
 from curate.cli import (  # noqa: F401  (registers commands)
     bootstrap_cmd,
     demo_cmd,
@@ -35,9 +34,10 @@ from curate.cli import (  # noqa: F401  (registers commands)
     select_cmd,
     selections_cmd,
     shards_cmd,
+    ui,
 )
-from curate.cli._app import app
-from curate.cli._tree import apply_conventions, command_path, find, option
+from curate.cli.conventions import apply_conventions, command_path, find, option
+from curate.cli.root import app
 from curate.errors import CurateError, Interrupted
 from curate.logs import one_line_logs
 
@@ -75,9 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.exit_code
         if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130)
             sys.stderr.write("interrupted\n")
-    except _Abort:
-        sys.stderr.write("error: aborted\n")
-        code = 130
+    except _Abort as exc:  # click turns KeyboardInterrupt and EOFError (a bug here: no command reads stdin) into this
+        if isinstance(exc.__cause__, EOFError) and not os.environ.get("CURATE_DEBUG"):
+            code = _internal_error(exc.__cause__)
+        elif isinstance(exc.__cause__, EOFError):
+            raise exc.__cause__ from None
+        else:
+            sys.stderr.write("interrupted\n")
+            code = 130
     except _cx.ClickException as exc:
         sys.stderr.write(f"error: {exc.format_message()}\n")
         code = exc.exit_code

@@ -9,18 +9,21 @@ import typer
 from rich.table import Table
 
 from curate.bootstrap.methods import METHODS, PRUNE_MODES, RANK_SCOPES, list_methods
-from curate.cli import _common as ui
-from curate.cli._app import app
+from curate.cli import ui
+from curate.cli.root import app
+from curate.engines import list_engines
 from curate.errors import UsageError
 
 Method = ui.choices("Method", list_methods())
 RankScope = ui.choices("RankScope", RANK_SCOPES)
 PruneMode = ui.choices("PruneMode", PRUNE_MODES)
 PrintWhat = ui.choices("PrintWhat", ("path", "urls"))
+EngineName = ui.choices("EngineName", list_engines())
 
 _SCAN = "SCAN knobs (--method scan, the default; none required)"
 _INFOBATCH = "InfoBatch knobs (--method infobatch; --total-rounds required)"
 _OUTPUT = "Output"
+_ENGINE = "Where the passes over the loss table run"
 
 bootstrap_app = typer.Typer(
     help="Dynamic pruning between training rounds (SCAN, InfoBatch); prints the round's manifest path.",
@@ -101,6 +104,11 @@ def bootstrap(
     reset: bool = typer.Option(False, "--reset", help="Start the rounds over: remove what bootstrap wrote "
                                "(RUN/bootstrap, RUN/manifests/round-*; losses are kept); with --round 0, then "
                                "decide round 0.", rich_help_panel=_OUTPUT),
+    engine: EngineName = typer.Option("local", help="local or ray (the same files).", rich_help_panel=_ENGINE),
+    workers: int = typer.Option(None, help="--engine local: task processes (default 1: this process).",
+                                rich_help_panel=_ENGINE),
+    ray_address: str = typer.Option(None, help="--engine ray: cluster address (auto, ray://HOST:10001); "
+                                    "default: start a local Ray.", rich_help_panel=_ENGINE),
     dry_run: bool = ui.dry_run_option(),
     quiet: bool = ui.quiet_option(),
 ) -> None:
@@ -118,15 +126,19 @@ def bootstrap(
     if run is None or round_ is None:
         raise UsageError("curate bootstrap needs --run RUN and --round N (see 'curate bootstrap --help')")
     from curate.bootstrap import bootstrap_round
-    from curate.trainer.manifest_filter import shard_urls
+    from curate.io.manifest import shard_urls
 
     knobs = {
         "rho_max": rho_max, "rho_min": rho_min, "t_cos": t_cos, "prune_td": prune_td,
         "warmup_rounds": warmup_rounds, "rank_scope": _value(rank_scope), "prune_mode": _value(prune_mode),
         "prune_ratio": prune_ratio, "delta": delta, "total_rounds": total_rounds, "init_score": init_score,
     }
+    eng_opts: dict[str, Any] = {"address": ray_address} if ray_address else {}
+    if workers is not None:
+        eng_opts["workers"] = workers
     res = bootstrap_round(run, round_, method=_value(method), knobs=knobs, seed=seed, init=init, dry_run=dry_run,
-                          allow_partial=allow_partial)
+                          allow_partial=allow_partial, engine=engine.value, engine_options=eng_opts or None,
+                          progress=ui.progress())
     if json_out:
         ui.print_json({**res.summary, "manifest": str(res.manifest_path), "dry_run": dry_run})
         return

@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from curate.choices import CAPTION_MODES, PRECISIONS
-from curate.cli import _common as ui
-from curate.cli._app import app
+from curate.cli import ui
+from curate.cli.root import app
 from curate.engines import list_engines
 from curate.errors import InputError
 from curate.io.shards import DEFAULT_MAX_PIXELS

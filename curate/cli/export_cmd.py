@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from curate.cli import _common as ui
-from curate.cli._app import app
+from curate.cli import ui
+from curate.cli.root import app
 from curate.io.export import FORMATS, export_manifest
 from curate.io.merge import merge_manifests
 from curate.io.reshard import reshard

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from curate.cli import _common as ui
-from curate.cli._app import app
+from curate.cli import ui
+from curate.cli.root import app
 from curate.errors import UsageError
 from curate.inspect import inspect_run
 

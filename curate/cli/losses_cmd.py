@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from curate.choices import PRECISIONS
-from curate.cli import _common as ui
-from curate.cli._app import app
+from curate.cli import ui
+from curate.cli.root import app
 
 Precision = ui.choices("Precision", PRECISIONS)
 

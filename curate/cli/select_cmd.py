@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 from typer.core import TyperCommand
 
-from curate.cli import _common as ui
-from curate.cli._app import app
+from curate.cli import ui
+from curate.cli.root import app
 from curate.engines import list_engines
 from curate.errors import UsageError
 from curate.select import SELECTORS, list_selectors, plan_selection, run_selection
@@ -107,7 +107,9 @@ def select(
                                     "greedy (exact gains).", rich_help_panel=_CLIPCOV),
     partition: str = typer.Option(None, help="The pseudo-classes: imagenet (zero-shot ImageNet-1k labels, default; "
                                   "for web photos) or kmeans:K (K clusters; data without class names). See "
-                                  "'Partition' below. Also the partitions of --per-partition.",
+                                  "'Partition' below. Also the partitions of --per-partition, which also takes "
+                                  "selection:NAME (the partition column of an earlier selection, e.g. metaclip's "
+                                  "metadata entries).",
                                   rich_help_panel=_CLIPCOV),
     classes: str = typer.Option(None, help="File of class names (one per line) for zero-shot labels instead of "
                                 "ImageNet's (data with a known label set).", rich_help_panel=_CLIPCOV),

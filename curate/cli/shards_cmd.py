@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from curate.cli import _common as ui
-from curate.cli._app import app
+from curate.cli import ui
+from curate.cli.root import app
 from curate.errors import CurateError, UsageError
 from curate.io.shards import DEFAULT_MAX_PIXELS, DROP_REASONS, SHARD_PROBLEMS
 
@@ -23,7 +23,7 @@ def make_sample(
     quiet: bool = ui.quiet_option(),
 ) -> None:
     """Generate the deterministic synthetic image-caption world with ground-truth defects; print the folder."""
-    from curate.io.synthetic import make_sample as _make
+    from curate.world import make_sample as _make
 
     if n_train < 1:
         raise CurateError("--n-train must be >= 1")

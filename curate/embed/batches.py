@@ -18,8 +18,8 @@ from curate.io.shards import (
     ErrorPolicy,
     RawSample,
     SampleError,
-    _drop,
     caption_for_tokenizer,
+    count_drop,
     decode_image,
     iter_shard,
     shard_name,
@@ -125,13 +125,13 @@ class ShardBatches(IterableDataset):
         for s in samples:
             shard = s.shard
             if has_text and s.caption is None:
-                _drop(stats, "missing_caption", s.shard, s.key, self.policy)
+                count_drop(stats, "missing_caption", s.shard, s.key, self.policy)
                 continue
             try:
                 img = decode_image(s.image_bytes or b"", self.draft_size, self.policy.max_pixels)
                 tensor = self.preprocess(img)
             except SampleError as exc:
-                _drop(stats, exc.reason, s.shard, s.key, self.policy, str(exc))
+                count_drop(stats, exc.reason, s.shard, s.key, self.policy, str(exc))
                 continue
             rows.append((s, tensor))
             if len(rows) == self.batch_size:

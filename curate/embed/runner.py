@@ -25,19 +25,21 @@ from curate.embed.state import (
     STEP,
     ShardState,
     aggregate_stats,
-    remove_stale_temp_files,
     retryable,
     run_lock,
     run_shard_urls,
     shard_states,
 )
 from curate.engines import Engine, ItemWorker, get_engine, make_engine, parse_devices
+from curate.engines.devices import check_device
 from curate.errors import CurateError, Interrupted, UsageError
+from curate.fs import sweep_dead_temps, write_json
 from curate.io.shards import DEFAULT_MAX_PIXELS, ErrorPolicy, expand_shards, shard_name
-from curate.io.tables import EMBEDDINGS_FORMAT_VERSION, embedding_schema, fixed_list, write_table
-from curate.models import PRECISIONS, SAMPLE_MODEL, LoadedModel, _autocast_dtype, check_device, load_model
+from curate.io.tables import fixed_list, write_table
+from curate.models import PRECISIONS, SAMPLE_MODEL, LoadedModel, autocast_dtype, load_model
 from curate.progress import NullProgress, Progress, set_total
-from curate.run import RunDir, write_json
+from curate.rundir import RunDir
+from curate.schemas import EMBEDDINGS_FORMAT_VERSION, embedding_schema
 
 _logger = logging.getLogger(__name__)
 _SCHEMAS = ("local-dir:", "hf-hub:")  # model names that bring their own weights
@@ -55,7 +57,7 @@ class EmbedConfig:
     pretrained: str | None = None
     device: str = "auto"
     batch_size: int = 256
-    workers: int | None = None  # decode worker processes (None: see ``_decode_workers``)
+    workers: int | None = None  # decode worker processes (None: see ``decode_workers``)
     threads: int | None = None  # CPU threads of a CPU model (None: see ``_model_threads``)
     precision: str = "auto"
     captions: str = "auto"
@@ -278,7 +280,7 @@ def _provenance(model: LoadedModel, cfg: EmbedConfig, draft: int | None, fast: F
     info = model.info
     precision = model.precision_name
     if device_type is not None:
-        dtype = _autocast_dtype(cfg.precision, torch.device(device_type))
+        dtype = autocast_dtype(cfg.precision, torch.device(device_type))
         precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")  # type: ignore[arg-type]
     return {
         "format_version": EMBEDDINGS_FORMAT_VERSION,
@@ -323,7 +325,7 @@ def run_embed(cfg: EmbedConfig, progress: Progress | None = None) -> EmbedResult
         model = load_model(cfg.model, cfg.pretrained, device="cpu" if parallel else device, precision=cfg.precision)
         _check_compatible(prev, model, cfg, run.root)
         with run_lock(run, STEP):
-            remove_stale_temp_files([run.embeddings_dir, run.stats_file(STEP).with_suffix("")])
+            sweep_dead_temps(run.embeddings_dir, run.stats_file(STEP).with_suffix(""))
             states, changed, missing, refresh, todo = _shard_work(run, urls, cfg.refresh)
             worker = EmbedWorker(cfg, str(run.root.resolve()), _draft_size(model, cfg), cfg.fast_preprocess)
             worker.expect = _provenance(model, cfg, worker.draft, worker.fast_for(model),
@@ -488,7 +490,7 @@ def _embed_shards(
                       cfg.captions, draft, int(model.info.get("context_length") or 77),
                       pixels="uint8" if fast else "float",
                       normalize=(model.info["mean"], model.info["std"]) if fast and on_cpu else None)
-    workers = min(_decode_workers(cfg.workers, model.device.type, torch.get_num_threads()), len(urls))
+    workers = min(decode_workers(cfg.workers, model.device.type, torch.get_num_threads()), len(urls))
     loader = DataLoader(
         ds, batch_size=None, num_workers=workers, collate_fn=_identity,
         pin_memory=model.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
@@ -545,7 +547,7 @@ class _TotalEstimate:
         return max(float(self.seen), self.finished_images / self.finished * self.shards)
 
 
-def _decode_workers(workers: int | None, device_type: str, share: int) -> int:
+def decode_workers(workers: int | None, device_type: str, share: int) -> int:
     """Decode worker processes: ``--workers`` when given, else by where the model runs.
 
     A GPU model leaves the CPU to decoding, and decoding then sets the pace (BENCHMARKS §6), so it gets
@@ -587,8 +589,3 @@ def _write_shard(run: RunDir, shard: str, table: pa.Table, stats: dict[str, int]
     write_json(run.shard_stats_file(STEP, shard), stats)
 
 
-def embed_config_dict(cfg: EmbedConfig) -> dict[str, Any]:
-    """The config as a JSON-able dict."""
-    d = asdict(cfg)
-    d["run"] = os.fspath(Path(cfg.run))
-    return d

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import InputError
-from curate.fs import exclusive_lock
+from curate.fs import exclusive_lock, read_json
 from curate.io.shards import fingerprint, shard_name
 from curate.io.tables import table_metadata
-from curate.run import RunDir, read_json
+from curate.rundir import RunDir
 
 STEP = "embed"
 
@@ -118,7 +118,7 @@ def check_pool_complete(run: RunDir, allow_partial: bool = False) -> list[str]:
 
 def run_shard_urls(run: RunDir) -> list[str]:
     """The shard URLs a run's ``run.json`` lists under ``embed.shards``, in order."""
-    return [s["url"] for s in (run.load().get("embed") or {}).get("shards", []) if "url" in s]
+    return list(run.shard_urls().values())
 
 
 @contextlib.contextmanager
@@ -131,17 +131,6 @@ def run_lock(run: RunDir, step: str) -> Iterator[None]:
     with exclusive_lock(run.root / f".{step}.lock",
                         f"another 'curate {step}' is writing to {run.root}; wait for it to finish"):
         yield
-
-
-def remove_stale_temp_files(folders: Sequence[Path], pattern: str = ".*.tmp") -> int:
-    """Delete temp files left by a killed writer (call only while holding the run lock)."""
-    n = 0
-    for d in folders:
-        for p in d.glob(pattern):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                n += 1
-    return n
 
 
 #: Shard problems that may be transient (network, permissions): such a shard is not marked done.

@@ -20,15 +20,46 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curate import logs
 from curate.engines.base import ItemWorker
 from curate.errors import CurateError, UsageError
 from curate.progress import NullProgress, Progress, set_total
 
+if TYPE_CHECKING:
+    import torch
+
 _log = logging.getLogger(__name__)
 _POLL_S = 0.2
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The torch device for ``device`` (``auto``: CUDA when present); ``UsageError`` when it can't be used.
+
+    The one place a device option (``--device``, ``--devices``) is resolved; torch is imported here.
+    """
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type != "cpu" and dev.type != "mps":
+        raise UsageError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def device_name(device: str | None) -> str:
+    """:func:`check_device` as a string (``auto`` → ``cuda`` or ``cpu``)."""
+    return str(check_device(device))
 
 
 def parse_devices(spec: str | Sequence[str]) -> list[str]:
@@ -37,8 +68,6 @@ def parse_devices(spec: str | Sequence[str]) -> list[str]:
     ``all`` is every visible CUDA GPU, or the CPU (one process) on a machine without one. A bare
     number N means ``cuda:N``; ``cpu`` may be repeated to run several CPU processes.
     """
-    from curate.models import check_device  # lazy: imports torch
-
     tokens = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec)]
     if not tokens or any(not t for t in tokens):
         raise UsageError(f"bad --devices {spec!r}: use all, a list of GPU numbers (0,1) or cpu,cpu")

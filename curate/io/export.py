@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import InputError, UsageError
-from curate.fs import check_replace, output_file, run_folder_of, same_file_content
-from curate.io.manifest import Manifest, header_path, read_manifest
-from curate.run import atomic_path
+from curate.fs import atomic_path, check_replace, output_file, run_folder_of, same_file_content
+from curate.io.manifest import Manifest, header_path, manifest_path_of, read_manifest, shard_urls
 
-FORMATS = ("datacomp", "keys", "urls")
-DEFAULT_NAMES = {"datacomp": "subset.npy", "keys": "keys.txt", "urls": "urls.txt"}
-FOLDER_SUFFIXES = {"datacomp": ".npy", "keys": ".keys.txt", "urls": ".urls.txt"}  # --out DIR: DIR/<name><suffix>
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One ``curate export --format``: its file names and its writer (``write(manifest, tmp, path, shards)``
+    writes ``tmp`` for the manifest at ``path`` and returns the number of entries)."""
+
+    name: str
+    default_name: str  # the file next to the manifest
+    folder_suffix: str  # --out DIR: DIR/<manifest name><suffix>
+    write: Callable[[Manifest, Path, Path, str | None], int]
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_format(fmt: ExportFormat) -> ExportFormat:
+    """Add an export format to the registry (a name is registered once)."""
+    if fmt.name in EXPORT_FORMATS:
+        raise ValueError(f"export format {fmt.name!r} is already registered")
+    EXPORT_FORMATS[fmt.name] = fmt
+    return fmt
 U8PAIR = np.dtype("u8,u8")
 
 _LUT = np.full(256, 255, np.uint8)
@@ -110,12 +128,19 @@ def run_of_manifest(path: Path) -> Path | None:
 
 def write_urls(manifest: Manifest, out: str | os.PathLike[str], run: Path | None, shards: str | None = None) -> int:
     """Write the URLs of shards that still hold kept samples (from ``shards``, run.json, or names)."""
-    from curate.trainer.manifest_filter import shard_urls
 
     urls = shard_urls(manifest, urls=shards, run=run)
     with atomic_path(out) as tmp:
         Path(tmp).write_text("".join(u + "\n" for u in urls), encoding="utf-8")
     return len(urls)
+
+
+register_format(ExportFormat("datacomp", "subset.npy", ".npy", lambda m, tmp, path, shards: write_datacomp(m, tmp)))
+register_format(ExportFormat("keys", "keys.txt", ".keys.txt", lambda m, tmp, path, shards: write_keys(m, tmp)))
+register_format(ExportFormat("urls", "urls.txt", ".urls.txt",
+                             lambda m, tmp, path, shards: write_urls(m, tmp, run_of_manifest(path), shards)))
+FORMATS = tuple(EXPORT_FORMATS)
+DEFAULT_NAMES = {f.name: f.default_name for f in EXPORT_FORMATS.values()}
 
 
 def manifest_name(path: Path, manifest: Manifest) -> str:
@@ -181,23 +206,16 @@ def export_manifest(
     curate did not write is replaced only with ``force`` (see the module docstring).
     Returns the written path and the number of entries (uids, keys or URLs).
     """
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    path = Path(manifest_path)
-    if path.is_dir():
-        path = path / "manifest.parquet"
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    path = manifest_path_of(manifest_path)
     manifest = read_manifest(path)
     if out is None:
-        target = path.parent / DEFAULT_NAMES[fmt]
+        target = path.parent / EXPORT_FORMATS[fmt].default_name
     else:
-        target = output_file(out, manifest_name(path, manifest) + FOLDER_SUFFIXES[fmt])
+        target = output_file(out, manifest_name(path, manifest) + EXPORT_FORMATS[fmt].folder_suffix)
     if target.resolve() in {path.resolve(), header_path(path).resolve()}:
         raise UsageError(f"--out {target} is the manifest being exported; choose another --out")
-    if fmt == "datacomp":
-        n = _publish(target, force, lambda tmp: write_datacomp(manifest, tmp))
-    elif fmt == "keys":
-        n = _publish(target, force, lambda tmp: write_keys(manifest, tmp))
-    else:
-        run = run_of_manifest(path)
-        n = _publish(target, force, lambda tmp: write_urls(manifest, tmp, run, shards))
+    writer = EXPORT_FORMATS[fmt]
+    n = _publish(target, force, lambda tmp: writer.write(manifest, tmp, path, shards))
     return target, n

@@ -21,20 +21,8 @@ import pyarrow.compute as pc
 
 from curate.errors import InputError, UsageError
 from curate.io.export import run_of_manifest
-from curate.io.manifest import Manifest, build_manifest, read_manifest, write_manifest
-from curate.run import RunDir
-
-
-def manifest_file(path: str | os.PathLike[str]) -> Path:
-    """The Parquet file of a manifest given as a file, its ``.json`` header, or a selection folder."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "manifest.parquet"
-    elif p.suffix == ".json":
-        p = p.with_suffix(".parquet")
-    if not p.is_file():
-        raise InputError(f"manifest not found: {path}")
-    return p
+from curate.io.manifest import Manifest, build_manifest, manifest_path_of, read_manifest, write_manifest
+from curate.rundir import RunDir
 
 
 def shard_url_map(manifest: Manifest, path: Path) -> dict[str, str]:
@@ -44,8 +32,7 @@ def shard_url_map(manifest: Manifest, path: Path) -> dict[str, str]:
     run = run_of_manifest(path)
     if run is None:
         return {}
-    embed = RunDir(run).load().get("embed") or {}
-    return {s["name"]: s["url"] for s in embed.get("shards", []) if "url" in s}
+    return RunDir(run).shard_urls()
 
 
 def merge_manifests(
@@ -58,7 +45,7 @@ def merge_manifests(
     out = Path(out)
     if out.suffix != ".parquet":
         raise UsageError(f"--out must be a .parquet file (got {out})")
-    files = [manifest_file(p) for p in paths]
+    files = [manifest_path_of(p) for p in paths]
     if len({f.resolve() for f in files}) != len(files):
         raise UsageError("a manifest is given twice")
     if out.resolve() in {f.resolve() for f in files}:

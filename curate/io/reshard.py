@@ -33,13 +33,13 @@ import numpy as np
 import pyarrow.compute as pc
 
 from curate.errors import InputError, UsageError
-from curate.fs import run_folder_of
+from curate.fs import pid_alive, remove_dead_temps, run_folder_of, write_json
 from curate.io.export import run_of_manifest
-from curate.io.manifest import read_manifest
+from curate.io.manifest import manifest_path_of, read_manifest
 from curate.io.shards import expand_shards, iter_shard, shard_name
-from curate.io.tarwrite import pid_alive, remove_dead_temps, write_tar
+from curate.io.tarwrite import write_tar
 from curate.progress import NullProgress, Progress
-from curate.run import RunDir, write_json
+from curate.rundir import RunDir
 
 RESHARD_INFO = "reshard.json"
 WRITTEN_BY = "curate reshard"  # the marker in reshard.json that says curate's reshard wrote the folder
@@ -229,8 +229,7 @@ def reshard(
     """
     if shard_size < 1:
         raise UsageError(f"--shard-size must be a positive integer, got {shard_size}")
-    path = Path(manifest_path)
-    path = path / "manifest.parquet" if path.is_dir() else path
+    path = manifest_path_of(manifest_path)
     manifest = read_manifest(path)
     out = Path(out_dir)
     table = manifest.table

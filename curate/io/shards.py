@@ -248,7 +248,8 @@ class SampleError(Exception):
         self.reason = reason
 
 
-def _drop(stats: Counter[str], reason: str, shard: str, key: str, policy: ErrorPolicy, detail: str = "") -> None:
+def count_drop(stats: Counter[str], reason: str, shard: str, key: str, policy: ErrorPolicy, detail: str = "") -> None:
+    """Count a skipped sample under ``dropped_<reason>``; under ``--strict`` raise it as one line instead."""
     stats[f"dropped_{reason}"] += 1
     if policy.strict:
         detail = detail.removeprefix(f"{reason}: ")
@@ -274,18 +275,18 @@ def _finish_group(
         try:
             key.encode()
         except UnicodeEncodeError:  # a name in another encoding (read with surrogate escapes, as tarfile does)
-            _drop(stats, "name_not_utf8", shard, key, policy)
+            count_drop(stats, "name_not_utf8", shard, key, policy)
             return None
     exts: dict[str, bytes] = {}
     for ext, name, kind, data in members:
         if name.startswith("/") or ".." in name.split("/"):
-            _drop(stats, "unsafe_member", shard, key, policy, name)
+            count_drop(stats, "unsafe_member", shard, key, policy, name)
             return None
         if kind != "file" or data is None:
-            _drop(stats, "non_file_member", shard, key, policy, name)
+            count_drop(stats, "non_file_member", shard, key, policy, name)
             return None
         if ext in exts:
-            _drop(stats, "duplicate_member", shard, key, policy, name)
+            count_drop(stats, "duplicate_member", shard, key, policy, name)
             return None
         exts[ext] = data
     image_ext = next((e for e in IMAGE_EXTS if e in exts), None)
@@ -294,7 +295,7 @@ def _finish_group(
         try:
             caption = exts[CAPTION_EXT].decode("utf-8")
         except UnicodeDecodeError:
-            _drop(stats, "caption_not_utf8", shard, key, policy)
+            count_drop(stats, "caption_not_utf8", shard, key, policy)
             return None
     meta = None
     if "json" in exts:
@@ -303,10 +304,10 @@ def _finish_group(
             if not isinstance(meta, dict):
                 raise ValueError("not an object")
         except (ValueError, UnicodeDecodeError):
-            _drop(stats, "bad_json", shard, key, policy)
+            count_drop(stats, "bad_json", shard, key, policy)
             return None
     if image_ext is None:
-        _drop(stats, "missing_image", shard, key, policy)
+        count_drop(stats, "missing_image", shard, key, policy)
         return None
     image = exts[image_ext]
     return RawSample(shard=shard, url=url, key=key, position=position, image_bytes=image, image_ext=image_ext,
@@ -353,7 +354,7 @@ def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] 
         position += 1
         if cur_key in seen_keys:
             stats["seen"] += 1
-            _drop(stats, "duplicate_key", shard, cur_key, policy)
+            count_drop(stats, "duplicate_key", shard, cur_key, policy)
             return None
         seen_keys.add(cur_key)
         return _finish_group(shard, url, cur_key, pos, group, stats, policy)
@@ -390,7 +391,7 @@ def iter_shard(url: str, policy: ErrorPolicy | None = None, stats: Counter[str] 
         if cur_key is not None:  # the group being read when the damage hit is incomplete
             n_groups += 1
             stats["seen"] += 1
-            _drop(stats, "truncated_sample", shard, cur_key, policy)
+            count_drop(stats, "truncated_sample", shard, cur_key, policy)
             cur_key = None
     sample = flush()
     if sample is not None:

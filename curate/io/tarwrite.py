@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
-import shutil
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,8 +20,6 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "atomic_write_bytes",
     "member_order",
-    "pid_alive",
-    "remove_dead_temps",
     "write_members",
     "write_tar",
 ]
@@ -66,42 +62,6 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename)."""
     with _atomic_file(path) as fh:
         fh.write(data)
-
-
-def pid_alive(pid: int) -> bool:
-    """True when a process with this id exists (on this machine)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_dead_temps(folder: str | os.PathLike[str], prefix: str) -> list[Path]:
-    """Remove ``folder/<prefix><pid>[-...]`` files and folders whose writing process is gone.
-
-    Temporary outputs carry their writer's pid; a killed writer leaves them behind, and the next attempt
-    removes them. Those of live processes (a concurrent writer) are left alone. Returns what was removed.
-    """
-    pat = re.compile(re.escape(prefix) + r"(\d+)(?:-.*)?$")
-    removed = []
-    d = Path(folder)
-    if not d.is_dir():
-        return removed
-    for p in d.iterdir():
-        m = pat.match(p.name)
-        if m is None or pid_alive(int(m.group(1))):
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:

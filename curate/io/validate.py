@@ -11,7 +11,7 @@ from curate.io.shards import (
     DEFAULT_MAX_PIXELS,
     ErrorPolicy,
     SampleError,
-    _drop,
+    count_drop,
     decode_image,
     expand_shards,
     iter_shard,
@@ -49,7 +49,7 @@ def validate_shard(url: str, decode: bool = True, max_pixels: int = DEFAULT_MAX_
             try:
                 decode_image(s.image_bytes or b"", None, max_pixels)
             except SampleError as exc:
-                _drop(stats, exc.reason, s.shard, s.key, policy)
+                count_drop(stats, exc.reason, s.shard, s.key, policy)
                 continue
         n += 1
         captions += s.caption is not None

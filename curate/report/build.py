@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.errors import CurateError, UsageError
-from curate.fs import check_replace, output_file, run_folder_of
+from curate.fs import atomic_path, check_replace, output_file, run_folder_of
 from curate.report import html as h
 from curate.report import plots
 from curate.report.data import (
@@ -40,7 +40,6 @@ from curate.report.samples import (
     rows_in,
     truth_rates,
 )
-from curate.run import atomic_path
 
 MAX_THUMBS = 48
 MAX_PANELS = 12  # selections drawn in each small-multiples plot (the others are named on the page)

@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import InputError
+from curate.fs import read_json
 from curate.io.tables import embedding_files, read_parquet
-from curate.run import RunDir, read_json
+from curate.rundir import RunDir
 
 #: Scores-table columns a report uses (the others are left on disk).
 SELECTION_COLUMNS = ("uid", "shard", "key", "selected", "rank", "reason", "score", "gain", "partition")
@@ -195,9 +196,7 @@ def load_selections(run: RunDir, emb: Embeddings, names: list[str] | None = None
 
     A selection whose files cannot be read is left out; ``notes["selection NAME"]`` says why.
     """
-    root = run.root / "selections"
-    found = sorted(p.name for p in root.glob("*") if p.is_dir() and not p.name.startswith(".")) if root.is_dir() \
-        else []
+    found = run.selection_names()
     if names is not None:
         missing = [n for n in names if n not in found]
         if missing:
@@ -285,7 +284,7 @@ def sample_losses(run: RunDir, round_: int) -> pa.Table | None:
 
 def load_rounds(run: RunDir) -> list[Round]:
     """Every bootstrap round with a manifest, in order, with its mean loss where losses exist."""
-    d = run.root / "manifests"
+    d = run.manifests_dir
     paths = sorted(d.glob("round-*.json")) if d.is_dir() else []
     out = []
     for p in paths:
@@ -320,10 +319,10 @@ class RoundSamples:
 
 def round_samples(run: RunDir, rnd: Round, state: dict[str, Any] | None, shards: list[str]) -> RoundSamples:
     """Join a round's decisions with the pool rows of ``shards`` (memory bounded by those shards)."""
-    from curate.bootstrap.data import load_pool
-    from curate.bootstrap.engine import decisions_path
+    from curate.bootstrap.data import load_round_pool
+    from curate.bootstrap.rounds import decisions_path
 
-    pool = load_pool(run.root, (state or {}).get("init"))
+    pool = load_round_pool(run.root, (state or {}).get("init"))
     in_shards = pc.is_in(pool.table.column("shard"), value_set=pa.array(shards, pa.string()))
     rows = np.flatnonzero(in_shards.to_numpy(zero_copy_only=False))
     code = np.zeros(len(rows), np.int64)  # 0 = kept, else 1 + index into names
@@ -376,7 +375,7 @@ class RunData:
 
 def load_run(run_root: str | os.PathLike[str], selections: list[str] | None = None) -> RunData:
     """Read a run for a report; stages that are absent are empty, unreadable ones leave a note."""
-    from curate.bootstrap.engine import load_state
+    from curate.bootstrap.rounds import load_state
     from curate.inspect import inspect_run
 
     run = RunDir(run_root)

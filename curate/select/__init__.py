@@ -15,7 +15,7 @@ from curate.select import (  # noqa: F401  (register the methods)
     target,
 )
 from curate.select.base import SELECTORS, Selector, get_selector, list_selectors, register
-from curate.select.run import SelectionPlan, SelectionResult, plan_selection, run_selection
+from curate.select.driver import SelectionPlan, SelectionResult, plan_selection, run_selection
 
 __all__ = [
     "SELECTORS", "SelectionPlan", "SelectionResult", "Selector", "get_selector", "list_selectors", "plan_selection",

@@ -8,7 +8,7 @@ It works in two steps that stay separate:
 * ``decide(pool, scores, budget, ctx)`` picks samples among the eligible ones and returns them in
   pick order.
 
-:func:`curate.select.run.run_selection` drives both steps and writes the score table and manifest.
+:func:`curate.select.driver.run_selection` drives both steps and writes the score table and manifest.
 The CLI builds its ``--method`` choices from :func:`list_selectors`.
 """
 
@@ -315,6 +315,21 @@ class Selector(ABC):
         elif self.tag():
             parts.append(self.tag())
         return "-".join(parts)
+
+
+class ThresholdOrBudget(Selector):
+    """A selector that keeps a budget (``--fraction``/``--count``) or every row with ``score >= --threshold``:
+    its config has a ``threshold`` field, and the threshold goes into the default name (``t0.28``)."""
+
+    budget_mode = "optional"
+
+    def check_budget(self, budget: int | None) -> None:
+        if (budget is None) == (self.config.threshold is None):  # type: ignore[attr-defined]
+            raise UsageError(f"--method {self.name} needs exactly one of --fraction, --count or --threshold")
+
+    def tag(self) -> str:
+        t = self.config.threshold  # type: ignore[attr-defined]
+        return f"t{t:g}" if t is not None else ""
 
 
 SELECTORS: dict[str, type[Selector]] = {}

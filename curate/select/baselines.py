@@ -17,6 +17,7 @@ from curate.select.base import (
     SelectContext,
     Selector,
     SelectorConfig,
+    ThresholdOrBudget,
     register,
 )
 from curate.select.partition import argmax_rows, default_kmeans_sample, sample_rows, train_kmeans
@@ -81,23 +82,16 @@ class ClipScoreConfig(SelectorConfig):
 
 
 @register
-class ClipScoreSelector(Selector):
+class ClipScoreSelector(ThresholdOrBudget):
     """CLIP-score filtering: the top fraction/count by ``clip_score``, or ``clip_score >= threshold``."""
 
     name = "clip-score"
     summary = "top samples by image-caption CLIP score, or --threshold (DataComp)"
     config_class = ClipScoreConfig
     needs = frozenset({"clip_score"})
-    budget_mode = "optional"
     columns: ClassVar[dict[str, str]] = {"score": "f8"}
     config: ClipScoreConfig
 
-    def check_budget(self, budget: int | None) -> None:
-        if (budget is None) == (self.config.threshold is None):
-            raise UsageError("--method clip-score needs exactly one of --fraction, --count or --threshold")
-
-    def tag(self) -> str:
-        return f"t{self.config.threshold:g}" if self.config.threshold is not None else ""
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
         assert chunk.clip_score is not None

@@ -26,10 +26,9 @@ from curate.io.shards import ErrorPolicy, iter_shard
 def shard_sources(run_root: Path, shards: list[str]) -> dict[str, dict[str, Any]]:
     """``{shard name: run.json's record}`` (``url`` and the fingerprint embed recorded) of ``shards``;
     a one-line error when one has no URL."""
-    from curate.run import RunDir
+    from curate.rundir import RunDir
 
-    listed = {s["name"]: s for s in (RunDir(run_root).load().get("embed") or {}).get("shards", [])
-              if "name" in s and "url" in s}
+    listed = {s["name"]: s for s in RunDir(run_root).embedded_shards()}
     missing = [s for s in shards if s not in listed]
     if missing:
         raise InputError(f"run.json lists no URL for shard {missing[0]!r} ({len(missing)} of {len(shards)} "
@@ -85,7 +84,7 @@ def read_captions(ids: pa.Table, sources: Mapping[str, Mapping[str, Any]], run_r
     """Captions of pool rows ``ids`` (``shard, key, position``; rows of a shard in table order), one
     shard run at a time, each shard checked against its recorded fingerprint first (``sources``: from
     :func:`shard_sources`)."""
-    from curate.run import RunDir
+    from curate.rundir import RunDir
 
     shard = ids.column("shard").to_pylist()
     keys = ids.column("key").to_pylist()

@@ -17,16 +17,15 @@ lazily evaluated marginal gains). Everything is block-wise: no n_k × n_k matrix
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from curate.engines.devices import device_name
 from curate.errors import InputError, UsageError
 from curate.select.base import (
     BlockScan,
@@ -90,26 +89,6 @@ class ClipCovConfig(SelectorConfig):
             raise UsageError(f"--cross-sample must be a positive integer, got {self.cross_sample}")
         if self.classes is not None:
             read_class_names(self.classes)  # a missing, empty or repeating file: said before anything else
-
-
-def torch_index_add(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``out[index[i]] += values[i]`` (torch ``index_add_``; ``np.add.at`` is slow for large inputs)."""
-    import torch
-
-    res = torch.from_numpy(out)
-    res.index_add_(0, torch.from_numpy(np.asarray(index, np.int64)), torch.from_numpy(values))
-    return res.numpy()
-
-
-def pick_device(device: str) -> str:
-    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
-    return device
 
 
 def _HALF_DTYPES(torch: Any) -> tuple[Any, ...]:
@@ -318,16 +297,6 @@ def cross_part(img: Rows, txt: Rows, s: int, n: int, r0: int, r1: int,
                 rows[b - r0 : b - r0 + len(x)] += p.sum(1)
             cols[c0:c1] += p.sum(0)  # Σ_i M⁺[i, j]
     return rows, cols
-
-
-def balanced_runs(costs: Sequence[float], parts: int) -> list[tuple[int, int]]:
-    """Cut a sequence into at most ``parts`` contiguous runs of about equal total cost."""
-    if not len(costs):
-        return []
-    cum = np.cumsum(np.asarray(costs, np.float64))
-    edges = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts, side="left") + 1
-    edges = np.unique(np.r_[0, np.minimum(edges, len(costs)), len(costs)])
-    return list(itertools.pairwise(edges.tolist()))
 
 
 class ClassReference:
@@ -544,7 +513,7 @@ class ClipCov(Selector):
         return Partitioner(self.config.partition, self.config.classes, self.config.kmeans_sample)
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
-        shared: dict[str, Any] = {"device": pick_device(ctx.device), "seed": ctx.seed}
+        shared: dict[str, Any] = {"device": device_name(ctx.device), "seed": ctx.seed}
         shared.update(self.partitioner().setup(
             source, ctx, {"image", "text"}, lambda c: c.image_ok & c.text_ok, shared["device"],
             empty="no sample has both a valid image and a valid text embedding; clipcov needs both"))

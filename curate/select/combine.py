@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,8 +20,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import InputError, UsageError
-from curate.io.manifest import read_manifest_header
-from curate.select.base import BlockScan, Pool, RankBy, Reasons, SelectContext, Selector, SelectorConfig, register
+from curate.select.base import (
+    BlockScan,
+    Pool,
+    RankBy,
+    Reasons,
+    SelectContext,
+    Selector,
+    SelectorConfig,
+    ThresholdOrBudget,
+    register,
+)
+from curate.select.manage import input_selection
 from curate.select.setops import MAX_INPUTS, split_names
 
 NORMALISE = ("z", "rank")
@@ -102,22 +111,15 @@ class CombineConfig(SelectorConfig):
 
 
 @register
-class Combine(Selector):
+class Combine(ThresholdOrBudget):
     """A weighted sum of normalised score columns of earlier selections, ranked (or thresholded)."""
 
     name = "combine"
     summary = "weighted sum of earlier selections' score columns (z or rank normalised), then a budget"
     config_class = CombineConfig
-    budget_mode = "optional"
     columns: ClassVar[dict[str, str]] = {"score": "f8"}
     config: CombineConfig
 
-    def check_budget(self, budget: int | None) -> None:
-        if (budget is None) == (self.config.threshold is None):
-            raise UsageError("--method combine needs exactly one of --fraction, --count or --threshold")
-
-    def tag(self) -> str:
-        return f"t{self.config.threshold:g}" if self.config.threshold is not None else ""
 
     def default_name(self, fraction: float | None, count: int | None, seed: int = 0) -> str:
         assert self.config.of is not None
@@ -134,24 +136,15 @@ class Combine(Selector):
         assert self.config.of is not None
         tables, parents, norms = [], [], []
         for name in self.config.of:
-            folder = Path(ctx.run_root) / "selections" / name
-            path, scores = folder / "manifest.parquet", folder / "scores.parquet"
-            if not path.exists() or not scores.exists():
-                raise InputError(
-                    f"no selection {name!r} in {ctx.run_root}/selections; run 'curate select --name {name}'")
+            sel = input_selection(ctx.run_root, name, len(source))
             col = self.config.column_of(name)
-            f = pq.ParquetFile(scores)
-            if f.metadata.num_rows != len(source):
-                raise InputError(f"selection {name!r} was made on a pool of {f.metadata.num_rows} samples, the "
-                                 f"run has {len(source)} now; re-run it")
+            f = pq.ParquetFile(sel.scores)
             kind = f.schema_arrow.field(col).type if col in f.schema_arrow.names else None
             if kind is None or not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
                 raise InputError(f"selection {name!r} has no numeric column {col!r}; choose one with --column")
             norms.append(_norm(f, col, self.config.normalize, name))
-            header = read_manifest_header(path)
-            parents.append({"name": name, "column": col, "path": str(path.relative_to(ctx.run_root)),
-                            "method": header.get("method"), "content_hash": header.get("content_hash")})
-            tables.append(str(scores))
+            parents.append(sel.parent(ctx.run_root, column=col))
+            tables.append(str(sel.scores))
         return {"scores": tables, "parents": parents, "norms": norms}
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:

@@ -1,4 +1,4 @@
-"""List and delete a run's selections (``curate selections``).
+"""List and delete a run's selections (``curate selections``), and open one as the input of another.
 
 A selection is the folder ``RUN/selections/NAME`` plus its record in ``run.json`` (written together by
 ``curate select`` and ``curate bootstrap coreset``). Deleting one is safe:
@@ -21,13 +21,46 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import InputError, UsageError
+from curate.fs import read_json, remove_dead_temps
 from curate.io.export import DEFAULT_NAMES
-from curate.io.tarwrite import remove_dead_temps
-from curate.run import RunDir, read_json
-from curate.select.run import check_name, selection_lock
+from curate.rundir import RunDir, check_selection_name
 
 #: The files curate writes in a selection folder (select, coreset, and export's default names).
 SELECTION_FILES = ("scores.parquet", "manifest.parquet", "manifest.json", *DEFAULT_NAMES.values())
+
+
+@dataclass
+class InputSelection:
+    """An earlier selection of the same pool that a new one reads (set algebra, combine, partitions)."""
+
+    name: str
+    scores: Path  # its score table, one row per pool sample in pool order
+    manifest: Path
+    header: dict[str, Any]
+
+    def parent(self, run_root: str | os.PathLike[str], **extra: Any) -> dict[str, Any]:
+        """The record of this input in the new selection's header (``parents``)."""
+        return {"name": self.name, "path": str(self.manifest.relative_to(run_root)),
+                "method": self.header.get("method"), "content_hash": self.header.get("content_hash"), **extra}
+
+
+def input_selection(run_root: str | os.PathLike[str], name: str, pool_size: int, what: str = "") -> InputSelection:
+    """Selection ``name`` of the run, checked to be one of this pool (``pool_size`` rows); one-line errors
+    otherwise (``what`` prefixes them, e.g. ``--partition selection:NAME``)."""
+    import pyarrow.parquet as pq
+
+    from curate.io.manifest import read_manifest_header
+
+    prefix = f"{what}: " if what else ""
+    run = RunDir(run_root)
+    path, scores = run.selection_manifest(check_selection_name(name)), run.selection_scores(name)
+    if not path.exists() or not scores.exists():
+        raise InputError(f"{prefix}no selection {name!r} in {run_root}/selections; run 'curate select --name {name}'")
+    rows = pq.read_metadata(scores).num_rows
+    if rows != pool_size:
+        raise InputError(f"{prefix}selection {name!r} was made on a pool of {rows} samples, the run has "
+                         f"{pool_size} now; re-run it")
+    return InputSelection(name, scores, path, read_manifest_header(path))
 
 
 @dataclass
@@ -73,10 +106,7 @@ def params_text(params: dict[str, Any]) -> str:
 
 
 def _folders(run: RunDir) -> list[str]:
-    root = run.root / "selections"
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return run.selection_names()
 
 
 def _created(path: Path) -> str | None:
@@ -138,7 +168,7 @@ def dependents(run_root: str | os.PathLike[str], name: str) -> list[str]:
 def delete_selection(run_root: str | os.PathLike[str], name: str,
                      command: str | None = None) -> DeleteResult:
     """Delete selection ``name`` of a run safely (see the module docstring); return what was removed."""
-    check_name(name)
+    check_selection_name(name)
     run = RunDir(run_root)
     records = run.require().get("selections") or {}
     folder = run.selection_dir(name)
@@ -146,7 +176,7 @@ def delete_selection(run_root: str | os.PathLike[str], name: str,
     if name not in records and not os.path.lexists(folder):
         have = ", ".join(sorted(set(records) | set(_folders(run)))) or "none"
         raise InputError(f"no selection {name!r} in {run.root} (selections: {have})")
-    with selection_lock(run, name):
+    with run.selection_lock(name):
         records = run.load().get("selections") or {}
         if name not in records:
             raise UsageError(f"{folder} is not recorded in {run.run_json}: curate did not write it, so it is left "

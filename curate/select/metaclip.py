@@ -164,12 +164,6 @@ def matcher_for(digest: str, entries: Sequence[str]) -> EntryMatcher:
 # --------------------------------------------------------------------------------------------------
 # Balancing
 # --------------------------------------------------------------------------------------------------
-def entry_probabilities(counts: np.ndarray, cap: float) -> np.ndarray:
-    """``min(1, cap / c_e)`` per entry, as the reference computes it (``cap / max(c_e, cap)``)."""
-    c = np.asarray(counts, np.float64)
-    return cap / np.maximum(c, cap)
-
-
 def _probabilities(c: np.ndarray, lens: np.ndarray, starts: np.ndarray, cap: float | np.ndarray) -> np.ndarray:
     """``p_i`` of rows that have a match: ``c`` = the counts of their entries in row order, ``lens`` and
     ``starts`` = each row's number of entries and first position in ``c``."""

@@ -31,8 +31,8 @@ from curate.select.base import (
     RankBy,
     Reasons,
     SelectContext,
-    Selector,
     SelectorConfig,
+    ThresholdOrBudget,
     register,
 )
 
@@ -130,34 +130,27 @@ def batch_lse(img: Any, txt: Any, temperature: float) -> tuple[np.ndarray, np.nd
 
 
 @register
-class NegClipLossSelector(Selector):
+class NegClipLossSelector(ThresholdOrBudget):
     """negCLIPLoss: top samples by the clip score minus the batch-normalisation term (docs/select.md)."""
 
     name = "negcliploss"
     summary = "top samples by CLIP score minus its contrastive normalisation over K random batches (Wang et al. 2024)"
     config_class = NegClipLossConfig
     needs = frozenset({"image", "text"})
-    budget_mode = "optional"
     columns: ClassVar[dict[str, str]] = {"score": "f8", "clip_score": "f8", "norm_term": "f8"}
     partitioned = True
     partition_parts = frozenset({"image", "text"})
     pass2_combine = "sum"
     config: NegClipLossConfig
 
-    def check_budget(self, budget: int | None) -> None:
-        if (budget is None) == (self.config.threshold is None):
-            raise UsageError("--method negcliploss needs exactly one of --fraction, --count or --threshold")
-
-    def tag(self) -> str:
-        return f"t{self.config.threshold:g}" if self.config.threshold is not None else ""
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
-        from curate.select.clipcov import pick_device
+        from curate.engines.devices import device_name
 
         tau = self.config.temperature if self.config.temperature is not None else model_temperature(ctx.run_root)
         batches = max(1, math.ceil(len(source) / self.config.batch_size))
         return {"temperature": float(tau), "batches": batches, "n_partitions": batches * self.config.repeats,
-                "seed": ctx.seed, "device": pick_device(ctx.device)}
+                "seed": ctx.seed, "device": device_name(ctx.device)}
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
         from curate.select.baselines import rowdot

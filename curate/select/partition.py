@@ -18,13 +18,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import InputError, UsageError
-from curate.run import atomic_path
-
-
-def _block_rows() -> int:
-    from curate.select import source
-
-    return source.BLOCK_ROWS
+from curate.fs import atomic_path
 
 
 def parse_partition(spec: str) -> tuple[str, int | None]:
@@ -39,7 +33,8 @@ def parse_partition(spec: str) -> tuple[str, int | None]:
         if k < 1:
             raise UsageError(f"bad --partition {spec!r}: K in kmeans:K must be a positive integer")
         return "kmeans", k
-    raise UsageError(f"bad --partition {spec!r}: use 'imagenet' or 'kmeans:K' (or --classes FILE)")
+    raise UsageError(f"bad --partition {spec!r}: use 'imagenet' or 'kmeans:K' (or --classes FILE); "
+                     "'selection:NAME' gives the partitions of --per-partition only")
 
 
 def read_class_names(path: str | os.PathLike[str]) -> list[str]:
@@ -70,7 +65,7 @@ def shard_class_list(run_root: str | os.PathLike[str], max_folders: int = 16) ->
     Only local shards are looked at, and only the first ``max_folders`` distinct folders (a few stats).
     """
     from curate.embed.state import run_shard_urls
-    from curate.run import RunDir
+    from curate.rundir import RunDir
 
     folders: list[Path] = []
     for url in run_shard_urls(RunDir(run_root)):
@@ -204,16 +199,27 @@ def train_kmeans(data: np.ndarray, k: int, seed: int, niter: int = 20) -> np.nda
 
 class Partitioner:
     """Labels pool rows with a partition: zero-shot classes (ImageNet-1k, or the names in ``classes``)
-    with the run's model, or ``kmeans:K`` clusters of the image embeddings trained on a seeded sample.
+    with the run's model, ``kmeans:K`` clusters of the image embeddings trained on a seeded sample, or
+    ``selection:NAME``, the ``partition`` column of an earlier selection of the same pool (metaclip's
+    metadata entries, clipcov's classes, semdedup's clusters).
 
     ``setup`` runs on the driver (it may encode class names or train k-means on a bounded sample) and
-    returns small shared inputs; ``labels`` labels one block of rows (-1 where ``valid`` is False).
+    returns small shared inputs; ``block_labels`` labels one block of rows (-1 where ``valid`` is False).
     """
 
     def __init__(self, spec: str = "imagenet", classes: str | None = None, kmeans_sample: int | None = None) -> None:
-        self.kind, self.k = parse_partition(spec)
+        self.selection = spec.split(":", 1)[1] if spec.startswith("selection:") else None
+        if self.selection is not None:
+            if not self.selection:
+                raise UsageError(f"bad --partition {spec!r}: name the selection, selection:NAME")
+            from curate.rundir import check_selection_name
+
+            check_selection_name(self.selection)
+            self.kind, self.k = "selection", None
+        else:
+            self.kind, self.k = parse_partition(spec)
         if classes is not None and self.kind != "imagenet":
-            raise UsageError("--classes gives zero-shot labels; it cannot be combined with --partition kmeans:K")
+            raise UsageError(f"--classes gives zero-shot labels; it cannot be combined with --partition {spec}")
         if kmeans_sample is not None and (self.kind != "kmeans" or kmeans_sample < 1):
             raise UsageError("--kmeans-sample takes a positive integer, with --partition kmeans:K")
         self.spec, self.classes, self.kmeans_sample = spec, classes, kmeans_sample
@@ -224,7 +230,10 @@ class Partitioner:
     def setup(self, source: Any, ctx: Any, parts: set[str], valid: Callable[[Any], np.ndarray],
               device: str = "cpu",
               empty: str = "no sample has a valid embedding to train k-means on") -> dict[str, Any]:
-        """``centres`` (the argmax targets), ``names`` (or None), ``n_partitions``; zero-shot: ``class_text``."""
+        """``centres`` (the argmax targets), ``names`` (or None), ``n_partitions``; zero-shot: ``class_text``;
+        ``selection:NAME``: ``scores`` (that selection's score table) instead of centres."""
+        if self.selection is not None:
+            return selection_partitions(ctx.run_root, self.selection, len(source))
         if self.kind == "kmeans":
             from curate.select.source import gather_rows
 
@@ -244,6 +253,38 @@ class Partitioner:
     @staticmethod
     def labels(image: np.ndarray, shared: dict[str, Any], valid: np.ndarray) -> np.ndarray:
         return argmax_rows(image, shared["centres"], valid)
+
+    @staticmethod
+    def block_labels(chunk: Any, start: int, stop: int, shared: dict[str, Any], valid: np.ndarray) -> np.ndarray:
+        """Labels of pool rows ``[start, stop)`` (``chunk`` holds their ids and image embeddings)."""
+        if "scores" not in shared:
+            return Partitioner.labels(chunk.image, shared, valid)
+        from curate.select.source import read_rows
+
+        t = read_rows(shared["scores"], start, stop, ["uid", "partition"])
+        if t.num_rows != stop - start or not t.column("uid").equals(chunk.ids.column("uid")):
+            raise InputError(f"selection {shared['selection']!r} lists other samples than the pool at rows "
+                             f"{start}..{stop}; re-run it on this pool")
+        part = t.column("partition").to_numpy(zero_copy_only=False)
+        part = np.where(np.isnan(part), -1, part).astype(np.int64) if part.dtype.kind == "f" else part.astype(np.int64)
+        return np.where(valid, part, -1)
+
+
+def selection_partitions(run_root: str | os.PathLike[str], name: str, pool_size: int) -> dict[str, Any]:
+    """The shared inputs of ``--partition selection:NAME``: its score table, the number of partitions."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from curate.select.manage import input_selection
+
+    sel = input_selection(run_root, name, pool_size, f"--partition selection:{name}")
+    if "partition" not in pq.read_schema(sel.scores).names:
+        raise InputError(f"--partition selection:{name}: that selection has no partition column (methods with "
+                         "partitions: clipcov, semdedup, metaclip, image-filter, or one made with --per-partition)")
+    top = pc.max(pq.read_table(sel.scores, columns=["partition"]).column("partition")).as_py()
+    return {"scores": str(sel.scores), "selection": name, "names": None,
+            "parent": sel.parent(run_root, role="partitions"),
+            "n_partitions": int(top) + 1 if top is not None else 0}
 
 
 PER_PARTITION_MODES = ("proportional", "sqrt", "cap")

@@ -32,7 +32,7 @@ import heapq
 import itertools
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,8 @@ import pyarrow as pa
 
 from curate.engines.base import Engine
 from curate.errors import InputError
+from curate.fs import atomic_path
 from curate.progress import NullProgress, Progress
-from curate.run import atomic_path
 from curate.select.base import (
     KeepWhere,
     MergeSequences,
@@ -211,8 +211,8 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
             from curate.select.partition import Partitioner
 
             assert chunk.image is not None and chunk.image_ok is not None
-            pp_labels = Partitioner.labels(chunk.image, spec.shared["per_partition"],
-                                           np.asarray(scan.eligible, bool) & chunk.image_ok)
+            pp_labels = Partitioner.block_labels(chunk, start, stop, spec.shared["per_partition"],
+                                                 np.asarray(scan.eligible, bool) & chunk.image_ok)
         n = stop - start
         rows = np.arange(start, stop, dtype=np.int64)
         cols: dict[str, Any] = {k: np.asarray(v) for k, v in scan.columns.items()}
@@ -541,9 +541,49 @@ def _groups(items: list[int], parts: int) -> list[list[int]]:
 
 def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx: SelectContext, work: WorkDir,
                  identity: dict[str, Any], per_partition: PerPartition | None = None) -> PipelineResult:
-    """Run every stage of ``selector`` over ``source``; the picks stay on disk under ``work``."""
+    """Run every stage of ``selector`` over ``source``; the picks stay on disk under ``work``.
+
+    Stages: pass 1 over blocks → reduce the block sums → (rescan blocks) → per-partition quotas →
+    pass 2 over partitions (→ combine blocks) → pick by the selector's rule. Every task's output is a file
+    in ``work``, so a rerun skips finished tasks.
+    """
     progress = ctx.progress or NullProgress()
     engine = ctx.engine if ctx.engine is not None and ctx.engine.distributed else None
+    shared = _setup(selector, source, ctx, engine, per_partition)
+    work.open(identity)
+    stages = _Stages(engine, progress, 4 * (engine.parallelism() if engine is not None else 1), selector.name)
+    spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, selector.rule(budget, shared),
+                    device=(engine.worker_device() if engine is not None else ctx.device), memory=ctx.memory,
+                    per_partition=per_partition)
+    n_blocks = len(source.blocks())
+    stages.blocks("pass 1", _pass1_task, [b for b in range(n_blocks) if not work.p1(b).exists()], n_blocks, spec)
+    sums, counts, pp_counts = _reduce_blocks(work, n_blocks)
+    shared.update(selector.reduce(sums, counts if counts is not None else np.zeros((0, 0), np.int64), shared))
+    rule = selector.rule(budget, shared)
+    spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, rule,
+                    device=spec.device, memory=ctx.memory, per_partition=per_partition)
+    if selector.rescans:
+        stages.blocks("rescan", _rescan_task, [b for b in range(n_blocks) if not _rescanned(work.p1(b))], n_blocks,
+                      spec)
+    quotas = _quotas(selector, rule, pp_counts, per_partition)
+    if selector.partitioned and counts is not None:
+        _partition_stages(selector, rule, spec, work, counts, quotas, stages, n_blocks)
+    picks = RowValues({"rank": "i8", "gain": "f8"}, len(source), source.block_rows * 16,
+                      max(1 << 16, ctx.memory // ENTRY_BYTES), work.path / "picks")
+    pick = _PICKERS.get(type(rule))
+    if pick is None:  # pragma: no cover - the rule types are closed
+        raise TypeError(rule)
+    kept, last_value, info = pick(_PickInput(selector, rule, spec, source, work, counts, quotas, engine, progress,
+                                             ctx.memory), picks)
+    if quotas is not None:
+        assert per_partition is not None
+        info["per_partition"] = _quota_info(quotas, per_partition)
+    return PipelineResult(picks, kept, info, rule, work, source, counts, shared, last_value, quotas, per_partition)
+
+
+def _setup(selector: Selector, source: PoolSource, ctx: SelectContext, engine: Engine | None,
+           per_partition: PerPartition | None) -> dict[str, Any]:
+    """The selector's shared state (plus the budgets' partitioner, the device and the memory budget)."""
     shared = selector.setup(source, ctx)
     if per_partition is not None and per_partition.partitioner is not None:
         shared["per_partition"] = per_partition.partitioner.setup(
@@ -551,23 +591,36 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
     if engine is not None and engine.worker_device() != "auto":
         shared["device"] = engine.worker_device()  # tasks compute where the engine puts them
     shared["memory"] = ctx.memory
-    rule = selector.rule(budget, shared)
-    work.open(identity)
-    spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, rule,
-                    device=(engine.worker_device() if engine is not None else ctx.device), memory=ctx.memory,
-                    per_partition=per_partition)
-    n_blocks = len(source.blocks())
-    todo = [b for b in range(n_blocks) if not work.p1(b).exists()]
-    width = 4 * (engine.parallelism() if engine is not None else 1)
-    progress.start(f"{selector.name}: pass 1", total=n_blocks, unit="blocks")
-    progress.advance(n_blocks - len(todo))
-    if engine is None:
-        for b in todo:
-            _pass1_task([b], spec)
-            progress.advance(1)
-    else:
-        engine.map(_pass1_task, _groups(todo, width), {"spec": spec}, _Scaled(progress, todo, width))
-    progress.finish()
+    return shared
+
+
+@dataclass
+class _Stages:
+    """Runs one stage's unfinished tasks here or on the engine, with progress that counts finished ones."""
+
+    engine: Engine | None
+    progress: Progress
+    width: int  # blocks per engine task group
+    name: str
+
+    def blocks(self, label: str, task: Callable[[list[int], TaskSpec], Any], todo: list[int], total: int,
+               spec: TaskSpec) -> None:
+        self.progress.start(f"{self.name}: {label}", total=total, unit="blocks")
+        self.progress.advance(total - len(todo))
+        if self.engine is None:
+            for b in todo:
+                task([b], spec)
+                self.progress.advance(1)
+        else:
+            self.engine.map(task, _groups(todo, self.width), {"spec": spec},
+                            _Scaled(self.progress, todo, self.width))
+        self.progress.finish()
+
+
+def _reduce_blocks(work: WorkDir, n_blocks: int) -> tuple[dict[str, np.ndarray], np.ndarray | None,
+                                                         np.ndarray | None]:
+    """Pass 1's block sums added up; the (block × partition) counts of the selector's and the budgets'
+    partitions (the budgets' are the selector's when it has its own)."""
     sums: dict[str, np.ndarray] = {}
     counts_rows, pp_rows = [], []
     for b in range(n_blocks):
@@ -584,101 +637,117 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
             if "pp_counts" in z.files:
                 pp_rows.append(z["pp_counts"])
     counts = np.vstack(counts_rows) if counts_rows else None
-    pp_counts = np.vstack(pp_rows) if pp_rows else counts  # the budgets' partitions: their own, or the selector's
-    shared.update(selector.reduce(sums, counts if counts is not None else np.zeros((0, 0), np.int64), shared))
-    rule = selector.rule(budget, shared)
-    spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, rule,
-                    device=spec.device, memory=ctx.memory, per_partition=per_partition)
-    if selector.rescans:
-        todo = [b for b in range(n_blocks) if not _rescanned(work.p1(b))]
-        progress.start(f"{selector.name}: rescan", total=n_blocks, unit="blocks")
-        progress.advance(n_blocks - len(todo))
-        if engine is None:
-            for b in todo:
-                _rescan_task([b], spec)
-                progress.advance(1)
-        else:
-            engine.map(_rescan_task, _groups(todo, width), {"spec": spec}, _Scaled(progress, todo, width))
-        progress.finish()
-    quotas = None
-    if per_partition is not None:
-        from curate.select.partition import allocate_quotas
+    return sums, counts, (np.vstack(pp_rows) if pp_rows else counts)
 
-        if pp_counts is None:
-            raise InputError(f"--per-partition: {selector.name} found no partitions")
-        quotas = allocate_quotas(pp_counts.sum(axis=0), getattr(rule, "budget", None), per_partition.mode,
-                                 per_partition.cap)
-        budget_ = getattr(rule, "budget", None)
-        if budget_ is not None and int(quotas.sum()) < budget_:
-            raise InputError(f"the per-partition caps leave {int(quotas.sum())} samples, fewer than the budget "
-                             f"{budget_}; raise T or lower --fraction/--count")
-    tasks: list[tuple[int, int, int, dict[int, int]]] = []
-    if selector.partitioned and counts is not None:
-        np.save(work.path / "counts.npy", counts) if not (work.path / "counts.npy").exists() else None
-        sizes = counts.sum(axis=0)
-        first = _first_requests(sizes, rule, quotas)
-        tasks = _partition_tasks(sizes, first, 4 * max(source.dim, 1), ctx.memory)
-        todo2 = [t for t in tasks if not work.p2(t[0]).exists()]
-        progress.start(f"{selector.name}: pass 2", total=len(tasks), unit="tasks")
-        progress.advance(len(tasks) - len(todo2))
-        _map(engine, _pass2_task, todo2, spec, progress)
-        progress.finish()
-        if selector.pass2_combine:  # rows in several partitions: their final columns, block by block
-            (work.path / "p3").mkdir(exist_ok=True)
-            todo3 = [b for b in range(n_blocks) if not work.p3(b).exists()]
-            progress.start(f"{selector.name}: combining", total=n_blocks, unit="blocks")
-            progress.advance(n_blocks - len(todo3))
-            if engine is None:
-                for b in todo3:
-                    _combine_task([b], spec)
-                    progress.advance(1)
-            else:
-                engine.map(_combine_task, _groups(todo3, width), {"spec": spec}, _Scaled(progress, todo3, width))
-            progress.finish()
-    picks = RowValues({"rank": "i8", "gain": "f8"}, len(source), source.block_rows * 16,
-                      max(1 << 16, ctx.memory // ENTRY_BYTES), work.path / "picks")
-    info: dict[str, Any] = {}
-    last_value: float | None = None
-    if isinstance(rule, RankBy) and quotas is not None:
-        kept, last_value = _rank_per_partition(selector, rule, source, work, quotas, ctx.memory, picks)
+
+def _quotas(selector: Selector, rule: Any, pp_counts: np.ndarray | None,
+            per_partition: PerPartition | None) -> np.ndarray | None:
+    """Each partition's budget under ``--per-partition``; None without it."""
+    if per_partition is None:
+        return None
+    from curate.select.partition import allocate_quotas
+
+    if pp_counts is None:
+        raise InputError(f"--per-partition: {selector.name} found no partitions")
+    budget = getattr(rule, "budget", None)
+    quotas = allocate_quotas(pp_counts.sum(axis=0), budget, per_partition.mode, per_partition.cap)
+    if budget is not None and int(quotas.sum()) < budget:
+        raise InputError(f"the per-partition caps leave {int(quotas.sum())} samples, fewer than the budget "
+                         f"{budget}; raise T or lower --fraction/--count")
+    return quotas
+
+
+def _quota_info(quotas: np.ndarray, per_partition: PerPartition) -> dict[str, Any]:
+    info: dict[str, Any] = {"mode": per_partition.describe(), "partitions": int((quotas > 0).sum()),
+                            "quota_min": int(quotas[quotas > 0].min()) if (quotas > 0).any() else 0,
+                            "quota_max": int(quotas.max()) if len(quotas) else 0}
+    if per_partition.partitioner is not None:
+        info["partition"] = per_partition.partitioner.describe()
+    return info
+
+
+def _partition_stages(selector: Selector, rule: Any, spec: TaskSpec, work: WorkDir, counts: np.ndarray,
+                      quotas: np.ndarray | None, stages: _Stages, n_blocks: int) -> None:
+    """Pass 2 (one task per group of partitions, sized to the memory budget) and, for selectors whose rows
+    lie in several partitions, the combining pass over blocks."""
+    if not (work.path / "counts.npy").exists():
+        with atomic_path(work.path / "counts.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, counts)
+    sizes = counts.sum(axis=0)
+    first = _first_requests(sizes, rule, quotas)
+    tasks = _partition_tasks(sizes, first, 4 * max(spec.source.dim, 1), spec.memory)
+    todo = [t for t in tasks if not work.p2(t[0]).exists()]
+    stages.progress.start(f"{selector.name}: pass 2", total=len(tasks), unit="tasks")
+    stages.progress.advance(len(tasks) - len(todo))
+    _map(stages.engine, _pass2_task, todo, spec, stages.progress)
+    stages.progress.finish()
+    if selector.pass2_combine:  # rows in several partitions: their final columns, block by block
+        (work.path / "p3").mkdir(exist_ok=True)
+        stages.blocks("combining", _combine_task, [b for b in range(n_blocks) if not work.p3(b).exists()], n_blocks,
+                      spec)
+
+
+@dataclass
+class _PickInput:
+    selector: Selector
+    rule: Any
+    spec: TaskSpec
+    source: PoolSource
+    work: WorkDir
+    counts: np.ndarray | None
+    quotas: np.ndarray | None
+    engine: Engine | None
+    progress: Progress
+    memory: int
+
+
+def _pick_ranked(x: _PickInput, picks: RowValues) -> tuple[int, float | None, dict[str, Any]]:
+    """RankBy: the best ``budget`` rows over every block's sorted run (or per partition's quota)."""
+    rule, info = x.rule, {}
+    if x.quotas is not None:
+        kept, last_value = _rank_per_partition(x.selector, rule, x.source, x.work, x.quotas, x.memory, picks)
         if rule.info and last_value is not None:
             info[rule.info] = last_value
-    elif isinstance(rule, RankBy):
-        runs = [FileRun(p) for p in sorted((work.path / "runs").glob("*.bin"))]
-        max_key = key_of(float(_ranked(rule, np.float64(rule.minimum)))) if rule.minimum is not None else None
-        n, last = 0, None
-        chunk = max(1 << 10, min(1 << 16, ctx.memory // (ENTRY_BYTES * max(1, len(runs)))))
-        for rows, keys in top_k(runs, rule.budget, chunk=chunk, max_key=max_key):
-            picks.append(rows, rank=np.arange(n, n + len(rows)), gain=np.full(len(rows), np.nan))
-            n += len(rows)
-            last = keys[-1]
-        if rule.budget is not None and n < rule.budget:
-            raise _short(selector, source, work, n, rule.budget)
-        if last is not None:
-            last_value = float(_ranked(rule, value_of(np.asarray([last]))[0]))
-            if rule.info:
-                info[rule.info] = last_value
-        kept = n
-    elif isinstance(rule, KeepWhere):
-        kept = 0
-        for b in range(n_blocks):
-            t = _read_ipc(work.p1(b))
-            keep = np.flatnonzero(t.column(rule.column).to_numpy(zero_copy_only=False))
-            start = source.blocks()[b][0]
-            picks.append(start + keep, rank=np.arange(kept, kept + len(keep)), gain=np.full(len(keep), np.nan))
-            kept += len(keep)
-    elif isinstance(rule, MergeSequences):
-        kept, info = _merge(selector, rule, spec, counts, engine, progress, picks, source, work, quotas)
-    else:  # pragma: no cover - the rule types are closed
-        raise TypeError(rule)
-    if quotas is not None:
-        assert per_partition is not None
-        info["per_partition"] = {"mode": per_partition.describe(), "partitions": int((quotas > 0).sum()),
-                                 "quota_min": int(quotas[quotas > 0].min()) if (quotas > 0).any() else 0,
-                                 "quota_max": int(quotas.max()) if len(quotas) else 0}
-        if per_partition.partitioner is not None:
-            info["per_partition"]["partition"] = per_partition.partitioner.describe()
-    return PipelineResult(picks, kept, info, rule, work, source, counts, shared, last_value, quotas, per_partition)
+        return kept, last_value, info
+    runs = [FileRun(p) for p in sorted((x.work.path / "runs").glob("*.bin"))]
+    max_key = key_of(float(_ranked(rule, np.float64(rule.minimum)))) if rule.minimum is not None else None
+    n, last, last_value = 0, None, None
+    chunk = max(1 << 10, min(1 << 16, x.memory // (ENTRY_BYTES * max(1, len(runs)))))
+    for rows, keys in top_k(runs, rule.budget, chunk=chunk, max_key=max_key):
+        picks.append(rows, rank=np.arange(n, n + len(rows)), gain=np.full(len(rows), np.nan))
+        n += len(rows)
+        last = keys[-1]
+    if rule.budget is not None and n < rule.budget:
+        raise _short(x.selector, x.source, x.work, n, rule.budget)
+    if last is not None:
+        last_value = float(_ranked(rule, value_of(np.asarray([last]))[0]))
+        if rule.info:
+            info[rule.info] = last_value
+    return n, last_value, info
+
+
+def _pick_kept(x: _PickInput, picks: RowValues) -> tuple[int, float | None, dict[str, Any]]:
+    """KeepWhere: every row whose flag column pass 1 set, in pool order."""
+    kept = 0
+    for b, (start, _) in enumerate(x.source.blocks()):
+        t = _read_ipc(x.work.p1(b))
+        keep = np.flatnonzero(t.column(x.rule.column).to_numpy(zero_copy_only=False))
+        picks.append(start + keep, rank=np.arange(kept, kept + len(keep)), gain=np.full(len(keep), np.nan))
+        kept += len(keep)
+    return kept, None, {}
+
+
+def _pick_merged(x: _PickInput, picks: RowValues) -> tuple[int, float | None, dict[str, Any]]:
+    """MergeSequences: the partitions' pick sequences merged by score (ClipCov's budget split)."""
+    kept, info = _merge(x.selector, x.rule, x.spec, x.counts, x.engine, x.progress, picks, x.source, x.work,
+                        x.quotas)
+    return kept, None, info
+
+
+#: How each rule type turns the stages' outputs into picks.
+_PICKERS: dict[type, Callable[[_PickInput, RowValues], tuple[int, float | None, dict[str, Any]]]] = {
+    RankBy: _pick_ranked, KeepWhere: _pick_kept, MergeSequences: _pick_merged,
+}
 
 
 def _add_tally(total: np.ndarray | None, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:

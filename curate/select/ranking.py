@@ -44,6 +44,7 @@ class RowValues:
         self.dtypes = {k: np.dtype(v) for k, v in dtypes.items()}
         self.n_rows, self.bucket_rows, self.max_entries = n_rows, bucket_rows, max_entries
         self.spill_dir = spill_dir
+        shutil.rmtree(spill_dir, ignore_errors=True)  # pieces of a killed earlier attempt: this one starts over
         self._mem: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._count = 0
         self._spilled = False

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from curate.errors import InputError, UsageError
-from curate.io.manifest import read_manifest_header
+from curate.rundir import check_selection_name
 from curate.select.base import BlockScan, KeepWhere, Pool, Reasons, SelectContext, Selector, SelectorConfig, register
+from curate.select.manage import input_selection
 
 #: Most selections one operation combines (one ``in_<letter>`` column each).
 MAX_INPUTS = 26
-_NAME_LIMIT = 120  # longest selection name (see curate.select.run.check_name)
+_NAME_LIMIT = 120  # longest selection name (see curate.rundir.check_selection_name)
 
 
 def split_names(values: str | Iterable[str]) -> tuple[str, ...]:
@@ -61,7 +60,6 @@ class SetOpConfig(SelectorConfig):
             object.__setattr__(self, "of", split_names(self.of))
 
     def validate(self) -> None:
-        from curate.select.run import check_name
 
         if self.of is None or len(self.of) < 2:
             raise UsageError("set operations need --of A B [C ...] (two or more existing selections)")
@@ -71,7 +69,7 @@ class SetOpConfig(SelectorConfig):
         if twice is not None:
             raise UsageError(f"--of names selection {twice!r} twice")
         for name in self.of:
-            check_name(name)
+            check_selection_name(name)
 
 
 class SetOperation(Selector):
@@ -101,20 +99,9 @@ class SetOperation(Selector):
         assert self.config.of is not None
         parents, tables = [], []
         for name in self.config.of:
-            folder = Path(ctx.run_root) / "selections" / name
-            path, scores = folder / "manifest.parquet", folder / "scores.parquet"
-            if not path.exists() or not scores.exists():
-                raise InputError(
-                    f"no selection {name!r} in {ctx.run_root}/selections; run 'curate select --name {name}'")
-            header = read_manifest_header(path)
-            rows = pq.read_metadata(scores).num_rows
-            if rows != len(source):
-                raise InputError(f"selection {name!r} was made on a pool of {rows} samples, the run has "
-                                 f"{len(source)} now; re-run it")
-            parents.append({"name": name, "path": str(path.relative_to(ctx.run_root)), "method": header.get("method"),
-                            "content_hash": header.get("content_hash"),
-                            "kept": (header.get("counts") or {}).get("kept")})
-            tables.append(str(scores))
+            sel = input_selection(ctx.run_root, name, len(source))
+            parents.append(sel.parent(ctx.run_root, kept=(sel.header.get("counts") or {}).get("kept")))
+            tables.append(str(sel.scores))
         return {"parents": parents, "scores": tables}
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:

@@ -10,8 +10,9 @@ same arithmetic on the same blocks.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,16 @@ import pyarrow.parquet as pq
 
 from curate.errors import InputError
 from curate.io.tables import embedding_files, table_metadata
+from curate.schemas import (
+    EMBEDDINGS_FORMAT_VERSION,
+    EMBEDDINGS_META_KEY,
+    ID_COLUMNS,
+    POOL_SCHEMA,
+    check_table,
+    check_version,
+)
 from curate.select.base import Pool
-from curate.select.pool import ID_COLUMNS, embedding_matrix
+from curate.select.pool import embedding_matrix
 
 BLOCK_ROWS = 1 << 16  # rows per block: the unit of per-row arithmetic, of pass-1 tasks and of table writes
 
@@ -63,6 +72,11 @@ class PoolSource:
                 schema = pq.read_schema(f)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise InputError(f"corrupt Parquet file {f}: {str(exc).splitlines()[0]}") from None
+            check_table("embeddings", POOL_SCHEMA, schema, f)  # the id columns
+            raw = (schema.metadata or {}).get(EMBEDDINGS_META_KEY)
+            meta = json.loads(raw) if raw else {}
+            if "format_version" in meta:
+                check_version("embeddings table", meta, f, EMBEDDINGS_FORMAT_VERSION)
             names = frozenset(schema.names)
             columns = names if columns is None else columns & names
             if "image_emb" in names and pa.types.is_fixed_size_list(schema.field("image_emb").type):
@@ -141,12 +155,6 @@ class PoolSource:
         parts = set(parts)
         table = self.read(start, stop, self.require(parts))
         return pool_from_table(table, parts, self.meta)
-
-    def iter_chunks(self, parts: Iterable[str], rows: int | None = None) -> Iterator[tuple[int, Pool]]:
-        """``(start, chunk)`` for every block, in pool order."""
-        parts = set(parts)
-        for s, e in self.blocks(rows):
-            yield s, self.chunk(s, e, parts)
 
 
 def pool_from_table(table: pa.Table, parts: set[str], meta: dict[str, Any] | None = None) -> Pool:

@@ -25,6 +25,7 @@ from curate.select.base import (
     SelectContext,
     Selector,
     SelectorConfig,
+    ThresholdOrBudget,
     register,
 )
 
@@ -164,23 +165,16 @@ def normsim_inf(x: np.ndarray, target: Any) -> np.ndarray:
 
 
 @register
-class NormSimSelector(Selector):
+class NormSimSelector(ThresholdOrBudget):
     """NormSim: top samples by the similarity of their image to a target set (docs/select.md)."""
 
     name = "normsim"
     summary = "top samples by image similarity to a target set, NormSim-inf or -2 (--target; Wang et al. 2024)"
     config_class = NormSimConfig
     needs = frozenset({"image"})
-    budget_mode = "optional"
     columns: ClassVar[dict[str, str]] = {"score": "f8"}
     config: NormSimConfig
 
-    def check_budget(self, budget: int | None) -> None:
-        if (budget is None) == (self.config.threshold is None):
-            raise UsageError("--method normsim needs exactly one of --fraction, --count or --threshold")
-
-    def tag(self) -> str:
-        return f"t{self.config.threshold:g}" if self.config.threshold is not None else ""
 
     def option_tags(self) -> list[str]:
         assert self.config.target is not None

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from curate.io.manifest import shard_urls
 from curate.trainer.decode import DecodePairs
 from curate.trainer.losses import LossRecorder, clip_loss_per_sample
-from curate.trainer.manifest_filter import ManifestFilter, build_index, shard_urls
+from curate.trainer.manifest_filter import ManifestFilter, build_index
 from curate.trainer.read import TarSamples
 
 __all__ = ["DecodePairs", "LossRecorder", "ManifestFilter", "TarSamples", "TrainConfig", "build_index",

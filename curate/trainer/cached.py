@@ -109,7 +109,7 @@ class SampleCache:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the cache as one ``.npz`` (atomic)."""
-        from curate.run import atomic_path
+        from curate.fs import atomic_path
 
         path = Path(path)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:

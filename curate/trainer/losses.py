@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.bootstrap.data import LOSS_SCHEMA
-from curate.fs import make_temp_file
-from curate.run import RunDir
+from curate.fs import make_temp_file, remove_dead_temps_of
+from curate.rundir import RunDir
+from curate.schemas import LOSS_SCHEMA
 
 if TYPE_CHECKING:
     import torch
@@ -111,12 +111,15 @@ class LossRecorder:
             self._flush()
         return bid
 
+    @property
+    def batches(self) -> int:
+        """Batches added so far (the next ``batch`` id when ``add`` numbers them)."""
+        return self._step
+
     def _flush(self) -> None:
         if self._writer is None:
-            from curate.io.tarwrite import remove_dead_temps
-
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            remove_dead_temps(self.path.parent, f".{self.path.name}.")  # left by a killed earlier attempt
+            remove_dead_temps_of(self.path)  # left by a killed earlier attempt
             # the writer's pid in the name (a rerun removes those of killed writers); the umask's mode
             self._tmp = make_temp_file(self.path.parent, f".{self.path.name}.{os.getpid()}-", ".tmp")
             self._writer = pq.ParquetWriter(str(self._tmp), LOSS_SCHEMA)

@@ -12,19 +12,19 @@ import json
 import os
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import InputError
-from curate.io.manifest import HEADER_KEY, Manifest, read_manifest
-from curate.io.shards import expand_shards, shard_name
-from curate.run import RunDir, atomic_path
+from curate.fs import atomic_path
+from curate.io.manifest import Manifest, read_manifest
+from curate.io.shards import shard_name
+from curate.schemas import MANIFEST_HEADER_KEY
 
 INDEX_FORMAT = 1
 _META = b"curate.filter"
@@ -54,7 +54,7 @@ def build_index(manifest_path: str | os.PathLike[str], index_dir: str | os.PathL
     if not mpath.exists():
         raise InputError(f"manifest not found: {mpath}")
     try:  # the header only: a worker that finds the index built must not read the whole manifest
-        raw = (pq.read_schema(mpath).metadata or {}).get(HEADER_KEY)
+        raw = (pq.read_schema(mpath).metadata or {}).get(MANIFEST_HEADER_KEY)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"corrupt manifest {mpath}: {str(exc).splitlines()[0]}") from None
     st = mpath.stat()
@@ -190,43 +190,3 @@ class ManifestFilter:
             sample[self.uid_key], sample[self.weight_key] = hit
             self.kept += 1
             yield sample
-
-
-def _shard_names(manifest: Manifest) -> list[str]:
-    shards = manifest.header.get("shards")
-    if shards:
-        return [s["shard"] for s in shards if s.get("kept", 1) > 0]
-    return pc.unique(manifest.table.column("shard")).sort().to_pylist()
-
-
-def shard_urls(
-    manifest: str | os.PathLike[str] | Manifest,
-    urls: str | Sequence[str] | Mapping[str, str] | None = None,
-    run: str | os.PathLike[str] | None = None,
-) -> list[str]:
-    """URLs of the shards that still hold kept samples, in manifest order.
-
-    The name → URL map comes from ``urls`` (a shard spec, a list of URLs, or a mapping), else from the
-    manifest's header (merged manifests), else from the run's ``run.json`` (embed section), else the
-    bare shard names are returned.
-    """
-    m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-    names = _shard_names(m)
-    mapping: dict[str, str] | None = None
-    if isinstance(urls, Mapping):
-        mapping = dict(urls)
-    elif urls is not None:
-        mapping = {shard_name(u): u for u in expand_shards(urls)}
-    elif m.header.get("shard_urls"):  # a merged manifest (curate merge) carries its shards' URLs
-        mapping = dict(m.header["shard_urls"])
-    elif run is not None and RunDir(run).exists():
-        embed = RunDir(run).load().get("embed") or {}
-        mapping = {s["name"]: s["url"] for s in embed.get("shards", []) if "url" in s} or None
-    if mapping is None:
-        return names
-    missing = [n for n in names if n not in mapping]
-    if missing:
-        raise InputError(
-            f"shard {missing[0]!r} of the manifest is not among the given shard URLs ({len(missing)} missing)"
-        )
-    return [mapping[n] for n in names]

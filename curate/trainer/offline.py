@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,12 @@ from typing import Any
 import torch
 
 from curate.errors import InputError, UsageError
-from curate.io.manifest import read_manifest
+from curate.io.manifest import read_manifest, shard_urls
 from curate.io.shards import ErrorPolicy, SampleError, decode_image, iter_shard
 from curate.progress import NullProgress, Progress
-from curate.run import RunDir
+from curate.rundir import RunDir
 from curate.trainer.losses import LossRecorder, clip_loss_per_sample
-from curate.trainer.manifest_filter import ManifestFilter, shard_urls
+from curate.trainer.manifest_filter import ManifestFilter
 
 
 @dataclass
@@ -89,12 +90,43 @@ def compute_losses(
     ``model`` defaults to the run's embedding model architecture; ``checkpoint`` is loaded by
     ``curate.models.load_model`` (safetensors or ``torch.load(weights_only=True)``).
     """
-    from curate.models import load_model
-
     if batch_size < 2:
         raise UsageError("--batch-size must be >= 2 (a contrastive loss needs negatives)")
     progress = progress or NullProgress()
     run = RunDir(run_root)
+    mpath, model, existing = _check_round(run, round_, checkpoint, model, shards, overwrite)
+    manifest = read_manifest(mpath)
+    urls = shard_urls(manifest, urls=shards, run=run.root)
+    loaded = _load_checkpoint(model, checkpoint, device, precision)
+    filt = ManifestFilter(mpath)  # memory-mapped index: bounded memory for large manifests
+    scale = loaded.model.logit_scale.exp().float()
+    bias = getattr(loaded.model, "logit_bias", None)
+    for p in existing:
+        p.unlink()
+    stats: Counter[str] = Counter()
+    t0 = time.perf_counter()
+    progress.start(f"losses round {round_}", total=len(manifest))
+    with LossRecorder(run.root, round_) as rec:
+        for batch in _batches(_kept_pairs(urls, filt, loaded.preprocess, stats), batch_size):
+            img = loaded.encode_images(torch.stack([x for _, x, _ in batch]))
+            txt = loaded.encode_texts([c for _, _, c in batch])
+            with torch.no_grad():
+                la, lb = clip_loss_per_sample(img, txt, scale.to(img.device), bias)
+            rec.add([u for u, _, _ in batch], la, lb)
+            progress.advance(len(batch))
+    progress.finish()
+    if rec.rows == 0:
+        rec.path.unlink(missing_ok=True)
+        raise InputError(f"no sample of round {round_}'s manifest could be read from {len(urls)} shard(s)")
+    return LossesResult(
+        path=rec.path, rows=rec.rows, batches=rec.batches, missing=len(manifest) - rec.rows,
+        seconds=time.perf_counter() - t0, stats=dict(stats),
+    )
+
+
+def _check_round(run: RunDir, round_: int, checkpoint: str, model: str | None, shards: str | list[str] | None,
+                 overwrite: bool) -> tuple[Path, str, list[Path]]:
+    """The round's manifest, the model name and the loss parts to replace; one-line errors before any work."""
     rec_run = run.require()
     mpath = run.manifest_file(round_)
     if not mpath.exists():
@@ -110,61 +142,48 @@ def compute_losses(
             raise UsageError("pass --model (the run has no embed section to take the architecture from)")
     if not Path(checkpoint).expanduser().exists():
         raise InputError(f"checkpoint not found: {checkpoint}")
-    manifest = read_manifest(mpath)
-    if shards is None and not (rec_run.get("embed") or {}).get("shards"):
+    if shards is None and not run.shard_urls():
         raise UsageError("the run records no shard URLs; pass --shards SPEC")
-    urls = shard_urls(manifest, urls=shards, run=run.root)
+    return mpath, model, existing
+
+
+def _load_checkpoint(model: str, checkpoint: str, device: str, precision: str) -> Any:
+    """The model ``model`` with the checkpoint's weights (a local-dir / hf-hub model brings its own, replaced)."""
+    from curate.models import load_model
+
     if model.startswith(("local-dir:", "hf-hub:")):  # these bring weights; the checkpoint replaces them
         loaded = load_model(model, device=device, precision=precision)
         load_weights(loaded.model, checkpoint)
-    else:
-        loaded = load_model(model, pretrained=checkpoint, device=device, precision=precision)
-    filt = ManifestFilter(mpath)  # memory-mapped index: bounded memory for large manifests
-    scale = loaded.model.logit_scale.exp().float()
-    bias = getattr(loaded.model, "logit_bias", None)
-    for p in existing:
-        p.unlink()
-    stats: Counter[str] = Counter()
+        return loaded
+    return load_model(model, pretrained=checkpoint, device=device, precision=precision)
+
+
+def _kept_pairs(urls: list[str], filt: ManifestFilter, preprocess: Any,
+                stats: Counter[str]) -> Iterator[tuple[str, Any, str]]:
+    """``(uid, image tensor, caption)`` of every manifest sample readable from ``urls``; others are counted."""
     policy = ErrorPolicy()
-    t0 = time.perf_counter()
-    progress.start(f"losses round {round_}", total=len(manifest))
-    buf: list[tuple[str, Any, str]] = []
+    for url in urls:
+        for s in iter_shard(url, policy, stats):
+            hit = filt.lookup(s.shard, s.key)
+            if hit is None:
+                continue
+            if s.caption is None or s.image_bytes is None:
+                stats["dropped_missing_caption"] += 1
+                continue
+            try:
+                image = decode_image(s.image_bytes, max_pixels=policy.max_pixels)
+            except SampleError as exc:
+                stats[f"dropped_{exc.reason}"] += 1
+                continue
+            yield hit[0], preprocess(image), s.caption
 
-    def flush(rec: LossRecorder) -> None:
-        if not buf:
-            return
-        uids = [u for u, _, _ in buf]
-        img = loaded.encode_images(torch.stack([x for _, x, _ in buf]))
-        txt = loaded.encode_texts([c for _, _, c in buf])
-        with torch.no_grad():
-            la, lb = clip_loss_per_sample(img, txt, scale.to(img.device), bias)
-        rec.add(uids, la, lb)
-        progress.advance(len(buf))
-        buf.clear()
 
-    with LossRecorder(run.root, round_) as rec:
-        for url in urls:
-            for s in iter_shard(url, policy, stats):
-                hit = filt.lookup(s.shard, s.key)
-                if hit is None:
-                    continue
-                if s.caption is None or s.image_bytes is None:
-                    stats["dropped_missing_caption"] += 1
-                    continue
-                try:
-                    image = decode_image(s.image_bytes, max_pixels=policy.max_pixels)
-                except SampleError as exc:
-                    stats[f"dropped_{exc.reason}"] += 1
-                    continue
-                buf.append((hit[0], loaded.preprocess(image), s.caption))
-                if len(buf) == batch_size:
-                    flush(rec)
-        flush(rec)
-    progress.finish()
-    if rec.rows == 0:
-        rec.path.unlink(missing_ok=True)
-        raise InputError(f"no sample of round {round_}'s manifest could be read from {len(urls)} shard(s)")
-    return LossesResult(
-        path=rec.path, rows=rec.rows, batches=rec._step, missing=len(manifest) - rec.rows,
-        seconds=time.perf_counter() - t0, stats=dict(stats),
-    )
+def _batches(items: Iterator[tuple[str, Any, str]], size: int) -> Iterator[list[tuple[str, Any, str]]]:
+    batch: list[tuple[str, Any, str]] = []
+    for it in items:
+        batch.append(it)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -31,12 +31,14 @@ import webdataset as wds
 
 from curate.bootstrap import bootstrap_round, load_state
 from curate.errors import InputError, UsageError
+from curate.fs import atomic_path, remove_dead_temps_of
+from curate.io.manifest import shard_urls
 from curate.models import LoadedModel, load_model
 from curate.progress import NullProgress, Progress
-from curate.run import RunDir, atomic_path
+from curate.rundir import RunDir
 from curate.trainer.decode import DecodePairs
 from curate.trainer.losses import LossRecorder, clip_loss_per_sample
-from curate.trainer.manifest_filter import ManifestFilter, shard_urls
+from curate.trainer.manifest_filter import ManifestFilter
 from curate.trainer.read import TarSamples
 
 _logger = logging.getLogger(__name__)
@@ -187,10 +189,7 @@ def _save_round(run: RunDir, round_: int, model: torch.nn.Module, optimizer: tor
     """The optimizer state, then the weights (their file marks the round finished); each atomically."""
     from safetensors.torch import save_file
 
-    from curate.io.tarwrite import remove_dead_temps
-
-    for p in (optimizer_path(run, round_), checkpoint_path(run, round_)):
-        remove_dead_temps(p.parent, f".{p.name}.")  # left by a killed earlier attempt
+    remove_dead_temps_of(optimizer_path(run, round_), checkpoint_path(run, round_))  # left by a killed earlier attempt
     buf = io.BytesIO()  # torch.save names the records inside after the file: a buffer keeps the bytes stable
     torch.save(optimizer.state_dict(), buf)
     with atomic_path(optimizer_path(run, round_)) as tmp:

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from curate.io.tables import embedding_schema, fixed_list, write_table
 from curate.io.tarwrite import write_tar
-from curate.run import RunDir
+from curate.rundir import RunDir
 
 
 def uid_of(i: int) -> str:
@@ -116,7 +116,7 @@ def same_outputs(a: dict[str, bytes], b: dict[str, bytes]) -> list[str]:
 
 # --- kill loops -----------------------------------------------------------------------------------
 _CTX = multiprocessing.get_context("forkserver")
-# open_clip and faiss: curate.run.versions() imports them to record their versions
+# open_clip and faiss: curate.rundir.versions() imports them to record their versions
 _CTX.set_forkserver_preload(
     ["curate.cli.app", "curate.select", "curate.bootstrap", "curate.io.reshard", "open_clip", "faiss"]
 )

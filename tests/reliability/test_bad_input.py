@@ -65,7 +65,7 @@ def _losses(kind: str) -> Callable[[Path], None]:
     """Round-1 losses of the bootstrap run (round 2 is the first to read losses) with one kind of defect."""
 
     def f(run: Path) -> None:
-        from curate.run import RunDir
+        from curate.rundir import RunDir
 
         rd = RunDir(run)
         uids = manifest_uids(rd, 1)
@@ -394,8 +394,8 @@ def _options_taking_values() -> list[tuple[tuple[str, ...], str, int]]:
     read from the command tree click builds (a command added later is covered without editing this)."""
     import typer
 
-    from curate.cli._app import app
-    from curate.cli._tree import walk
+    from curate.cli.conventions import walk
+    from curate.cli.root import app
 
     cases = []
     for path, cmd in walk(typer.main.get_command(app)):
@@ -447,13 +447,19 @@ def test_click_messages_on_several_lines_become_one(capsys: pytest.CaptureFixtur
     assert len(err.strip().splitlines()) == 1 and "Missing option '--method'" in err and "clipcov" in err, err
 
 
+@pytest.mark.parametrize(("exc", "first"), [
+    (ZeroDivisionError("division by zero\nsecond line"), "ZeroDivisionError: division by zero"),
+    # click turns an EOFError into its Abort, which must not read as a Ctrl-C ("aborted"): a truncated file
+    (EOFError("No data left in file"), "EOFError: No data left in file"),
+])
 def test_an_unexpected_error_is_one_line_and_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+                                                    capsys: pytest.CaptureFixture[str], exc: Exception,
+                                                    first: str) -> None:
     """A bug (any exception that is not curate's own) is one line naming a file with the traceback, exit 1."""
     import curate.inspect as insp
 
     def broken(run: object) -> None:
-        raise ZeroDivisionError("division by zero\nsecond line")
+        raise exc
 
     monkeypatch.setattr(insp, "inspect_run", broken)
     import curate.cli.inspect_cmd as cmd
@@ -467,6 +473,6 @@ def test_an_unexpected_error_is_one_line_and_a_file(monkeypatch: pytest.MonkeyPa
     capsys.readouterr()
     assert main(["inspect", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: internal error (ZeroDivisionError: division by zero)"), err
+    assert len(err) == 1 and err[0].startswith(f"error: internal error ({first})"), err
     files = list(tmp_path.glob("curate-error-*.txt"))
     assert len(files) == 1 and "Traceback" in files[0].read_text() and str(files[0]) in err[0]

@@ -126,7 +126,7 @@ def test_run_json_updates_of_two_processes_are_both_kept(run: Path, tmp_path: Pa
     The first is paused while it writes run.json (its update read before the second's); the second then
     either waits for it (the run.json lock) or, without a lock, writes its record first and loses it.
     """
-    first, _, go = _paused(tmp_path, "first", "curate.run:write_json", _select(run, "a", 0.3), match="run.json")
+    first, _, go = _paused(tmp_path, "first", "curate.rundir:write_json", _select(run, "a", 0.3), match="run.json")
     probe = tmp_path / "second.waiting"
     script = textwrap.dedent(f"""
         import sys

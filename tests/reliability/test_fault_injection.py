@@ -272,8 +272,8 @@ def test_labelled_split_skips_and_counts_every_defect(world: dict[str, Any], tmp
     counted; the defect shards themselves (unlabelled) do not stop it either."""
     from collections import Counter
 
-    from curate.evaluate import load_labelled_split
     from curate.io.tarwrite import write_tar
+    from curate.world import load_labelled_split
     from tests.reliability.faults import BAD_IMAGES, image_bytes
 
     def labelled(cls: str, image: bytes, ext: str = "jpg") -> dict[str, bytes]:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from curate.bootstrap import bootstrap_round
-from curate.io.tarwrite import pid_alive, remove_dead_temps
+from curate.fs import pid_alive, remove_dead_temps
 from curate.select import run_selection
 from tests.bootstrap_helpers import make_pool_run, record_random_losses
 from tests.reliability.runs import clustered_run
@@ -47,12 +47,28 @@ def test_bootstrap_removes_a_killed_attempts_temp_files(tmp_path: Path) -> None:
     run = make_pool_run(tmp_path / "run", 100)
     bootstrap_round(run.root, 0, knobs={"warmup_rounds": 1})
     record_random_losses(run, 0)
-    stale = [run.manifest_file(1).parent / ".round-0001.parquet.k2j3.tmp",
-             run.bootstrap_dir / ".state.json.a1b2.tmp",
-             run.bootstrap_dir / "decisions" / ".round-0001.parquet.zz.tmp"]
+    dead = DEAD  # temporary names carry their writer's pid (curate.fs.atomic_path)
+    stale = [run.manifest_file(1).parent / f".round-0001.parquet.{dead}-k2j3.tmp",
+             run.bootstrap_dir / f".state.json.{dead}-a1b2.tmp",
+             run.bootstrap_dir / "decisions" / f".round-0001.parquet.{dead}-zz.tmp"]
     other = run.manifest_file(0).parent / ".round-0000.filter-abc.arrow"  # not a temp file of this round
     for p in [*stale, other]:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"partial")
     bootstrap_round(run.root, 1)
     assert not any(p.exists() for p in stale) and other.exists()
+
+
+def test_sweep_keeps_live_writers_and_other_files(tmp_path: Path) -> None:
+    """``sweep_dead_temps`` removes atomic_path temporaries of dead writers only; other files stay."""
+    from curate.fs import atomic_path, sweep_dead_temps
+
+    dead = tmp_path / f".00001.parquet.{DEAD}-ab_c1.tmp"
+    live = tmp_path / f".00002.parquet.{os.getpid()}-xy.tmp"
+    mine = [tmp_path / "00001.parquet", tmp_path / ".hidden.tmp", tmp_path / f".a.{DEAD}.tmp"]
+    for p in [dead, live, *mine]:
+        p.write_bytes(b"x")
+    assert sweep_dead_temps(tmp_path, tmp_path / "absent") == [dead]
+    assert live.exists() and all(p.exists() for p in mine)
+    with atomic_path(tmp_path / "out.json") as tmp:  # the names atomic_path makes are the ones swept
+        assert sweep_dead_temps(tmp_path) == [] and tmp.exists()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from curate.cli.app import main
-from curate.run import RunDir
+from curate.rundir import RunDir
 from curate.trainer import LossRecorder
 from tests.bootstrap_helpers import manifest_uids
 from tests.reliability.runs import clustered_run, source_shards

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from curate.io.tables import embedding_schema, fixed_list, write_table
-from curate.run import RunDir
+from curate.rundir import RunDir
 
 MakeRun = Callable[..., Path]
 

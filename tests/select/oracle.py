@@ -1,6 +1,6 @@
 """The in-memory selection of curate 0.1, kept as the test oracle of the partitioned pipeline.
 
-Everything here works on whole-pool numpy arrays in one process: ``load_pool`` reads every embedding,
+Everything here works on whole-pool numpy arrays in one process: ``load_round_pool`` reads every embedding,
 ``prepare`` sorts the pool by class, ``select_reference`` runs the reference notebook's loop with ONE
 global ranking rebuilt at every class refresh, ``select_greedy`` merges the classes' greedy sequences.
 The pipeline computes the same things partition by partition and merges scalars; the exactness tests
@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from curate.errors import InputError, UsageError
 from curate.io.tables import embedding_files, read_embeddings, table_metadata
 from curate.progress import Progress
+from curate.schemas import ID_COLUMNS
 from curate.select import source
 from curate.select.base import Pool
 from curate.select.clipcov import (
@@ -40,7 +41,7 @@ from curate.select.clipcov import (
     ClassGreedy,
 )
 from curate.select.partition import _argmax_task, argmax_rows, default_kmeans_sample, sample_rows, train_kmeans
-from curate.select.pool import ID_COLUMNS, embedding_matrix
+from curate.select.pool import embedding_matrix
 
 _CHUNK = 2048  # picks examined per vectorised step
 
@@ -84,7 +85,7 @@ def kmeans(x: np.ndarray, valid: np.ndarray, k: int, seed: int, niter: int = 20,
     return labels, centroids
 
 
-def load_pool(run_root: str | os.PathLike[str], parts: Iterable[str] = ()) -> Pool:
+def load_round_pool(run_root: str | os.PathLike[str], parts: Iterable[str] = ()) -> Pool:
     """Read the run's embedding tables: ids always, plus ``image``/``text``/``clip_score`` as asked."""
     parts = set(parts)
     cols = list(ID_COLUMNS)
@@ -336,13 +337,13 @@ def select(run: Any, method: str, budget: int | None, seed: int = 0, class_text:
            **opts: Any) -> dict[str, np.ndarray]:
     """The oracle's selection: ``selected``, ``rank`` (-1 = not picked) and the method's columns."""
     if method == "random":
-        pool = load_pool(run)
+        pool = load_round_pool(run)
         n = len(pool)
         score = np.random.default_rng(seed).random(n)
         order = _top_k(score, np.ones(n, bool), budget)
         cols = {"score": score}
     elif method == "clip-score":
-        pool = load_pool(run, {"clip_score"})
+        pool = load_round_pool(run, {"clip_score"})
         cs = pool.clip_score.astype(np.float64)
         ok = np.isfinite(cs)
         score = np.where(ok, cs, np.nan)
@@ -351,7 +352,7 @@ def select(run: Any, method: str, budget: int | None, seed: int = 0, class_text:
             _top_k(score, ok, budget)
         cols = {"score": score}
     elif method == "semdedup":
-        pool = load_pool(run, {"image"})
+        pool = load_round_pool(run, {"image"})
         n = len(pool)
         ok = pool.image_ok
         k = opts.get("clusters") or max(1, round(np.sqrt(n)))
@@ -380,7 +381,7 @@ def select(run: Any, method: str, budget: int | None, seed: int = 0, class_text:
             _top_k(score, ok, budget)
         cols = {"score": score, "dup_sim": dup, "centroid_sim": csim, "partition": labels}
     elif method == "clipcov":
-        pool = load_pool(run, {"image", "text"})
+        pool = load_round_pool(run, {"image", "text"})
         n = len(pool)
         eligible = pool.image_ok & pool.text_ok
         idx = np.flatnonzero(eligible)
@@ -419,4 +420,4 @@ def select(run: Any, method: str, budget: int | None, seed: int = 0, class_text:
 
 def ids(run: Any) -> pa.Table:
     """The pool's ids in pool order."""
-    return load_pool(run).ids
+    return load_round_pool(run).ids

@@ -9,8 +9,8 @@ import pytest
 from conftest import MakeRun, hex_uid, normalise, read_scores
 
 from curate.errors import InputError, UsageError
+from curate.fs import read_json
 from curate.io.manifest import read_manifest
-from curate.run import read_json
 from curate.select import SelectionResult, run_selection
 from curate.select.baselines import max_prior_similarity
 
@@ -170,9 +170,9 @@ def test_semdedup_budget_reasons_agree_with_the_effective_eps(make_run: MakeRun,
 
 
 def load_image(run: Path) -> np.ndarray:
-    from oracle import load_pool
+    from oracle import load_round_pool
 
-    return load_pool(run, {"image"}).image
+    return load_round_pool(run, {"image"}).image
 
 
 def test_max_prior_similarity_blockwise_matches_dense(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import MakeRun, normalise, read_scores
-from oracle import load_pool
+from oracle import load_round_pool
 
 from curate.cli.app import main
 
@@ -117,7 +117,7 @@ def test_clipcov_zero_shot_with_run_model_and_classes_file(
     templates = ["a {}.", "a photo of a {}."]
     class_text = normalise(np.stack([encode_texts([tp.format(c) for tp in templates]).mean(0) for c in names]))
     calls.clear()
-    pool_img = load_pool(run, {"image"}).image
+    pool_img = load_round_pool(run, {"image"}).image
     want = np.argmax(pool_img @ class_text.T, axis=1)  # argmax over the prompt-ensemble class embeddings
     assert (want == lab).mean() > 0.9
     np.testing.assert_array_equal(t["partition"], want)

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import MakeRun, normalise, read_scores
-from oracle import load_pool, prepare, select_greedy, select_reference
+from oracle import load_round_pool, prepare, select_greedy, select_reference
 
 from curate.errors import InputError
 from curate.select import run_selection
@@ -103,7 +103,7 @@ def small_world() -> tuple[np.ndarray, ...]:
 
 
 def _pool_arrays(run) -> tuple[np.ndarray, np.ndarray]:
-    pool = load_pool(run, {"image", "text"})
+    pool = load_round_pool(run, {"image", "text"})
     return pool.image, pool.text
 
 

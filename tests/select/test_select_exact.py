@@ -8,6 +8,8 @@ after a failure.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -137,3 +139,21 @@ def test_partition_larger_than_the_budget_streams_with_the_same_bits(
     th, tl = (pq.read_table(r.path / "scores.parquet") for r in (held, lazy))
     assert th.equals(tl)
     _compare(held.path, oracle_select(run, method, 600, seed=1, **kw, **opts), run)
+
+
+def test_spilled_values_ignore_pieces_of_a_killed_attempt(tmp_path: Path) -> None:
+    """A rerun's spill folder starts empty: pieces a killed attempt left there would double its rows."""
+    from curate.select.ranking import RowValues
+
+    def fill(values: RowValues) -> None:
+        for lo in range(0, 100, 10):
+            values.append(np.arange(lo, lo + 10), v=np.arange(lo, lo + 10) * 2)
+
+    first = RowValues({"v": "i8"}, 100, 50, 15, tmp_path / "spill")
+    fill(first)  # spills; then "killed": never closed
+    assert any((tmp_path / "spill").iterdir())
+    again = RowValues({"v": "i8"}, 100, 50, 15, tmp_path / "spill")
+    fill(again)
+    rows, cols = again.slice(0, 50)
+    assert rows.tolist() == list(range(50)) and cols["v"].tolist() == [2 * r for r in range(50)]
+    again.close()

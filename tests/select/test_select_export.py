@@ -17,7 +17,7 @@ from curate.io.manifest import build_manifest, write_manifest
 from curate.io.reshard import reshard
 from curate.io.shards import iter_shard, shard_name
 from curate.io.tarwrite import write_members
-from curate.run import RunDir
+from curate.rundir import RunDir
 
 
 def test_datacomp_u8pair_round_trip_matches_datacomp_conversion() -> None:

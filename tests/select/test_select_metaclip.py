@@ -400,7 +400,7 @@ def test_report_names_partitions_by_metadata_entry(caption_run: tuple, tmp_path:
 def test_tables_without_a_fingerprint_use_run_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Tables from before fingerprints were stored with them: run.json's shard record is checked."""
     from curate.io.shards import fingerprint
-    from curate.run import RunDir
+    from curate.rundir import RunDir
 
     meta = tmp_path / "m.txt"
     meta.write_text("cat\n")

@@ -12,7 +12,7 @@ import pytest
 from conftest import MakeRun, normalise, read_scores, write_run
 
 from curate.errors import InputError, UsageError
-from curate.run import RunDir
+from curate.rundir import RunDir
 from curate.select import run_selection
 from curate.select import source as source_mod
 from curate.select.negcliploss import NegClipLossSelector, batch_lse
@@ -43,9 +43,9 @@ def brute_force(img: np.ndarray, txt: np.ndarray, ok: np.ndarray, batch: int, k:
 
 def stored(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The run's embeddings as the selectors see them (float16 → float32, normalised) in float64."""
-    from oracle import load_pool
+    from oracle import load_round_pool
 
-    pool = load_pool(run, {"image", "text"})
+    pool = load_round_pool(run, {"image", "text"})
     ok = pool.image_ok & pool.text_ok
     return pool.image.astype(np.float64), pool.text.astype(np.float64), ok
 

@@ -82,9 +82,9 @@ def test_clipcov_per_partition_takes_each_class_prefix(make_run: MakeRun, mode: 
     labels = t["partition"]
     sizes = np.bincount(labels, minlength=4)
     quotas = allocate_quotas(sizes, 450, mode)
-    from oracle import load_pool
+    from oracle import load_round_pool
 
-    pool = load_pool(run, {"image", "text"})
+    pool = load_round_pool(run, {"image", "text"})
     for k in range(4):
         members = np.flatnonzero(labels == k)
         lab = np.zeros(len(members), int)
@@ -120,3 +120,36 @@ def test_per_partition_bad_usage(make_run: MakeRun) -> None:
         run_selection(run, "clip-score", options={"threshold": 0.1}, per_partition="sqrt", class_text=centres)
     with pytest.raises(InputError, match="caps leave 40 samples, fewer than the budget 60"):
         run_selection(run, "clip-score", fraction=0.2, per_partition="cap:10", class_text=centres)
+
+
+def test_partitions_of_an_earlier_selection(make_run: MakeRun) -> None:
+    """--partition selection:NAME: the budgets' partitions are that selection's partition column (here a
+    k-means semdedup's clusters; metaclip's metadata entries work the same way), recorded as a parent."""
+    from curate.select.manage import delete_selection
+
+    img, txt, _ = _world(1200, 12, seed=7)
+    run = make_run(img, txt)
+    base = run_selection(run, "semdedup", options={"eps": 0.0001, "clusters": 5}, name="clusters")
+    part = read_scores(base.path)["partition"]
+    res = run_selection(run, "clip-score", fraction=0.25, per_partition="proportional",
+                        options={"partition": "selection:clusters"})
+    assert res.name == "clip-score-f0.25-pp-proportional-by-clusters"
+    t = read_scores(res.path)
+    np.testing.assert_array_equal(t["partition"], part)
+    quotas = allocate_quotas(np.bincount(part, minlength=5), 300, "proportional")
+    want = np.zeros(len(part), bool)
+    for k in range(5):  # brute force: each cluster's best quota_k by CLIP score
+        members = np.flatnonzero(part == k)
+        want[members[np.argsort(-t["score"][members], kind="stable")[: quotas[k]]]] = True
+    np.testing.assert_array_equal(t["selected"], want)
+    assert res.header["info"]["per_partition"]["partition"] == "selection:clusters"
+    assert {"name": "clusters", "role": "partitions"}.items() <= res.header["parents"][0].items()
+    with pytest.raises(UsageError, match=r"is the source of selection 'clip-score-f0\.25"):
+        delete_selection(run, "clusters")
+    with pytest.raises(InputError, match="no selection 'absent'"):
+        run_selection(run, "clip-score", fraction=0.25, per_partition="sqrt", options={"partition": "selection:absent"})
+    run_selection(run, "random", fraction=0.5, name="plain")
+    with pytest.raises(InputError, match="has no partition column"):
+        run_selection(run, "clip-score", fraction=0.25, per_partition="sqrt", options={"partition": "selection:plain"})
+    with pytest.raises(UsageError, match="per-partition only"):
+        run_selection(run, "clipcov", fraction=0.25, options={"partition": "selection:clusters"})

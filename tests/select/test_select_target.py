@@ -14,7 +14,7 @@ from conftest import MakeRun, normalise, read_scores, write_run
 
 from curate.cli.app import main
 from curate.errors import InputError, UsageError
-from curate.run import RunDir
+from curate.rundir import RunDir
 from curate.select import run_selection
 from curate.select import source as source_mod
 from curate.select.target import ImageFilterSelector, NormSimSelector, default_clusters
@@ -22,9 +22,9 @@ from curate.select.target import ImageFilterSelector, NormSimSelector, default_c
 
 def stored_image(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """The run's image embeddings as the selectors see them (float16 → float32, normalised), float64."""
-    from oracle import load_pool
+    from oracle import load_round_pool
 
-    pool = load_pool(run, {"image"})
+    pool = load_round_pool(run, {"image"})
     return pool.image.astype(np.float64), pool.image_ok
 
 

@@ -12,11 +12,11 @@ from conftest import MakeRun, normalise
 from curate.bootstrap import bootstrap_round
 from curate.cli.app import main
 from curate.errors import InputError, UsageError
+from curate.fs import read_json
 from curate.io.export import export_manifest
-from curate.run import RunDir, read_json
+from curate.rundir import RunDir
 from curate.select import run_selection
 from curate.select.manage import delete_selection, list_selections
-from curate.select.run import selection_lock
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_delete(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_delete_refuses_what_it_must_not_touch(run: Path) -> None:
     sel = run / "selections"
     run_selection(run, "random", fraction=0.3, seed=2, name="C")
-    with selection_lock(RunDir(run), "C"), pytest.raises(UsageError, match="being written by another"):
+    with RunDir(run).selection_lock("C"), pytest.raises(UsageError, match="being written by another"):
         delete_selection(run, "C")  # a select writing that name holds its lock
     (sel / "C" / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match=r"holds files curate did not write \(notes.txt\)"):

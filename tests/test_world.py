@@ -1,4 +1,4 @@
-"""Tests of the synthetic world generator and the deterministic tar writer, on real generated data."""
+"""Tests of the synthetic world (curate.world) and the deterministic tar writer, on real generated data."""
 
 from __future__ import annotations
 
@@ -16,19 +16,19 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from curate.io.synthetic import (
+from curate.io.tarwrite import write_members, write_tar
+from curate.schemas import TRUTH_SCHEMA
+from curate.world import (
     COLORS,
     DEFAULT_COLORS,
     DEFAULT_SHAPES,
     SHAPES,
-    TRUTH_SCHEMA,
     class_names,
     list_shards,
     make_sample,
     read_truth,
     sample_uid,
 )
-from curate.io.tarwrite import write_members, write_tar
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED_SAMPLE = REPO / "shards" / "sample"

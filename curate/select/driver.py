@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
-import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,11 +23,11 @@ import pyarrow.parquet as pq
 from curate.embed.state import check_pool_complete
 from curate.engines import Engine, make_engine
 from curate.errors import UsageError
-from curate.fs import exclusive_lock, make_temp_dir, remove_stale_locks
+from curate.fs import read_json
 from curate.io.manifest import Manifest, ManifestWriter, read_manifest
-from curate.io.tarwrite import remove_dead_temps
 from curate.progress import NullProgress, Progress
-from curate.run import RunDir, read_json
+from curate.rundir import RunDir, SelectionDraft, check_selection_name
+from curate.schemas import ID_COLUMNS, scores_schema
 from curate.select.base import DEFAULT_MEMORY, SelectContext, get_selector, resolve_budget
 from curate.select.pipeline import (
     PerPartition,
@@ -41,8 +39,6 @@ from curate.select.pipeline import (
     work_identity,
 )
 from curate.select.source import PoolSource
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,119}$")
 
 
 @dataclass
@@ -80,34 +76,6 @@ class SelectionResult:
         }
 
 
-@contextlib.contextmanager
-def selection_lock(run: RunDir, name: str) -> Iterator[None]:
-    """Hold the lock of selection ``name`` (``RUN/selections/.NAME.lock``, removed on release).
-
-    Every command that writes or deletes a selection holds it, so two of them never write one name at
-    once: the second is refused with one line (it does not wait: a selection can take hours, and the
-    name would then hold the first one's result, or a clash of parameters, anyway).
-    """
-    folder = run.root / "selections"
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        remove_stale_locks(folder, ".*.lock")  # left by killed writers
-        with exclusive_lock(folder / f".{name}.lock", f"selection {name!r} is being written by another curate "
-                            "command; wait for it to finish or choose another --name", remove=True):
-            yield
-    finally:
-        if created:  # a command that failed before writing leaves no empty selections/ behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
-def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
-        raise UsageError(f"bad selection name {name!r}: use letters, digits, '.', '_', '+', '-' (max 120)")
-    return name
-
-
 def _nullable(values: np.ndarray) -> pa.Array:
     """A numpy column as Arrow, with NaN (floats) or -1 (partition ints) as null."""
     if values.dtype.kind == "f":
@@ -128,10 +96,8 @@ def scores_block(ids: pa.Table, blk: dict[str, Any], columns: dict[str, str]) ->
     }
     for name in columns:
         cols[name] = _nullable(np.asarray(blk["columns"][name]))
-    table = ids
-    for name, arr in cols.items():
-        table = table.append_column(name, arr)
-    return table
+    return pa.Table.from_arrays([*(ids.column(n) for n in ID_COLUMNS), *cols.values()],
+                                schema=scores_schema(columns))
 
 
 def _write_outputs(folder: Path, res: PipelineResult, selector: Any) -> tuple[ManifestWriter, dict[str, int],
@@ -199,19 +165,15 @@ def _with_tag(name: str, pp_params: dict[str, Any]) -> str:
         return name
     mode = str(pp_params["per_partition"]).replace(":", "")
     part = pp_params.get("partition")
-    tag = "-cls" if pp_params.get("classes") else (f"-km{part.split(':')[1]}" if part and part != "imagenet" else "")
+    if pp_params.get("classes"):
+        tag = "-cls"
+    elif part and part.startswith("kmeans:"):
+        tag = f"-km{part.split(':')[1]}"
+    elif part and part.startswith("selection:"):
+        tag = f"-by-{part.split(':', 1)[1]}"
+    else:
+        tag = ""
     return f"{name}-pp-{mode}{tag}"
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` onto ``final`` (replacing an old folder) with renames only."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_same_pool(name: str, old: Mapping[str, Any], pool: Mapping[str, Any]) -> None:
@@ -283,7 +245,7 @@ def _prepare(
     pp, pp_params = _per_partition(cls, per_partition, opts)
     selector = cls(cls.config_class.from_options(method, opts))
     if name is not None:
-        check_name(name)
+        check_selection_name(name)
     if (fraction is not None or count is not None) and cls.budget_mode == "none":
         raise UsageError(f"--method {method} takes no --fraction/--count")
     if memory < 1 << 20:
@@ -296,7 +258,7 @@ def _prepare(
     budget = resolve_budget(fraction, count, len(source))
     selector.check_budget(budget)
     selector.check_pool(len(source))
-    name = check_name(name or _with_tag(selector.default_name(fraction, count, seed), pp_params))
+    name = check_selection_name(name or _with_tag(selector.default_name(fraction, count, seed), pp_params))
     params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict(),
                               **selector.inputs()}
     params.update(pp_params)
@@ -392,68 +354,91 @@ def run_selection(
     prep = _prepare(run_root, method, fraction, count, name, seed, options, force, class_text, allow_partial,
                     per_partition, memory)
     plan, selector, source = prep.plan, prep.selector, prep.source
-    run, name, params, final, budget = RunDir(run_root), plan.name, plan.params, plan.path, plan.budget
-    with selection_lock(run, name):  # one writer per name; a second one is refused at once
-        work = WorkDir(final.parent / f".work-{name}")
-        identity = work_identity(source, method, params, seed, budget, memory)
+    run = RunDir(run_root)
+    with run.selection_lock(plan.name):  # one writer per name; a second one is refused at once
+        work = WorkDir(plan.path.parent / f".work-{plan.name}")
+        identity = work_identity(source, method, plan.params, seed, plan.budget, memory)
         with _engine(engine, engine_options, device) as eng:
             ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng,
                                 memory=memory)
-            res = run_pipeline(selector, source, budget, ctx, work, identity, prep.per_partition)
+            res = run_pipeline(selector, source, plan.budget, ctx, work, identity, prep.per_partition)
         selector.check_result(res.kept)
         cmd = command or f"curate select --run {run.root} --method {method}"
-        remove_dead_temps(final.parent, f".{name}.tmp-")  # left by a killed earlier attempt
-        remove_dead_temps(final.parent, f".{name}.old-")
-        tmp = make_temp_dir(final.parent, f".{name}.tmp-{os.getpid()}-")  # the umask's mode, not mkdtemp's 0700
         try:
-            writer, pruned, per_part = _write_outputs(tmp, res, selector)
-            info = {**selector.info(res.shared), **res.info}
-            if res.part_counts is not None:
-                info["nonempty_classes" if method == "clipcov" else "nonempty_partitions"] = int(
-                    (res.part_counts.sum(axis=0) > 0).sum())
-            header = writer.finish(
-                kind="selection",
-                command=cmd,
-                params=params,
-                seed=seed,
-                pool_size=len(source),
-                pruned_by_reason=pruned,
-                extra={
-                    "method": method,
-                    "selection": name,
-                    "budget": budget,
-                    "info": info,
-                    "parents": selector.parents(res.shared),
-                    "embeddings": {"rows": len(source), "meta": source.meta},
-                    "pool": plan.pool,
-                },
-            )
-            _replace_dir(tmp, final)
+            with run.write_selection(plan.name) as draft:
+                written = _write_selection(draft, plan, selector, source, res, cmd)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
             res.picks.close()
-        run.update_entry("selections", name, {
-            "method": method,
-            "params": params,
-            "seed": seed,
-            "pool": len(source),
-            "pool_partial": plan.pool["partial"],
-            "kept": res.kept,
-            "manifest": str(Path("selections") / name / "manifest.parquet"),
-            "content_hash": header["content_hash"],
-        }, command=cmd)
         work.remove()
+    return _result(plan, selector, res, written, time.perf_counter() - t0)
+
+
+@dataclass
+class _Written:
+    header: dict[str, Any]
+    pruned: dict[str, int]
+    per_partition: np.ndarray | None
+    info: dict[str, Any]
+
+
+def _write_selection(draft: SelectionDraft, plan: SelectionPlan, selector: Any, source: PoolSource,
+                     res: PipelineResult, cmd: str) -> _Written:
+    """Write the score table and manifest into the draft folder and fill in its run.json record."""
+    writer, pruned, per_part = _write_outputs(draft.folder, res, selector)
+    info = {**selector.info(res.shared), **res.info}
+    if res.part_counts is not None:
+        info["nonempty_classes" if plan.method == "clipcov" else "nonempty_partitions"] = int(
+            (res.part_counts.sum(axis=0) > 0).sum())
+    header = writer.finish(
+        kind="selection",
+        command=cmd,
+        params=plan.params,
+        seed=plan.seed,
+        pool_size=len(source),
+        pruned_by_reason=pruned,
+        extra={
+            "method": plan.method,
+            "selection": plan.name,
+            "budget": plan.budget,
+            "info": info,
+            "parents": _parents(selector, res.shared),
+            "embeddings": {"rows": len(source), "meta": source.meta},
+            "pool": plan.pool,
+        },
+    )
+    draft.record = {
+        "method": plan.method,
+        "params": plan.params,
+        "seed": plan.seed,
+        "pool": len(source),
+        "pool_partial": plan.pool["partial"],
+        "kept": res.kept,
+        "content_hash": header["content_hash"],
+    }
+    draft.command = cmd
+    return _Written(header, pruned, per_part, info)
+
+
+def _parents(selector: Any, shared: dict[str, Any]) -> list[dict[str, Any]]:
+    """The selections this one was computed from: the method's inputs, and the partitions' selection."""
+    parent = (shared.get("per_partition") or {}).get("parent")
+    return [*selector.parents(shared), *([parent] if parent else [])]
+
+
+def _result(plan: SelectionPlan, selector: Any, res: PipelineResult, written: _Written,
+            seconds: float) -> SelectionResult:
+    per_part = written.per_partition
     names = selector.partition_names(res.shared)
     rows = [{"partition": (names[k] if names and k < len(names) else str(k)), "pool": int(p), "kept": int(kk)}
             for k, (p, kk) in enumerate(per_part) if p] if per_part is not None else []
     return SelectionResult(
-        name=name,
-        path=final,
-        header=header,
-        pool_size=len(source),
+        name=plan.name,
+        path=plan.path,
+        header=written.header,
+        pool_size=plan.pool_size,
         kept=res.kept,
-        pruned_by_reason=pruned,
+        pruned_by_reason=written.pruned,
         per_partition=sorted(rows, key=lambda r: (-r["pool"], r["partition"])),
-        info=info,
-        seconds=time.perf_counter() - t0,
+        info=written.info,
+        seconds=seconds,
     )

@@ -1,8 +1,8 @@
-"""Evaluation helpers: ground-truth quality of a subset, and zero-shot accuracy on a labelled split.
+"""Evaluation against a world's ground truth: quality of a subset, and zero-shot accuracy on a labelled split.
 
 Both are used by ``curate demo`` and by the benchmarks. Ground truth exists for the synthetic world
-(``curate.io.synthetic``: every sample's json carries ``truth``); zero-shot evaluation needs shards whose
-json names the class (``truth.class``) and a class-name list.
+(every sample's json carries ``truth``; :func:`curate.world.read_truth` reads it); zero-shot evaluation
+needs shards whose json names the class (``truth.class``) and a class-name list.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def subset_truth_metrics(selected_uids: pa.Array | Sequence[str], truth: pa.Table) -> dict[str, float]:
     """Defect shares among the kept samples and how evenly they cover the classes.
 
-    ``truth`` is ``curate.io.synthetic.read_truth(...)`` of the pool. Returns ``kept``, the shares of
+    ``truth`` is ``curate.world.read_truth(...)`` of the pool. Returns ``kept``, the shares of
     ``mismatched``, ``duplicates`` (copies of another sample), ``redundant`` (copies kept together with
     their original) and ``uninformative`` captions among kept samples, the normalised class entropy
     (1 = perfectly even), the smallest and largest class share, and the number of classes covered.
