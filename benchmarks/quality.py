@@ -1,6 +1,6 @@
 """Does curation pay off in training? Zero-shot accuracy of a tiny CLIP trained from scratch on each subset.
 
-In the synthetic world (``curate.io.synthetic``: 30 Zipf-sized classes, 20% mismatched captions, 8%
+In the synthetic world (``curate.world``: 30 Zipf-sized classes, 20% mismatched captions, 8%
 exact/near duplicates, 5% uninformative captions, a clean class-balanced test split) the pool is
 embedded with a *proxy* model (the built-in ``sample`` tiny CLIP, trained on a different world, seed 0),
 the static selections are made from those embeddings (random, clip-score, semdedup, clipcov, negcliploss,
