@@ -54,7 +54,10 @@ def test_ray_engine_map_and_items(engine, tmp_path: Path) -> None:
     ev = Events()
     res = engine.run_items(FileWorker(str(tmp_path)), ITEMS, ev)
     assert [r["item"] for r in res] == ITEMS and {r["device"] for r in res} == {"cpu"}
-    assert len({r["pid"] for r in res}) == 2  # two actors, each opened the worker once
+    # in Ray's worker processes, at most one per CPU; how many of them got items is Ray's scheduling (on a
+    # loaded machine one actor may take all five before the second has started)
+    pids = {r["pid"] for r in res}
+    assert 1 <= len(pids) <= 2 and os.getpid() not in pids
     assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(ITEMS)
     assert ev.started == ["files"]
 

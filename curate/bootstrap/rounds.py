@@ -247,8 +247,13 @@ def bootstrap_round(
     rows = int(partition_rows or PARTITION_ROWS)
     if rows < 1:
         raise UsageError(f"partition_rows must be >= 1, got {rows}")
+    fresh_dir = not run.bootstrap_dir.exists()  # a dry run or a refused round 0 leaves no empty bootstrap/
     with _engine(engine, engine_options) as eng:
-        store = open_pool_store(run.root, cfg["init"], bucket_rows=rows)
+        try:
+            store = open_pool_store(run.root, cfg["init"], bucket_rows=rows)
+        except CurateError:
+            _remove_if_empty(run.bootstrap_dir, fresh_dir)
+            raise
         try:
             _check_pool(run, round_, prev, store)
             work = work_path(run, round_)
@@ -262,6 +267,7 @@ def bootstrap_round(
                 store.discard()
                 if not resumed:
                     shutil.rmtree(work, ignore_errors=True)
+                _remove_if_empty(run.bootstrap_dir, fresh_dir)
                 summary = _summary(round_, cfg, dec, len(store), kept, reasons, None)
                 return RoundResult(round_, run.manifest_file(round_), summary, dry_run=True)
             # Decided and validated: from here on files are written, each to a temporary name, renamed once
@@ -275,6 +281,7 @@ def bootstrap_round(
         except CurateError:
             store.discard()
             shutil.rmtree(work_path(run, round_), ignore_errors=True)  # an input error: nothing written
+            _remove_if_empty(run.bootstrap_dir, fresh_dir)
             raise
         except BaseException:
             store.discard()
@@ -283,6 +290,13 @@ def bootstrap_round(
     _save_state(run, round_, cfg, prev, store, dec, summary, partial_pool, command)
     shutil.rmtree(work_path(run, round_), ignore_errors=True)
     return RoundResult(round_, run.manifest_file(round_), summary)
+
+
+def _remove_if_empty(folder: Path, created: bool) -> None:
+    """Remove ``folder`` if this call created it and nothing is in it (a dry run, a refused round)."""
+    if created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _check_pool(run: RunDir, round_: int, prev: dict[str, Any] | None, store: PoolStore) -> None:

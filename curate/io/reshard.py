@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import InputError, UsageError
@@ -229,72 +230,31 @@ def reshard(
     """
     if shard_size < 1:
         raise UsageError(f"--shard-size must be a positive integer, got {shard_size}")
-    path = manifest_path_of(manifest_path)
-    manifest = read_manifest(path)
+    plan = _plan(manifest_path, shards, shard_size)
     out = Path(out_dir)
-    table = manifest.table
-    shard_col = table.column("shard").to_numpy(zero_copy_only=False)
-    key_col = table.column("key").to_numpy(zero_copy_only=False)
-    names = list(dict.fromkeys(shard_col.tolist()))
-    urls = _source_urls(names, path, shards, manifest.header.get("shard_urls"))
-    wanted: dict[str, set[str]] = {n: set() for n in names}
-    for s, k in zip(shard_col.tolist(), key_col.tolist(), strict=True):
-        wanted[s].add(k)
-    prefix = pc.count_distinct(table.column("key")).as_py() != table.num_rows
-    want = {"manifest": str(path.resolve()), "content_hash": manifest.header.get("content_hash"),
-            "shard_size": shard_size, "sources": [urls[n] for n in names]}
-    check_output_folder(out, [urls[n] for n in names])
-    done = _check_existing(out, force, want, bool(manifest.header.get("content_hash")))
+    check_output_folder(out, plan.want["sources"])
+    done = _check_existing(out, force, plan.want, bool(plan.want["content_hash"]))
     if done is not None:
         return done
+    n = plan.table.num_rows
     if dry_run:
-        n = table.num_rows
-        plan = [{"name": f"{i:06d}.tar", "samples": min(shard_size, n - first)}
-                for i, first in enumerate(range(0, n, shard_size))]
-        return ReshardResult(out, n, plan, bool(prefix), dry_run=True)
+        shards_planned = [{"name": f"{i:06d}.tar", "samples": min(shard_size, n - first)}
+                          for i, first in enumerate(range(0, n, shard_size))]
+        return ReshardResult(out, n, shards_planned, plan.prefix, dry_run=True)
     made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # removed again on failure
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(out.parent, f".{out.name}.tmp-")
     _remove_dead_old_outputs(out.parent, f".{out.name}.old-")
     progress = progress or NullProgress()
-    progress.start("reshard", total=table.num_rows)
+    progress.start("reshard", total=n)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    found: set[tuple[str, str]] = set()
-    stats: Counter[str] = Counter()
-    written: list[dict[str, Any]] = []
     try:
-        it = _samples(wanted, urls, prefix, found, stats, progress)
-        for i in itertools.count():
-            first = next(it, None)
-            if first is None:
-                break
-            name = f"{i:06d}.tar"
-            try:
-                n = write_tar(tmp / name, itertools.chain([first], itertools.islice(it, shard_size - 1)))
-            except ValueError as exc:  # a key that cannot be a safe member name (e.g. a '..' shard name prefix)
-                raise InputError(f"reshard: {exc}") from None
-            written.append({"name": name, "samples": n})
-        total = sum(w["samples"] for w in written)
-        if total != table.num_rows:
-            pairs = set(zip(shard_col.tolist(), key_col.tolist(), strict=True)) - found
-            miss = ", ".join(f"{s}/{k}" for s, k in sorted(pairs)[:5])
-            drops = ", ".join(f"{k}={v}" for k, v in sorted(stats.items()) if k != "seen")
-            raise InputError(
-                f"reshard found {total} of {table.num_rows} manifest samples; missing {miss}"
-                f"{' ...' if len(pairs) > 5 else ''}{f' (reader: {drops})' if drops else ''};"
-                " check --shards points at the shards that were embedded"
-            )
-        write_json(tmp / RESHARD_INFO, {**want, "samples": total, "prefixed_keys": bool(prefix), "shards": written,
+        written = _write_shards(plan, tmp, shard_size, progress)
+        write_json(tmp / RESHARD_INFO, {**plan.want, "samples": n, "prefixed_keys": plan.prefix, "shards": written,
                                         "written_by": WRITTEN_BY})
-        old = None
-        if out.exists():  # empty, or an earlier reshard output (checked above)
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            _remove_output(old)
+        _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for d in made:  # innermost first; only folders this call created and left empty
@@ -304,4 +264,72 @@ def reshard(
     finally:
         progress.finish()
         shutil.rmtree(tmp, ignore_errors=True)
-    return ReshardResult(out, int(np.sum([w["samples"] for w in written])), written, bool(prefix))
+    return ReshardResult(out, int(np.sum([w["samples"] for w in written])), written, plan.prefix)
+
+
+@dataclass
+class _Plan:
+    """What a reshard reads: the manifest's rows, the keys wanted per source shard, their URLs."""
+
+    table: pa.Table
+    wanted: dict[str, set[str]]  # source shard name -> keys
+    urls: dict[str, str]  # source shard name -> URL
+    prefix: bool  # keys repeat across source shards: written as <source shard>/<key>
+    want: dict[str, Any]  # the reshard.json fields that identify this very reshard
+
+
+def _plan(manifest_path: str | os.PathLike[str], shards: str | None, shard_size: int) -> _Plan:
+    """Read the manifest and resolve its source shards."""
+    path = manifest_path_of(manifest_path)
+    manifest = read_manifest(path)
+    table = manifest.table
+    names = list(dict.fromkeys(table.column("shard").to_pylist()))
+    urls = _source_urls(names, path, shards, manifest.header.get("shard_urls"))
+    wanted: dict[str, set[str]] = {n: set() for n in names}
+    for s, k in zip(table.column("shard").to_pylist(), table.column("key").to_pylist(), strict=True):
+        wanted[s].add(k)
+    prefix = pc.count_distinct(table.column("key")).as_py() != table.num_rows
+    want = {"manifest": str(path.resolve()), "content_hash": manifest.header.get("content_hash"),
+            "shard_size": shard_size, "sources": [urls[n] for n in names]}
+    return _Plan(table, wanted, urls, bool(prefix), want)
+
+
+def _write_shards(plan: _Plan, tmp: Path, shard_size: int, progress: Progress) -> list[dict[str, Any]]:
+    """Write the manifest's samples into ``tmp/{000000..}.tar``; every one of them must be found."""
+    found: set[tuple[str, str]] = set()
+    stats: Counter[str] = Counter()
+    written: list[dict[str, Any]] = []
+    it = _samples(plan.wanted, plan.urls, plan.prefix, found, stats, progress)
+    for i in itertools.count():
+        first = next(it, None)
+        if first is None:
+            break
+        name = f"{i:06d}.tar"
+        try:
+            n = write_tar(tmp / name, itertools.chain([first], itertools.islice(it, shard_size - 1)))
+        except ValueError as exc:  # a key that cannot be a safe member name (e.g. a '..' shard name prefix)
+            raise InputError(f"reshard: {exc}") from None
+        written.append({"name": name, "samples": n})
+    total, rows = sum(w["samples"] for w in written), plan.table.num_rows
+    if total != rows:
+        table = plan.table
+        pairs = set(zip(table.column("shard").to_pylist(), table.column("key").to_pylist(), strict=True)) - found
+        miss = ", ".join(f"{s}/{k}" for s, k in sorted(pairs)[:5])
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(stats.items()) if k != "seen")
+        raise InputError(
+            f"reshard found {total} of {rows} manifest samples; missing {miss}"
+            f"{' ...' if len(pairs) > 5 else ''}{f' (reader: {drops})' if drops else ''};"
+            " check --shards points at the shards that were embedded"
+        )
+    return written
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` to ``out``, moving an earlier reshard output aside and then removing it."""
+    old = None
+    if out.exists():  # empty, or an earlier reshard output (checked before anything was written)
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        _remove_output(old)
