@@ -10,8 +10,9 @@ cross terms estimated from M members of each class.
 3. ``--sampled RUN``: clipcov on an existing run (e.g. the 1M zero-shot pool of select_scale.py) exactly
    and with ``--cross-sample M`` for each M: time and Jaccard with the exact selection.
 
-    python benchmarks/cross_terms.py --kernel --half --out benchmarks/results/cross_terms.md
-    python benchmarks/cross_terms.py --sampled /tmp/curate-select-scale/n1000000 --m 1000 4000 16000
+    python benchmarks/cross_terms.py --kernel --half --out benchmarks/results/cross_terms.jsonl
+    python benchmarks/cross_terms.py --sampled /tmp/curate-select-scale/n1000000 --m 1000 4000 16000 \
+        --out benchmarks/results/cross_terms.jsonl
 """
 
 from __future__ import annotations
@@ -156,7 +157,9 @@ def main() -> None:
     ap.add_argument("--m", type=int, nargs="+", default=[1000, 4000, 16000])
     ap.add_argument("--variant", default="reference")
     ap.add_argument("--fraction", type=float, default=0.3)
-    ap.add_argument("--out", default=None, help="append the results as JSON lines to this file")
+    ap.add_argument("--out", default=None,
+                    help="append the results as JSON lines to this file and render all of them into FILE.md "
+                    "(e.g. benchmarks/results/cross_terms.jsonl)")
     args = ap.parse_args()
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()[0],
                  "cores": os.cpu_count()}
@@ -167,11 +170,55 @@ def main() -> None:
     if args.sampled:
         res["sampled"] = sampled(args.sampled, args.m, args.fraction, args.variant)
     res["load_after"] = os.getloadavg()[0]
+    res["commit"] = commit()
+    res["args"] = " ".join(sys.argv[1:])
     text = json.dumps(res)
     print(text)
     if args.out:
         with open(args.out, "a") as fh:
             fh.write(text + "\n")
+        write_report(Path(args.out))
+
+
+def commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def write_report(store: Path) -> None:
+    """``<store>.md``: every invocation recorded in the JSON-lines file ``store``, one table per part."""
+    runs = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
+    lines = ["# ClipCov's cross terms: kernel rate, half-precision inputs, sampled cross terms", "",
+             f"Every invocation of `benchmarks/cross_terms.py` recorded in `{store.name}`, oldest first (CPU; "
+             "load = 1-minute load average before / after).", ""]
+    for r in runs:
+        head = (f"### {r['date']}, commit {r.get('commit', '?')}, `python benchmarks/cross_terms.py "
+                f"{r.get('args', '')}`, {r['cores']} cores, load {r['load']:.1f} / {r['load_after']:.1f}")
+        lines += [head, ""]
+        if r.get("kernel"):
+            lines += ["| class size n | d | kernel s | plain float32 matmul s | kernel GFLOP/s | matmul GFLOP/s | "
+                      "rate vs matmul |", "|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| {k['n']:,} | {k['d']} | {k['kernel_s']:.3f} | {k['matmul_s']:.3f} | "
+                      f"{k['kernel_gflops']:.1f} | {k['matmul_gflops']:.1f} | {k['ratio']:.2f} |" for k in r["kernel"]]
+            lines.append("")
+        if r.get("half"):
+            lines += ["| pool | variant | inputs | budget | samples swapped vs float32 | Jaccard |",
+                      "|---|---|---|---:|---:|---:|"]
+            lines += [f"| {h['pool']} | {h['variant']} | {h['inputs']} | {h['budget']:,} | {h['swapped']} | "
+                      f"{h['jaccard']:.4f} |" for h in r["half"]]
+            lines.append("")
+        if r.get("sampled"):
+            lines += ["| M (members sampled per class) | seconds | speed-up vs exact | Jaccard with exact | kept |",
+                      "|---|---:|---:|---:|---:|"]
+            lines += [f"| {s['m']} | {s['seconds']:.1f} | {s['speedup']:.2f} | {s['jaccard']:.4f} | {s['kept']:,} |"
+                      for s in r["sampled"]]
+            lines.append("")
+    store.with_suffix(".md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Does curation pay off in training? Zero-shot accuracy of a tiny CLIP trained from scratch on each subset.
 
-In the synthetic world (``curate.io.synthetic``: 30 Zipf-sized classes, 20% mismatched captions, 8%
+In the synthetic world (``curate.world``: 30 Zipf-sized classes, 20% mismatched captions, 8%
 exact/near duplicates, 5% uninformative captions, a clean class-balanced test split) the pool is
 embedded with a *proxy* model (the built-in ``sample`` tiny CLIP, trained on a different world, seed 0),
 the static selections are made from those embeddings (random, clip-score, semdedup, clipcov, negcliploss,
@@ -125,6 +125,23 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
                 label=f"DataComp image-based ∩ clip-score {p}%"),
             Arm(f"metaclip{p}", "static", selection=f"metaclip{p}",
                 label=f"metaclip {p}% (class names and their words as metadata)"),
+            # budgets per partition (sqrt over the zero-shot classes of the world's class names) and the recipes
+            Arm(f"clipcov{p}-sqrt", "static", selection=f"clipcov{p}-sqrt",
+                label=f"clipcov {p}%, --per-partition sqrt (class names)"),
+            Arm(f"clip-score{p}-sqrt", "static", selection=f"clip-score{p}-sqrt",
+                label=f"clip-score {p}%, --per-partition sqrt (class names)"),
+            Arm(f"negcliploss{p}-sqrt", "static", selection=f"negcliploss{p}-sqrt",
+                label=f"R1 = negCLIPLoss {p}%, --per-partition sqrt (class names)"),
+            Arm(f"recipe-r2-{p}", "static", selection=f"recipe-r2-{p}",
+                label=f"R2: z(negCLIPLoss) + 0.5·z(semdedup) {p}%, sqrt (class names)"),
+            Arm(f"recipe-r3-{p}", "static", selection=f"recipe-r3-{p}",
+                label=f"R3: z(ClipCov utility) + z(negCLIPLoss) {p}%, sqrt (class names)"),
+            Arm(f"recipe-r1-km{p}", "static", selection=f"recipe-r1-km{p}",
+                label=f"R1 with kmeans:30 partitions, {p}%"),
+            Arm(f"recipe-r2-km{p}", "static", selection=f"recipe-r2-km{p}",
+                label=f"R2 with kmeans:30 partitions, {p}%"),
+            Arm(f"recipe-r3-km{p}", "static", selection=f"recipe-r3-km{p}",
+                label=f"R3 with kmeans:30 partitions (ClipCov on kmeans:30 too), {p}%"),
         ]
     arms += [
         Arm("image-filter", "static", selection="image-filter", label="DataComp image-based filter (no budget)"),
@@ -161,8 +178,16 @@ FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup3
              "clipcov50", "semdedup50", "infobatch", "scan-matched-random", "clipcov50+scan", "oracle-clean30",
              "oracle-clean50", "random30-eqc", "clipcov30-eqc", "clip-score30-eqc", "scan-rho0.4",
              "scan-rho0.4-matched-random", "clipcov-kmeans30", "clipcov-kmeans50", "random50-eqc", "clipcov50-eqc",
-             "negcliploss30", "normsim30", "clipcov-and-negcliploss30", "image-filter", "image-filter-and-clip-score30",
-             "metaclip30", "metaclip50")
+             "negcliploss30", "normsim30", "clipcov-and-negcliploss30", "metaclip30", "metaclip50",
+             # issue 16: per-partition budgets, the three recipe candidates (R1 = negcliploss-sqrt), the new
+             # methods at 50%, and the recipes with k-means partitions
+             "clipcov30-sqrt", "clip-score30-sqrt", "negcliploss30-sqrt", "recipe-r2-30", "recipe-r3-30",
+             "clipcov50-sqrt", "clip-score50-sqrt", "negcliploss50-sqrt", "recipe-r2-50", "recipe-r3-50",
+             "negcliploss50", "normsim50", "recipe-r1-km30", "recipe-r2-km30", "recipe-r3-km30")
+# Not in FULL_ARMS (run them with --arms): in this world the target (another world's test split) holds all
+# 30 classes, every k-means cluster of the pool is a target cluster, and DataComp's image-based filter keeps
+# the whole pool; so "image-filter" trains on the full pool and "image-filter-and-clip-score30" on exactly
+# clip-score30's subset (same uids, same order), whose training is deterministic: they would repeat those arms.
 QUICK_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan")
 
 
@@ -189,6 +214,22 @@ def selection_plans(
             (f"image-filter-intersect-clip-score{p}", "intersect", None, {"of": ("image-filter", f"clip-score{p}")},
              0),
             (f"metaclip{p}", "metaclip", f, {"metadata": str(metadata_file(classes))}, 0),
+        ]
+        # per-partition budgets: "per_partition" is run_selection's argument, the rest the method's options
+        by_class = {"classes": str(classes), "per_partition": "sqrt"}
+        by_km = {"partition": "kmeans:30", "per_partition": "sqrt"}
+        r2 = {"of": (f"negcliploss{p}", f"semdedup{p}"), "weights": "1,0.5", "normalize": "z"}
+        plans += [
+            (f"clipcov{p}-sqrt", "clipcov", f, by_class, 0),
+            (f"clip-score{p}-sqrt", "clip-score", f, by_class, 0),
+            (f"negcliploss{p}-sqrt", "negcliploss", f, by_class, 0),
+            (f"recipe-r2-{p}", "combine", f, {**r2, **by_class}, 0),
+            (f"recipe-r3-{p}", "combine", f, {"of": (f"clipcov{p}", f"negcliploss{p}"), "weights": "1,1",
+                                              "normalize": "z", **by_class}, 0),
+            (f"recipe-r1-km{p}", "negcliploss", f, by_km, 0),
+            (f"recipe-r2-km{p}", "combine", f, {**r2, **by_km}, 0),
+            (f"recipe-r3-km{p}", "combine", f, {"of": (f"clipcov-kmeans{p}", f"negcliploss{p}"), "weights": "1,1",
+                                                "normalize": "z", **by_km}, 0),
         ]
     return plans
 
@@ -238,6 +279,22 @@ def prepare_target(setup: Setup, work: Path) -> Path:
 
 # --------------------------------------------------------------------------------------------------
 # Setup: world, proxy embeddings, selections, caches
+
+
+def changed_selections(before: dict[str, Any], now: dict[str, Any]) -> set[str]:
+    """Selections whose subset differs from the one recorded with the finished runs: another content hash,
+    or, for records without one, other ground-truth figures."""
+    out = set()
+    for name, m in now.items():
+        old = before.get(name)
+        if old is None:
+            continue
+        if old.get("content_hash") and m.get("content_hash"):
+            if old["content_hash"] != m["content_hash"]:
+                out.add(name)
+        elif any(old[k] != m[k] for k in old if k in m and k != "content_hash"):
+            out.add(name)
+    return out
 
 
 def selection_path(work: Path, name: str) -> Path:
@@ -332,12 +389,14 @@ def prepare(setup: Setup, seeds: list[int], work: Path, arms: list[Arm]) -> dict
             write_oracle(run, truth, fraction, seed, path)
         elif not path.exists():
             ts = time.perf_counter()
-            run_selection(run, method, fraction=fraction, name=name,
-                          seed=seed, options=opts, device="cpu", force=True,
-                          command=f"benchmarks/quality.py ({method})")
+            opts = dict(opts)
+            per_partition = opts.pop("per_partition", None)
+            run_selection(run, method, fraction=fraction, name=name, seed=seed, options=opts, device="cpu",
+                          force=True, per_partition=per_partition, command=f"benchmarks/quality.py ({method})")
             log(f"selection {name}: {time.perf_counter() - ts:.1f}s")
-        uids = read_manifest(path).table.column("uid").combine_chunks()
-        selections[name] = subset_truth_metrics(uids, truth)
+        manifest = read_manifest(path)
+        selections[name] = {**subset_truth_metrics(manifest.table.column("uid").combine_chunks(), truth),
+                            "content_hash": manifest.header.get("content_hash")}
     timings["select"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -690,6 +749,8 @@ def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, 
             lines.append(f"| {a} − full | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
     lines.append("")
 
+    lines += new_method_tables(res, setup, seeds, arms)
+
     sels = res.get("selections", {})
     if sels:
         lines += ["## Ground truth of the static subsets (proxy embeddings)", "",
@@ -731,6 +792,66 @@ def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, 
                       f"{n} {np.mean([r['seconds'] for r in arm_runs(res, n, seeds)]):.0f}"
                       for n in arms if arm_runs(res, n, seeds)) + ".", ""]
     return "\n".join(lines) + "\n"
+
+
+#: The single methods each recipe is made of (issue 16: a recipe should beat every one of them).
+RECIPE_PARTS = {
+    "negcliploss{p}-sqrt": ("negcliploss{p}",),
+    "recipe-r2-{p}": ("negcliploss{p}", "semdedup{p}", "negcliploss{p}-sqrt"),
+    "recipe-r3-{p}": ("clipcov{p}", "negcliploss{p}", "clipcov{p}-sqrt"),
+    "recipe-r1-km{p}": ("negcliploss{p}", "negcliploss{p}-sqrt"),
+    "recipe-r2-km{p}": ("negcliploss{p}", "semdedup{p}", "recipe-r2-{p}"),
+    "recipe-r3-km{p}": ("clipcov-kmeans{p}", "negcliploss{p}", "recipe-r3-{p}"),
+}
+NEW_ARMS = ("negcliploss{p}", "normsim{p}", "metaclip{p}", "clipcov-and-negcliploss{p}",
+            "image-filter-and-clip-score{p}", "clipcov{p}-sqrt", "clip-score{p}-sqrt", "negcliploss{p}-sqrt",
+            "recipe-r2-{p}", "recipe-r3-{p}", "recipe-r1-km{p}", "recipe-r2-km{p}", "recipe-r3-km{p}")
+
+
+def new_method_tables(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, Arm]) -> list[str]:
+    """Paired differences of the issue-16 arms: each against random, clip-score, ClipCov and the oracle at
+    its budget, and each recipe against every single method in it."""
+
+    def cell(a: str, b: str) -> str:
+        d = paired(res, a, b, seeds)
+        return f"{fmt_pm(d)} ({', '.join(f'{x * 100:+.1f}' for x in d)})" if d else "–"
+
+    lines: list[str] = []
+    rows = []
+    for f in setup.fractions:
+        p = pct(f)
+        for t in NEW_ARMS:
+            a = t.format(p=p)
+            if a in arms and arm_runs(res, a, seeds):
+                rows.append(f"| {arms[a].label} | {fmt_pm([r['zero_shot'] for r in arm_runs(res, a, seeds)])} | "
+                            + " | ".join(cell(a, b) for b in (f"random{p}", f"clip-score{p}", f"clipcov{p}",
+                                                               f"oracle-clean{p}")) + " |")
+    if "image-filter" in arms and arm_runs(res, "image-filter", seeds):
+        rows.append(f"| {arms['image-filter'].label} | "
+                    f"{fmt_pm([r['zero_shot'] for r in arm_runs(res, 'image-filter', seeds)])} | "
+                    + " | ".join(cell("image-filter", b) for b in ("random30", "clip-score30", "clipcov30",
+                                                                    "oracle-clean30")) + " |")
+    if rows:
+        lines += ["## New methods, per-partition budgets and recipes (issue 16): paired differences", "",
+                  "Δ top-1 points, mean ± std over seeds (per seed in brackets), against the arm of the same budget "
+                  "(image-filter, which has no budget: against the 30% arms).", "",
+                  "| arm | top-1 % | − random | − clip-score | − ClipCov (class names) | − oracle (clean random) |",
+                  "|---|---|---|---|---|---|", *rows, ""]
+    rows = []
+    for f in setup.fractions:
+        p = pct(f)
+        for recipe, parts in RECIPE_PARTS.items():
+            a = recipe.format(p=p)
+            if a not in arms or not arm_runs(res, a, seeds):
+                continue
+            for b in parts:
+                b = b.format(p=p)
+                if arm_runs(res, b, seeds):
+                    rows.append(f"| {a} | {b} | {cell(a, b)} |")
+    if rows:
+        lines += ["### Each recipe against the single methods (and variants) it is made of", "",
+                  "| recipe | against | Δ top-1 points (per seed) |", "|---|---|---|", *rows, ""]
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------
@@ -794,8 +915,14 @@ def main() -> None:
 
     res = load_results(out_json, setup, args.fresh)
     prep = prepare(setup, seeds, work, list(arms.values()))
+    stale = changed_selections(res.get("selections", {}), prep["selections"])
     res["selections"] = {**res.get("selections", {}), **prep["selections"]}
     res["world"] = prep["world"]
+    for n in chosen:  # a finished run of a selection that has changed since (e.g. by a change of curate) is redone
+        for s in seeds:
+            sel = (arms[n].selection or "").replace("{seed}", str(s))
+            if sel in stale and res["runs"].pop(f"{n}/s{s}", None) is not None:
+                log(f"{n} seed {s}: its selection {sel} has changed since it was trained; training it again")
     todo = [(n, s) for n in chosen for s in seeds if f"{n}/s{s}" not in res["runs"]]
     log(f"{len(todo)} training runs to do ({len(arms) * len(seeds) - len(todo)} cached in {out_json})")
     if args.no_train:

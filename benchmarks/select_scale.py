@@ -1,26 +1,35 @@
 """Select time and peak memory vs pool size, per method (synthetic normalised embeddings).
 
-Each (size, method) runs in a fresh subprocess so that its peak RSS is its own. The pool is N samples,
-d=512, in 1000 classes of Zipf(1) sizes (largest ≈ 13% of N); image and caption embeddings are
-noisy copies of their class centre (cosine to the centre ≈ 0.6). clipcov gets the class centres as
-class-text embeddings (so its zero-shot argmax over 1000 classes is timed, prompt encoding is not).
-metaclip reads captions from shards: for it the pool also gets tar shards (made once per size, one per
-embedding table) holding a generated caption and ``--image-bytes`` of stand-in image bytes per sample,
-and a metadata file of 500,000 entries (``benchmarks/metaclip_match.py``'s generator: MetaCLIP's mix
-of words, bigrams and titles over a Zipf vocabulary). Its time includes reading the shards back, so it
-grows with ``--image-bytes``; real images (tens of KB) read more bytes per sample than the default.
+Each (size, method) runs in a fresh subprocess so that its peak RSS is its own; with ``--workers N`` its
+tasks run in N spawned processes, whose peak RSS is polled (every 0.5 s) and reported apart from the
+driver's. The pool is N samples, d=512, in 1000 classes of Zipf(1) sizes (largest ≈ 13% of N; or equal
+sizes with ``--class-sizes uniform``); image and caption embeddings are noisy copies of their class centre
+(cosine to the centre ≈ 0.6). clipcov gets the class centres as class-text embeddings (so its zero-shot
+argmax over 1000 classes is timed, prompt encoding is not). metaclip reads captions from shards: for it
+the pool also gets tar shards (made once per size, one per embedding table) holding a generated caption
+and ``--image-bytes`` of stand-in image bytes per sample, and a metadata file of 500,000 entries
+(``benchmarks/metaclip_match.py``'s generator: MetaCLIP's mix of words, bigrams and titles over a Zipf
+vocabulary). Its time includes reading the shards back, so it grows with ``--image-bytes``; real images
+(tens of KB) read more bytes per sample than the default.
+
+``--baseline DIR`` also runs each method that DIR's own ``benchmarks/select_scale.py`` knows with DIR's
+code (e.g. a git worktree of the commit before the pipeline), on the same embedding files, interleaved
+with this code's runs: the side-by-side ratio.
 
 A run that passes ``--timeout`` seconds or ``--max-rss-gb`` of peak RSS is stopped and recorded as not
-run, with what it had reached and a power-law extrapolation from the two largest sizes measured for that
-method. The report is Markdown plus two log-log plots (time and peak RSS vs N, one line per method).
+run, with what it had reached and an extrapolation from the two largest sizes measured for that series.
+The report is Markdown plus two log-log plots (time and peak RSS vs N, one line per series).
 
-    python benchmarks/select_scale.py --sizes 10000 100000 1000000 --out benchmarks/results/select_scale.md
+    python benchmarks/select_scale.py --sizes 1000000 3000000 10000000 --out benchmarks/results/select_scale.md
+    python benchmarks/select_scale.py --sizes 1000000 --methods clipcov --class-sizes uniform --workers 2
+    python benchmarks/select_scale.py --sizes 1000000 --baseline /work/wt-sel-base   # against older code
     python benchmarks/select_scale.py --report-only   # rewrite the report and plots from select_scale.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -158,8 +167,10 @@ def make_target(run: Path, d: int, seed: int) -> Path:
 
 
 def run_one(run: Path, label: str, fraction: float, seed: int, workers: int | None = None,
-            memory: str | None = None) -> dict:
-    """Time one selection in this process; report wall time, its peak RSS and its task processes' peak RSS."""
+            memory: str | None = None, overrides: dict | None = None) -> dict:
+    """Time one selection in this process; report its wall time and peak RSS (the task processes' peak RSS
+    is polled by the parent, ``run_child``: ``ru_maxrss`` of a spawned child counts the pages of this
+    process at the moment it was spawned)."""
     t_imp = time.perf_counter()
     import faiss  # noqa: F401
     import torch  # noqa: F401
@@ -172,6 +183,7 @@ def run_one(run: Path, label: str, fraction: float, seed: int, workers: int | No
     spec = METHODS[label]
     options = {k: v.replace("{run}", str(run)) if isinstance(v, str) else v for k, v in spec["options"].items()}
     options = {k: (str(run / "target.parquet") if v == "{target}" else v) for k, v in options.items()}
+    options.update(overrides or {})
     class_text = np.load(run / "class_text.npy") if spec["method"] == "clipcov" else None
     extra: dict = {}
     if workers:
@@ -195,16 +207,15 @@ def run_one(run: Path, label: str, fraction: float, seed: int, workers: int | No
         **extra,
     )
     secs = time.perf_counter() - t0
-    rss_gb = peak_rss_gb()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # the largest task process
     return {
         "label": label,
         "pool": res.pool_size,
         "kept": res.kept,
         "seconds": secs,
-        "peak_rss_gb": rss_gb,
-        "worker_peak_rss_gb": children if workers else None,
+        "peak_rss_gb": peak_rss_gb(),
         "workers": workers or 1,
+        "memory": memory,
+        "options": overrides or {},
         "import_seconds": t_imp,
         "info": {k: v for k, v in res.info.items() if isinstance(v, (int, float, str))},
     }
@@ -240,36 +251,70 @@ def machine() -> dict:
     }
 
 
-def run_child(cmd: list[str], timeout: float, max_rss_gb: float) -> tuple[subprocess.CompletedProcess | None, str,
-                                                                                float]:
-    """Run ``cmd``, polling its peak RSS; stop it past ``timeout`` s or ``max_rss_gb``.
+def vm_hwm_gb(pid: int) -> float:
+    """Peak RSS (VmHWM) of a live process in GB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return 0.0
 
-    Returns ``(completed process or None if stopped, why it was stopped, peak RSS seen in GB)``.
-    """
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak, why = 0.0, ""
-    while True:
+
+def descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (from the parent ids in ``/proc/*/stat``)."""
+    parent: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
         try:
-            out, err = proc.communicate(timeout=1.0)
-            return subprocess.CompletedProcess(cmd, proc.returncode, out, err), "", peak
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) / 1024**2)
+            stat = (d / "stat").read_text()
         except OSError:
             continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        parent.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = parent.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def run_child(cmd: list[str], timeout: float, max_rss_gb: float, env: dict | None = None,
+              poll: float = 0.5) -> tuple[subprocess.CompletedProcess | None, str, float, float]:
+    """Run ``cmd``, polling its peak RSS and that of its descendants (the task processes of
+    ``--workers``); stop it past ``timeout`` s or ``max_rss_gb``.
+
+    Returns ``(completed process or None if stopped, why it was stopped, peak RSS seen in GB, largest
+    peak RSS of a descendant seen in GB)``. A descendant's VmHWM is read every ``poll`` seconds while it
+    lives, so a peak reached in its last ``poll`` seconds can be missed; spawned processes start from an
+    empty address space, so their VmHWM is their own.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak, worker, why = 0.0, 0.0, ""
+    while True:
+        try:
+            out, err = proc.communicate(timeout=poll)
+            return subprocess.CompletedProcess(cmd, proc.returncode, out, err), "", peak, worker
+        except subprocess.TimeoutExpired:
+            pass
+        peak = max(peak, vm_hwm_gb(proc.pid))
+        worker = max([worker] + [vm_hwm_gb(p) for p in descendants(proc.pid)])
         secs = time.perf_counter() - t0
         if secs > timeout:
             why = f"stopped after {secs:.0f} s (--timeout {timeout:.0f})"
         elif peak > max_rss_gb:
             why = f"stopped at {secs:.0f} s: peak RSS passed {max_rss_gb:g} GB (--max-rss-gb)"
         if why:
+            for p in descendants(proc.pid):
+                with contextlib.suppress(OSError):
+                    os.kill(p, 9)
             proc.kill()
             proc.communicate()
-            return None, why, peak
+            return None, why, peak, worker
 
 
 def main() -> None:
@@ -284,6 +329,14 @@ def main() -> None:
                     help="class shares of the generated pool (zipf: 1/k; uniform: equal)")
     ap.add_argument("--workers", type=int, default=None, help="run the tasks in this many processes")
     ap.add_argument("--memory", default=None, help="the --memory budget of select (e.g. 1G)")
+    ap.add_argument("--negcliploss-repeats", type=int, default=None, help="negcliploss: K (default: the method's)")
+    ap.add_argument("--negcliploss-batch", type=int, default=None, help="negcliploss: B (default: the method's)")
+    ap.add_argument("--image-bytes", type=int, default=1000, help="metaclip: stand-in image bytes per sample")
+    ap.add_argument("--baseline", default=None, metavar="DIR",
+                    help="a checkout of older code (e.g. a git worktree of the commit before the pipeline): each "
+                    "method it has is also run with DIR/benchmarks/select_scale.py and DIR on PYTHONPATH, on the "
+                    "same embedding files, in one process, interleaved with this code's runs")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each (N, method) (with --baseline: pairs)")
     ap.add_argument("--timeout", type=float, default=900.0, help="stop a run after this many seconds")
     ap.add_argument("--max-rss-gb", type=float, default=16.0, help="stop a run whose peak RSS passes this")
     ap.add_argument("--workdir", default="/tmp/curate-select-scale")
@@ -292,21 +345,18 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from the JSON store; run nothing")
     ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
     ap.add_argument("--one", nargs=2, metavar=("RUN", "LABEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--options", default=None, help=argparse.SUPPRESS)  # JSON: method option overrides
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(Path(args.one[0]), args.one[1], args.fraction, args.seed, args.workers,
-                                 args.memory)))
+                                 args.memory, json.loads(args.options) if args.options else None)))
         return
     out = Path(args.out)
-    store = out.with_suffix(".json")  # every finished (N, method) row, merged across invocations
+    store = out.with_suffix(".json")  # every finished row, merged across invocations
     rows: list[dict] = json.loads(store.read_text()) if store.exists() else []
 
     def report() -> None:
-        for r in rows:  # table sizes of rows recorded before sizes were (still in the work folder)
-            sel = Path(args.workdir) / f"n{r['pool']}" / "selections" / r["label"]
-            if "seconds" in r and "bytes" not in r and sel.is_dir():
-                r["bytes"] = {"embeddings": dir_bytes(sel.parents[1] / "embeddings"),
-                              **{f.stem: f.stat().st_size for f in sel.glob("*.parquet")}}
+        store.parent.mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(rows, indent=1) + "\n")
         write_report(out, rows, machine())
         if not args.no_plots:
@@ -316,19 +366,14 @@ def main() -> None:
         report()
         return
 
-    def key(r: dict) -> tuple:
-        return r["pool"], r["label"], r.get("sizes", "zipf"), r.get("workers", 1)
-
     def record(row: dict) -> None:
-        row.setdefault("sizes", args.class_sizes)
-        row.setdefault("workers", args.workers or 1)
-        rows[:] = [r for r in rows if key(r) != key(row)] + [row]
-        rows.sort(key=lambda r: (r.get("sizes", "zipf"), r["pool"], list(METHODS).index(r["label"]),
-                                 r.get("workers", 1)))
+        rows[:] = [r for r in rows if row_key(r) != row_key(row)] + [row]
+        rows.sort(key=sort_key)
         store.parent.mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(rows, indent=1) + "\n")
         write_report(out, rows, machine())
 
+    head = git_head()
     for n in args.sizes:
         run = Path(args.workdir) / (f"n{n}" if args.class_sizes == "zipf" else f"n{n}-{args.class_sizes}")
         if not (run / "class_text.npy").exists():
@@ -337,41 +382,152 @@ def main() -> None:
             print(f"pool N={n:,}: generated in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         if any("{target}" in METHODS[m]["options"].values() for m in args.methods):
             make_target(run, args.dim, args.seed)
+        if "metaclip" in args.methods and not (run / "shards" / "done").exists():
+            t0 = time.perf_counter()
+            make_caption_shards(run, args.seed, args.image_bytes)
+            print(f"pool N={n:,}: caption shards written in {time.perf_counter() - t0:.0f}s", file=sys.stderr,
+                  flush=True)
+        base_run = baseline_run(run) if args.baseline else None
         for label in args.methods:
-            cmd = [sys.executable, __file__, "--one", str(run), label, "--fraction", str(args.fraction),
-                   "--seed", str(args.seed)]
-            cmd += ["--workers", str(args.workers)] if args.workers else []
-            cmd += ["--memory", args.memory] if args.memory else []
-            load_before = os.getloadavg()[0]
-            date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            proc, why, seen_gb = run_child(cmd, args.timeout, args.max_rss_gb)
-            if proc is None:
-                record({"label": label, "pool": n, "not_run": why, "rss_seen_gb": seen_gb, "date": date,
-                        "load_before": load_before, "load_after": os.getloadavg()[0]})
-                print(f"N={n:,} {label}: NOT RUN, {why}; peak RSS seen {seen_gb:.2f} GB", file=sys.stderr, flush=True)
-                continue
-            if proc.returncode != 0:
-                err = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                record({"label": label, "pool": n, "error": err})
-                print(f"N={n:,} {label}: FAILED {err}", file=sys.stderr, flush=True)
-                continue
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            row.update(date=date, load_before=load_before, load_after=os.getloadavg()[0])
-            row["bytes"] = {"embeddings": dir_bytes(run / "embeddings"),
-                            **{f.stem: f.stat().st_size for f in (run / "selections" / label).glob("*.parquet")}}
-            record(row)
-            print(f"N={n:,} {label}: {row['seconds']:.1f}s, peak RSS {row['peak_rss_gb']:.2f} GB",
-                  file=sys.stderr, flush=True)
+            overrides = {}
+            if label == "negcliploss":
+                overrides = {k: v for k, v in (("repeats", args.negcliploss_repeats),
+                                               ("batch_size", args.negcliploss_batch)) if v is not None}
+            for rep in range(args.repeats):
+                codes = [("HEAD", run)]
+                if base_run is not None and label in BASELINE_METHODS:
+                    codes.append(("baseline", base_run))
+                    codes = codes if rep % 2 == 0 else codes[::-1]  # alternate who runs first
+                for code, where in codes:
+                    base = code == "baseline"
+                    script = Path(args.baseline) / "benchmarks" / "select_scale.py" if base else Path(__file__)
+                    cmd = [sys.executable, str(script), "--one", str(where), label, "--fraction",
+                           str(args.fraction), "--seed", str(args.seed)]
+                    if not base:
+                        cmd += ["--workers", str(args.workers)] if args.workers else []
+                        cmd += ["--memory", args.memory] if args.memory else []
+                        cmd += ["--options", json.dumps(overrides)] if overrides else []
+                    env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())} if base else None
+                    desc = {"label": label, "pool": n, "sizes": args.class_sizes, "rep": rep,
+                            "code": f"baseline {git_head(args.baseline)}" if base else f"HEAD {head}",
+                            "workers": 1 if base else args.workers or 1, "memory": None if base else args.memory,
+                            "options": {} if base else overrides}
+                    load_before = os.getloadavg()[0]
+                    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                    proc, why, seen_gb, worker_gb = run_child(cmd, args.timeout, args.max_rss_gb, env)
+                    tag = f"N={n:,} {series_name(desc)}"
+                    if proc is None:
+                        record({**desc, "not_run": why, "rss_seen_gb": seen_gb, "worker_seen_gb": worker_gb,
+                                "date": date, "load_before": load_before, "load_after": os.getloadavg()[0]})
+                        print(f"{tag}: NOT RUN, {why}; peak RSS seen {seen_gb:.2f} GB", file=sys.stderr, flush=True)
+                        continue
+                    if proc.returncode != 0:
+                        err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                        record({**desc, "error": err, "date": date})
+                        print(f"{tag}: FAILED {err}", file=sys.stderr, flush=True)
+                        continue
+                    row = {**json.loads(proc.stdout.strip().splitlines()[-1]), **desc}
+                    row.update(date=date, load_before=load_before, load_after=os.getloadavg()[0],
+                               worker_peak_rss_gb=worker_gb if row["workers"] > 1 else None)
+                    sel = where / "selections" / label
+                    row["bytes"] = {"embeddings": dir_bytes(run / "embeddings"),
+                                    **{f.stem: f.stat().st_size for f in sel.glob("*.parquet")}}
+                    row["largest_partition"] = largest_partition(sel, row)
+                    record(row)
+                    print(f"{tag}: {row['seconds']:.1f}s, peak RSS {row['peak_rss_gb']:.2f} GB"
+                          + (f", task process {worker_gb:.2f} GB" if row["worker_peak_rss_gb"] else ""),
+                          file=sys.stderr, flush=True)
     report()
     from summary import metric, write_summary
 
     done = [r for r in rows if r["pool"] in args.sizes and "seconds" in r]
     write_summary(args.summary_json, "select_scale", [
         m for r in done for m in (
-            metric(f"{r['label']} N={r['pool']:,}: time", r["seconds"], "s"),
-            metric(f"{r['label']} N={r['pool']:,}: peak RSS", r["peak_rss_gb"], "GB"),
+            metric(f"{series_name(r)} N={r['pool']:,}: time", r["seconds"], "s"),
+            metric(f"{series_name(r)} N={r['pool']:,}: peak RSS", r["peak_rss_gb"], "GB"),
+            *([metric(f"{series_name(r)} N={r['pool']:,}: task process peak RSS", r["worker_peak_rss_gb"], "GB")]
+              if r.get("worker_peak_rss_gb") else []),
         )
     ])
+
+
+#: The methods of the code before the pipeline (commit cff5ff4's select_scale.py).
+BASELINE_METHODS = ("clipcov", "clipcov-greedy", "clipcov-kmeans", "random", "clip-score", "semdedup")
+
+
+def git_head(where: str | None = None) -> str:
+    """The short commit of ``where`` (default: this checkout), ``+dirty`` with uncommitted changes."""
+    cwd = where or str(Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=cwd,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "curate"], capture_output=True, text=True,
+                               cwd=cwd).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return sha + ("+dirty" if dirty else "")
+
+
+def baseline_run(run: Path) -> Path:
+    """``<run>-base``: the same embedding files (a link), class texts and target, and a run.json without
+    the selections of this code, for the older code to write its selections into."""
+    base = run.with_name(run.name + "-base")
+    base.mkdir(exist_ok=True)
+    for name in ("embeddings", "class_text.npy", "target.parquet"):
+        if (run / name).exists() and not (base / name).exists():
+            (base / name).symlink_to((run / name).resolve())
+    meta = json.loads((run / "run.json").read_text())
+    meta = {k: v for k, v in meta.items() if k in ("embed", "created", "version", "schema")}
+    if not (base / "run.json").exists():
+        (base / "run.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return base
+
+
+def largest_partition(sel: Path, row: dict) -> int | None:
+    """Rows of the largest partition a pass-2 task held: the most frequent ``partition`` of the scores
+    table (clipcov's classes, semdedup's clusters), negcliploss's largest batch; None without pass 2."""
+    if row["label"] == "negcliploss":
+        return row["info"].get("largest_batch")
+    if row["label"] not in ("clipcov", "clipcov-greedy", "clipcov-kmeans", "semdedup"):
+        return None
+    try:
+        part = pq.read_table(sel / "scores.parquet", columns=["partition"]).column(0).drop_null().to_numpy()
+    except (OSError, KeyError, pa.ArrowInvalid):
+        return None
+    return int(np.bincount(part[part >= 0]).max()) if len(part) else None
+
+
+def variant(r: dict) -> str:
+    return ",".join(f"{'K' if k == 'repeats' else 'B' if k == 'batch_size' else k}={v}"
+                    for k, v in sorted((r.get("options") or {}).items()))
+
+
+def series_name(r: dict) -> str:
+    """One line of the plots: method (and option overrides), class sizes, processes, memory, code."""
+    parts = [r["label"] + (f" ({variant(r)})" if variant(r) else "")]
+    if r.get("sizes", "zipf") != "zipf":
+        parts.append(f"{r['sizes']} classes")
+    if r.get("workers", 1) > 1:
+        parts.append(f"{r['workers']} workers")
+    if r.get("memory"):
+        parts.append(f"--memory {r['memory']}")
+    if str(r.get("code", "HEAD")).startswith("baseline"):
+        parts.append(f"@ {r['code'].split()[1]}")
+    return ", ".join(parts)
+
+
+def series_key(r: dict) -> tuple:
+    return (r["label"], variant(r), r.get("sizes", "zipf"), r.get("workers", 1), r.get("memory") or "",
+            str(r.get("code", "HEAD")).split()[0])
+
+
+def row_key(r: dict) -> tuple:
+    return (*series_key(r), r["pool"], r.get("rep", 0))
+
+
+def sort_key(r: dict) -> tuple:
+    s = series_key(r)
+    return (s[2], r["pool"], list(METHODS).index(r["label"]), s[1], s[3], s[4], s[5], r.get("rep", 0))
 
 
 def dir_bytes(path: Path) -> int:
@@ -384,74 +540,87 @@ def stopped_after(row: dict) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def extrapolate(rows: list[dict], label: str, n: int, key: str) -> tuple[float, float] | None:
-    """``label``'s ``key`` at ``n`` from its two largest measured sizes: time by the power law through them,
-    ``(value, exponent)``; peak RSS by the straight line through them (a fixed base of imported libraries
-    plus bytes per sample), ``(value, GB per million samples)``."""
-    pts = sorted((r["pool"], r[key]) for r in rows if r["label"] == label and key in r and r["pool"] < n)
+def extrapolate(rows: list[dict], row: dict, key: str) -> tuple[float, float] | None:
+    """``row``'s series' ``key`` at ``row``'s N from its two largest measured sizes: time by the power law
+    through them, ``(value, exponent)``; peak RSS by the straight line through them (a fixed base of
+    imported libraries plus bytes per sample), ``(value, GB per million samples)``."""
+    n = row["pool"]
+    pts = sorted((r["pool"], r[key]) for r in rows
+                 if series_key(r) == series_key(row) and r.get(key) and r["pool"] < n)
     if len(pts) < 2:
         return None
     (n1, y1), (n2, y2) = pts[-2:]
-    if key == "peak_rss_gb":
+    if key != "seconds":
         slope = (y2 - y1) / (n2 - n1)
         return y2 + slope * (n - n2), slope * 1e6
     b = math.log(y2 / y1) / math.log(n2 / n1)
     return y2 * (n / n2) ** b, b
 
 
+def f16_gb(rows_in_partition: int | None, d: int = 512) -> float | None:
+    """The float16 image and caption embeddings of a partition, in GB (2 vectors of d halves per row)."""
+    return None if rows_in_partition is None else rows_in_partition * 2 * d * 2 / 1024**3
+
+
 def write_report(out: Path, rows: list[dict], m: dict) -> None:
     lines = [
         "# `curate select` scaling: time and peak memory vs pool size",
         "",
-        f"Date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}  ",
-        "Command: `python benchmarks/select_scale.py --sizes 10000 100000 1000000` (defaults: d=512, 1000 classes,",
-        "fraction 0.1, `--timeout 900 --max-rss-gb 16`; rows of several invocations are merged through",
-        "`select_scale.json`)  ",
+        f"Report written: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}  ",
+        "Commands: `python benchmarks/select_scale.py --sizes ... [--class-sizes uniform] [--workers 2] "
+        "[--baseline DIR]` (BENCHMARKS.md §4 lists the invocations; rows of several invocations are merged "
+        "through `select_scale.json`)  ",
         f"Machine: {m['nproc']} CPU cores ({m['cpu']}), GPU: {m['gpu']}, torch threads {m['torch_threads']}  ",
         "",
         "```",
         f"$ free -g\n{m['free_g']}",
         "```",
         "",
-        f"Load average (`uptime`, 1/5/15 min) when the report was written: {m['load']}. The machine was shared",
-        "with another engineer's training job using about one of the two cores; each row gives the 1-minute",
-        "load average just before and just after its run. Times are as measured, not adjusted for the load;",
-        "on this machine they vary by up to 2-3x between repeats.",
+        f"Load average (1/5/15 min) when the report was written: {m['load']}. The machine is shared with other",
+        "work; each row gives the 1-minute load average just before and just after its run. Times are as",
+        "measured, not adjusted for the load; compare rows of similar load, and old against new code only",
+        "within the side-by-side pairs below.",
         "",
-        "Pool: N synthetic samples, d=512, 1000 classes with Zipf(1) sizes (largest ≈ 13% of N),",
-        "float16 Parquet as written by `curate embed`; budget = 10% of N. Time = `run_selection` wall time",
-        "(read the embeddings, score, decide, write scores + manifest) in a process that has already imported",
-        "torch, faiss and open_clip (the cold imports cost the `import s` column once per process, and they are",
-        "most of the ≈0.6 GB peak RSS of the cheapest run, random at N=10,000); peak RSS (VmHWM) of the process.",
-        "clipcov = reference variant with 1000-class zero-shot partition from given class embeddings;",
-        "clipcov-greedy = exact gains; clipcov-kmeans = faiss k-means K=1000 partition; semdedup = k-means with",
-        "sqrt(N) clusters, budget met by the eps rule. negcliploss = B 32,768, K 10, τ 0.01; normsim-inf/-2 and",
-        f"image-filter use a target of {TARGET_ROWS:,} images around {TARGET_CLASSES} of the classes (image-filter:",
-        "round(N/128) k-means clusters, no budget).",
+        "Pool: N synthetic samples, d=512, 1000 classes (`zipf`: class k has a share ∝ 1/k, the largest ≈ 13%",
+        "of N; `uniform`: equal shares), float16 Parquet as `curate embed` writes it; budget 10% of N. Time =",
+        "`run_selection` wall time (read the embeddings, score, decide, write the tables) in a process that has",
+        "already imported torch, faiss and open_clip (`import s`). *Driver* = peak RSS (VmHWM) of the process",
+        "that calls `run_selection`; with 1 process it also runs every task. *Task process* = the largest VmHWM",
+        "of its `--workers` processes (spawned, so their own pages only), read every 0.5 s. *Largest partition*",
+        "= rows of the largest partition a pass-2 task held, and its float16 embeddings (2 × 512 halves per",
+        "row): the issue's worker target is 1 GB plus that. clipcov = reference variant, zero-shot over 1000",
+        "given class embeddings; clipcov-kmeans = kmeans:1000 partition; semdedup = √N clusters, budget by the",
+        "eps rule; negcliploss = τ 0.01 and B, K as shown (defaults B 32,768, K 10); normsim-inf and",
+        f"image-filter use a target of {TARGET_ROWS:,} images around {TARGET_CLASSES} of the classes",
+        "(image-filter: round(N/128) clusters, no budget); metaclip reads its captions back from tar shards",
+        "(one per 100,000 rows, 1,000 stand-in image bytes per sample) and matches 500,000 entries.",
         "",
-        "| N | classes | method | processes | seconds | peak RSS (GB) | task process peak RSS (GB) | kept | import s |"
-        " load before / after | notes |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| N | classes | method | code | processes | seconds | µs / sample | driver peak RSS (GB) "
+        "| task process peak RSS (GB) | largest partition (rows, f16 GB) | kept | import s | load before / after "
+        "| notes |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     not_run = []
     for r in rows:
-        head = f"| {r['pool']:,} | {r.get('sizes', 'zipf')} | {r['label']} | {r.get('workers', 1)} |"
+        name = r["label"] + (f" ({variant(r)})" if variant(r) else "") + (
+            f", --memory {r['memory']}" if r.get("memory") else "")
+        code = str(r.get("code", "?"))
+        head = f"| {r['pool']:,} | {r.get('sizes', 'zipf')} | {name} | {code} | {r.get('workers', 1)} |"
         if "error" in r:
-            lines.append(f"{head} — | — | — | — | — | — | failed: {r['error']} |")
+            lines.append(f"{head} — | — | — | — | — | — | — | — | failed: {r['error']} |")
             continue
         load = " / ".join(f"{r[k]:.1f}" if k in r else "–" for k in ("load_before", "load_after"))
         if "not_run" in r:
-            t, m_ = extrapolate(rows, r["label"], r["pool"], "seconds"), extrapolate(rows, r["label"], r["pool"],
-                                                                                     "peak_rss_gb")
+            t, m_ = extrapolate(rows, r, "seconds"), extrapolate(rows, r, "peak_rss_gb")
             est = []
             if t:
-                n2, t2 = max((q["pool"], q["seconds"]) for q in rows if q["label"] == r["label"] and "seconds" in q)
-                est.append(f"~{t[0]:,.0f} s (N^{t[1]:.2f}), ~{t2 * (r['pool'] / n2) ** 2:,.0f} s (N²)")
+                est.append(f"~{t[0]:,.0f} s (N^{t[1]:.2f})")
             if m_:
-                est.append(f"~{m_[0]:.1f} GB (linear, {m_[1]:.1f} GB per million samples)")
+                est.append(f"~{m_[0]:.1f} GB (linear, {m_[1]:.2f} GB per million samples)")
             not_run.append(r)
+            wk = f"≥ {r['worker_seen_gb']:.2f} seen" if r.get("worker_seen_gb") else "—"
             lines.append(
-                f"{head} not run | ≥ {r['rss_seen_gb']:.2f} seen | — | — | — | {load} | "
+                f"{head} not run | — | ≥ {r['rss_seen_gb']:.2f} seen | {wk} | — | — | — | {load} | "
                 f"{r['not_run']}; extrapolated from the two largest measured N: {', '.join(est) or '—'} |"
             )
             continue
@@ -459,26 +628,24 @@ def write_report(out: Path, rows: list[dict], m: dict) -> None:
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in r["info"].items()
             if k in ("class_updates", "clusters", "effective_eps", "effective_threshold", "target_clusters",
-                     "batches_per_repeat")
+                     "batches_per_repeat", "effective_cap", "entries_matched")
         )
         worker = f"{r['worker_peak_rss_gb']:.2f}" if r.get("worker_peak_rss_gb") else "—"
+        lp = r.get("largest_partition")
+        part = f"{lp:,}, {f16_gb(lp):.2f}" if lp else "—"
         lines.append(
-            f"{head} {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {worker} | "
-            f"{r['kept']:,} | {r['import_seconds']:.1f} | {load} | {notes} |"
+            f"{head} {r['seconds']:.1f} | {r['seconds'] / r['pool'] * 1e6:.2f} | {r['peak_rss_gb']:.2f} | {worker} | "
+            f"{part} | {r['kept']:,} | {r['import_seconds']:.1f} | {load} | {notes} |"
         )
     if not_run:
         lines += [
             "",
             "*Not run*: stopped at the time or memory limit; `≥ X seen` is the peak RSS it had reached. Peak",
-            "RSS is extrapolated along the straight line through the two largest measured sizes. Two",
-            "extrapolations of the time are shown, both estimates, not measurements: the power law through the",
-            "method's two largest measured sizes (exponent shown; drawn dashed in the plots), and N² growth from",
-            "the largest measured size (the growth of ClipCov's cross terms and of semdedup's per-cluster scan",
-            "when the number of classes is fixed). Where the power law gives less than the time the stopped run",
-            "had already used, that run shows the power law underestimates: the exponent measured between the",
-            "small sizes is below the asymptotic one, and the time lies between the limit and the N² figure.",
+            "RSS is extrapolated along the straight line through the two largest measured sizes of the same",
+            "series, time along the power law through them (exponent shown); both are estimates.",
         ]
-    sized = [r for r in rows if "bytes" in r]
+    lines += pairs_table(rows)
+    sized = [r for r in rows if "bytes" in r and str(r.get("code", "")).startswith("HEAD")]
     if sized:
         lines += [
             "",
@@ -490,38 +657,81 @@ def write_report(out: Path, rows: list[dict], m: dict) -> None:
             "better than real random 128-bit uids (`bootstrap_scale.md` measures tables of random uids), so the",
             "id part of these sizes is a lower bound; the two float16 vectors (2,048 bytes raw) dominate.",
             "",
-            "| N | embeddings | method | scores | manifest |",
-            "|---:|---:|---|---:|---:|",
+            "| N | classes | method | embeddings | scores | manifest |",
+            "|---:|---|---|---:|---:|---:|",
         ]
+        seen = set()
         for r in sized:
+            k = (r["pool"], r.get("sizes"), r["label"])
+            if k in seen:
+                continue
+            seen.add(k)
             b, n = r["bytes"], r["pool"]
-            lines.append(f"| {n:,} | {b['embeddings'] / n:,.0f} | {r['label']} | {b.get('scores', 0) / n:.1f} | "
-                         f"{b.get('manifest', 0) / n:.1f} |")
-    lines += ["", f"Plots: `{out.stem}_time.png`, `{out.stem}_memory.png` (log-log, one line per method)."]
+            lines.append(f"| {n:,} | {r.get('sizes', 'zipf')} | {r['label']} | {b['embeddings'] / n:,.0f} | "
+                         f"{b.get('scores', 0) / n:.1f} | {b.get('manifest', 0) / n:.1f} |")
+    lines += ["", f"Plots: `{out.stem}_time.png`, `{out.stem}_memory.png` (log-log; memory: driver solid, task "
+              "process dotted)."]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 
 
+def pairs_table(rows: list[dict]) -> list[str]:
+    """This code against the baseline, run by run (same pool, same repeat index, one process each)."""
+    base = {(r["pool"], r.get("sizes"), r["label"], r.get("rep", 0)): r for r in rows
+            if str(r.get("code", "")).startswith("baseline") and "seconds" in r}
+    pairs = [(r, base[k]) for r in rows if str(r.get("code", "")).startswith("HEAD") and "seconds" in r
+             and r.get("workers", 1) == 1 and not r.get("memory")
+             and (k := (r["pool"], r.get("sizes"), r["label"], r.get("rep", 0))) in base]
+    if not pairs:
+        return []
+    out = ["", "## Against the code before the pipeline, side by side", "",
+           "Each pair ran on the same embedding files, one process each, one after the other (the order "
+           "alternates between repeats). Ratio = this code's time / the baseline's (< 1: faster now).", "",
+           "| N | classes | method | repeat | seconds now | seconds before | ratio | peak RSS now / before (GB) "
+           "| load before each |", "|---:|---|---|---:|---:|---:|---:|---:|---|"]
+    for new, old in pairs:
+        out.append(f"| {new['pool']:,} | {new.get('sizes', 'zipf')} | {new['label']} | {new.get('rep', 0)} | "
+                   f"{new['seconds']:.1f} | {old['seconds']:.1f} | {new['seconds'] / old['seconds']:.2f} | "
+                   f"{new['peak_rss_gb']:.2f} / {old['peak_rss_gb']:.2f} | "
+                   f"{new.get('load_before', 0):.1f} / {old.get('load_before', 0):.1f} |")
+    return out
+
+
 def plot(rows: list[dict], out: Path) -> None:
-    """``<out>_time.png`` and ``<out>_memory.png``: log-log, one line per method; extrapolations dashed."""
+    """``<out>_time.png`` and ``<out>_memory.png``: log-log, one line per series (method, class sizes,
+    processes, code); memory: the driver solid, the task processes dotted; extrapolations dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from summary import log_log_axes
 
+    series: dict[tuple, list[dict]] = {}
+    for r in rows:
+        series.setdefault(series_key(r), []).append(r)
+    labels = list(METHODS)
     for key, unit, suffix in (("seconds", "time (s)", "time"), ("peak_rss_gb", "peak RSS (GB)", "memory")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for i, label in enumerate(METHODS):
-            pts = sorted((r["pool"], r[key]) for r in rows if r["label"] == label and key in r)
-            if not pts:
-                continue
-            colour = f"C{i}"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour, label=label)
-            for r in rows:
-                if r["label"] != label or "not_run" not in r:
+        fig, ax = plt.subplots(figsize=(8.0, 5.6))
+        for sk, rs in series.items():
+            colour = f"C{labels.index(sk[0]) % 10}"
+            style = {"marker": "o" if sk[3] == 1 else "s", "color": colour,
+                     "ls": "-" if sk[2] == "zipf" else "-."}
+            if sk[5] == "baseline":
+                style.update(marker="x", ls=":")
+            name = series_name(rs[0])
+            pts = sorted((r["pool"], r[key]) for r in rs if r.get(key) and r.get("rep", 0) == 0)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **style)
+            if key == "peak_rss_gb":
+                wpts = sorted((r["pool"], r["worker_peak_rss_gb"]) for r in rs
+                              if r.get("worker_peak_rss_gb") and r.get("rep", 0) == 0)
+                if wpts:
+                    ax.plot([p[0] for p in wpts], [p[1] for p in wpts], marker=style["marker"], mfc="none",
+                            color=colour, ls=":", label=f"{name}: task process")
+            for r in rs:
+                if "not_run" not in r or not pts:
                     continue
-                est = extrapolate(rows, label, r["pool"], key)
+                est = extrapolate(rows, r, key)
                 if est:
                     ax.plot([pts[-1][0], r["pool"]], [pts[-1][1], est[0]], ls="--", marker="o", mfc="none",
                             color=colour)
@@ -529,10 +739,13 @@ def plot(rows: list[dict], out: Path) -> None:
                 if reached:
                     ax.plot([r["pool"]], [reached], marker="^", ms=9, color=colour, ls="none")
         log_log_axes(ax, "pool size N (samples)", unit,
-                     f"curate select: {unit.split(' (')[0]} vs N\n(▲ stopped at the limit, the full run needs more;"
-                     " dashed: extrapolated)", title_size=9)
+                     f"curate select: {unit.split(' (')[0]} vs N (d=512, budget 10%)\n"
+                     "(solid: Zipf classes, dash-dot: uniform; ■ 2 task processes; × dotted: code before the "
+                     "pipeline" + ("; dotted ○: task process" if key == "peak_rss_gb" else "") + ")",
+                     title_size=8)
+        ax.legend(fontsize=6, ncol=2, loc="upper left")
         fig.tight_layout()
-        fig.savefig(out.with_name(f"{out.stem}_{suffix}.png"), dpi=100)
+        fig.savefig(out.with_name(f"{out.stem}_{suffix}.png"), dpi=110)
         plt.close(fig)
 
 
