@@ -162,3 +162,24 @@ def test_init_manifest_is_streamed_and_checked(tmp_path: Path) -> None:
         load_round_pool(run.root, "x")
     assert str(exc.value) == str(old.value)
     shutil.rmtree(other.root)
+
+
+def test_a_failed_init_check_leaves_the_pool_rows_to_the_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index thread's ``--init`` check may fail while the round still reads the pool rows: the round
+    gets that check's one-line error (not a missing temporary file), and nothing is left behind."""
+    from curate.bootstrap.rounds import bootstrap_round
+
+    run = make_pool_run(tmp_path / "run", 500, per_shard=60)
+    pool = load_round_pool(run.root).table
+    sel = pool.filter(pa.array(np.arange(pool.num_rows) % 2 == 0))
+    write_manifest(run.selection_dir("half") / "manifest.parquet", build_manifest(sel, kind="selection", command="t"))
+    shutil.rmtree(run.bootstrap_dir, ignore_errors=True)
+
+    def fails_at_once(*_: object) -> None:  # before the round has read a single pool row
+        raise InputError("the --init check failed")
+
+    monkeypatch.setattr(bstore, "_check_embedded", fails_at_once)
+    with pytest.raises(InputError, match=r"^the --init check failed$"):
+        bootstrap_round(run.root, 0, init="half")
+    left = sorted(p.relative_to(run.root).as_posix() for p in run.bootstrap_dir.rglob("*"))
+    assert left == [] and not run.bootstrap_dir.exists()

@@ -293,10 +293,15 @@ def bootstrap_round(
 
 
 def _remove_if_empty(folder: Path, created: bool) -> None:
-    """Remove ``folder`` if this call created it and nothing is in it (a dry run, a refused round)."""
-    if created:
+    """Remove ``folder`` and the empty folders in it if this call created it and no file is in it (a dry
+    run, a refused round)."""
+    if not created or not folder.is_dir():
+        return
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):
-            folder.rmdir()
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _check_pool(run: RunDir, round_: int, prev: dict[str, Any] | None, store: PoolStore) -> None:

@@ -206,7 +206,13 @@ class PoolStore:
         ``--init`` manifest of samples that are not embedded). The pool rows are readable before."""
         job, self.index_job = self.index_job, None
         if job is not None:
-            job.result()
+            try:
+                job.result()
+            except BaseException:
+                for tmp, _ in self.temps:  # the caller has stopped reading the rows: nothing of this pool stays
+                    tmp.unlink(missing_ok=True)
+                self.temps = []
+                raise
 
     def commit(self) -> None:
         """Publish a freshly built pool cache and index (rename the temporary files)."""
@@ -425,7 +431,8 @@ def _build(run: RunDir, source: str, fp: str, tables: Callable[[], Iterable[pa.T
             if init is not None:
                 _check_embedded(run, pool_tmp, init, n)
         except BaseException:
-            drop()
+            # the round may still be reading the pool rows: PoolStore.ready removes them when it raises this
+            index_tmp.unlink(missing_ok=True)
             raise
         finally:
             shutil.rmtree(spill, ignore_errors=True)
