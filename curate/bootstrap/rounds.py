@@ -45,7 +45,7 @@ from curate.bootstrap.methods import Decision, Part, RoundContext, get_method, k
 from curate.bootstrap.store import PARTITION_ROWS, PoolStore, open_pool_store
 from curate.bootstrap.tasks import LossTable, engine_mapper, remove_other_work, work_path
 from curate.embed.state import check_pool_complete
-from curate.engines import Engine, make_engine
+from curate.engines import Engine, engine_scope
 from curate.errors import CurateError, InputError, UsageError
 from curate.fs import atomic_path, make_temp_file, read_json, remove_dead_temps_of, write_json
 from curate.io.manifest import Manifest, ManifestWriter, header_path, read_manifest
@@ -190,21 +190,6 @@ def _decisions_table(round_: int, part: Part, labels: tuple[str, ...]) -> pa.Tab
     )
 
 
-@contextlib.contextmanager
-def _engine(engine: Engine | str | None, options: Mapping[str, Any] | None) -> Iterator[Engine | None]:
-    """The engine of the passes: a given instance as is, or one made from a name and closed afterwards."""
-    if engine is None or isinstance(engine, Engine):
-        if options:
-            raise UsageError("engine options need an engine name")
-        yield engine
-        return
-    opts = dict(options or {})
-    if engine == "ray":
-        opts.setdefault("device", "cpu")  # the passes are numpy and Arrow work
-    with make_engine(engine, **opts) as eng:
-        yield eng
-
-
 def bootstrap_round(
     run_root: str | os.PathLike[str],
     round_: int,
@@ -248,7 +233,7 @@ def bootstrap_round(
     if rows < 1:
         raise UsageError(f"partition_rows must be >= 1, got {rows}")
     fresh_dir = not run.bootstrap_dir.exists()  # a dry run or a refused round 0 leaves no empty bootstrap/
-    with _engine(engine, engine_options) as eng:
+    with engine_scope(engine, engine_options) as eng:  # Ray workers on cpu: numpy and Arrow work
         try:
             store = open_pool_store(run.root, cfg["init"], bucket_rows=rows)
         except CurateError:

@@ -16,9 +16,10 @@ never by a different arithmetic (see docs/engines.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -193,6 +194,23 @@ def make_engine(name: str = "local", **options: Any) -> Engine:
     if unknown:
         raise UsageError(f"unknown engine option(s): {', '.join(unknown)}")
     return cls(EngineOptions(**opts))
+
+
+@contextlib.contextmanager
+def engine_scope(engine: Engine | str | None, options: Mapping[str, Any] | None,
+                 ray_device: str = "cpu") -> Iterator[Engine | None]:
+    """The engine of a stage: a given instance (or None) as is, or one made from a name with ``options`` and
+    closed afterwards. ``ray_device``: the device of Ray workers unless ``options`` name one."""
+    if engine is None or isinstance(engine, Engine):
+        if options:
+            raise UsageError("engine options need an engine name")
+        yield engine
+        return
+    opts = dict(options or {})
+    if engine == "ray":
+        opts.setdefault("device", ray_device)
+    with make_engine(engine, **opts) as eng:
+        yield eng
 
 
 def null_progress(progress: Progress | None) -> Progress:

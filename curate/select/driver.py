@@ -7,11 +7,10 @@ The same inputs, method, options and seed give byte-identical tables.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.embed.state import check_pool_complete
-from curate.engines import Engine, make_engine
+from curate.engines import Engine, engine_scope
 from curate.errors import UsageError
 from curate.fs import read_json
 from curate.io.manifest import Manifest, ManifestWriter, read_manifest
@@ -189,21 +188,6 @@ def _check_same_pool(name: str, old: Mapping[str, Any], pool: Mapping[str, Any])
                      "samples: pass --force to replace it, or choose --name")
 
 
-@contextlib.contextmanager
-def _engine(engine: Engine | str | None, options: Mapping[str, Any] | None, device: str) -> Iterator[Engine | None]:
-    """The engine to use: a given instance as is, or one made from a name and closed afterwards."""
-    if engine is None or isinstance(engine, Engine):
-        if options:
-            raise UsageError("engine options need an engine name")
-        yield engine
-        return
-    opts = dict(options or {})
-    if engine == "ray":
-        opts.setdefault("device", device if device in ("auto", "cpu", "cuda") else "auto")
-    with make_engine(engine, **opts) as eng:
-        yield eng
-
-
 @dataclass
 class SelectionPlan:
     """What ``run_selection`` would do (``curate select --dry-run``): checked, nothing computed or written."""
@@ -358,7 +342,8 @@ def run_selection(
     with run.selection_lock(plan.name):  # one writer per name; a second one is refused at once
         work = WorkDir(plan.path.parent / f".work-{plan.name}")
         identity = work_identity(source, method, plan.params, seed, plan.budget, memory)
-        with _engine(engine, engine_options, device) as eng:
+        ray_device = device if device in ("auto", "cpu", "cuda") else "auto"
+        with engine_scope(engine, engine_options, ray_device) as eng:
             ctx = SelectContext(run.root, seed, device, progress or NullProgress(), class_text, class_names, eng,
                                 memory=memory)
             res = run_pipeline(selector, source, plan.budget, ctx, work, identity, prep.per_partition)
