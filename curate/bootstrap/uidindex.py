@@ -79,6 +79,17 @@ def uid_words(col: pa.Array | pa.ChunkedArray, width: int) -> npt.NDArray[np.uin
     return padded.view("<u8")
 
 
+def _finalise(k: npt.NDArray[np.uint64], tmp: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """splitmix64's finaliser on ``k``, in place (``tmp``: scratch of the same length)."""
+    for shift, mult in ((30, _M1), (27, _M2)):
+        np.right_shift(k, _U64(shift), out=tmp)
+        np.bitwise_xor(k, tmp, out=k)
+        np.multiply(k, mult, out=k)
+    np.right_shift(k, _U64(31), out=tmp)
+    np.bitwise_xor(k, tmp, out=k)
+    return k
+
+
 def mix(words: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """A 64-bit key per row of ``words`` (multiply-xorshift per word, splitmix64 finaliser)."""
     n, w = words.shape
@@ -89,13 +100,7 @@ def mix(words: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         np.multiply(k, _M0, out=k)
         np.right_shift(k, _U64(31), out=tmp)
         np.bitwise_xor(k, tmp, out=k)
-    for shift, mult in ((30, _M1), (27, _M2)):
-        np.right_shift(k, _U64(shift), out=tmp)
-        np.bitwise_xor(k, tmp, out=k)
-        np.multiply(k, mult, out=k)
-    np.right_shift(k, _U64(31), out=tmp)
-    np.bitwise_xor(k, tmp, out=k)
-    return k
+    return _finalise(k, tmp)
 
 
 def _prefix_sort(keys: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.intp], int]:
@@ -273,10 +278,4 @@ def _ragged_keys(arr: pa.Array) -> npt.NDArray[np.uint64]:
         np.right_shift(nk, _U64(31), out=tmp)
         np.bitwise_xor(nk, tmp, out=nk)
         k = np.where(act, nk, k)
-    for shift, mult in ((30, _M1), (27, _M2)):
-        np.right_shift(k, _U64(shift), out=tmp)
-        np.bitwise_xor(k, tmp, out=k)
-        np.multiply(k, mult, out=k)
-    np.right_shift(k, _U64(31), out=tmp)
-    np.bitwise_xor(k, tmp, out=k)
-    return k
+    return _finalise(k, tmp)
