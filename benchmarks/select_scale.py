@@ -70,7 +70,7 @@ def make_pool(run: Path, n: int, d: int, n_classes: int, seed: int, chunk: int =
     """Write RUN/embeddings/<shard>.parquet (float16, as curate embed does) and the class centres.
 
     ``sizes``: ``zipf`` (class k has a share 1/k) or ``uniform`` (every class the same share)."""
-    from curate.io.tables import embedding_schema, fixed_list, write_table
+    from curate.io.tables import embedding_schema, fixed_list, write_embedding_table
     from curate.rundir import RunDir
 
     rng = np.random.default_rng(seed)
@@ -103,7 +103,7 @@ def make_pool(run: Path, n: int, d: int, n_classes: int, seed: int, chunk: int =
             },
             schema=embedding_schema(d, {"model": "synthetic", "dim": d}),
         )
-        write_table(run / "embeddings" / f"{name}.parquet", table)
+        write_embedding_table(run / "embeddings" / f"{name}.parquet", table)
         shards.append({"name": name, "url": f"synthetic/{name}.tar"})
     np.save(run / "class_text.npy", centres)
     RunDir(run).update("embed", {"model": "synthetic", "shards": shards}, command="benchmarks/select_scale.py")
@@ -138,7 +138,7 @@ def make_caption_shards(run: Path, seed: int, image_bytes: int) -> None:
 def make_target(run: Path, d: int, seed: int) -> Path:
     """``RUN/target.parquet``: TARGET_ROWS image embeddings around the first TARGET_CLASSES class centres,
     drawn like the pool's (outside ``embeddings/``, so not part of the pool)."""
-    from curate.io.tables import embedding_schema, fixed_list, write_table
+    from curate.io.tables import embedding_schema, fixed_list, write_embedding_table
 
     path = run / "target.parquet"
     if path.exists():
@@ -162,23 +162,26 @@ def make_target(run: Path, d: int, seed: int) -> Path:
         },
         schema=embedding_schema(d, {"model": "synthetic", "dim": d}),
     )
-    write_table(path, table)
+    write_embedding_table(path, table)
     return path
 
 
 def run_one(run: Path, label: str, fraction: float, seed: int, workers: int | None = None,
-            memory: str | None = None, overrides: dict | None = None) -> dict:
+            memory: str | None = None, overrides: dict | None = None, preimport: bool = False) -> dict:
     """Time one selection in this process; report its wall time and peak RSS (the task processes' peak RSS
     is polled by the parent, ``run_child``: ``ru_maxrss`` of a spawned child counts the pages of this
-    process at the moment it was spawned)."""
-    t_imp = time.perf_counter()
-    import faiss  # noqa: F401
-    import torch  # noqa: F401
+    process at the moment it was spawned).
 
-    from curate.rundir import versions
+    ``preimport``: import torch and faiss before timing (their ~0.4 GB then counts in the driver's peak
+    whether or not the method uses them); by default the run imports what it needs, as ``curate select``.
+    """
+    t_imp = time.perf_counter()
+    if preimport:
+        import faiss  # noqa: F401
+        import torch  # noqa: F401
+
     from curate.select import run_selection
 
-    versions()  # imports open_clip & co. once (run.json provenance), so they are not timed below
     t_imp = time.perf_counter() - t_imp
     spec = METHODS[label]
     options = {k: v.replace("{run}", str(run)) if isinstance(v, str) else v for k, v in spec["options"].items()}
@@ -339,6 +342,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="runs of each (N, method) (with --baseline: pairs)")
     ap.add_argument("--timeout", type=float, default=900.0, help="stop a run after this many seconds")
     ap.add_argument("--max-rss-gb", type=float, default=16.0, help="stop a run whose peak RSS passes this")
+    ap.add_argument("--preimport", action="store_true",
+                    help="import torch and faiss in the driver before timing (as rows before 2026-12-05 did); "
+                    "default: the run imports what it needs, as curate select does")
     ap.add_argument("--workdir", default="/tmp/curate-select-scale")
     ap.add_argument("--out", default="benchmarks/results/select_scale.md")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots (they need matplotlib)")
@@ -349,7 +355,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(Path(args.one[0]), args.one[1], args.fraction, args.seed, args.workers,
-                                 args.memory, json.loads(args.options) if args.options else None)))
+                                 args.memory, json.loads(args.options) if args.options else None,
+                                 args.preimport)))
         return
     out = Path(args.out)
     store = out.with_suffix(".json")  # every finished row, merged across invocations
@@ -407,11 +414,12 @@ def main() -> None:
                         cmd += ["--workers", str(args.workers)] if args.workers else []
                         cmd += ["--memory", args.memory] if args.memory else []
                         cmd += ["--options", json.dumps(overrides)] if overrides else []
+                        cmd += ["--preimport"] if args.preimport else []
                     env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())} if base else None
                     desc = {"label": label, "pool": n, "sizes": args.class_sizes, "rep": rep,
                             "code": f"baseline {git_head(args.baseline)}" if base else f"HEAD {head}",
                             "workers": 1 if base else args.workers or 1, "memory": None if base else args.memory,
-                            "options": {} if base else overrides}
+                            "options": {} if base else overrides, "preimport": base or args.preimport}
                     load_before = os.getloadavg()[0]
                     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                     proc, why, seen_gb, worker_gb = run_child(cmd, args.timeout, args.max_rss_gb, env)
@@ -583,12 +591,15 @@ def write_report(out: Path, rows: list[dict], m: dict) -> None:
         "",
         "Pool: N synthetic samples, d=512, 1000 classes (`zipf`: class k has a share ∝ 1/k, the largest ≈ 13%",
         "of N; `uniform`: equal shares), float16 Parquet as `curate embed` writes it; budget 10% of N. Time =",
-        "`run_selection` wall time (read the embeddings, score, decide, write the tables) in a process that has",
-        "already imported torch, faiss and open_clip (`import s`). *Driver* = peak RSS (VmHWM) of the process",
-        "that calls `run_selection`; with 1 process it also runs every task. *Task process* = the largest VmHWM",
-        "of its `--workers` processes (spawned, so their own pages only), read every 0.5 s. *Largest partition*",
-        "= rows of the largest partition a pass-2 task held, and its float16 embeddings (2 × 512 halves per",
-        "row): the issue's worker target is 1 GB plus that. clipcov = reference variant, zero-shot over 1000",
+        "`run_selection` wall time (read the embeddings, score, decide, write the tables), including the imports",
+        "of torch and faiss where the method needs them, as `curate select`; rows noted *torch & faiss",
+        "preimported* (all before 2026-12-05, and the baseline's) had imported them first (`import s`), so",
+        "their driver peak includes ~0.4 GB of libraries whether used or not. *Driver* = peak RSS (VmHWM) of",
+        "the process that calls `run_selection`; with 1 process it also runs every task. *Task process* = the",
+        "largest VmHWM of its `--workers` processes (spawned, so their own pages only), read every 0.5 s.",
+        "*Largest partition* = rows of the largest partition a pass-2 task held, and its float16 embeddings",
+        "(2 × 512 halves per row): the issue's worker target is 1 GB plus that. clipcov = reference variant,",
+        "zero-shot over 1000",
         "given class embeddings; clipcov-kmeans = kmeans:1000 partition; semdedup = √N clusters, budget by the",
         "eps rule; negcliploss = τ 0.01 and B, K as shown (defaults B 32,768, K 10); normsim-inf and",
         f"image-filter use a target of {TARGET_ROWS:,} images around {TARGET_CLASSES} of the classes",
@@ -630,6 +641,8 @@ def write_report(out: Path, rows: list[dict], m: dict) -> None:
             if k in ("class_updates", "clusters", "effective_eps", "effective_threshold", "target_clusters",
                      "batches_per_repeat", "effective_cap", "entries_matched")
         )
+        if r.get("preimport", True):
+            notes = ", ".join(x for x in (notes, "torch & faiss preimported") if x)
         worker = f"{r['worker_peak_rss_gb']:.2f}" if r.get("worker_peak_rss_gb") else "—"
         lp = r.get("largest_partition")
         part = f"{lp:,}, {f16_gb(lp):.2f}" if lp else "—"

@@ -396,7 +396,7 @@ def _write_pool_run(run: Path, img: Any, txt: Any, shard_rows: int = 50_000) -> 
     import numpy as np
     import pyarrow as pa
 
-    from curate.io.tables import embedding_schema, fixed_list, write_table
+    from curate.io.tables import embedding_schema, fixed_list, write_embedding_table
     from curate.rundir import RunDir
 
     n, d = img.shape
@@ -411,7 +411,7 @@ def _write_pool_run(run: Path, img: Any, txt: Any, shard_rows: int = 50_000) -> 
             "image_emb": fixed_list(img[lo:hi]), "text_emb": fixed_list(txt[lo:hi]),
             "clip_score": pa.array(np.einsum("ij,ij->i", img[lo:hi], txt[lo:hi]).astype(np.float32)),
         }, schema=embedding_schema(d, {"model": "synthetic", "dim": d}))
-        write_table(run / "embeddings" / f"{name}.parquet", table)
+        write_embedding_table(run / "embeddings" / f"{name}.parquet", table)
         shards.append({"name": name, "url": f"synthetic/{name}.tar"})
     RunDir(run).update("embed", {"model": "synthetic", "shards": shards}, command="gpu_check")
     return run

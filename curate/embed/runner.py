@@ -35,7 +35,7 @@ from curate.engines.devices import check_device
 from curate.errors import CurateError, Interrupted, UsageError
 from curate.fs import sweep_dead_temps, write_json
 from curate.io.shards import DEFAULT_MAX_PIXELS, ErrorPolicy, expand_shards, shard_name
-from curate.io.tables import fixed_list, write_table
+from curate.io.tables import fixed_list, write_embedding_table
 from curate.models import PRECISIONS, SAMPLE_MODEL, LoadedModel, autocast_dtype, load_model
 from curate.progress import NullProgress, Progress, set_total
 from curate.rundir import RunDir
@@ -585,7 +585,7 @@ def _cores() -> int:
 
 def _write_shard(run: RunDir, shard: str, table: pa.Table, stats: dict[str, int]) -> None:
     """The table (with its stats in the metadata) marks the shard done; then a JSON copy of the stats."""
-    write_table(run.embedding_file(shard), table)
+    write_embedding_table(run.embedding_file(shard), table)
     write_json(run.shard_stats_file(STEP, shard), stats)
 
 

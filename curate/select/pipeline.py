@@ -52,11 +52,20 @@ from curate.select.base import (
     Selector,
     get_selector,
 )
-from curate.select.ranking import ENTRY_BYTES, MemRun, RowValues, key_of, top_k, value_of
+from curate.select.ranking import (
+    FileRun,
+    RowValues,
+    key_of,
+    ranked,
+    save_key_run,
+    value_of,
+    write_run,
+)
 from curate.select.source import PoolSource
 
 WORK_FORMAT = 1
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
+DECISION_SHARE = 4  # the decision's picks, per-partition groups and merge each hold ≤ --memory / this
 _PASS1_COLUMNS = ("__eligible", "__reason", "__partition")
 STASH = "__stash:"  # prefix of the pass-1 columns kept for the rescan (dropped by it)
 _RESCANNED = b"rescanned"  # pass-1 table metadata: the rescan's columns are in
@@ -158,38 +167,10 @@ def _read_ipc(path: Path) -> pa.Table:
         return pa.ipc.open_file(src).read_all()
 
 
-RUN_DTYPE = np.dtype([("key", "<u8"), ("row", "<i8")])
-
-
 def _ranked(rule: RankBy, values: Any) -> Any:
     """The values a rule's runs hold: the column's, negated when the smallest go first (exact)."""
     return -np.asarray(values, np.float64) if rule.ascending else values
 
-
-def save_key_run(path: Path, values: np.ndarray, rows: np.ndarray) -> None:
-    """A sorted run for :func:`top_k`: ``(desc key, row)`` pairs, best first, as one raw file."""
-    run = MemRun.of(values, rows)
-    rec = np.empty(len(run), dtype=RUN_DTYPE)
-    rec["key"], rec["row"] = run.key, run.row
-    with atomic_path(path) as tmp:
-        rec.tofile(tmp)
-
-
-class FileRun:
-    """A run saved by :func:`save_key_run`, read a slice at a time (no memory map: RSS stays bounded)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.n = path.stat().st_size // RUN_DTYPE.itemsize
-
-    def __len__(self) -> int:
-        return self.n
-
-    def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        with open(self.path, "rb") as fh:
-            fh.seek(a * RUN_DTYPE.itemsize)
-            rec = np.fromfile(fh, RUN_DTYPE, count=b - a)
-        return rec["key"], rec["row"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -569,7 +550,7 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
     if selector.partitioned and counts is not None:
         _partition_stages(selector, rule, spec, work, counts, quotas, stages, n_blocks)
     picks = RowValues({"rank": "i8", "gain": "f8"}, len(source), source.block_rows * 16,
-                      max(1 << 16, ctx.memory // ENTRY_BYTES), work.path / "picks")
+                      ctx.memory // DECISION_SHARE, work.path / "picks")
     pick = _PICKERS.get(type(rule))
     if pick is None:  # pragma: no cover - the rule types are closed
         raise TypeError(rule)
@@ -712,8 +693,7 @@ def _pick_ranked(x: _PickInput, picks: RowValues) -> tuple[int, float | None, di
     runs = [FileRun(p) for p in sorted((x.work.path / "runs").glob("*.bin"))]
     max_key = key_of(float(_ranked(rule, np.float64(rule.minimum)))) if rule.minimum is not None else None
     n, last, last_value = 0, None, None
-    chunk = max(1 << 10, min(1 << 16, x.memory // (ENTRY_BYTES * max(1, len(runs)))))
-    for rows, keys in top_k(runs, rule.budget, chunk=chunk, max_key=max_key):
+    for rows, keys in ranked(runs, rule.budget, x.memory // DECISION_SHARE, x.work.path / "merge", max_key):
         picks.append(rows, rank=np.arange(n, n + len(rows)), gain=np.full(len(rows), np.nan))
         n += len(rows)
         last = keys[-1]
@@ -790,7 +770,7 @@ def _rank_per_partition(selector: Selector, rule: RankBy, source: PoolSource, wo
 
     k = len(quotas)
     bucket = max(1, -(-k // 64))
-    groups = RowValues({"key": "u8", "row": "i8"}, k, bucket, max(1 << 16, memory // ENTRY_BYTES), work.path / "pp")
+    groups = RowValues({"key": "u8", "row": "i8"}, k, bucket, memory // DECISION_SHARE, work.path / "pp")
     reader = _ColumnReader(work, selector)
     max_key = key_of(float(_ranked(rule, np.float64(rule.minimum)))) if rule.minimum is not None else None
     for b, (start, stop) in enumerate(source.blocks()):
@@ -812,19 +792,15 @@ def _rank_per_partition(selector: Selector, rule: RankBy, source: PoolSource, wo
         first = np.r_[0, np.flatnonzero(np.diff(parts)) + 1] if len(parts) else np.zeros(0, np.int64)
         within = np.arange(len(parts)) - np.repeat(first, np.diff(np.r_[first, len(parts)]))
         keep = within < quotas[parts]
-        run = MemRun(key[keep], row[keep])
-        order = np.lexsort((run.row, run.key))
-        rec = np.empty(len(order), dtype=RUN_DTYPE)
-        rec["key"], rec["row"] = run.key[order], run.row[order]
+        key, row = key[keep], row[keep]
+        order = np.lexsort((row, key))
         path = work.path / "runs" / f"pp{i:07d}.bin"
-        with atomic_path(path) as tmp:
-            rec.tofile(tmp)
+        write_run(path, key[order], row[order])
         runs.append(FileRun(path))
     groups.close()
     budget = rule.budget if rule.budget is not None and int(quotas.sum()) > rule.budget else None
     n, last = 0, None
-    chunk = max(1 << 10, min(1 << 16, memory // (ENTRY_BYTES * max(1, len(runs)))))
-    for rows, keys in top_k(runs, budget, chunk=chunk):
+    for rows, keys in ranked(runs, budget, memory // DECISION_SHARE, work.path / "merge"):
         picks.append(rows, rank=np.arange(n, n + len(rows)), gain=np.full(len(rows), np.nan))
         n += len(rows)
         last = keys[-1]

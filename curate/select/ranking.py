@@ -19,7 +19,13 @@ from typing import Protocol
 
 import numpy as np
 
-ENTRY_BYTES = 32  # budget accounting per collected entry (row + a few scalars)
+from curate.fs import atomic_path
+
+RUN_DTYPE = np.dtype([("key", "<u8"), ("row", "<i8")])  # one entry of a sorted run file
+SPILL_FACTOR = 3  # RowValues: peak bytes per entry / stored bytes (pieces, their concatenation, the sorted copy)
+MERGE_ENTRY_BYTES = 64  # a merge step per entry in flight: chunk read, concatenation, sort order, sorted copy
+MIN_CHUNK = 1 << 10  # entries read from a run at a time, at least
+MAX_CHUNK = 1 << 16  # ... and at most
 
 
 def desc_key(values: np.ndarray) -> np.ndarray:
@@ -35,14 +41,18 @@ def desc_key(values: np.ndarray) -> np.ndarray:
 class RowValues:
     """``(row, columns...)`` entries gathered in any order, read back by row range, sorted by row.
 
-    ``bucket_rows`` cuts the row space into ranges; when the entries exceed ``max_entries`` they go to
-    one ``.npz`` per range under ``spill_dir`` (appended in pieces), so reading a range loads one range.
+    ``bucket_rows`` cuts the row space into ranges; when the entries held would pass ``memory`` bytes
+    (counting the copies a spill or a sort makes: :data:`SPILL_FACTOR`) they go to one ``.npz`` per
+    range under ``spill_dir`` (appended in pieces), so reading a range loads one range. A range read
+    back must fit the same budget: choose ``bucket_rows`` so that one range holds a bounded share.
     """
 
     def __init__(self, dtypes: dict[str, np.dtype | str], n_rows: int, bucket_rows: int,
-                 max_entries: int, spill_dir: Path) -> None:
+                 memory: int, spill_dir: Path) -> None:
         self.dtypes = {k: np.dtype(v) for k, v in dtypes.items()}
-        self.n_rows, self.bucket_rows, self.max_entries = n_rows, bucket_rows, max_entries
+        entry = 8 + sum(d.itemsize for d in self.dtypes.values())
+        self.n_rows, self.bucket_rows = n_rows, bucket_rows
+        self.max_entries = max(1, memory // (SPILL_FACTOR * entry))
         self.spill_dir = spill_dir
         shutil.rmtree(spill_dir, ignore_errors=True)  # pieces of a killed earlier attempt: this one starts over
         self._mem: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
@@ -151,6 +161,73 @@ class RunReader(Protocol):
     def __len__(self) -> int: ...
 
     def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def write_run(path: Path, keys: np.ndarray, rows: np.ndarray) -> None:
+    """Save a sorted run (ascending ``(key, row)``) as one raw file, atomically."""
+    rec = np.empty(len(keys), dtype=RUN_DTYPE)
+    rec["key"], rec["row"] = keys, rows
+    with atomic_path(path) as tmp:
+        rec.tofile(tmp)
+
+
+def save_key_run(path: Path, values: np.ndarray, rows: np.ndarray) -> None:
+    """A sorted run for :func:`top_k`: ``rows`` by ``values`` descending (ties: lower row), as one file."""
+    run = MemRun.of(values, rows)
+    write_run(path, run.key, run.row)
+
+
+class FileRun:
+    """A run saved by :func:`write_run`, read a slice at a time (no memory map: RSS stays bounded)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.n = path.stat().st_size // RUN_DTYPE.itemsize
+
+    def __len__(self) -> int:
+        return self.n
+
+    def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        with open(self.path, "rb") as fh:
+            fh.seek(a * RUN_DTYPE.itemsize)
+            rec = np.fromfile(fh, RUN_DTYPE, count=b - a)
+        return rec["key"], rec["row"]
+
+
+def merge_shape(memory: int, n_runs: int) -> tuple[int, int]:
+    """``(chunk, fan_in)`` of a merge in ``memory`` bytes: at most ``fan_in`` runs are merged at once,
+    reading ``chunk`` entries of each, so that the entries in flight stay within the budget."""
+    in_flight = max(2 * MIN_CHUNK, memory // MERGE_ENTRY_BYTES)
+    fan_in = max(2, in_flight // MIN_CHUNK)
+    chunk = max(MIN_CHUNK, min(MAX_CHUNK, in_flight // max(1, min(n_runs, fan_in))))
+    return chunk, fan_in
+
+
+def ranked(runs: Sequence[RunReader], k: int | None, memory: int, spill_dir: Path,
+           max_key: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`top_k` over any number of runs in ``memory`` bytes, whatever the pool size.
+
+    While there are more runs than one merge may read at once, groups of them are merged into one run
+    file each under ``spill_dir`` (the earlier passes of an external merge sort); ties keep the lower
+    row, so the order is that of one merge of every run.
+    """
+    runs = list(runs)
+    chunk, fan_in = merge_shape(memory, len(runs))
+    level = 0
+    while len(runs) > fan_in:
+        spill_dir.mkdir(parents=True, exist_ok=True)
+        merged: list[RunReader] = []
+        for g, i in enumerate(range(0, len(runs), fan_in)):
+            path = spill_dir / f"m{level:02d}-{g:07d}.bin"
+            with open(path, "wb") as fh:
+                for r, kk in top_k(runs[i : i + fan_in], None, chunk=chunk):
+                    rec = np.empty(len(r), dtype=RUN_DTYPE)
+                    rec["key"], rec["row"] = kk, r
+                    rec.tofile(fh)
+            merged.append(FileRun(path))
+        runs, level = merged, level + 1
+        chunk, fan_in = merge_shape(memory, len(runs))
+    yield from top_k(runs, k, chunk=chunk, max_key=max_key)
 
 
 def top_k(runs: Sequence[RunReader], k: int | None, chunk: int = 1 << 14,

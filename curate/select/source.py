@@ -35,6 +35,8 @@ from curate.select.base import Pool
 from curate.select.pool import embedding_matrix
 
 BLOCK_ROWS = 1 << 16  # rows per block: the unit of per-row arithmetic, of pass-1 tasks and of table writes
+READ_BATCH_ROWS = 1 << 14  # rows decoded at a time when reading a row group of the embedding tables
+READ_BUFFER = 1 << 20  # bytes of a Parquet file read at a time (pages stream; no whole column chunk in memory)
 
 _PART_COLUMNS = {"image": ("image_emb",), "text": ("text_emb",), "clip_score": ("clip_score",)}
 
@@ -141,14 +143,40 @@ class PoolSource:
             g = self.row_groups[i]
             g0 = int(np.searchsorted(g, lo, side="right")) - 1
             g1 = int(np.searchsorted(g, hi, side="left"))
-            try:
-                t = pq.ParquetFile(self.files[i]).read_row_groups(list(range(g0, g1)), columns=list(columns))
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise InputError(f"corrupt Parquet file {self.files[i]}: {str(exc).splitlines()[0]}") from None
-            parts.append(t.slice(lo - int(g[g0]), hi - lo).replace_schema_metadata(None))
+            for j in range(g0, g1):
+                t = self._row_group(i, j, tuple(columns))
+                a, b = max(lo, int(g[j])), min(hi, int(g[j + 1]))
+                parts.append(t.slice(a - int(g[j]), b - a))
         if not parts:
             raise ValueError(f"rows {start}:{stop} are outside the pool of {len(self)}")
         return pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
+
+    def _row_group(self, i: int, j: int, columns: tuple[str, ...]) -> pa.Table:
+        """Row group ``j`` of file ``i``; the last one read is kept, since consecutive blocks share the
+        row group on their edge (a row group is decoded whole: a block that starts inside it would
+        otherwise decode it again)."""
+        key = (i, j, columns)
+        cached = self.__dict__.get("_last_group")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        self.__dict__["_last_group"] = None  # drop the old one before decoding the next
+        try:  # pages streamed and decoded a batch at a time: memory is the decoded rows, not 3-5× them
+            f = pq.ParquetFile(self.files[i], buffer_size=READ_BUFFER, pre_buffer=False)
+            batches = list(f.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[j], columns=list(columns)))
+            t = pa.Table.from_batches(batches, schema=f.schema_arrow.empty_table().select(list(columns)).schema)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"corrupt Parquet file {self.files[i]}: {str(exc).splitlines()[0]}") from None
+        t = t.replace_schema_metadata(None)
+        self.__dict__["_last_group"] = (key, t)
+        return t
+
+    def release(self) -> None:
+        """Drop the cached row group (after a scan)."""
+        self.__dict__.pop("_last_group", None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for tasks without the cached row group."""
+        return {k: v for k, v in self.__dict__.items() if k != "_last_group"}
 
     def chunk(self, start: int, stop: int, parts: Iterable[str]) -> Pool:
         """Rows ``[start, stop)`` as a :class:`Pool`: ids, and the normalised matrices ``parts`` asks for."""
@@ -177,8 +205,13 @@ def pool_from_table(table: pa.Table, parts: set[str], meta: dict[str, Any] | Non
 def gather_rows(source: PoolSource, parts: set[str], rows: np.ndarray | None,
                 valid: Any) -> np.ndarray:
     """The ``image`` matrix (float32, normalised) of the pool rows ``rows`` (all rows when None) for
-    which ``valid(chunk)`` is True, in pool order, read block by block (a k-means training sample)."""
-    out = []
+    which ``valid(chunk)`` is True, in pool order, read block by block (a k-means training sample).
+
+    Memory: the result, one block and one decoded row group; the result is filled in place (no list of
+    pieces and their concatenation, which would hold it twice)."""
+    d = source.dim
+    out = np.empty((len(rows) if rows is not None else len(source), d), np.float32)
+    n = 0
     for s, e in source.blocks():
         if rows is not None:
             a, b = np.searchsorted(rows, [s, e])
@@ -190,12 +223,13 @@ def gather_rows(source: PoolSource, parts: set[str], rows: np.ndarray | None,
         chunk = source.chunk(s, e, parts)
         ok = valid(chunk)
         assert chunk.image is not None
-        if take is None:
-            out.append(chunk.image[ok])
-        else:
-            out.append(chunk.image[take[ok[take]]])
-    d = source.dim
-    return np.concatenate(out) if out else np.zeros((0, d), np.float32)
+        got = chunk.image[ok] if take is None else chunk.image[take[ok[take]]]
+        out[n : n + len(got)] = got
+        n += len(got)
+        del chunk, got
+    source.release()
+    pa.default_memory_pool().release_unused()
+    return out[:n] if n < len(out) else out
 
 
 def read_rows(path: str | os.PathLike[str], start: int, stop: int, columns: Sequence[str]) -> pa.Table:

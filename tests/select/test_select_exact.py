@@ -97,15 +97,14 @@ def test_pipeline_matches_oracle(pool_run: tuple, monkeypatch: pytest.MonkeyPatc
                                               ("clipcov", {"variant": "greedy"})])
 def test_tiny_memory_budget_spills_and_gives_the_same_bits(pool_run: tuple, monkeypatch: pytest.MonkeyPatch,
                                                            method: str, opts: dict) -> None:
-    """A 1 MiB budget: picks spill to row-range files, every partition is a task of its own, top-k reads
-    its runs a few entries at a time; the tables are those of the default budget."""
+    """A 1 MiB budget: picks spill to row-range files, every partition is a task of its own, the ranking
+    merges its runs two at a time in several passes; the tables are those of the default budget."""
     run, centres = pool_run
     monkeypatch.setattr(source_mod, "BLOCK_ROWS", 256)
-    import curate.select.pipeline as pl
     import curate.select.ranking as rk
 
-    monkeypatch.setattr(rk, "ENTRY_BYTES", 1 << 12)  # 256 entries per MiB: the picks spill
-    monkeypatch.setattr(pl, "ENTRY_BYTES", 1 << 12)
+    monkeypatch.setattr(rk, "SPILL_FACTOR", 1 << 8)  # ~50 entries per MiB: the picks spill
+    monkeypatch.setattr(rk, "MERGE_ENTRY_BYTES", 1 << 12)  # fan-in 2: runs are merged in several passes
     kw = {"class_text": centres} if method == "clipcov" else {}
     a = run_selection(run, method, fraction=0.3, options=opts, seed=1, name=f"m-big-{method}{len(opts)}", **kw)
     b = run_selection(run, method, fraction=0.3, options=opts, seed=1, name=f"m-tiny-{method}{len(opts)}",
@@ -149,10 +148,10 @@ def test_spilled_values_ignore_pieces_of_a_killed_attempt(tmp_path: Path) -> Non
         for lo in range(0, 100, 10):
             values.append(np.arange(lo, lo + 10), v=np.arange(lo, lo + 10) * 2)
 
-    first = RowValues({"v": "i8"}, 100, 50, 15, tmp_path / "spill")
+    first = RowValues({"v": "i8"}, 100, 50, 15 * 3 * 16, tmp_path / "spill")  # 15 entries of 16 B
     fill(first)  # spills; then "killed": never closed
     assert any((tmp_path / "spill").iterdir())
-    again = RowValues({"v": "i8"}, 100, 50, 15, tmp_path / "spill")
+    again = RowValues({"v": "i8"}, 100, 50, 15 * 3 * 16, tmp_path / "spill")
     fill(again)
     rows, cols = again.slice(0, 50)
     assert rows.tolist() == list(range(50)) and cols["v"].tolist() == [2 * r for r in range(50)]
