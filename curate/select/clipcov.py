@@ -54,6 +54,7 @@ _SMALL = 1 << 15  # products up to this many entries run on one CPU thread
 CROSS_CHUNK_ELEMENTS = 1 << 28  # a class with more products is cut into chunks
 CROSS_TILE = 1 << 16  # captions per tile of the cross-term products
 MAX_CROSS_CHUNKS = 32
+SUM_ROWS = 1 << 13  # k-means labels: rows whose captions are summed per class at once, as float64
 
 
 @dataclass(frozen=True)
@@ -537,7 +538,12 @@ class ClipCov(Selector):
             if len(order):
                 lab = labels[order]
                 starts = np.r_[0, np.flatnonzero(np.diff(lab)) + 1]
-                per[lab[starts]] = np.add.reduceat(chunk.text[order].astype(np.float64), starts, axis=0)
+                ends = np.r_[starts[1:], len(order)]
+                # a few classes at a time (each class whole, so its sum is the same), not the block as float64
+                for g0, g1 in _class_groups(ends - starts, SUM_ROWS):
+                    a, b = int(starts[g0]), int(ends[g1 - 1])
+                    per[lab[starts[g0:g1]]] = np.add.reduceat(chunk.text[order[a:b]].astype(np.float64),
+                                                              starts[g0:g1] - a, axis=0)
             sums["class_text"] = per
         return BlockScan({"partition": labels}, eligible, reasons, partition=labels, sums=sums)
 
@@ -603,6 +609,19 @@ class ClipCov(Selector):
 
     def partition_names(self, shared: dict[str, Any]) -> list[str] | None:
         return shared.get("names")
+
+
+def _class_groups(sizes: np.ndarray, rows: int) -> list[tuple[int, int]]:
+    """Consecutive classes ``[g0, g1)`` of about ``rows`` rows in all (a larger class alone)."""
+    out, g0, held = [], 0, 0
+    for i, n in enumerate(sizes.tolist()):
+        if held and held + n > rows:
+            out.append((g0, i))
+            g0, held = i, 0
+        held += n
+    if len(sizes):
+        out.append((g0, len(sizes)))
+    return out
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -133,6 +133,9 @@ def model_class_text(
     return emb, class_names
 
 
+ARGMAX_ROWS = 1 << 14  # rows whose logits are held at once when labelling (64 MB at 1000 classes)
+
+
 def _argmax_task(span: tuple[int, int], image: np.ndarray, class_text: np.ndarray) -> np.ndarray:
     """Engine task: ``argmax_k <image_j, class_text_k>`` for rows ``span`` (one block; first index on ties).
 
@@ -141,10 +144,14 @@ def _argmax_task(span: tuple[int, int], image: np.ndarray, class_text: np.ndarra
     import torch
 
     s, e = span
+    out = np.empty(e - s, np.int32)
     with warnings.catch_warnings():  # read-only inputs (Ray's object store) are only read here
         warnings.simplefilter("ignore", UserWarning)
-        x, c = torch.from_numpy(image[s:e]), torch.from_numpy(class_text)
-    return torch.argmax(x @ c.T, dim=1).numpy().astype(np.int32)
+        c = torch.from_numpy(class_text)
+        for a in range(s, e, ARGMAX_ROWS):  # the logits of ARGMAX_ROWS rows at a time, not of the block
+            b = min(e, a + ARGMAX_ROWS)
+            out[a - s : b - s] = torch.argmax(torch.from_numpy(image[a:b]) @ c.T, dim=1).numpy()
+    return out
 
 
 def argmax_rows(image: np.ndarray, centres: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

@@ -220,13 +220,16 @@ def gather_rows(source: PoolSource, parts: set[str], rows: np.ndarray | None,
             take = rows[a:b] - s
         else:
             take = None
-        chunk = source.chunk(s, e, parts)
+        table = source.read(s, e, source.require(parts))
+        if take is not None:  # only the sampled rows are converted (validity and normalising are per row)
+            table = table.take(pa.array(take))
+        chunk = pool_from_table(table, parts, source.meta)
         ok = valid(chunk)
         assert chunk.image is not None
-        got = chunk.image[ok] if take is None else chunk.image[take[ok[take]]]
+        got = chunk.image[ok]
         out[n : n + len(got)] = got
         n += len(got)
-        del chunk, got
+        del table, chunk, got
     source.release()
     pa.default_memory_pool().release_unused()
     return out[:n] if n < len(out) else out
