@@ -167,6 +167,7 @@ class PoolSource:
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"corrupt Parquet file {self.files[i]}: {str(exc).splitlines()[0]}") from None
         t = t.replace_schema_metadata(None)
+        pa.default_memory_pool().release_unused()  # the decode's scratch, kept by Arrow's allocator otherwise
         self.__dict__["_last_group"] = (key, t)
         return t
 
@@ -192,10 +193,10 @@ def pool_from_table(table: pa.Table, parts: set[str], meta: dict[str, Any] | Non
         if col in table.column_names:
             c = table.column(col)
             pool.raw[col] = c.combine_chunks() if c.num_chunks != 1 else c.chunk(0)
-    if "image" in parts:
-        pool.image, pool.image_ok = embedding_matrix(table.column("image_emb"))
+    if "image" in parts:  # from the combined column above: no second copy of the block's halves
+        pool.image, pool.image_ok = embedding_matrix(pool.raw["image_emb"])
     if "text" in parts:
-        pool.text, pool.text_ok = embedding_matrix(table.column("text_emb"))
+        pool.text, pool.text_ok = embedding_matrix(pool.raw["text_emb"])
         pool.text_present = table.column("text_emb").is_valid().to_numpy(zero_copy_only=False)
     if "clip_score" in parts:
         pool.clip_score = table.column("clip_score").to_numpy(zero_copy_only=False).astype(np.float32)
