@@ -116,7 +116,7 @@ class PoolSource:
         h = StringHasher()
         for f in self.files:
             try:
-                h.update(pq.read_table(f, columns=["uid"]).column(0))
+                h.update(pq.ParquetFile(f).read(columns=["uid"]).column(0))  # no dataset layer: ~2x faster
             except (pa.ArrowInvalid, OSError) as exc:
                 raise InputError(f"corrupt Parquet file {f}: {str(exc).splitlines()[0]}") from None
         return h.hexdigest()
