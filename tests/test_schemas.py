@@ -106,3 +106,29 @@ def test_a_manifest_of_another_version_is_one_line(tmp_path: Path) -> None:
     pq.write_table(t, path)
     with pytest.raises(InputError, match="format version 99"):
         read_manifest(path)
+
+
+def test_embedding_tables_store_vectors_plain_and_uncompressed(tmp_path: Path) -> None:
+    """The vector columns skip the dictionary attempt and Snappy (float16 values neither repeat nor compress;
+    both only slow decoding); the id columns keep them; the values read back exactly."""
+    import numpy as np
+
+    from curate.io.tables import fixed_list, write_embedding_table
+    from curate.schemas import embedding_schema
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(50, 8)).astype(np.float16)
+    ids = pa.array([f"u{i}" for i in range(50)])
+    table = pa.table({"uid": ids, "shard": pa.array(["s"] * 50), "key": ids,
+                      "position": pa.array(np.arange(50, dtype=np.int32)), "content_hash": ids,
+                      "image_emb": fixed_list(img), "text_emb": fixed_list(img),
+                      "clip_score": pa.array(np.ones(50, np.float32))}, schema=embedding_schema(8))
+    path = tmp_path / "e.parquet"
+    write_embedding_table(path, table)
+    group = pq.read_metadata(path).row_group(0)
+    cols = {group.column(i).path_in_schema.split(".")[0]: group.column(i) for i in range(group.num_columns)}
+    for name in ("image_emb", "text_emb"):
+        assert cols[name].compression == "UNCOMPRESSED"
+        assert not any("DICTIONARY" in e for e in cols[name].encodings)
+    assert cols["uid"].compression == "SNAPPY"
+    assert pq.read_table(path).equals(table)
