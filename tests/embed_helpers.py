@@ -126,3 +126,14 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "CURATE_OFFLINE": "1", **(env or {})}
     return subprocess.run([*CURATE, *args], capture_output=True, text=True, cwd=REPO, env=full_env,
                           timeout=timeout, check=False)
+
+
+def terminal_sigint() -> None:
+    """In a child before exec: SIGINT as a terminal's foreground job has it (default action).
+
+    A test suite started in the background of a non-interactive shell (``cmd &``) inherits SIGINT
+    ignored, and a process that starts with SIGINT ignored keeps ignoring it (Python then installs no
+    KeyboardInterrupt handler): a Ctrl-C test would see the command finish with exit 0."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -16,6 +16,9 @@ from pathlib import Path
 from curate.trainer import reference
 
 SIGNAL, ROUND, SAMPLES = getattr(signal, f"SIG{sys.argv[1]}"), int(sys.argv[2]), int(sys.argv[3])
+# Ctrl-C as in a terminal even when the tests run in the background of a shell, which starts them with SIGINT
+# ignored (then Python installs no KeyboardInterrupt handler and the signal would be lost)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 _sent = False
 _advance = reference.RoundProgress.advance
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -24,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.cli.app import main
-from tests.embed_helpers import CURATE, REPO, SAMPLE, cli, sample_model_ready
+from tests.embed_helpers import CURATE, REPO, SAMPLE, cli, sample_model_ready, terminal_sigint
 from tests.reliability.runs import clustered_run
 
 needs_sample = pytest.mark.skipif(not sample_model_ready(), reason="the sample model's weights are missing")
@@ -34,26 +33,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "CURATE_OFFLINE": "1"}
 
 
-def _interrupt_embed(run: Path, *extra: str, attempts: int = 3) -> tuple[int, str, str]:
-    """Start ``curate embed`` on the sample, send SIGINT to its process group once a shard is done.
-
-    On a loaded machine the last shards can finish between the first file appearing and the signal
-    landing (the run then ends normally, every shard done); that attempt tests nothing, so it is
-    repeated on a fresh run folder."""
-    for _ in range(attempts - 1):
-        code, out, err = _interrupt_embed_once(run, *extra)
-        if not (code == 0 and len(list((run / "embeddings").glob("*.parquet"))) == 6):
-            return code, out, err
-        shutil.rmtree(run)
-    return _interrupt_embed_once(run, *extra)
-
-
-def _interrupt_embed_once(run: Path, *extra: str) -> tuple[int, str, str]:
-    """One attempt of :func:`_interrupt_embed`."""
+def _interrupt_embed(run: Path, *extra: str) -> tuple[int, str, str]:
+    """Start ``curate embed`` on the sample, send SIGINT to its process group once a shard is done
+    (SIGINT handled as in a terminal's foreground job, whatever the test suite inherited)."""
     args = [*CURATE, "embed", str(SAMPLE / "train"), "--run", str(run), "--model", "sample", "--batch-size", "32",
             *extra]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env(),
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=terminal_sigint)
     deadline = time.monotonic() + 240
     try:
         while not list((run / "embeddings").glob("*.parquet")):
