@@ -53,6 +53,7 @@ from curate.bootstrap.store import (
 from curate.bootstrap.uidindex import fixed_width, mix, uid_keys, uid_words, word_items
 from curate.errors import InputError
 from curate.fs import atomic_path
+from curate.io.tables import release_arrow_memory
 from curate.progress import NullProgress, Progress
 from curate.rundir import RunDir
 from curate.schemas import LOSS_SCHEMA
@@ -159,7 +160,7 @@ def _write(path: Path, table: pa.Table, dest: np.ndarray, n: int, meta: dict[str
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         write_parts(tmp, table, dest, n, meta)
-    pa.default_memory_pool().release_unused()
+    release_arrow_memory()
 
 
 def _b64(a: np.ndarray) -> str:

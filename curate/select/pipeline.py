@@ -43,6 +43,7 @@ import pyarrow as pa
 from curate.engines.base import Engine
 from curate.errors import InputError
 from curate.fs import atomic_path
+from curate.io.tables import release_arrow_memory
 from curate.progress import NullProgress, Progress
 from curate.select.base import (
     KeepWhere,
@@ -231,16 +232,10 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
         _write_ipc(spec.work / "p1" / f"b{b:07d}.arrow", table.to_batches(max_chunksize=n) or
                    [pa.RecordBatch.from_pylist([], schema=table.schema)], table.schema)
         del chunk, scan, table
-        _release()
+        release_arrow_memory()
     spec.source.release()
-    _release()
+    release_arrow_memory()
     return len(blocks)
-
-
-def _release() -> None:
-    """Hand Arrow's freed memory back to the system: its allocator keeps what a Parquet decode freed
-    (~0.5 GB after a block of 512-d rows), which numpy's allocations cannot reuse."""
-    pa.default_memory_pool().release_unused()
 
 
 def _write_shuffle(path: Path, chunk: Any, rows: np.ndarray, part: np.ndarray, eligible: np.ndarray,
@@ -377,7 +372,7 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
     carry = spec.shared.get("carry", ())
     rows_all, cols_all = [], []
     datas = read_partitions(spec.work, counts, lo, hi, sel.partition_parts, carry)
-    _release()
+    release_arrow_memory()
     for data in datas:
         res = sel.partition(data, spec.shared)
         rows_all.append(data.rows)

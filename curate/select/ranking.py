@@ -163,12 +163,16 @@ class RunReader(Protocol):
     def read(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def write_run(path: Path, keys: np.ndarray, rows: np.ndarray) -> None:
-    """Save a sorted run (ascending ``(key, row)``) as one raw file, atomically."""
+def _records(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
     rec = np.empty(len(keys), dtype=RUN_DTYPE)
     rec["key"], rec["row"] = keys, rows
+    return rec
+
+
+def write_run(path: Path, keys: np.ndarray, rows: np.ndarray) -> None:
+    """Save a sorted run (ascending ``(key, row)``) as one raw file, atomically."""
     with atomic_path(path) as tmp:
-        rec.tofile(tmp)
+        _records(keys, rows).tofile(tmp)
 
 
 def save_key_run(path: Path, values: np.ndarray, rows: np.ndarray) -> None:
@@ -221,9 +225,7 @@ def ranked(runs: Sequence[RunReader], k: int | None, memory: int, spill_dir: Pat
             path = spill_dir / f"m{level:02d}-{g:07d}.bin"
             with open(path, "wb") as fh:
                 for r, kk in top_k(runs[i : i + fan_in], None, chunk=chunk):
-                    rec = np.empty(len(r), dtype=RUN_DTYPE)
-                    rec["key"], rec["row"] = kk, r
-                    rec.tofile(fh)
+                    _records(kk, r).tofile(fh)
             merged.append(FileRun(path))
         runs, level = merged, level + 1
         chunk, fan_in = merge_shape(memory, len(runs))

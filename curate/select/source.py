@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import InputError
-from curate.io.tables import embedding_files, table_metadata
+from curate.io.tables import embedding_files, release_arrow_memory, table_metadata
 from curate.schemas import (
     EMBEDDINGS_FORMAT_VERSION,
     EMBEDDINGS_META_KEY,
@@ -167,7 +167,7 @@ class PoolSource:
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"corrupt Parquet file {self.files[i]}: {str(exc).splitlines()[0]}") from None
         t = t.replace_schema_metadata(None)
-        pa.default_memory_pool().release_unused()  # the decode's scratch, kept by Arrow's allocator otherwise
+        release_arrow_memory()  # the decode's scratch
         self.__dict__["_last_group"] = (key, t)
         return t
 
@@ -232,7 +232,7 @@ def gather_rows(source: PoolSource, parts: set[str], rows: np.ndarray | None,
         n += len(got)
         del table, chunk, got
     source.release()
-    pa.default_memory_pool().release_unused()
+    release_arrow_memory()
     return out[:n] if n < len(out) else out
 
 
