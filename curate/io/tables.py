@@ -51,7 +51,7 @@ def release_arrow_memory() -> None:
 
 
 #: Vector columns of the embedding tables: float16 values that neither repeat nor compress, so a
-#: dictionary attempt and Snappy only slow their decoding (about 2× on 512-d halves: BENCHMARKS §4).
+#: dictionary attempt and Snappy only slow their decoding (5× on 512-d halves: BENCHMARKS §4).
 VECTOR_COLUMNS = ("image_emb", "text_emb")
 
 
