@@ -108,12 +108,17 @@ def test_a_manifest_of_another_version_is_one_line(tmp_path: Path) -> None:
         read_manifest(path)
 
 
-def test_embedding_tables_store_vectors_plain_and_uncompressed(tmp_path: Path) -> None:
+def test_embedding_tables_store_vectors_plain_and_uncompressed(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The vector columns skip the dictionary attempt and Snappy (float16 values neither repeat nor compress;
-    both only slow decoding); the id columns keep them; the values read back exactly."""
+    both only slow decoding); the id columns keep them; row groups hold EMBEDDING_GROUP_ROWS rows (what a
+    reader decodes at once); the values read back exactly."""
     import numpy as np
 
+    from curate.io import tables
     from curate.io.tables import fixed_list, write_embedding_table
+
+    monkeypatch.setattr(tables, "EMBEDDING_GROUP_ROWS", 16)
     from curate.schemas import embedding_schema
 
     rng = np.random.default_rng(0)
@@ -125,7 +130,9 @@ def test_embedding_tables_store_vectors_plain_and_uncompressed(tmp_path: Path) -
                       "clip_score": pa.array(np.ones(50, np.float32))}, schema=embedding_schema(8))
     path = tmp_path / "e.parquet"
     write_embedding_table(path, table)
-    group = pq.read_metadata(path).row_group(0)
+    md = pq.read_metadata(path)
+    assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [16, 16, 16, 2]
+    group = md.row_group(0)
     cols = {group.column(i).path_in_schema.split(".")[0]: group.column(i) for i in range(group.num_columns)}
     for name in ("image_emb", "text_emb"):
         assert cols[name].compression == "UNCOMPRESSED"

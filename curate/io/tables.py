@@ -53,12 +53,18 @@ def release_arrow_memory() -> None:
 #: Vector columns of the embedding tables: float16 values that neither repeat nor compress, so a
 #: dictionary attempt and Snappy only slow their decoding (5× on 512-d halves: BENCHMARKS §4).
 VECTOR_COLUMNS = ("image_emb", "text_emb")
+#: Rows per row group of an embedding table. Arrow decodes a list column's chunk of a row group whole,
+#: even when asked for batches, so the row group is what a reader holds: 16k rows are 16 MB per 512-d
+#: float16 column (a 100k-row group held ~200 MB: BENCHMARKS §4).
+EMBEDDING_GROUP_ROWS = 1 << 14
 
 
 def write_embedding_table(path: str | os.PathLike[str], table: pa.Table) -> None:
-    """Write an embedding table atomically: vector columns plain and uncompressed, the others as usual."""
+    """Write an embedding table atomically: vector columns plain and uncompressed, the others as usual,
+    in row groups of :data:`EMBEDDING_GROUP_ROWS` rows."""
     names = table.schema.names
-    write_table(path, table, use_dictionary=[n for n in names if n not in VECTOR_COLUMNS],
+    write_table(path, table, row_group_size=EMBEDDING_GROUP_ROWS,
+                use_dictionary=[n for n in names if n not in VECTOR_COLUMNS],
                 compression={n: "none" if n in VECTOR_COLUMNS else "snappy" for n in names})
 
 

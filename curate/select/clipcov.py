@@ -530,7 +530,10 @@ class ClipCov(Selector):
         reasons.set(chunk.image_ok & chunk.text_present & ~chunk.text_ok, "bad_text_emb")
         labels = Partitioner.labels(chunk.image, shared, eligible)
         idx = np.flatnonzero(eligible)
-        sums = {"image": chunk.image[idx].sum(0, dtype=np.float64), "text": chunk.text[idx].sum(0, dtype=np.float64)}
+        # masked sums, not sums of row copies: the same additions in the same order, without a block-sized copy
+        mask = eligible[:, None]
+        sums = {"image": np.add.reduce(chunk.image, axis=0, dtype=np.float64, where=mask),
+                "text": np.add.reduce(chunk.text, axis=0, dtype=np.float64, where=mask)}
         if "class_text" not in shared:  # k-means: a class's "label" is its normalised mean caption
             k = int(shared["n_partitions"])
             order = idx[np.argsort(labels[idx], kind="stable")]

@@ -6,17 +6,34 @@ import numpy as np
 import pyarrow as pa
 
 _MIN_NORM = 1e-3  # float16 embeddings of unit norm never come close; zero/garbage rows do
+NORMALISE_ROWS = 1 << 13  # rows normalised at a time: the temporaries are this many rows, not the matrix
 
 
 def embedding_matrix(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """A fixed-size-list column as ``(float32 (n, d) L2-normalised matrix, valid mask)``.
 
-    Rows that are null, contain NaN/inf, or have (near) zero norm are invalid and set to zero.
+    Rows that are null, contain NaN/inf, or have (near) zero norm are invalid and set to zero. The
+    column's chunks are converted one at a time into the result (never combined into a copy of the
+    column), and every step is per row, so the values do not depend on how the rows are chunked.
     """
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    valid = col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else None
-    return _normalise(raw_matrix(col).astype(np.float32), valid)
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    d = col.type.list_size
+    mat = np.empty((len(col), d), np.float32)
+    ok = np.empty(len(col), bool)
+    n = 0
+    for c in chunks:
+        m = len(c)
+        if not m:
+            continue
+        raw = raw_matrix(c)
+        valid = c.is_valid().to_numpy(zero_copy_only=False) if c.null_count else None
+        for a in range(0, m, NORMALISE_ROWS):
+            b = min(m, a + NORMALISE_ROWS)
+            out = mat[n + a : n + b]
+            out[:] = raw[a:b]
+            _, ok[n + a : n + b] = _normalise(out, None if valid is None else valid[a:b])
+        n += m
+    return mat, ok
 
 
 def raw_matrix(col: pa.FixedSizeListArray) -> np.ndarray:

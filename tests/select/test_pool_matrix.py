@@ -1,0 +1,57 @@
+"""Embedding columns to normalised float32 matrices: chunk by chunk, with the bits of the whole column at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curate.io.tables import fixed_list
+from curate.select import pool
+from curate.select.pool import embedding_matrix
+
+
+def _column(rng: np.random.Generator, sizes: list[int], d: int) -> tuple[pa.ChunkedArray, np.ndarray, np.ndarray]:
+    """A chunked float16 column with nulls, NaN, inf, zero and tiny rows; its values and validity."""
+    n = sum(sizes)
+    raw = rng.normal(size=(n, d)).astype(np.float16)
+    raw[3] = np.nan
+    raw[10, 2] = np.inf
+    raw[11] = 0
+    raw[12] = np.float16(1e-5)
+    null = np.zeros(n, bool)
+    null[[5, 30]] = True
+    chunks, a = [], 0
+    for m in sizes:
+        c = fixed_list(raw[a : a + m])
+        c = pa.FixedSizeListArray.from_arrays(c.values, d, mask=pa.array(null[a : a + m]))
+        chunks.append(c)
+        a += m
+    return pa.chunked_array(chunks), raw, ~null
+
+
+def test_chunked_conversion_has_the_bits_of_the_whole_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    col, raw, not_null = _column(rng, [5, 20, 0, 13, 9], 16)
+    whole, whole_ok = pool._normalise(raw.astype(np.float32), not_null)  # the whole column in one go
+    monkeypatch.setattr(pool, "NORMALISE_ROWS", 7)  # row slices that cut across the chunks
+    mat, ok = embedding_matrix(col)
+    assert mat.dtype == np.float32 and mat.shape == raw.shape
+    assert np.array_equal(ok, whole_ok) and np.array_equal(mat.view(np.uint32), whole.view(np.uint32))
+    # and what the values are: unit rows where valid, zero rows where not
+    bad = {3, 5, 10, 11, 12, 30}
+    assert set(np.flatnonzero(~ok)) == bad
+    assert np.allclose(np.linalg.norm(mat[ok], axis=1), 1.0, atol=1e-6)
+    assert not mat[~ok].any()
+    ref = raw[ok].astype(np.float64)
+    assert np.allclose(mat[ok], ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_a_plain_array_and_an_empty_column() -> None:
+    rng = np.random.default_rng(8)
+    col, raw, not_null = _column(rng, [40], 4)
+    mat, ok = embedding_matrix(col.chunk(0))
+    whole, whole_ok = pool._normalise(raw.astype(np.float32), not_null)
+    assert np.array_equal(mat.view(np.uint32), whole.view(np.uint32)) and np.array_equal(ok, whole_ok)
+    empty, eok = embedding_matrix(pa.chunked_array([], type=col.type))
+    assert empty.shape == (0, 4) and eok.shape == (0,)
