@@ -32,6 +32,8 @@ import heapq
 import itertools
 import json
 import shutil
+import struct
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +68,7 @@ from curate.select.source import PoolSource
 
 WORK_FORMAT = 1
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
+SEQ_ENTRY_BYTES = 17  # a pick of a sequence in the merge's window: row (8), score (8), refresh flag (1)
 DECISION_SHARE = 4  # the decision's picks, per-partition groups and merge each hold ≤ --memory / this
 _PASS1_COLUMNS = ("__eligible", "__reason", "__partition")
 STASH = "__stash:"  # prefix of the pass-1 columns kept for the rescan (dropped by it)
@@ -907,34 +910,31 @@ def _merge(selector: Selector, rule: MergeSequences, spec: TaskSpec, counts: np.
     if rule.budget > int(limit.sum()):
         raise InputError(f"the per-partition caps leave {int(limit.sum())} samples, fewer than the budget "
                          f"{rule.budget}; raise T or lower --fraction/--count")
-    seqs: dict[int, dict[str, np.ndarray]] = {}
+    # one window of each partition's sequence: the windows together stay under a share of --memory
+    size = int(np.clip((spec.memory // DECISION_SHARE) // (max(len(present), 1) * SEQ_ENTRY_BYTES), SEQ_MIN, 1 << 16))
+    wins = {p: _SequenceWindow(work.seq(p), size) for p in present}
     pos: dict[int, int] = {}
     stamp: dict[int, int] = {}
-
-    def load(p: int) -> None:
-        with np.load(work.seq(p)) as z:
-            seqs[p] = {"rows": z["rows"], "scores": z["scores"], "flags": z["flags"], "done": bool(z["done"])}
-
     heap: list[tuple[float, int, int]] = []
 
     def push(p: int) -> None:
-        s = seqs[p]
+        w = wins[p]
         i = pos[p]
         if i >= limit[p]:  # the partition's quota is used up
             return
-        if i >= len(s["rows"]):
-            if s["done"]:
+        if i >= w.n:
+            if w.done:
                 return
-            want = min(int(limit[p]), max(2 * len(s["rows"]), SEQ_MIN))
+            want = min(int(limit[p]), max(2 * w.n, SEQ_MIN))
             _map(engine, _extend_task, [(p, want)], spec, NullProgress())
-            load(p)
-            s = seqs[p]
-            if i >= len(s["rows"]):
+            w.reload()
+            if i >= w.n:
                 return
-        heapq.heappush(heap, (-float(s["scores"][i]), stamp[p], p))
+        if not w.lo <= i < w.lo + len(w.rows):
+            w.fill(i)
+        heapq.heappush(heap, (-float(w.scores[i - w.lo]), stamp[p], p))
 
     for p in present:
-        load(p)
         pos[p], stamp[p] = 0, -1
         push(p)
     progress.start(f"{selector.name}: merging", total=rule.budget)
@@ -943,13 +943,14 @@ def _merge(selector: Selector, rule: MergeSequences, spec: TaskSpec, counts: np.
     done, fill, refreshes = 0, 0, 0
     while done < rule.budget:
         neg, _, p = heapq.heappop(heap)
-        s = seqs[p]
+        w = wins[p]
         i = pos[p]
-        out_rows[fill], out_gain[fill] = s["rows"][i], -neg
+        j = i - w.lo  # push() left pick i in the window
+        out_rows[fill], out_gain[fill] = w.rows[j], -neg
         fill += 1
         done += 1
         pos[p] = i + 1
-        if s["flags"][i]:
+        if w.flags[j]:
             stamp[p] = done
             refreshes += 1
         if fill == len(out_rows) or done == rule.budget:
@@ -964,6 +965,47 @@ def _merge(selector: Selector, rule: MergeSequences, spec: TaskSpec, counts: np.
 # --------------------------------------------------------------------------------------------------
 # Reading results back block by block (the score table and manifest writers)
 # --------------------------------------------------------------------------------------------------
+def _npy_member(path: Path, name: str) -> tuple[int, np.dtype, int]:
+    """Where the values of array ``name`` of an uncompressed ``.npz`` (``np.savez``) start in the file,
+    their dtype and their count: a slice is then read from the file directly, without the rest."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        info = zipfile.ZipFile(f).getinfo(f"{name}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:  # pragma: no cover - _save_npz never compresses
+            raise ValueError(f"{path}: {name} is compressed")
+        f.seek(info.header_offset + 26)  # a local file header: 30 bytes, then the name and the extra field
+        n_name, n_extra = struct.unpack("<HH", f.read(4))
+        f.seek(info.header_offset + 30 + n_name + n_extra)
+        version = fmt.read_magic(f)
+        header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = header(f)
+        return f.tell(), np.dtype(dtype), int(shape[0])
+
+
+class _SequenceWindow:
+    """A partition's saved pick sequence (pool rows, score at pick, refresh flags), read ``size`` picks
+    at a time: the merge holds one window per partition, not every sequence whole."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path, self.size = path, size
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the sequence's layout again (after it was extended) and drop the window."""
+        with np.load(self.path) as z:
+            self.done = bool(z["done"])
+        self.members = {k: _npy_member(self.path, k) for k in ("rows", "scores", "flags")}
+        self.n = self.members["rows"][2]
+        self.lo, self.rows, self.scores, self.flags = 0, np.empty(0, np.int64), np.empty(0), np.empty(0, bool)
+
+    def fill(self, i: int) -> None:
+        """The window of picks ``[i, i + size)``."""
+        m = min(self.n, i + self.size) - i
+        got = [np.fromfile(self.path, dtype=dt, count=m, offset=off + i * dt.itemsize)
+               for off, dt, _ in (self.members[k] for k in ("rows", "scores", "flags"))]
+        self.lo, (self.rows, self.scores, self.flags) = i, got
+
+
 class Pass2Columns:
     """Pass-2 columns of the rows of one block, gathered from every task's row-sorted file."""
 

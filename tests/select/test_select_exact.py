@@ -156,3 +156,27 @@ def test_spilled_values_ignore_pieces_of_a_killed_attempt(tmp_path: Path) -> Non
     rows, cols = again.slice(0, 50)
     assert rows.tolist() == list(range(50)) and cols["v"].tolist() == [2 * r for r in range(50)]
     again.close()
+
+
+def test_merge_reads_pick_sequences_a_window_at_a_time(tmp_path: Path) -> None:
+    """The merge's window of a saved sequence holds ``size`` picks, and every window has the saved values,
+    including after the sequence grew (a reload)."""
+    from curate.select.pipeline import _save_npz, _SequenceWindow
+
+    rng = np.random.default_rng(4)
+    path = tmp_path / "p0000001.npz"
+    rows, scores, flags = rng.permutation(1000)[:70], rng.normal(size=70), rng.random(70) < 0.2
+    _save_npz(path, rows=rows[:40], scores=scores[:40], flags=flags[:40], done=np.asarray(False),
+              **{"state:x": np.arange(5)})
+    w = _SequenceWindow(path, 7)
+    assert (w.n, w.done, len(w.rows)) == (40, False, 0)
+    for i in (0, 7, 3, 35, 39):
+        w.fill(i)
+        assert len(w.rows) == min(7, 40 - i) and w.lo == i
+        assert w.rows.tolist() == rows[i : i + 7][: len(w.rows)].tolist()
+        m = len(w.rows)
+        assert np.array_equal(w.scores, scores[i : i + m]) and np.array_equal(w.flags, flags[i : i + m])
+    _save_npz(path, rows=rows, scores=scores, flags=flags, done=np.asarray(True))  # extended
+    w.reload()
+    w.fill(63)
+    assert (w.n, w.done) == (70, True) and w.rows.tolist() == rows[63:].tolist()
