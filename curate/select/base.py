@@ -71,9 +71,10 @@ class Pool:
     clip_score: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)  # the float16 Arrow columns the matrices came from
+    n_rows: int | None = None  # the row count when ``ids`` were not read (None: ``ids`` has them)
 
     def __len__(self) -> int:
-        return int(self.ids.num_rows)
+        return int(self.ids.num_rows) if self.n_rows is None else self.n_rows
 
 
 @dataclass
@@ -205,6 +206,9 @@ class Selector(ABC):
     summary: ClassVar[str]
     config_class: ClassVar[type[SelectorConfig]] = SelectorConfig
     needs: ClassVar[frozenset[str]] = frozenset()  # pool parts: "image", "text", "clip_score"
+    #: ``scan`` reads ``chunk.ids`` (uid, shard, key, position): methods that match rows against other
+    #: tables or the shards; the others' blocks skip the id columns (a third of a cheap method's time)
+    reads_ids: ClassVar[bool] = False
     budget_mode: ClassVar[BudgetMode] = "required"
     #: score-table columns after the common ones, in order, with their numpy dtype (f8 NaN / i4 -1 = null)
     columns: ClassVar[dict[str, str]] = {}

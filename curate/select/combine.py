@@ -117,6 +117,7 @@ class Combine(ThresholdOrBudget):
     name = "combine"
     summary = "weighted sum of earlier selections' score columns (z or rank normalised), then a budget"
     config_class = CombineConfig
+    reads_ids = True  # the inputs' rows are checked against the pool's uids
     columns: ClassVar[dict[str, str]] = {"score": "f8"}
     config: CombineConfig
 

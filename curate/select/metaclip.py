@@ -295,6 +295,7 @@ class MetaClipSelector(Selector):
     summary = "metadata balancing (MetaCLIP): captions matched to --metadata entries, each capped at --cap"
     config_class = MetaClipConfig
     needs = frozenset()  # captions come from the shards; no embedding is read
+    reads_ids = True  # the shards and keys of the captions to read
     budget_mode = "optional"
     columns: ClassVar[dict[str, str]] = {"score": "f8", "cap_needed": "f8", "probability": "f8", "matches": "i4",
                                          "partition": "i4"}

@@ -187,9 +187,10 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
     pp = spec.per_partition
     own = pp is not None and pp.partitioner is not None
     parts = sel.needs | sel.partition_parts | ({"image"} if own else set())
+    ids = sel.reads_ids or (own and "scores" in spec.shared["per_partition"])  # selection:NAME checks uids
     for b in blocks:
         start, stop = spans[b]
-        chunk = spec.source.chunk(start, stop, parts)
+        chunk = spec.source.chunk(start, stop, parts, ids=ids)
         scan = sel.scan(chunk, start, spec.shared)
         pp_labels = None
         if own:  # the per-partition budgets' partitions (the selector's own, if any, serve its pass 2)

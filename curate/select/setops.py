@@ -77,6 +77,7 @@ class SetOperation(Selector):
 
     config_class = SetOpConfig
     budget_mode = "none"
+    reads_ids = True  # the inputs' rows are checked against the pool's uids
     config: SetOpConfig
     symbol: ClassVar[str]
 

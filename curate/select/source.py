@@ -121,9 +121,9 @@ class PoolSource:
                 raise InputError(f"corrupt Parquet file {f}: {str(exc).splitlines()[0]}") from None
         return h.hexdigest()
 
-    def require(self, parts: Iterable[str]) -> list[str]:
-        """The table columns that ``parts`` need (ids always); an error when the tables lack one."""
-        cols = list(ID_COLUMNS) + [c for p in parts for c in _PART_COLUMNS[p]]
+    def require(self, parts: Iterable[str], ids: bool = True) -> list[str]:
+        """The table columns that ``parts`` need (and the id columns); an error when the tables lack one."""
+        cols = (list(ID_COLUMNS) if ids else []) + [c for p in parts for c in _PART_COLUMNS[p]]
         missing = sorted(set(cols) - self.columns)
         if missing:
             raise InputError(f"embedding tables in {self.run_root} lack columns {missing}; re-run 'curate embed'")
@@ -179,16 +179,25 @@ class PoolSource:
         """Pickled for tasks without the cached row group."""
         return {k: v for k, v in self.__dict__.items() if k != "_last_group"}
 
-    def chunk(self, start: int, stop: int, parts: Iterable[str]) -> Pool:
-        """Rows ``[start, stop)`` as a :class:`Pool`: ids, and the normalised matrices ``parts`` asks for."""
+    def chunk(self, start: int, stop: int, parts: Iterable[str], ids: bool = True) -> Pool:
+        """Rows ``[start, stop)`` as a :class:`Pool`: ids (unless ``ids`` is False), and the normalised
+        matrices ``parts`` asks for."""
         parts = set(parts)
-        table = self.read(start, stop, self.require(parts))
-        return pool_from_table(table, parts, self.meta)
+        cols = self.require(parts, ids)
+        if not cols:  # nothing to read (a method that needs only the row numbers)
+            return Pool(ids=None, meta=dict(self.meta), n_rows=stop - start)
+        table = self.read(start, stop, cols)
+        pool = pool_from_table(table, parts, self.meta, ids)
+        if not ids:
+            pool.n_rows = stop - start
+        return pool
 
 
-def pool_from_table(table: pa.Table, parts: set[str], meta: dict[str, Any] | None = None) -> Pool:
+def pool_from_table(table: pa.Table, parts: set[str], meta: dict[str, Any] | None = None,
+                    ids: bool = True) -> Pool:
     """A :class:`Pool` from rows of an embedding table (matrices L2-normalised, with validity masks)."""
-    pool = Pool(ids=table.select(list(ID_COLUMNS)), meta=dict(meta or {}))
+    pool = Pool(ids=table.select(list(ID_COLUMNS)) if ids else None, meta=dict(meta or {}),
+                n_rows=None if ids else table.num_rows)
     for col in ("image_emb", "text_emb"):
         if col in table.column_names:
             c = table.column(col)

@@ -44,6 +44,36 @@ def test_random_is_seeded_uniform_and_exact(make_run: MakeRun) -> None:
     assert abs(freq.mean() / 60 - 0.5) < 1e-9 and freq.min() > 10 and freq.max() < 50
 
 
+def test_methods_that_need_no_ids_do_not_read_them_before_the_output(make_run: MakeRun,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pass 1 of random reads no column and clip-score only its column; the id columns are read once,
+    by the table writers; a set operation, which checks uids, reads them in pass 1 too."""
+    from curate.select.source import PoolSource
+
+    reads: list[tuple[str, ...]] = []
+    read = PoolSource.read
+
+    def spy(self: PoolSource, start: int, stop: int, columns: list[str]) -> object:
+        reads.append(tuple(columns))
+        return read(self, start, stop, columns)
+
+    monkeypatch.setattr(PoolSource, "read", spy)
+    img, txt = _random_world()
+    run = make_run(img, txt, clip_score=np.linspace(0, 1, 500, dtype=np.float32))
+    ids = ("uid", "shard", "key", "position")
+    a = run_selection(run, "random", fraction=0.2, seed=7, name="a")
+    blocks = len(PoolSource.open(run).blocks())
+    assert set(reads) == {ids} and len(reads) == blocks  # the writers' reads only: one per block
+    reads.clear()
+    b = run_selection(run, "clip-score", count=100, name="b")
+    assert set(reads) == {ids, ("clip_score",)} and reads.count(ids) == reads.count(("clip_score",))
+    assert _kept(b) == set(range(400, 500))
+    reads.clear()
+    both = run_selection(run, "intersect", options={"of": ("a", "b")}, name="ab")
+    assert any(c[: len(ids)] == ids for c in reads[: len(reads) // 2])  # pass 1 reads the uids
+    assert _kept(both) == _kept(a) & _kept(b)
+
+
 # --- clip-score -----------------------------------------------------------------------------------
 
 
