@@ -240,8 +240,14 @@ def run_per_device(
     return out
 
 
-def _pool_init(parent: int, threads: int, start_method: str) -> None:
-    """Initialiser of a task process: die with the parent, share the cores, keep the parent's start method."""
+_SHARED: dict[str, Any] = {}  # a task process's shared arguments, received once when it starts
+
+
+def _pool_init(parent: int, threads: int, start_method: str, shared: dict[str, Any]) -> None:
+    """Initialiser of a task process: die with the parent, share the cores, keep the parent's start method,
+    hold the shared arguments (sent once per process, not once per item)."""
+    _SHARED.clear()
+    _SHARED.update(shared)
     _die_with_parent(parent)
     mp.set_start_method(start_method, force=True)
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -249,10 +255,10 @@ def _pool_init(parent: int, threads: int, start_method: str) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-def _pool_call(fn: Any, item: Any, shared: dict[str, Any]) -> Any:
+def _pool_call(fn: Any, item: Any) -> Any:
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    return fn(item, **shared)
+    return fn(item, **_SHARED)
 
 
 def process_map(fn: Any, items: Sequence[Any], shared: dict[str, Any] | None, workers: int,
@@ -272,8 +278,8 @@ def process_map(fn: Any, items: Sequence[Any], shared: dict[str, Any] | None, wo
     threads = threads_per_process(workers)
     kw = dict(shared or {})
     with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx, initializer=_pool_init,
-                             initargs=(os.getpid(), threads, mp.get_start_method())) as pool:
-        futures = [pool.submit(_pool_call, fn, it, kw) for it in items]
+                             initargs=(os.getpid(), threads, mp.get_start_method(), kw)) as pool:
+        futures = [pool.submit(_pool_call, fn, it) for it in items]
         pending = set(futures)
         try:
             while pending:

@@ -526,11 +526,6 @@ def _map(engine: Engine | None, fn: Any, items: list[Any], spec: TaskSpec, progr
     return engine.map(fn, items, {"spec": spec}, progress)
 
 
-def _groups(items: list[int], parts: int) -> list[list[int]]:
-    size = max(1, -(-len(items) // max(1, parts)))
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx: SelectContext, work: WorkDir,
                  identity: dict[str, Any], per_partition: PerPartition | None = None) -> PipelineResult:
     """Run every stage of ``selector`` over ``source``; the picks stay on disk under ``work``.
@@ -543,7 +538,7 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
     engine = ctx.engine if ctx.engine is not None and ctx.engine.distributed else None
     shared = _setup(selector, source, ctx, engine, per_partition)
     work.open(identity)
-    stages = _Stages(engine, progress, 4 * (engine.parallelism() if engine is not None else 1), selector.name)
+    stages = _Stages(engine, progress, selector.name)
     spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, selector.rule(budget, shared),
                     device=(engine.worker_device() if engine is not None else ctx.device), memory=ctx.memory,
                     per_partition=per_partition)
@@ -592,7 +587,6 @@ class _Stages:
 
     engine: Engine | None
     progress: Progress
-    width: int  # blocks per engine task group
     name: str
 
     def blocks(self, label: str, task: Callable[[list[int], TaskSpec], Any], todo: list[int], total: int,
@@ -604,8 +598,8 @@ class _Stages:
                 task([b], spec)
                 self.progress.advance(1)
         else:
-            self.engine.map(task, _groups(todo, self.width), {"spec": spec},
-                            _Scaled(self.progress, todo, self.width))
+            # one block per task: progress moves block by block; the spec travels once per process
+            self.engine.map(task, [[b] for b in todo], {"spec": spec}, self.progress)
         self.progress.finish()
 
 
@@ -750,23 +744,6 @@ def _add_tally(total: np.ndarray | None, labels: np.ndarray, counts: np.ndarray)
         total = np.concatenate([total, np.zeros(size - len(total), np.int64)])
     total[labels] += counts
     return total
-
-
-class _Scaled:
-    """Progress for grouped tasks: each finished task advances by the blocks it held."""
-
-    def __init__(self, progress: Progress, todo: list[int], width: int) -> None:
-        self.progress = progress
-        self.per = max(1, -(-len(todo) // max(1, width)))
-
-    def start(self, *a: Any, **k: Any) -> None:
-        pass
-
-    def advance(self, n: float = 1) -> None:
-        self.progress.advance(n * self.per)
-
-    def finish(self) -> None:
-        pass
 
 
 def _rank_per_partition(selector: Selector, rule: RankBy, source: PoolSource, work: WorkDir, quotas: np.ndarray,
