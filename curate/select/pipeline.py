@@ -538,7 +538,7 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
     engine = ctx.engine if ctx.engine is not None and ctx.engine.distributed else None
     shared = _setup(selector, source, ctx, engine, per_partition)
     work.open(identity)
-    stages = _Stages(engine, progress, selector.name)
+    stages = _Stages(engine if _needs_tasks(selector, per_partition) else None, progress, selector.name)
     spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, selector.rule(budget, shared),
                     device=(engine.worker_device() if engine is not None else ctx.device), memory=ctx.memory,
                     per_partition=per_partition)
@@ -566,6 +566,15 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
         assert per_partition is not None
         info["per_partition"] = _quota_info(quotas, per_partition)
     return PipelineResult(picks, kept, info, rule, work, source, counts, shared, last_value, quotas, per_partition)
+
+
+def _needs_tasks(selector: Selector, per_partition: PerPartition | None) -> bool:
+    """Whether the block stages are worth the engine's tasks: a method that reads no embedding and no
+    other table per block (random, clip-score) scans a block in milliseconds, less than starting a task
+    process takes, so its blocks are scanned here (the same functions, so the same files)."""
+    reads = selector.needs | selector.partition_parts
+    return (bool(reads & {"image", "text"}) or selector.reads_ids or selector.partitioned or selector.rescans
+            or (per_partition is not None and per_partition.partitioner is not None))
 
 
 def _setup(selector: Selector, source: PoolSource, ctx: SelectContext, engine: Engine | None,

@@ -74,6 +74,32 @@ def test_methods_that_need_no_ids_do_not_read_them_before_the_output(make_run: M
     assert _kept(both) == _kept(a) & _kept(b)
 
 
+def test_column_methods_scan_in_this_process_and_the_others_in_task_processes(
+        make_run: MakeRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    """random and clip-score read no embedding: their blocks take less than a task process takes to start,
+    so --workers 2 scans them here, with the tables of --workers 1; semdedup's blocks go to the processes."""
+    from curate.engines import devices
+
+    calls: list[str] = []
+    real = devices.process_map
+
+    def spy(fn: object, *a: object, **k: object) -> object:
+        calls.append(getattr(fn, "__name__", "?"))
+        return real(fn, *a, **k)
+
+    monkeypatch.setattr(devices, "process_map", spy)
+    img, txt = _random_world(300)
+    run = make_run(img, txt, clip_score=np.linspace(0, 1, 300, dtype=np.float32))
+    two = {"engine": "local", "engine_options": {"workers": 2}}
+    for method in ("random", "clip-score"):
+        a = run_selection(run, method, count=90, seed=3, name=f"{method}-1")
+        b = run_selection(run, method, count=90, seed=3, name=f"{method}-2", **two)
+        assert (a.path / "scores.parquet").read_bytes() == (b.path / "scores.parquet").read_bytes()
+    assert calls == []
+    run_selection(run, "semdedup", count=200, name="sd", **two)
+    assert "_pass1_task" in calls
+
+
 # --- clip-score -----------------------------------------------------------------------------------
 
 
