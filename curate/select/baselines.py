@@ -25,12 +25,26 @@ from curate.select.partition import argmax_rows, default_kmeans_sample, sample_r
 _BLOCK_ELEMENTS = 1 << 24
 
 
-def rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``<a_i, b_i>`` per row, float64 accumulation (each row's value depends on that row only)."""
+ROWDOT_ROWS = 1 << 13  # rows per product in rowdot: its temporaries are this many rows, not the block
+
+
+def rowdot(a: np.ndarray, b: np.ndarray, a_rows: np.ndarray | None = None,
+           b_rows: np.ndarray | None = None) -> np.ndarray:
+    """``<a[a_rows[i]], b[b_rows[i]]>`` per i (``a_rows``/``b_rows`` None: row i), float64 accumulation.
+
+    Rows are gathered and multiplied :data:`ROWDOT_ROWS` at a time; each value depends on its two rows
+    only, so the chunking does not change it (and the caller needs no gathered copy of a block)."""
     import torch
 
-    return (torch.from_numpy(np.ascontiguousarray(a)) * torch.from_numpy(np.ascontiguousarray(b))).sum(
-        1, dtype=torch.float64).numpy()
+    n = len(a) if a_rows is None else len(a_rows)
+    out = np.empty(n, np.float64)
+    for s in range(0, n, ROWDOT_ROWS):
+        e = min(n, s + ROWDOT_ROWS)
+        aa = a[s:e] if a_rows is None else a[a_rows[s:e]]
+        bb = b[s:e] if b_rows is None else b[b_rows[s:e]]
+        out[s:e] = (torch.from_numpy(np.ascontiguousarray(aa)) * torch.from_numpy(np.ascontiguousarray(bb))).sum(
+            1, dtype=torch.float64).numpy()
+    return out
 
 
 def block_uniform(seed: int, start: int, n: int) -> np.ndarray:
@@ -234,7 +248,7 @@ class SemDedupSelector(Selector):
         labels = argmax_rows(chunk.image, centroids, ok)
         csim = np.full(n, np.nan)
         idx = np.flatnonzero(ok)
-        csim[idx] = rowdot(chunk.image[idx], centroids[labels[idx]])
+        csim[idx] = rowdot(chunk.image, centroids, idx, labels[idx])
         if self.config.keep == "farthest":
             pref = csim  # ascending similarity = farthest first
         elif self.config.keep == "closest":

@@ -165,7 +165,7 @@ class NegClipLossSelector(ThresholdOrBudget):
         reasons.set(chunk.image_ok & chunk.text_present & ~chunk.text_ok, "bad_text_emb")
         clip = np.full(n, np.nan)
         idx = np.flatnonzero(ok)
-        clip[idx] = rowdot(chunk.image[idx], chunk.text[idx])
+        clip[idx] = rowdot(chunk.image, chunk.text, idx, idx)
         m = int(shared["batches"])
         part = np.full((n, self.config.repeats), -1, np.int32)
         for k in range(self.config.repeats):

@@ -231,6 +231,22 @@ def load_image(run: Path) -> np.ndarray:
     return load_round_pool(run, {"image"}).image
 
 
+def test_rowdot_in_chunks_of_gathered_rows_has_the_bits_of_one_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from curate.select import baselines
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(100, 33)).astype(np.float32), rng.normal(size=(9, 33)).astype(np.float32)
+    idx, lab = np.flatnonzero(rng.random(100) < 0.7), rng.integers(0, 9, 100)
+    whole = (torch.from_numpy(a[idx]) * torch.from_numpy(b[lab[idx]])).sum(1, dtype=torch.float64).numpy()
+    monkeypatch.setattr(baselines, "ROWDOT_ROWS", 7)
+    got = baselines.rowdot(a, b, idx, lab[idx])
+    assert np.array_equal(got.view(np.uint64), whole.view(np.uint64))
+    assert np.allclose(got, np.einsum("ij,ij->i", a[idx].astype(np.float64), b[lab[idx]].astype(np.float64)))
+    assert np.array_equal(baselines.rowdot(a[:9], b), baselines.rowdot(a, b, np.arange(9), np.arange(9)))
+
+
 def test_max_prior_similarity_blockwise_matches_dense(monkeypatch: pytest.MonkeyPatch) -> None:
     x = normalise(np.random.default_rng(4).normal(size=(300, 8)))
     dense = x @ x.T
