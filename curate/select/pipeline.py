@@ -63,6 +63,7 @@ from curate.select.ranking import (
     save_key_run,
     value_of,
     write_run,
+    write_run_pieces,
 )
 from curate.select.source import PoolSource
 
@@ -781,8 +782,11 @@ def _rank_per_partition(selector: Selector, rule: RankBy, source: PoolSource, wo
             ok &= key <= np.uint64(max_key)
         idx = np.flatnonzero(ok)
         groups.append(part[idx], key=key[idx], row=start + idx)
-    runs = []
+    runs: list[FileRun] = []
     for i, lo in enumerate(range(0, k, bucket)):
+        if not groups.fits(i):  # one partition (or a few) with more entries than the budget holds
+            runs.extend(_large_partition_runs(groups, i, quotas, memory, work))
+            continue
         parts, cols = groups.slice(lo, min(k, lo + bucket))
         order = np.lexsort((cols["row"], cols["key"], parts))
         parts, key, row = parts[order], cols["key"][order], cols["row"][order]
@@ -804,6 +808,34 @@ def _rank_per_partition(selector: Selector, rule: RankBy, source: PoolSource, wo
     if rule.budget is not None and n < rule.budget and int(quotas.sum()) >= rule.budget:
         raise _short(selector, source, work, n, rule.budget)
     return n, (float(_ranked(rule, value_of(np.asarray([last]))[0])) if last is not None else None)
+
+
+def _large_partition_runs(groups: RowValues, i: int, quotas: np.ndarray, memory: int,
+                          work: WorkDir) -> list[FileRun]:
+    """Each partition's best rows up to its quota, for a bucket of partitions too large to read back
+    whole: every spilled piece gives one sorted run per partition (cut at the quota: rows past it in a
+    piece are past it overall), and each partition's runs are merged to its quota in bounded memory."""
+    tmp = work.path / "pp-large"
+    tmp.mkdir(parents=True, exist_ok=True)
+    per: dict[int, list[FileRun]] = {}
+    for j, (parts, cols) in enumerate(groups.pieces(i)):
+        order = np.lexsort((cols["row"], cols["key"], parts))
+        parts, key, row = parts[order], cols["key"][order], cols["row"][order]
+        edges = np.r_[0, np.flatnonzero(np.diff(parts)) + 1, len(parts)] if len(parts) else np.zeros(1, np.int64)
+        for a, b in itertools.pairwise(edges):
+            p = int(parts[a])
+            take = min(int(b), int(a) + int(quotas[p]))
+            if take > a:
+                path = tmp / f"{i:07d}-{p:07d}-{j:06d}.bin"
+                write_run(path, key[a:take], row[a:take])
+                per.setdefault(p, []).append(FileRun(path))
+    out = []
+    for p, pruns in sorted(per.items()):
+        path = work.path / "runs" / f"pp{i:07d}-{p:07d}.bin"
+        write_run_pieces(path, ranked(pruns, int(quotas[p]), memory // DECISION_SHARE, tmp / "merge"))
+        out.append(FileRun(path))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 class _ColumnReader:

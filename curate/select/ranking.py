@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +26,7 @@ SPILL_FACTOR = 3  # RowValues: peak bytes per entry / stored bytes (pieces, thei
 MERGE_ENTRY_BYTES = 64  # a merge step per entry in flight: chunk read, concatenation, sort order, sorted copy
 MIN_CHUNK = 1 << 10  # entries read from a run at a time, at least
 MAX_CHUNK = 1 << 16  # ... and at most
+_INDEX = "__index"  # RowValues' spill files: the entries' row index (a column may be called "row")
 
 
 def desc_key(values: np.ndarray) -> np.ndarray:
@@ -57,6 +58,7 @@ class RowValues:
         shutil.rmtree(spill_dir, ignore_errors=True)  # pieces of a killed earlier attempt: this one starts over
         self._mem: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._count = 0
+        self._bucket_counts: dict[int, int] = {}  # entries spilled per bucket
         self._spilled = False
         self._pieces = 0
         self._sorted: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
@@ -87,16 +89,17 @@ class RowValues:
         cols = {k: v[order] for k, v in cols.items()}
         edges = np.r_[0, np.flatnonzero(np.diff(bucket)) + 1, len(rows)]
         for a, b in itertools.pairwise(edges):
+            self._bucket_counts[int(bucket[a])] = self._bucket_counts.get(int(bucket[a]), 0) + int(b - a)
             path = self.spill_dir / f"b{int(bucket[a]):08d}-{self._pieces:06d}.npz"
             with open(path, "wb") as fh:
-                np.savez(fh, row=rows[a:b], **{k: v[a:b] for k, v in cols.items()})
+                np.savez(fh, **{_INDEX: rows[a:b]}, **{k: v[a:b] for k, v in cols.items()})
         self._pieces += 1
 
     def _load_bucket(self, b: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         rows, cols = [], {k: [] for k in self.dtypes}
         for path in sorted(self.spill_dir.glob(f"b{b:08d}-*.npz")):
             with np.load(path) as z:
-                rows.append(z["row"])
+                rows.append(z[_INDEX])
                 for k in self.dtypes:
                     cols[k].append(z[k])
         if not rows:
@@ -104,6 +107,24 @@ class RowValues:
         r = np.concatenate(rows)
         order = np.argsort(r, kind="stable")
         return r[order], {k: np.concatenate(v)[order] for k, v in cols.items()}
+
+    def fits(self, b: int) -> bool:
+        """Whether bucket ``b`` can be read back whole within the budget (always, while nothing spilled)."""
+        if self._spilled and self._mem:
+            self._spill()
+        return not self._spilled or self._bucket_counts.get(b, 0) <= self.max_entries
+
+    def pieces(self, b: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Bucket ``b``'s entries one spilled piece at a time (each within the budget), in no order."""
+        if not self._spilled:
+            rows, cols = self.slice(b * self.bucket_rows, min(self.n_rows, (b + 1) * self.bucket_rows))
+            yield rows, cols
+            return
+        if self._mem:
+            self._spill()
+        for path in sorted(self.spill_dir.glob(f"b{b:08d}-*.npz")):
+            with np.load(path) as z:
+                yield z[_INDEX], {k: z[k] for k in self.dtypes}
 
     def slice(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The entries with ``start <= row < stop``, sorted by row (the range must not cross a bucket
@@ -173,6 +194,13 @@ def write_run(path: Path, keys: np.ndarray, rows: np.ndarray) -> None:
     """Save a sorted run (ascending ``(key, row)``) as one raw file, atomically."""
     with atomic_path(path) as tmp:
         _records(keys, rows).tofile(tmp)
+
+
+def write_run_pieces(path: Path, pieces: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Save a sorted run given as ``(rows, keys)`` pieces in order (what :func:`ranked` yields), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        for rows, keys in pieces:
+            _records(keys, rows).tofile(fh)
 
 
 def save_key_run(path: Path, values: np.ndarray, rows: np.ndarray) -> None:

@@ -153,3 +153,34 @@ def test_partitions_of_an_earlier_selection(make_run: MakeRun) -> None:
         run_selection(run, "clip-score", fraction=0.25, per_partition="sqrt", options={"partition": "selection:plain"})
     with pytest.raises(UsageError, match="per-partition only"):
         run_selection(run, "clipcov", fraction=0.25, options={"partition": "selection:clusters"})
+
+
+def test_a_partition_larger_than_the_budget_is_ranked_from_pieces(make_run: MakeRun,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """One class holds most of 8,000 rows: at --memory 1M its entries do not fit the per-partition groups'
+    budget, so its best rows come from merging the spilled pieces; the tables are those of a large budget."""
+    from curate.select import pipeline
+
+    calls = []
+    real = pipeline._large_partition_runs
+
+    def spy(*a: object, **k: object) -> object:
+        out = real(*a, **k)
+        calls.append(len(out))
+        return out
+
+    monkeypatch.setattr(pipeline, "_large_partition_runs", spy)
+    img, txt, centres = _world(8000, 8, seed=11)
+    run = make_run(img, txt)
+    kw = {"fraction": 0.3, "class_text": centres, "options": {"partition": "imagenet"}}
+    for mode in ("sqrt", "cap:1000"):
+        big = run_selection(run, "clip-score", per_partition=mode, name=f"big-{mode[:3]}", **kw)
+        assert calls == []
+        small = run_selection(run, "clip-score", per_partition=mode, name=f"small-{mode[:3]}", memory=1 << 20, **kw)
+        assert calls and calls[-1] >= 1
+        calls.clear()
+        ta, tb = (pq.read_table(r.path / "scores.parquet") for r in (big, small))
+        assert ta.equals(tb)
+        t = read_scores(small.path)
+        sizes = np.bincount(t["partition"], minlength=4)
+        assert sizes.max() > 3640  # more entries than 1M / 4 holds (24 B each, times 3)
