@@ -279,3 +279,18 @@ def test_force_replaces_and_the_old_overwrite_spelling(copy: World, capsys: pyte
     assert _tree(a / "selections") == before
     _run(["bootstrap", "coreset", "-r", a, "-f", "0.5", "--name", "random-f0.5", "--force"], capsys)
     _run(["bootstrap", "coreset", "-r", a, "-f", "0.5", "--name", "random-f0.5"], capsys)  # the same coreset again
+
+
+def test_ctrl_c_in_a_command_says_interrupted_and_exits_130(copy: World, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt inside a command's work (what Ctrl-C raises) ends it with one line and 130."""
+    from curate.cli import select_cmd
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(select_cmd, "run_selection", interrupted)
+    capsys.readouterr()
+    assert main(["select", "--run", str(copy.root / "a"), "--method", "random", "--fraction", "0.5"]) == 130
+    out, err = capsys.readouterr()
+    assert err == "interrupted\n" and out == ""

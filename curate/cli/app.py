@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         code = _internal_error(exc)
     else:
         code = rv if isinstance(rv, int) else 0
+        if code == 130:  # Ctrl-C: typer's Exit(130), which click returns (not raises) outside standalone mode
+            sys.stderr.write("interrupted\n")
     if argv is None:
         sys.exit(code)
     return code
