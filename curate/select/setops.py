@@ -10,6 +10,7 @@ operations read those flags block by block (the inputs must have been made on th
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -122,8 +123,9 @@ class SetOperation(Selector):
         columns = {membership_column(i): member for i, member in enumerate(inside)}
         return BlockScan({**columns, "keep": keep}, np.ones(n, bool), reasons)
 
+    @abstractmethod
     def combine(self, inside: list[np.ndarray], reasons: Reasons, names: tuple[str, ...]) -> np.ndarray:
-        raise NotImplementedError
+        """Which samples stay, from each input's membership (``inside``); pruned ones get their reason."""
 
     def rule(self, budget: int | None, shared: dict[str, Any]) -> KeepWhere:
         return KeepWhere("keep")

@@ -187,10 +187,7 @@ class PoolSource:
         if not cols:  # nothing to read (a method that needs only the row numbers)
             return Pool(ids=None, meta=dict(self.meta), n_rows=stop - start)
         table = self.read(start, stop, cols)
-        pool = pool_from_table(table, parts, self.meta, ids)
-        if not ids:
-            pool.n_rows = stop - start
-        return pool
+        return pool_from_table(table, parts, self.meta, ids)
 
 
 def pool_from_table(table: pa.Table, parts: set[str], meta: dict[str, Any] | None = None,
