@@ -235,7 +235,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def pid_alive(pid: int) -> bool:
-    """True when a process with this id exists (on this machine)."""
+    """True when a process with this id exists (on this machine) and has not exited: a zombie (exited,
+    not yet reaped by its parent, as a killed command's children can stay for a while) writes nothing."""
     if pid <= 0:
         return False
     try:
@@ -243,8 +244,12 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (not Linux), or it just went
         return True
-    return True
+    return state != "Z"
 
 
 def remove_dead_temps(folder: str | os.PathLike[str], prefix: str) -> list[Path]:

@@ -72,3 +72,24 @@ def test_sweep_keeps_live_writers_and_other_files(tmp_path: Path) -> None:
     assert live.exists() and all(p.exists() for p in mine)
     with atomic_path(tmp_path / "out.json") as tmp:  # the names atomic_path makes are the ones swept
         assert sweep_dead_temps(tmp_path) == [] and tmp.exists()
+
+
+def test_a_zombie_writer_is_dead_and_its_temp_is_swept(tmp_path: Path) -> None:
+    """A writer that has exited but is not reaped yet (a zombie, as the children of a killed command
+    can be for a while) writes nothing more: its temporary file goes."""
+    import subprocess
+    import sys
+    import time
+
+    from curate.fs import sweep_dead_temps
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # exited, not reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    temp = tmp_path / f".00001.parquet.{child.pid}-zz.tmp"
+    temp.write_bytes(b"x")
+    assert not pid_alive(child.pid)
+    assert sweep_dead_temps(tmp_path) == [temp]
+    child.wait()
