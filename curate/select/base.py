@@ -242,7 +242,7 @@ class Selector(ABC):
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
         """Pass 1 over pool rows ``start .. start + len(chunk)``."""
 
-    def reduce(self, sums: dict[str, np.ndarray], counts: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
+    def reduce(self, sums: dict[str, np.ndarray], sizes: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
         """More shared inputs from the pool-wide sums and the rows per partition (driver)."""
         return {}
 

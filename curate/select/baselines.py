@@ -258,8 +258,8 @@ class SemDedupSelector(Selector):
         return BlockScan({"centroid_sim": csim, "partition": labels}, ok, reasons, partition=labels,
                          carry={"pref": pref})
 
-    def reduce(self, sums: dict[str, np.ndarray], counts: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
-        if counts.size == 0 or counts.sum() == 0:
+    def reduce(self, sums: dict[str, np.ndarray], sizes: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
+        if sizes.size == 0 or sizes.sum() == 0:
             raise InputError("no sample has a valid image embedding; semdedup needs them")
         return {}
 

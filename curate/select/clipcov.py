@@ -550,8 +550,8 @@ class ClipCov(Selector):
             sums["class_text"] = per
         return BlockScan({"partition": labels}, eligible, reasons, partition=labels, sums=sums)
 
-    def reduce(self, sums: dict[str, np.ndarray], counts: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
-        if counts.size == 0 or counts.sum() == 0:
+    def reduce(self, sums: dict[str, np.ndarray], sizes: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
+        if sizes.size == 0 or sizes.sum() == 0:
             raise InputError("no sample has both a valid image and a valid text embedding; clipcov needs both")
         out: dict[str, Any] = {
             "text_mean": _unit(sums["text"]),

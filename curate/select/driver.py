@@ -105,8 +105,8 @@ def _write_outputs(folder: Path, res: PipelineResult, selector: Any) -> tuple[Ma
     (pool, kept) counts per partition."""
     pruned: dict[str, int] = {}
     per_part = None
-    if res.part_counts is not None:
-        per_part = np.zeros((res.part_counts.shape[1], 2), np.int64)
+    if res.part_sizes is not None:
+        per_part = np.zeros((len(res.part_sizes), 2), np.int64)
     writer = ManifestWriter(folder / "manifest.parquet")
     table_writer = None
     try:
@@ -371,9 +371,9 @@ def _write_selection(draft: SelectionDraft, plan: SelectionPlan, selector: Any, 
     """Write the score table and manifest into the draft folder and fill in its run.json record."""
     writer, pruned, per_part = _write_outputs(draft.folder, res, selector)
     info = {**selector.info(res.shared), **res.info}
-    if res.part_counts is not None:
+    if res.part_sizes is not None:
         info["nonempty_classes" if plan.method == "clipcov" else "nonempty_partitions"] = int(
-            (res.part_counts.sum(axis=0) > 0).sum())
+            (res.part_sizes > 0).sum())
     header = writer.finish(
         kind="selection",
         command=cmd,

@@ -347,7 +347,7 @@ class MetaClipSelector(Selector):
         return BlockScan({"matches": lens.astype(np.int32)}, eligible, reasons, tallies={"entries": ids},
                          stash=stash, sums={"captions": np.asarray([has_caption.sum()], np.float64)})
 
-    def reduce(self, sums: dict[str, np.ndarray], counts: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
+    def reduce(self, sums: dict[str, np.ndarray], sizes: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
         n_entries = len(shared["entries"])
         if float(sums.get("captions", np.zeros(1))[0]) == 0:
             raise InputError("no sample of the pool has a caption; metaclip matches captions against the metadata")

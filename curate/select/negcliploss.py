@@ -172,10 +172,9 @@ class NegClipLossSelector(ThresholdOrBudget):
             part[ok, k] = k * m + batch_draws(shared["seed"], k, start, n, m)[ok]
         return BlockScan({"clip_score": clip}, ok, reasons, partition=part)
 
-    def reduce(self, sums: dict[str, np.ndarray], counts: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
-        if counts.size == 0 or counts.sum() == 0:
+    def reduce(self, sums: dict[str, np.ndarray], sizes: np.ndarray, shared: dict[str, Any]) -> dict[str, Any]:
+        if sizes.size == 0 or sizes.sum() == 0:
             raise InputError("no sample has both a valid image and a valid caption embedding; negcliploss needs both")
-        sizes = counts.sum(axis=0)
         return {"mean_batch": float(sizes.sum() / max(1, int((sizes > 0).sum()))),
                 "largest_batch": int(sizes.max())}
 

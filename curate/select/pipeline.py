@@ -55,6 +55,7 @@ from curate.select.base import (
     Selector,
     get_selector,
 )
+from curate.select.partindex import PartitionIndex, Totals, block_counts, write_index
 from curate.select.ranking import (
     FileRun,
     RowValues,
@@ -67,9 +68,10 @@ from curate.select.ranking import (
 )
 from curate.select.source import PoolSource
 
-WORK_FORMAT = 1
+WORK_FORMAT = 2  # 2: partition counts per block are sparse; the partition index
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
 SEQ_ENTRY_BYTES = 17  # a pick of a sequence in the merge's window: row (8), score (8), refresh flag (1)
+INDEX_DIR = "index"  # the work folder's partition index (curate.select.partindex)
 DECISION_SHARE = 4  # the decision's picks, per-partition groups and merge each hold ≤ --memory / this
 _PASS1_COLUMNS = ("__eligible", "__reason", "__partition")
 STASH = "__stash:"  # prefix of the pass-1 columns kept for the rescan (dropped by it)
@@ -221,13 +223,10 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
         for k, v in scan.tallies.items():  # sparse: the labels present in the block and their counts
             labels, counts = np.unique(np.asarray(v, np.int64), return_counts=True)
             sums[f"tally:{k}:labels"], sums[f"tally:{k}:counts"] = labels, counts.astype(np.int64)
-        if part is not None:
-            k = int(spec.shared.get("n_partitions", 0))
-            p = np.asarray(part).reshape(-1)
-            sums["counts"] = np.bincount(p[p >= 0], minlength=k).astype(np.int64)
+        if part is not None:  # sparse: the partitions present in the block and their rows
+            sums["part:present"], sums["part:counts"] = block_counts(part)
         if pp_labels is not None:
-            k = int(spec.shared["per_partition"]["n_partitions"])
-            sums["pp_counts"] = np.bincount(pp_labels[pp_labels >= 0], minlength=k).astype(np.int64)
+            sums["pp:present"], sums["pp:counts"] = block_counts(pp_labels)
         _save_npz(spec.work / "p1" / f"b{b:07d}.npz", **sums)
         rule = spec.rule
         if isinstance(rule, RankBy) and rule.column in cols:
@@ -342,12 +341,12 @@ class PartitionData:
         return len(self) * col.type.list_size * 4 * parts
 
 
-def read_partitions(work: Path, counts: np.ndarray, lo: int, hi: int, parts: frozenset[str],
+def read_partitions(work: Path, index: PartitionIndex, lo: int, hi: int, parts: frozenset[str],
                     carry: Sequence[str]) -> list[PartitionData]:
-    """Partitions ``lo .. hi-1`` gathered from every block's shuffle file, rows in pool order."""
+    """Partitions ``lo .. hi-1`` gathered from the shuffle files of the blocks that hold them, rows in
+    pool order."""
     pieces: dict[int, list[pa.RecordBatch]] = {p: [] for p in range(lo, hi)}
-    blocks = np.flatnonzero(counts[:, lo:hi].sum(axis=1))
-    for b in blocks:
+    for b in index.blocks(lo, hi):
         with pa.OSFile(str(work / "sh" / f"b{b:07d}.arrow"), "rb") as src:
             reader = pa.ipc.open_file(src)
             parts_in = json.loads(reader.schema.metadata[b"partitions"])
@@ -373,10 +372,9 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
     """Pass 2 over partitions ``lo .. hi-1``: their columns (one file, rows sorted) and pick sequences."""
     t, lo, hi, first = task
     sel = spec.selector()
-    counts = np.load(spec.work / "counts.npy")
     carry = spec.shared.get("carry", ())
     rows_all, cols_all = [], []
-    datas = read_partitions(spec.work, counts, lo, hi, sel.partition_parts, carry)
+    datas = read_partitions(spec.work, PartitionIndex(spec.work / INDEX_DIR), lo, hi, sel.partition_parts, carry)
     release_arrow_memory()
     for data in datas:
         res = sel.partition(data, spec.shared)
@@ -428,8 +426,8 @@ def _extend_task(item: tuple[int, int], spec: TaskSpec) -> int:
     """More picks of partition ``p`` (``m`` in all), continuing from its saved cursor."""
     p, m = item
     sel = spec.selector()
-    counts = np.load(spec.work / "counts.npy")
-    (data,) = read_partitions(spec.work, counts, p, p + 1, sel.partition_parts, spec.shared.get("carry", ()))
+    (data,) = read_partitions(spec.work, PartitionIndex(spec.work / INDEX_DIR), p, p + 1, sel.partition_parts,
+                              spec.shared.get("carry", ()))
     with np.load(spec.work / "seq" / f"p{p:07d}.npz") as z:
         prev = {k: z[k] for k in ("rows", "scores", "flags")}
         state = {k.removeprefix("state:"): z[k] for k in z.files if k.startswith("state:")}
@@ -502,7 +500,7 @@ class PipelineResult:
     rule: Any
     work: WorkDir
     source: PoolSource
-    part_counts: np.ndarray | None
+    part_sizes: np.ndarray | None  # rows per partition of the selector's own partitions
     shared: dict[str, Any]
     last_value: float | None = None  # RankBy: the value of the last row kept
     quotas: np.ndarray | None = None  # per-partition budgets: samples each partition may keep
@@ -545,28 +543,30 @@ def run_pipeline(selector: Selector, source: PoolSource, budget: int | None, ctx
                     per_partition=per_partition)
     n_blocks = len(source.blocks())
     stages.blocks("pass 1", _pass1_task, [b for b in range(n_blocks) if not work.p1(b).exists()], n_blocks, spec)
-    sums, counts, pp_counts = _reduce_blocks(work, n_blocks)
-    shared.update(selector.reduce(sums, counts if counts is not None else np.zeros((0, 0), np.int64), shared))
+    pp_k = int(shared["per_partition"]["n_partitions"]) if "per_partition" in shared else 0
+    sums, totals, pp_sizes = _reduce_blocks(work, n_blocks, int(shared.get("n_partitions", 0)), pp_k)
+    sizes = totals.sizes if totals is not None else None
+    shared.update(selector.reduce(sums, sizes if sizes is not None else np.zeros(0, np.int64), shared))
     rule = selector.rule(budget, shared)
     spec = TaskSpec(source, work.path, selector.name, selector.config.to_dict(), shared, rule,
                     device=spec.device, memory=ctx.memory, per_partition=per_partition)
     if selector.rescans:
         stages.blocks("rescan", _rescan_task, [b for b in range(n_blocks) if not _rescanned(work.p1(b))], n_blocks,
                       spec)
-    quotas = _quotas(selector, rule, pp_counts, per_partition)
-    if selector.partitioned and counts is not None:
-        _partition_stages(selector, rule, spec, work, counts, quotas, stages, n_blocks)
+    quotas = _quotas(selector, rule, pp_sizes, per_partition)
+    if selector.partitioned and totals is not None:
+        _partition_stages(selector, rule, spec, work, totals, quotas, stages, n_blocks)
     picks = RowValues({"rank": "i8", "gain": "f8"}, len(source), source.block_rows * 16,
                       ctx.memory // DECISION_SHARE, work.path / "picks")
     pick = _PICKERS.get(type(rule))
     if pick is None:  # pragma: no cover - the rule types are closed
         raise TypeError(rule)
-    kept, last_value, info = pick(_PickInput(selector, rule, spec, source, work, counts, quotas, engine, progress,
+    kept, last_value, info = pick(_PickInput(selector, rule, spec, source, work, sizes, quotas, engine, progress,
                                              ctx.memory), picks)
     if quotas is not None:
         assert per_partition is not None
         info["per_partition"] = _quota_info(quotas, per_partition)
-    return PipelineResult(picks, kept, info, rule, work, source, counts, shared, last_value, quotas, per_partition)
+    return PipelineResult(picks, kept, info, rule, work, source, sizes, shared, last_value, quotas, per_partition)
 
 
 def _needs_tasks(selector: Selector, per_partition: PerPartition | None) -> bool:
@@ -613,40 +613,43 @@ class _Stages:
         self.progress.finish()
 
 
-def _reduce_blocks(work: WorkDir, n_blocks: int) -> tuple[dict[str, np.ndarray], np.ndarray | None,
-                                                         np.ndarray | None]:
-    """Pass 1's block sums added up; the (block × partition) counts of the selector's and the budgets'
-    partitions (the budgets' are the selector's when it has its own)."""
+def _reduce_blocks(work: WorkDir, n_blocks: int, k: int, pp_k: int) -> tuple[dict[str, np.ndarray],
+                                                                       Totals | None, np.ndarray | None]:
+    """Pass 1's block sums added up; the rows (and blocks) per partition of the selector's ``k``
+    partitions, and the rows per partition of the budgets' ``pp_k`` (the selector's when it has its own)."""
     sums: dict[str, np.ndarray] = {}
-    counts_rows, pp_rows = [], []
+    totals, pp = None, None
     for b in range(n_blocks):
         with np.load(work.sums(b)) as z:
-            for k in z.files:
-                if k.startswith("sum:"):
-                    name = k[4:]
-                    sums[name] = z[k] if name not in sums else sums[name] + z[k]
-                elif k.startswith("tally:") and k.endswith(":labels"):
-                    name = k[6:-7]
-                    sums[name] = _add_tally(sums.get(name), z[k], z[f"tally:{name}:counts"])
-            if "counts" in z.files:
-                counts_rows.append(z["counts"])
-            if "pp_counts" in z.files:
-                pp_rows.append(z["pp_counts"])
-    counts = np.vstack(counts_rows) if counts_rows else None
-    return sums, counts, (np.vstack(pp_rows) if pp_rows else counts)
+            for key in z.files:
+                if key.startswith("sum:"):
+                    name = key[4:]
+                    sums[name] = z[key] if name not in sums else sums[name] + z[key]
+                elif key.startswith("tally:") and key.endswith(":labels"):
+                    name = key[6:-7]
+                    sums[name] = _add_tally(sums.get(name), z[key], z[f"tally:{name}:counts"])
+            if "part:present" in z.files:
+                totals = totals or Totals(k)
+                totals.add(z["part:present"], z["part:counts"])
+            if "pp:present" in z.files:
+                pp = pp or Totals(pp_k)
+                pp.add(z["pp:present"], z["pp:counts"])
+    if pp is not None:
+        return sums, totals, pp.sizes
+    return sums, totals, (totals.sizes if totals is not None else None)
 
 
-def _quotas(selector: Selector, rule: Any, pp_counts: np.ndarray | None,
+def _quotas(selector: Selector, rule: Any, pp_sizes: np.ndarray | None,
             per_partition: PerPartition | None) -> np.ndarray | None:
     """Each partition's budget under ``--per-partition``; None without it."""
     if per_partition is None:
         return None
     from curate.select.partition import allocate_quotas
 
-    if pp_counts is None:
+    if pp_sizes is None:
         raise InputError(f"--per-partition: {selector.name} found no partitions")
     budget = getattr(rule, "budget", None)
-    quotas = allocate_quotas(pp_counts.sum(axis=0), budget, per_partition.mode, per_partition.cap)
+    quotas = allocate_quotas(pp_sizes, budget, per_partition.mode, per_partition.cap)
     if budget is not None and int(quotas.sum()) < budget:
         raise InputError(f"the per-partition caps leave {int(quotas.sum())} samples, fewer than the budget "
                          f"{budget}; raise T or lower --fraction/--count")
@@ -662,14 +665,18 @@ def _quota_info(quotas: np.ndarray, per_partition: PerPartition) -> dict[str, An
     return info
 
 
-def _partition_stages(selector: Selector, rule: Any, spec: TaskSpec, work: WorkDir, counts: np.ndarray,
+def _partition_stages(selector: Selector, rule: Any, spec: TaskSpec, work: WorkDir, totals: Totals,
                       quotas: np.ndarray | None, stages: _Stages, n_blocks: int) -> None:
-    """Pass 2 (one task per group of partitions, sized to the memory budget) and, for selectors whose rows
-    lie in several partitions, the combining pass over blocks."""
-    if not (work.path / "counts.npy").exists():
-        with atomic_path(work.path / "counts.npy") as tmp, open(tmp, "wb") as fh:
-            np.save(fh, counts)
-    sizes = counts.sum(axis=0)
+    """The partition index, pass 2 (one task per group of partitions, sized to the memory budget) and,
+    for selectors whose rows lie in several partitions, the combining pass over blocks."""
+    index = work.path / INDEX_DIR
+    if not PartitionIndex.exists(index):
+        def present_of(b: int) -> np.ndarray:
+            with np.load(work.sums(b)) as z:
+                return z["part:present"] if "part:present" in z.files else np.zeros(0, np.int64)
+
+        write_index(index, n_blocks, present_of, totals.spread, spec.memory // DECISION_SHARE)
+    sizes = totals.sizes
     first = _first_requests(sizes, rule, quotas)
     tasks = _partition_tasks(sizes, first, 4 * max(spec.source.dim, 1), spec.memory)
     todo = [t for t in tasks if not work.p2(t[0]).exists()]
@@ -690,7 +697,7 @@ class _PickInput:
     spec: TaskSpec
     source: PoolSource
     work: WorkDir
-    counts: np.ndarray | None
+    sizes: np.ndarray | None
     quotas: np.ndarray | None
     engine: Engine | None
     progress: Progress
@@ -734,7 +741,7 @@ def _pick_kept(x: _PickInput, picks: RowValues) -> tuple[int, float | None, dict
 
 def _pick_merged(x: _PickInput, picks: RowValues) -> tuple[int, float | None, dict[str, Any]]:
     """MergeSequences: the partitions' pick sequences merged by score (ClipCov's budget split)."""
-    kept, info = _merge(x.selector, x.rule, x.spec, x.counts, x.engine, x.progress, picks, x.source, x.work,
+    kept, info = _merge(x.selector, x.rule, x.spec, x.sizes, x.engine, x.progress, picks, x.source, x.work,
                         x.quotas)
     return kept, None, info
 
@@ -910,7 +917,7 @@ def _partition_tasks(sizes: np.ndarray, first: dict[int, int], row_bytes: int,
     return [(t, g[0], g[-1] + 1, {p: first[p] for p in g if p in first}) for t, g in enumerate(groups)]
 
 
-def _merge(selector: Selector, rule: MergeSequences, spec: TaskSpec, counts: np.ndarray | None,
+def _merge(selector: Selector, rule: MergeSequences, spec: TaskSpec, sizes: np.ndarray | None,
            engine: Engine | None, progress: Progress, picks: RowValues, source: PoolSource,
            work: WorkDir, quotas: np.ndarray | None = None) -> tuple[int, dict[str, Any]]:
     """Merge the partitions' pick sequences by score at pick time into ``rule.budget`` picks.
@@ -919,8 +926,7 @@ def _merge(selector: Selector, rule: MergeSequences, spec: TaskSpec, counts: np.
     partition whose next pick scores highest. Ties: a partition refreshed later goes after one
     refreshed earlier (or never), then the lower partition index.
     """
-    assert counts is not None
-    sizes = counts.sum(axis=0)
+    assert sizes is not None
     present = [int(p) for p in np.flatnonzero(sizes)]
     eligible = int(sizes.sum())
     if rule.budget > eligible:

@@ -98,13 +98,17 @@ def test_pipeline_matches_oracle(pool_run: tuple, monkeypatch: pytest.MonkeyPatc
 def test_tiny_memory_budget_spills_and_gives_the_same_bits(pool_run: tuple, monkeypatch: pytest.MonkeyPatch,
                                                            method: str, opts: dict) -> None:
     """A 1 MiB budget: picks spill to row-range files, every partition is a task of its own, the ranking
-    merges its runs two at a time in several passes; the tables are those of the default budget."""
+    merges its runs two at a time in several passes, the partition index is written a slice of
+    partitions at a time; the tables are those of the default budget."""
     run, centres = pool_run
     monkeypatch.setattr(source_mod, "BLOCK_ROWS", 256)
     import curate.select.ranking as rk
 
     monkeypatch.setattr(rk, "SPILL_FACTOR", 1 << 8)  # ~50 entries per MiB: the picks spill
     monkeypatch.setattr(rk, "MERGE_ENTRY_BYTES", 1 << 12)  # fan-in 2: runs are merged in several passes
+    import curate.select.partindex as pi
+
+    monkeypatch.setattr(pi, "ENTRY_BYTES", 1 << 12)  # ~64 entries per slice: the index is written in slices
     kw = {"class_text": centres} if method == "clipcov" else {}
     a = run_selection(run, method, fraction=0.3, options=opts, seed=1, name=f"m-big-{method}{len(opts)}", **kw)
     b = run_selection(run, method, fraction=0.3, options=opts, seed=1, name=f"m-tiny-{method}{len(opts)}",

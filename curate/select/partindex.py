@@ -1,0 +1,116 @@
+"""Where each partition's rows are: pass 1's per-block partition counts, turned around on disk.
+
+Pass 1 keeps, per block, the partitions present in the block and their row counts (sparse: a block
+holds at most one entry per row). The driver adds them up into the rows per partition (one number per
+partition) and writes, for every partition, the sorted list of the blocks that hold it. That list is a
+counting sort over the blocks, done for one slice of partitions at a time so that the slice fits a
+memory budget. A pass-2 task memory-maps the lists and reads only its own partitions' slice.
+
+Nothing here holds a (block × partition) matrix: with √N k-means clusters that matrix grows as N^1.5,
+with N/128 clusters as N². On disk the lists hold one entry per (block, partition) pair that has rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from curate.fs import atomic_path
+
+ENTRY_BYTES = 4  # a block id in the lists (int32)
+
+
+def block_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The partitions among ``labels`` (any shape; −1 is none) and their row counts, by partition."""
+    p = np.asarray(labels).reshape(-1)
+    present, counts = np.unique(p[p >= 0], return_counts=True)
+    return present.astype(np.int64), counts.astype(np.int64)
+
+
+class Totals:
+    """Rows per partition and blocks per partition, added up block by block (``k`` partitions)."""
+
+    def __init__(self, k: int) -> None:
+        self.sizes = np.zeros(k, np.int64)
+        self.spread = np.zeros(k, np.int64)
+
+    def add(self, present: np.ndarray, counts: np.ndarray) -> None:
+        if len(present) and int(present[-1]) >= len(self.sizes):  # labels beyond the announced count
+            grow = int(present[-1]) + 1 - len(self.sizes)
+            self.sizes = np.concatenate([self.sizes, np.zeros(grow, np.int64)])
+            self.spread = np.concatenate([self.spread, np.zeros(grow, np.int64)])
+        self.sizes[present] += counts
+        self.spread[present] += 1
+
+
+def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndarray], spread: np.ndarray,
+                budget: int) -> None:
+    """``folder/blocks.npy`` (each partition's blocks, in partition then block order) and
+    ``folder/offsets.npy`` (where each partition's list starts), in slices of at most ``budget`` bytes.
+
+    ``present_of(b)`` gives block ``b``'s partitions, sorted. It is called once per block: the blocks'
+    partitions go into one spool file that each slice memory-maps, reading only its range of each
+    block. ``spread`` is the blocks per partition. ``offsets.npy`` is written last, so its presence
+    means the index is whole.
+    """
+    fmt = np.lib.format
+    k = len(spread)
+    offsets = np.zeros(k + 1, np.int64)
+    np.cumsum(spread, out=offsets[1:])
+    total = int(offsets[-1])
+    cap = max(budget // ENTRY_BYTES, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    spool = folder / "present.tmp"
+    starts = np.zeros(n_blocks + 1, np.int64)
+    with open(spool, "wb") as fh:
+        for blk in range(n_blocks):
+            present = np.asarray(present_of(blk), np.int32)
+            fh.write(present.tobytes())
+            starts[blk + 1] = starts[blk] + len(present)
+    flat = np.memmap(spool, np.int32, "r") if starts[-1] else np.zeros(0, np.int32)
+    with atomic_path(folder / "blocks.npy") as tmp, open(tmp, "wb") as fh:
+        fmt.write_array_header_1_0(fh, {"descr": fmt.dtype_to_descr(np.dtype(np.int32)),
+                                        "fortran_order": False, "shape": (total,)})
+        data_at = fh.tell()
+        fh.truncate(data_at + total * ENTRY_BYTES)
+        a = 0
+        while a < k:
+            # the partitions a .. b-1 whose lists fit the budget together (at least one partition)
+            b = int(np.searchsorted(offsets, offsets[a] + cap, side="right")) - 1
+            b = min(max(b, a + 1), k)
+            buf = np.empty(int(offsets[b] - offsets[a]), np.int32)
+            fill = offsets[a:b] - offsets[a]
+            if len(buf):
+                for blk in range(n_blocks):  # blocks in order: every list comes out sorted
+                    present = flat[starts[blk] : starts[blk + 1]]
+                    i, j = np.searchsorted(present, [a, b])
+                    if i < j:
+                        at = np.asarray(present[i:j], np.int64) - a  # each partition once per block
+                        buf[fill[at]] = blk
+                        fill[at] += 1
+                fh.seek(data_at + int(offsets[a]) * ENTRY_BYTES)
+                fh.write(buf.tobytes())
+            a = b
+    del flat
+    spool.unlink()
+    with atomic_path(folder / "offsets.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, offsets)
+
+
+class PartitionIndex:
+    """The blocks that hold each partition, memory-mapped from a folder :func:`write_index` wrote."""
+
+    def __init__(self, folder: Path) -> None:
+        self.offsets = np.load(folder / "offsets.npy", mmap_mode="r")
+        self.lists = np.load(folder / "blocks.npy", mmap_mode="r")
+
+    @staticmethod
+    def exists(folder: Path) -> bool:
+        return (folder / "offsets.npy").exists()
+
+    def blocks(self, lo: int, hi: int) -> np.ndarray:
+        """The blocks that hold any of partitions ``lo .. hi-1``, sorted."""
+        a, b = int(self.offsets[lo]), int(self.offsets[hi])
+        return np.unique(np.asarray(self.lists[a:b]))
