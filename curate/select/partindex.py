@@ -69,7 +69,6 @@ def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndar
             present = np.asarray(present_of(blk), np.int32)
             fh.write(present.tobytes())
             starts[blk + 1] = starts[blk] + len(present)
-    flat = np.memmap(spool, np.int32, "r") if starts[-1] else np.zeros(0, np.int32)
     with atomic_path(folder / "blocks.npy") as tmp, open(tmp, "wb") as fh:
         fmt.write_array_header_1_0(fh, {"descr": fmt.dtype_to_descr(np.dtype(np.int32)),
                                         "fortran_order": False, "shape": (total,)})
@@ -83,6 +82,8 @@ def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndar
             buf = np.empty(int(offsets[b] - offsets[a]), np.int32)
             fill = offsets[a:b] - offsets[a]
             if len(buf):
+                # mapped afresh per slice: the pages a slice read leave the process with the mapping
+                flat = np.memmap(spool, np.int32, "r")
                 for blk in range(n_blocks):  # blocks in order: every list comes out sorted
                     present = flat[starts[blk] : starts[blk + 1]]
                     i, j = np.searchsorted(present, [a, b])
@@ -92,8 +93,8 @@ def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndar
                         fill[at] += 1
                 fh.seek(data_at + int(offsets[a]) * ENTRY_BYTES)
                 fh.write(buf.tobytes())
+                del flat
             a = b
-    del flat
     spool.unlink()
     with atomic_path(folder / "offsets.npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, offsets)
