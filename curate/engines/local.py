@@ -13,6 +13,7 @@ from curate.engines.base import (
     null_progress,
     register_engine,
 )
+from curate.errors import UsageError
 from curate.progress import Progress
 
 
@@ -24,6 +25,11 @@ class LocalEngine(Engine):
     name = "local"
     summary = "this machine: one process, one process per device with --devices, or --workers task processes"
     accepts = frozenset({"device", "devices", "workers"})
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        if self.options.workers is not None and self.options.workers < 1:
+            raise UsageError(f"--workers must be >= 1 (got {self.options.workers}; 1 runs the tasks in this process)")
 
     @property
     def distributed(self) -> bool:

@@ -92,7 +92,7 @@ def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndar
                         buf[fill[at]] = blk
                         fill[at] += 1
                 fh.seek(data_at + int(offsets[a]) * ENTRY_BYTES)
-                fh.write(buf.tobytes())
+                fh.write(memoryview(buf))  # no copy of the slice
                 del flat
             a = b
     spool.unlink()
