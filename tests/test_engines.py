@@ -89,6 +89,9 @@ def test_registry_lists_engines_and_rejects_unknown_ones() -> None:
     with pytest.raises(UsageError, match="--devices does not apply to --engine ray"):
         make_engine("ray", devices=["cpu", "cpu"])
     assert make_engine("local", devices=["cpu", "cpu"]).options == EngineOptions(devices=("cpu", "cpu"))
+    with pytest.raises(UsageError, match="--workers must be >= 1 \\(got 0"):
+        make_engine("local", workers=0)
+    assert not make_engine("local", workers=1).distributed
 
 
 def test_parse_devices() -> None:

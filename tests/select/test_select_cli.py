@@ -69,6 +69,7 @@ def test_select_methods_json_and_summary(make_run: MakeRun, capsys: pytest.Captu
         (["--method", "normsim", "--count", "3", "--target", "/nope"], 3, "target not found: /nope"),
         (["--method", "image-filter", "--count", "3", "--target", "/nope"], 2, "takes no --fraction/--count"),
         (["--method", "clip-score", "--count", "3", "--target", "/nope"], 2, "--target does not apply"),
+        (["--method", "random", "--count", "3", "--workers", "0"], 2, "--workers must be >= 1"),
     ],
 )
 def test_select_bad_input_one_line_nothing_written(
