@@ -349,16 +349,17 @@ def read_partitions(work: Path, index: PartitionIndex, lo: int, hi: int, parts: 
     for b in index.blocks(lo, hi):
         with pa.OSFile(str(work / "sh" / f"b{b:07d}.arrow"), "rb") as src:
             reader = pa.ipc.open_file(src)
-            parts_in = json.loads(reader.schema.metadata[b"partitions"])
-            for i, p in enumerate(parts_in):
-                if lo <= p < hi:
-                    pieces[p].append(reader.get_batch(i))
+            parts_in = np.asarray(json.loads(reader.schema.metadata[b"partitions"]), np.int64)  # ascending
+            i0, i1 = np.searchsorted(parts_in, [lo, hi])
+            for i in range(int(i0), int(i1)):
+                pieces[int(parts_in[i])].append(reader.get_batch(i))
     out = []
     raw = {"image": "image_emb", "text": "text_emb"}
     for p in range(lo, hi):
-        if not pieces[p]:
+        got = pieces.pop(p)  # dropped once combined: the group is held once, plus one partition's copy
+        if not got:
             continue
-        t = pa.Table.from_batches(pieces[p]).combine_chunks()
+        t = pa.Table.from_batches(got).combine_chunks()
         data = PartitionData(p, t.column("row").to_numpy())
         for part in parts:
             data.raw[raw[part]] = t.column(raw[part]).chunk(0)
