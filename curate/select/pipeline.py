@@ -72,6 +72,7 @@ WORK_FORMAT = 2  # 2: partition counts per block are sparse; the partition index
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
 SEQ_ENTRY_BYTES = 17  # a pick of a sequence in the merge's window: row (8), score (8), refresh flag (1)
 INDEX_DIR = "index"  # the work folder's partition index (curate.select.partindex)
+SHUFFLE_WINDOW = 8192  # entries of a block's shuffle gathered at once (whole partitions)
 DECISION_SHARE = 4  # the decision's picks, per-partition groups and merge each hold ≤ --memory / this
 _PASS1_COLUMNS = ("__eligible", "__reason", "__partition")
 STASH = "__stash:"  # prefix of the pass-1 columns kept for the rescan (dropped by it)
@@ -246,24 +247,37 @@ def _write_shuffle(path: Path, chunk: Any, rows: np.ndarray, part: np.ndarray, e
                    carry: dict[str, np.ndarray], parts: frozenset[str]) -> None:
     """The block's eligible, partitioned rows sorted by (partition, row): one record batch per partition.
 
-    ``part`` of shape (n, K) writes a row once for each of its K partitions (entries ``(row, k)``)."""
+    ``part`` of shape (n, K) writes a row once for each of its K partitions (entries ``(row, k)``). The
+    embeddings are gathered a window of whole partitions at a time (≤ :data:`SHUFFLE_WINDOW` entries
+    unless one partition is larger), so the sorted copy never holds the whole block."""
     src = np.repeat(np.arange(len(part)), part.shape[1]) if part.ndim == 2 else np.arange(len(part))
     flat = part.reshape(-1)
     keep = np.flatnonzero(eligible[src] & (flat >= 0))
     keep = keep[np.argsort(flat[keep], kind="stable")]  # entries sorted by partition, then row
     order, pv = src[keep], flat[keep]
-    cols: dict[str, pa.Array] = {"row": pa.array(rows[order]), "partition": pa.array(pv)}
-    raw = {"image": "image_emb", "text": "text_emb"}
-    for p in sorted(parts):
-        col = chunk.raw[raw[p]]
-        cols[raw[p]] = col.take(pa.array(order))
-    for k, v in carry.items():
-        cols[k] = pa.array(np.asarray(v)[order])
-    table = pa.table(cols)
     edges = np.r_[0, np.flatnonzero(np.diff(pv)) + 1, len(pv)] if len(pv) else np.zeros(1, np.int64)
     meta = {b"partitions": json.dumps([int(pv[a]) for a in edges[:-1]]).encode()}
-    batches = [table.slice(int(a), int(e - a)).combine_chunks().to_batches()[0] for a, e in itertools.pairwise(edges)]
-    _write_ipc(path, batches, table.schema.with_metadata(meta))
+    raw = {"image": "image_emb", "text": "text_emb"}
+
+    def window(a: int, e: int) -> pa.Table:
+        cols: dict[str, pa.Array] = {"row": pa.array(rows[order[a:e]]), "partition": pa.array(pv[a:e])}
+        for p in sorted(parts):
+            cols[raw[p]] = chunk.raw[raw[p]].take(pa.array(order[a:e]))
+        for k, v in carry.items():
+            cols[k] = pa.array(np.asarray(v)[order[a:e]])
+        return pa.table(cols)
+
+    schema = window(0, 0).schema.with_metadata(meta)
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+        i = 0
+        while i < len(edges) - 1:  # partitions i .. j-1 in one window
+            j = max(int(np.searchsorted(edges, edges[i] + SHUFFLE_WINDOW, side="right")) - 1, i + 1)
+            base = int(edges[i])
+            table = window(base, int(edges[j]))
+            for a, e in itertools.pairwise(edges[i : j + 1]):
+                w.write_batch(table.slice(int(a) - base, int(e - a)).combine_chunks().to_batches()[0])
+            del table
+            i = j
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,76 @@
+"""The shuffle file of a block: gathered a window of whole partitions at a time, it holds the same
+record batches (one per partition, same values, same order, same metadata) as the whole block sorted at
+once. The files' bytes may differ by a few bytes of buffer padding per batch (Arrow writes a small
+slice's buffer untrimmed); pass 2 reads values."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import curate.select.pipeline as pl
+from curate.io.tables import fixed_list
+
+
+def _whole_block(path: Path, chunk, rows, part, eligible, carry, parts) -> None:
+    """The reference: every entry gathered at once, then one record batch per partition."""
+    src = np.repeat(np.arange(len(part)), part.shape[1]) if part.ndim == 2 else np.arange(len(part))
+    flat = part.reshape(-1)
+    keep = np.flatnonzero(eligible[src] & (flat >= 0))
+    keep = keep[np.argsort(flat[keep], kind="stable")]
+    order, pv = src[keep], flat[keep]
+    cols = {"row": pa.array(rows[order]), "partition": pa.array(pv)}
+    for p in sorted(parts):
+        name = {"image": "image_emb", "text": "text_emb"}[p]
+        cols[name] = chunk.raw[name].take(pa.array(order))
+    for k, v in carry.items():
+        cols[k] = pa.array(np.asarray(v)[order])
+    table = pa.table(cols)
+    edges = np.r_[0, np.flatnonzero(np.diff(pv)) + 1, len(pv)] if len(pv) else np.zeros(1, np.int64)
+    meta = {b"partitions": json.dumps([int(pv[a]) for a in edges[:-1]]).encode()}
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema.with_metadata(meta)) as w:
+        for a, e in itertools.pairwise(edges):
+            w.write_batch(table.slice(int(a), int(e - a)).combine_chunks().to_batches()[0])
+
+
+@pytest.mark.parametrize("window", [1, 5, 64, 8192])
+@pytest.mark.parametrize("two_d", [False, True])
+def test_windowed_shuffle_has_the_batches_of_the_whole_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           window: int, two_d: bool) -> None:
+    rng = np.random.default_rng(window + two_d)
+    n, d = 300, 8
+    img = rng.normal(size=(n, d)).astype(np.float16)
+    txt = rng.normal(size=(n, d)).astype(np.float16)
+    chunk = SimpleNamespace(raw={"image_emb": fixed_list(img), "text_emb": fixed_list(txt)})
+    part = np.where(rng.random(n) < 0.6, 0, rng.integers(1, 30, n))  # partition 0 is larger than the window
+    part[rng.random(n) < 0.1] = -1
+    if two_d:
+        part = np.stack([part, np.where(part >= 0, (part + 7) % 30, -1)], axis=1)
+    eligible = rng.random(n) < 0.9
+    rows = np.arange(1000, 1000 + n, dtype=np.int64)
+    carry = {"pref": rng.random(n)}
+    monkeypatch.setattr(pl, "SHUFFLE_WINDOW", window)
+    pl._write_shuffle(tmp_path / "new.arrow", chunk, rows, part, eligible, carry, frozenset({"image", "text"}))
+    _whole_block(tmp_path / "ref.arrow", chunk, rows, part, eligible, carry, frozenset({"image", "text"}))
+    with pa.OSFile(str(tmp_path / "new.arrow"), "rb") as fa, pa.OSFile(str(tmp_path / "ref.arrow"), "rb") as fb:
+        a, b = pa.ipc.open_file(fa), pa.ipc.open_file(fb)
+        assert a.schema.equals(b.schema, check_metadata=True)
+        assert a.num_record_batches == b.num_record_batches == len(json.loads(a.schema.metadata[b"partitions"]))
+        for i in range(a.num_record_batches):
+            assert a.get_batch(i).equals(b.get_batch(i))
+
+
+def test_a_block_without_partitioned_rows_writes_an_empty_shuffle(tmp_path: Path) -> None:
+    chunk = SimpleNamespace(raw={"image_emb": fixed_list(np.zeros((4, 2), np.float16))})
+    pl._write_shuffle(tmp_path / "s.arrow", chunk, np.arange(4), np.full(4, -1), np.ones(4, bool), {},
+                      frozenset({"image"}))
+    with pa.OSFile(str(tmp_path / "s.arrow"), "rb") as f:
+        reader = pa.ipc.open_file(f)
+        assert reader.num_record_batches == 0
+        assert json.loads(reader.schema.metadata[b"partitions"]) == []
