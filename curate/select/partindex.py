@@ -12,6 +12,7 @@ with N/128 clusters as N². On disk the lists hold one entry per (block, partiti
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,9 +52,9 @@ def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndar
     ``folder/offsets.npy`` (where each partition's list starts), in slices of at most ``budget`` bytes.
 
     ``present_of(b)`` gives block ``b``'s partitions, sorted. It is called once per block: the blocks'
-    partitions go into one spool file that each slice memory-maps, reading only its range of each
-    block. ``spread`` is the blocks per partition. ``offsets.npy`` is written last, so its presence
-    means the index is whole.
+    partitions go into one spool file; each slice maps it a group of blocks at a time (at most a quarter
+    of the budget) and reads only its range of each block. ``spread`` is the blocks per partition.
+    ``offsets.npy`` is written last, so its presence means the index is whole.
     """
     fmt = np.lib.format
     k = len(spread)
@@ -69,6 +70,7 @@ def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndar
             present = np.asarray(present_of(blk), np.int32)
             fh.write(present.tobytes())
             starts[blk + 1] = starts[blk] + len(present)
+    groups = _block_groups(starts, max(cap // 4, 1))
     with atomic_path(folder / "blocks.npy") as tmp, open(tmp, "wb") as fh:
         fmt.write_array_header_1_0(fh, {"descr": fmt.dtype_to_descr(np.dtype(np.int32)),
                                         "fortran_order": False, "shape": (total,)})
@@ -82,22 +84,37 @@ def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndar
             buf = np.empty(int(offsets[b] - offsets[a]), np.int32)
             fill = offsets[a:b] - offsets[a]
             if len(buf):
-                # mapped afresh per slice: the pages a slice read leave the process with the mapping
-                flat = np.memmap(spool, np.int32, "r")
-                for blk in range(n_blocks):  # blocks in order: every list comes out sorted
-                    present = flat[starts[blk] : starts[blk + 1]]
-                    i, j = np.searchsorted(present, [a, b])
-                    if i < j:
-                        at = np.asarray(present[i:j], np.int64) - a  # each partition once per block
-                        buf[fill[at]] = blk
-                        fill[at] += 1
+                for g0, g1 in itertools.pairwise(groups):  # blocks in order: every list comes out sorted
+                    # a group of blocks mapped at a time: the pages its searches touched leave with it
+                    base = int(starts[g0])
+                    if starts[g1] == base:  # no block of the group has a partition
+                        continue
+                    flat = np.memmap(spool, np.int32, "r", offset=base * ENTRY_BYTES, shape=(int(starts[g1]) - base,))
+                    for blk in range(g0, g1):
+                        present = flat[starts[blk] - base : starts[blk + 1] - base]
+                        i, j = np.searchsorted(present, [a, b])
+                        if i < j:
+                            at = np.asarray(present[i:j], np.int64) - a  # each partition once per block
+                            buf[fill[at]] = blk
+                            fill[at] += 1
+                    del flat, present
                 fh.seek(data_at + int(offsets[a]) * ENTRY_BYTES)
                 fh.write(memoryview(buf))  # no copy of the slice
-                del flat
             a = b
     spool.unlink()
     with atomic_path(folder / "offsets.npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, offsets)
+
+
+def _block_groups(starts: np.ndarray, most: int) -> list[int]:
+    """Edges of runs of consecutive blocks whose spooled entries add up to at most ``most`` (a block
+    with more is a group of its own)."""
+    edges, n = [0], len(starts) - 1
+    while edges[-1] < n:
+        g0 = edges[-1]
+        g1 = int(np.searchsorted(starts, starts[g0] + most, side="right")) - 1
+        edges.append(min(max(g1, g0 + 1), n))
+    return edges
 
 
 class PartitionIndex:
