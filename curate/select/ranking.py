@@ -282,6 +282,9 @@ def top_k(runs: Sequence[RunReader], k: int | None, chunk: int = 1 << 14,
             rows.append(rr[:take])
             pos[i] += take
         kk, rr = np.concatenate(keys), np.concatenate(rows)
+        if 0 < left < len(kk):  # only the best `left` can go out: sort those (and the ties of the last)
+            cut = kk <= np.partition(kk, left - 1)[left - 1]
+            kk, rr = kk[cut], rr[cut]
         order = np.lexsort((rr, kk))
         kk, rr = kk[order], rr[order]
         past = False

@@ -56,3 +56,20 @@ def test_row_values_spill_within_the_budget(tmp_path: Path) -> None:
     assert rows.tolist() == list(range(300, 400)) and cols["v"].tolist() == [r * 0.5 for r in range(300, 400)]
     values.close()
     assert not (tmp_path / "spill").exists()
+
+
+@pytest.mark.parametrize("k", [1, 7, 1234, 19_999, 20_000, 25_000])
+@pytest.mark.parametrize("threshold", [None, 30.0, 49.0, 51.0])
+def test_top_k_with_a_budget_and_a_threshold_is_a_prefix_of_the_order(tmp_path: Path, k: int,
+                                                                       threshold: float | None) -> None:
+    """A budget smaller than what a merge step reads (only the best of the step are sorted) and a
+    threshold on the value: the rows are the stable descending order cut at the threshold, then at k."""
+    rng = np.random.default_rng(k)
+    values = rng.integers(0, 50, size=20_000).astype(np.float64)
+    runs = _runs(tmp_path, values, 1500)
+    expect = np.argsort(-values, kind="stable")
+    if threshold is not None:
+        expect = expect[values[expect] >= threshold]
+    max_key = rk.key_of(threshold) if threshold is not None else None
+    got = [r for r, _ in rk.top_k(runs, k, chunk=4096, max_key=max_key)]
+    assert np.concatenate(got or [np.zeros(0, np.int64)]).tolist() == expect[:k].tolist()
