@@ -919,17 +919,16 @@ def _partition_tasks(sizes: np.ndarray, first: dict[int, int], row_bytes: int,
     partition sizes and the budget, never on the engine, so a resumed select finds the same tasks."""
     present = np.flatnonzero(sizes)
     cap = max(1, memory // 4)
-    groups: list[list[int]] = []
-    held = 0
-    for p in present:
-        b = int(sizes[p]) * row_bytes
-        if groups and held + b <= cap:
-            groups[-1].append(int(p))
-            held += b
-        else:
-            groups.append([int(p)])
-            held = b
-    return [(t, g[0], g[-1] + 1, {p: first[p] for p in g if p in first}) for t, g in enumerate(groups)]
+    ends = np.zeros(len(present) + 1, np.int64)  # bytes of present[:i]
+    np.cumsum(sizes[present].astype(np.int64) * row_bytes, out=ends[1:])
+    tasks: list[tuple[int, int, int, dict[int, int]]] = []
+    g = 0
+    while g < len(present):  # greedy: a group takes the next partitions while they fit (at least one)
+        j = max(int(np.searchsorted(ends, ends[g] + cap, side="right")) - 1, g + 1)
+        lo, hi = int(present[g]), int(present[j - 1]) + 1
+        tasks.append((len(tasks), lo, hi, {p: first[p] for p in range(lo, hi) if p in first} if first else {}))
+        g = j
+    return tasks
 
 
 def _merge(selector: Selector, rule: MergeSequences, spec: TaskSpec, sizes: np.ndarray | None,

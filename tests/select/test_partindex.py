@@ -86,3 +86,35 @@ def test_an_unfinished_index_is_not_taken_for_a_whole_one(tmp_path: Path) -> Non
     write_index(folder, 2, [np.array([0, 1]), np.array([1])].__getitem__, np.array([1, 2]), 1 << 10)
     assert PartitionIndex.exists(folder)
     np.testing.assert_array_equal(PartitionIndex(folder).blocks(1, 2), [0, 1])
+
+
+def _greedy_groups(sizes: np.ndarray, row_bytes: int, memory: int) -> list[tuple[int, int]]:
+    """The grouping rule, one partition at a time: the next partition joins the group while the group's
+    bytes stay within a quarter of the memory; a partition larger than that is a group of its own."""
+    groups: list[list[int]] = []
+    held = 0
+    for p in np.flatnonzero(sizes):
+        b = int(sizes[p]) * row_bytes
+        if groups and held + b <= memory // 4:
+            groups[-1].append(int(p))
+            held += b
+        else:
+            groups.append([int(p)])
+            held = b
+    return [(g[0], g[-1] + 1) for g in groups]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_partition_tasks_follow_the_greedy_grouping(seed: int) -> None:
+    from curate.select.pipeline import _partition_tasks
+
+    rng = np.random.default_rng(seed)
+    sizes = np.where(rng.random(500) < 0.3, 0, rng.zipf(1.5, 500)).astype(np.int64)
+    sizes[rng.integers(0, 500)] = 10_000  # larger than a group may hold
+    first = {int(p): int(min(sizes[p], 16)) for p in np.flatnonzero(sizes)}
+    for memory in (4 * 8, 4 * 2048, 4 * 100_000, 1 << 40):
+        tasks = _partition_tasks(sizes, first, 8, memory)
+        assert [(lo, hi) for _, lo, hi, _ in tasks] == _greedy_groups(sizes, 8, memory)
+        assert [t for t, *_ in tasks] == list(range(len(tasks)))
+        assert {p: n for *_, f in tasks for p, n in f.items()} == first
+        assert all(not f for *_, f in _partition_tasks(sizes, {}, 8, memory))
