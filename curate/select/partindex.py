@@ -20,7 +20,8 @@ import numpy as np
 
 from curate.fs import atomic_path
 
-ENTRY_BYTES = 4  # a block id in the lists (int32)
+ENTRY_BYTES = 4  # what an entry of the lists costs against the budget (an int32 block id)
+_ITEM = np.dtype(np.int32).itemsize  # bytes of an entry in the files
 
 
 def block_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +76,7 @@ def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndar
         fmt.write_array_header_1_0(fh, {"descr": fmt.dtype_to_descr(np.dtype(np.int32)),
                                         "fortran_order": False, "shape": (total,)})
         data_at = fh.tell()
-        fh.truncate(data_at + total * ENTRY_BYTES)
+        fh.truncate(data_at + total * _ITEM)
         a = 0
         while a < k:
             # the partitions a .. b-1 whose lists fit the budget together (at least one partition)
@@ -89,7 +90,7 @@ def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndar
                     base = int(starts[g0])
                     if starts[g1] == base:  # no block of the group has a partition
                         continue
-                    flat = np.memmap(spool, np.int32, "r", offset=base * ENTRY_BYTES, shape=(int(starts[g1]) - base,))
+                    flat = np.memmap(spool, np.int32, "r", offset=base * _ITEM, shape=(int(starts[g1]) - base,))
                     for blk in range(g0, g1):
                         present = flat[starts[blk] - base : starts[blk + 1] - base]
                         i, j = np.searchsorted(present, [a, b])
@@ -98,7 +99,7 @@ def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndar
                             buf[fill[at]] = blk
                             fill[at] += 1
                     del flat, present
-                fh.seek(data_at + int(offsets[a]) * ENTRY_BYTES)
+                fh.seek(data_at + int(offsets[a]) * _ITEM)
                 fh.write(memoryview(buf))  # no copy of the slice
             a = b
     spool.unlink()
