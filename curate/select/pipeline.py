@@ -34,7 +34,7 @@ import json
 import shutil
 import struct
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +164,7 @@ def _save_npz(path: Path, **arrays: Any) -> None:
         np.savez(fh, **arrays)
 
 
-def _write_ipc(path: Path, batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> None:
+def _write_ipc(path: Path, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> None:
     with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
         for b in batches:
             w.write_batch(b)
@@ -267,17 +267,18 @@ def _write_shuffle(path: Path, chunk: Any, rows: np.ndarray, part: np.ndarray, e
             cols[k] = pa.array(np.asarray(v)[order[a:e]])
         return pa.table(cols)
 
-    schema = window(0, 0).schema.with_metadata(meta)
-    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+    def batches() -> Iterator[pa.RecordBatch]:
         i = 0
         while i < len(edges) - 1:  # partitions i .. j-1 in one window
             j = max(int(np.searchsorted(edges, edges[i] + SHUFFLE_WINDOW, side="right")) - 1, i + 1)
             base = int(edges[i])
             table = window(base, int(edges[j]))
             for a, e in itertools.pairwise(edges[i : j + 1]):
-                w.write_batch(table.slice(int(a) - base, int(e - a)).combine_chunks().to_batches()[0])
+                yield table.slice(int(a) - base, int(e - a)).combine_chunks().to_batches()[0]
             del table
             i = j
+
+    _write_ipc(path, batches(), window(0, 0).schema.with_metadata(meta))
 
 
 # --------------------------------------------------------------------------------------------------
