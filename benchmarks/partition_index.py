@@ -27,10 +27,19 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCK_ROWS = 1 << 16
 
 
-def _size(text: str) -> int:
-    units = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1 << 30}
+def _count(text: str) -> int:
+    """A pool size: ``12.8M``, ``1.28B`` (decimal: thousands, millions, billions) or a plain number."""
+    units = {"K": 1e3, "M": 1e6, "B": 1e9}
     t = text.strip().upper()
     return int(float(t[:-1]) * units[t[-1]]) if t[-1] in units else int(t)
+
+
+def _memory(text: str) -> int:
+    """``--memory`` read as ``curate select`` reads it."""
+    sys.path.insert(0, str(ROOT))
+    from curate.select.base import parse_bytes
+
+    return parse_bytes(text)
 
 
 def _one(n: int, clusters: str, memory: int, folder: Path) -> dict:
@@ -81,11 +90,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.one:
         n, folder = args.one.split(",", 1)
-        print(json.dumps(_one(int(n), args.clusters, _size(args.memory), Path(folder))))
+        print(json.dumps(_one(int(n), args.clusters, _memory(args.memory), Path(folder))))
         return
     rows = json.loads(args.out.read_text()) if args.out.exists() else []
     for text in args.sizes.split(","):
-        n = _size(text)
+        n = _count(text)
         with tempfile.TemporaryDirectory(prefix="pindex-") as tmp:
             out = subprocess.run([sys.executable, __file__, "--one", f"{n},{tmp}/index", "--clusters", args.clusters,
                                   "--memory", args.memory], check=True, capture_output=True, text=True).stdout
