@@ -76,6 +76,16 @@ class Pool:
     def __len__(self) -> int:
         return int(self.ids.num_rows) if self.n_rows is None else self.n_rows
 
+    def rows(self, part: str, a: int, b: int) -> np.ndarray:
+        """Rows ``a:b`` of the ``image`` or ``text`` matrix: a slice when the matrix is held, else those
+        rows normalised from the stored float16 column (the same values: normalising is per row)."""
+        held = getattr(self, part)
+        if held is not None:
+            return held[a:b]
+        from curate.select.pool import embedding_matrix
+
+        return embedding_matrix(self.raw[f"{part}_emb"].slice(a, b - a))[0]
+
 
 @dataclass
 class SelectContext:
@@ -215,6 +225,9 @@ class Selector(ABC):
     #: pass 2 exists; and which embeddings it reads ("image", "text")
     partitioned: ClassVar[bool] = False
     partition_parts: ClassVar[frozenset[str]] = frozenset()
+    #: parts of ``needs`` that ``scan`` reads a slice at a time through :meth:`Pool.rows`: the block's
+    #: float32 matrices of them are never made (only their valid masks)
+    row_parts: ClassVar[frozenset[str]] = frozenset()
     #: rows in several partitions (``BlockScan.partition`` of shape (n, K)): how a row's pass-2 columns
     #: from its partitions are combined before ``finish`` (``"sum"``: added in partition order)
     pass2_combine: ClassVar[str | None] = None

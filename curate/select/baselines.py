@@ -9,6 +9,7 @@ import numpy as np
 
 from curate.errors import InputError, UsageError
 from curate.select.base import (
+    DEFAULT_MEMORY,
     BlockScan,
     PartitionOutput,
     Pool,
@@ -266,7 +267,7 @@ class SemDedupSelector(Selector):
     def partition(self, data: Any, shared: dict[str, Any]) -> PartitionOutput:
         n = len(data)
         order = np.argsort(data.carry["pref"], kind="stable")  # rows are in pool order: ties keep it
-        if data.held_bytes(1) <= shared.get("memory", 1 << 30) // 2:
+        if data.holds(1, shared.get("memory", DEFAULT_MEMORY)):
             prior = max_prior_similarity(data.matrix("image", order))
         else:
             from curate.select.clipcov import Rows

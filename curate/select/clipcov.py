@@ -27,7 +27,9 @@ import numpy as np
 
 from curate.engines.devices import device_name
 from curate.errors import InputError, UsageError
+from curate.select import partition as partition_module
 from curate.select.base import (
+    DEFAULT_MEMORY,
     BlockScan,
     MergeSequences,
     PartitionOutput,
@@ -47,6 +49,8 @@ DTYPES = ("auto", "float32", "float64", "float16", "bfloat16")
 UPDATE_PERIOD = 200  # class k is refreshed when (c_k + 1) % UPDATE_PERIOD == 0
 W_CROSS, W_EASY, W_LABEL, W_CENTRE = 1.0, 2.0, 0.5, 1.0
 BLOCK_ELEMENTS = 1 << 24  # largest similarity block held at once (64 MiB in float32)
+ROWDOT_ROWS = 1 << 13  # rows per product of row-wise dot products (a row's value does not depend on it)
+GATHER_ELEMENTS = 1 << 20  # redundancy: candidate rows gathered (and their products) per block, in elements
 _CHUNK = 2048  # reference variant: picks examined per vectorised step
 _TOP = 16  # greedy variant: candidates re-evaluated exactly before a class refresh
 _MAX_PENDING = 128  # greedy variant: refresh a class after this many unapplied picks
@@ -54,7 +58,7 @@ _SMALL = 1 << 15  # products up to this many entries run on one CPU thread
 CROSS_CHUNK_ELEMENTS = 1 << 28  # a class with more products is cut into chunks
 CROSS_TILE = 1 << 16  # captions per tile of the cross-term products
 MAX_CROSS_CHUNKS = 32
-SUM_ROWS = 1 << 13  # k-means labels: rows whose captions are summed per class at once, as float64
+SUM_ROWS = 1 << 13  # pass 1: rows added to the pool and class sums at once, as float64
 
 
 @dataclass(frozen=True)
@@ -176,9 +180,10 @@ class Blocks:
     def rowdot(self, a: Any, b: Any, b_rows: Any = None) -> np.ndarray:
         """Row-wise dot products ``<a_i, b_i>`` (or ``<a_i, b[b_rows[i]]>``), block-wise, float64."""
         out = np.empty(len(a), np.float64)
-        step = 1 << 16
+        step = ROWDOT_ROWS
+        one = b_rows is not None and len(b) == 1  # one row for all (a mean, a class): broadcast, not gathered
         for s in range(0, len(a), step):
-            bb = b[s : s + step] if b_rows is None else b[b_rows[s : s + step]]
+            bb = b[s : s + step] if b_rows is None else b[0:1] if one else b[b_rows[s : s + step]]
             aa = a[s : s + step]
             if aa.dtype in _HALF_DTYPES(self.torch):  # half inputs: products and sums in float64
                 aa, bb = aa.double(), bb.double()
@@ -240,7 +245,9 @@ class Blocks:
         t = self.torch
         pj = t.from_numpy(np.asarray(picked, np.int64)).to(self.device)
         txt_j, img_j = self.txt[pj], self.img[pj]
-        bs = max(1, BLOCK_ELEMENTS // len(picked))
+        # a block's gathered rows (image and caption) and its two products stay within GATHER_ELEMENTS
+        # each; a row's products do not depend on how many rows share its block
+        bs = max(1, GATHER_ELEMENTS // max(len(picked), self.img.shape[1]))
         for b in range(0, len(cand), bs):
             ci = t.from_numpy(np.asarray(cand[b : b + bs], np.int64)).to(self.device)
             a = mm(self.img[ci], txt_j).clamp_(min=THRESHOLD)  # M⁺[i, j]
@@ -485,6 +492,7 @@ class ClipCov(Selector):
     partitioned = True
     own_partitions = True
     partition_parts = frozenset({"image", "text"})
+    row_parts = frozenset({"image", "text"})
     config: ClipCovConfig
 
     def option_tags(self) -> list[str]:
@@ -521,32 +529,40 @@ class ClipCov(Selector):
         return shared
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
-        assert chunk.image is not None and chunk.text is not None
+        """Labels, pool sums (and k-means class caption sums), reading the block a slice of rows at a time.
+
+        Every sum adds its rows one after another in row order, carried across slices, so the values
+        are those of one reduction over the whole block; labels take :data:`partition.ARGMAX_ROWS` rows
+        per product, as on the whole block."""
+        assert chunk.image_ok is not None and chunk.text_ok is not None and chunk.text_present is not None
         n = len(chunk)
         reasons = Reasons(n)
         eligible = chunk.image_ok & chunk.text_ok
         reasons.set(~chunk.image_ok, "bad_image_emb")
         reasons.set(chunk.image_ok & ~chunk.text_present, "null_text")
         reasons.set(chunk.image_ok & chunk.text_present & ~chunk.text_ok, "bad_text_emb")
-        labels = Partitioner.labels(chunk.image, shared, eligible)
-        idx = np.flatnonzero(eligible)
-        # masked sums, not sums of row copies: the same additions in the same order, without a block-sized copy
-        mask = eligible[:, None]
-        sums = {"image": np.add.reduce(chunk.image, axis=0, dtype=np.float64, where=mask),
-                "text": np.add.reduce(chunk.text, axis=0, dtype=np.float64, where=mask)}
-        if "class_text" not in shared:  # k-means: a class's "label" is its normalised mean caption
-            k = int(shared["n_partitions"])
-            order = idx[np.argsort(labels[idx], kind="stable")]
-            per = np.zeros((k, chunk.text.shape[1]), np.float64)
-            if len(order):
-                lab = labels[order]
-                starts = np.r_[0, np.flatnonzero(np.diff(lab)) + 1]
-                ends = np.r_[starts[1:], len(order)]
-                # a few classes at a time (each class whole, so its sum is the same), not the block as float64
-                for g0, g1 in _class_groups(ends - starts, SUM_ROWS):
-                    a, b = int(starts[g0]), int(ends[g1 - 1])
-                    per[lab[starts[g0:g1]]] = np.add.reduceat(chunk.text[order[a:b]].astype(np.float64),
-                                                              starts[g0:g1] - a, axis=0)
+        d = chunk.raw["image_emb"].type.list_size
+        labels = np.empty(n, np.int32)
+        sums = {"image": np.zeros(d), "text": np.zeros(d)}
+        kmeans = "class_text" not in shared  # k-means: a class's "label" is its normalised mean caption
+        per = np.zeros((int(shared["n_partitions"]) if kmeans else 0, d))
+        step = partition_module.ARGMAX_ROWS
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            ok = eligible[a:b]
+            img = chunk.rows("image", a, b)
+            labels[a:b] = Partitioner.labels(img, shared, ok)
+            for s0 in range(0, b - a, SUM_ROWS):
+                sums["image"] = _add_rows(sums["image"], img[s0 : s0 + SUM_ROWS], ok[s0 : s0 + SUM_ROWS])
+            del img
+            txt = chunk.rows("text", a, b)
+            for s0 in range(0, b - a, SUM_ROWS):
+                sl = slice(s0, s0 + SUM_ROWS)
+                sums["text"] = _add_rows(sums["text"], txt[sl], ok[sl])
+                if kmeans:
+                    _add_class_rows(per, txt[sl][ok[sl]], labels[a:b][sl][ok[sl]])
+            del txt
+        if kmeans:
             sums["class_text"] = per
         return BlockScan({"partition": labels}, eligible, reasons, partition=labels, sums=sums)
 
@@ -563,9 +579,9 @@ class ClipCov(Selector):
         return out
 
     def _blocks(self, data: Any, shared: dict[str, Any]) -> Blocks:
-        """The partition held as float32 when that fits half the memory budget, else read lazily."""
+        """The partition held as float32 when :meth:`PartitionData.holds` says so, else read lazily."""
         dtype = resolve_dtype(self.config.dtype, shared["device"])
-        if data.held_bytes() <= shared.get("memory", 1 << 30) // 2:
+        if data.holds(2, shared.get("memory", DEFAULT_MEMORY)):
             return Blocks(data.matrix("image"), data.matrix("text"), shared["device"], dtype)
         return Blocks.lazy(data.raw16("image"), data.raw16("text"), shared["device"], dtype)
 
@@ -614,17 +630,17 @@ class ClipCov(Selector):
         return shared.get("names")
 
 
-def _class_groups(sizes: np.ndarray, rows: int) -> list[tuple[int, int]]:
-    """Consecutive classes ``[g0, g1)`` of about ``rows`` rows in all (a larger class alone)."""
-    out, g0, held = [], 0, 0
-    for i, n in enumerate(sizes.tolist()):
-        if held and held + n > rows:
-            out.append((g0, i))
-            g0, held = i, 0
-        held += n
-    if len(sizes):
-        out.append((g0, len(sizes)))
-    return out
+def _add_rows(acc: np.ndarray, rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``acc`` plus the ``mask``ed ``rows``, added one row after another in float64 (the order of one
+    axis-0 reduction over all the rows, so a sum carried across slices equals the sum over the block)."""
+    x = np.concatenate([acc[None], rows.astype(np.float64)])
+    return np.add.reduce(x, axis=0, where=np.r_[True, mask][:, None])
+
+
+def _add_class_rows(per: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> None:
+    """Add each row to its class's sum in ``per`` (float64, in place), one row after another in row
+    order, so sums carried across slices equal those over the whole block."""
+    np.add.at(per, labels, rows.astype(np.float64))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 
 from curate.errors import CurateError, InputError, UsageError
 from curate.select.base import (
+    DEFAULT_MEMORY,
     BlockScan,
     PartitionOutput,
     Pool,
@@ -185,7 +186,7 @@ class NegClipLossSelector(ThresholdOrBudget):
 
         dtype = getattr(torch, self.config.dtype)
         dev = shared.get("device", "cpu")
-        if data.held_bytes(2) <= shared.get("memory", 1 << 30) // 2:
+        if data.holds(2, shared.get("memory", DEFAULT_MEMORY)):
             img = Rows(torch.from_numpy(data.matrix("image")).to(dev, dtype))
             txt = Rows(torch.from_numpy(data.matrix("text")).to(dev, dtype))
         else:  # a batch larger than the budget: its float16 rows, normalised a tile at a time

@@ -262,10 +262,20 @@ class Partitioner:
         return argmax_rows(image, shared["centres"], valid)
 
     @staticmethod
+    def chunk_labels(chunk: Any, shared: dict[str, Any], valid: np.ndarray) -> np.ndarray:
+        """:meth:`labels` of a block's rows, its image rows read :data:`ARGMAX_ROWS` at a time (the
+        products :func:`argmax_rows` makes on the whole matrix)."""
+        out = np.empty(len(chunk), np.int32)
+        for a in range(0, len(chunk), ARGMAX_ROWS):
+            b = min(len(chunk), a + ARGMAX_ROWS)
+            out[a:b] = Partitioner.labels(chunk.rows("image", a, b), shared, valid[a:b])
+        return out
+
+    @staticmethod
     def block_labels(chunk: Any, start: int, stop: int, shared: dict[str, Any], valid: np.ndarray) -> np.ndarray:
         """Labels of pool rows ``[start, stop)`` (``chunk`` holds their ids and image embeddings)."""
         if "scores" not in shared:
-            return Partitioner.labels(chunk.image, shared, valid)
+            return Partitioner.chunk_labels(chunk, shared, valid)
         from curate.select.source import read_rows
 
         t = read_rows(shared["scores"], start, stop, ["uid", "partition"])

@@ -69,6 +69,7 @@ from curate.select.ranking import (
 from curate.select.source import PoolSource
 
 WORK_FORMAT = 2  # 2: partition counts per block are sparse; the partition index
+HOLD_SHARE = 4  # float32 copies of a partition are held up to memory / HOLD_SHARE (PartitionData.holds)
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
 SEQ_ENTRY_BYTES = 17  # a pick of a sequence in the merge's window: row (8), score (8), refresh flag (1)
 INDEX_DIR = "index"  # the work folder's partition index (curate.select.partindex)
@@ -194,13 +195,13 @@ def _pass1_task(blocks: list[int], spec: TaskSpec) -> int:
     ids = sel.reads_ids or (own and "scores" in spec.shared["per_partition"])  # selection:NAME checks uids
     for b in blocks:
         start, stop = spans[b]
-        chunk = spec.source.chunk(start, stop, parts, ids=ids)
+        chunk = spec.source.chunk(start, stop, parts, ids=ids, by_rows=sel.row_parts)
         scan = sel.scan(chunk, start, spec.shared)
         pp_labels = None
         if own:  # the per-partition budgets' partitions (the selector's own, if any, serve its pass 2)
             from curate.select.partition import Partitioner
 
-            assert chunk.image is not None and chunk.image_ok is not None
+            assert chunk.image_ok is not None
             pp_labels = Partitioner.block_labels(chunk, start, stop, spec.shared["per_partition"],
                                                  np.asarray(scan.eligible, bool) & chunk.image_ok)
         n = stop - start
@@ -355,6 +356,12 @@ class PartitionData:
         col = next(iter(self.raw.values()))
         return len(self) * col.type.list_size * 4 * parts
 
+    def holds(self, parts: int, memory: int) -> bool:
+        """Whether a selector keeps ``parts`` float32 copies of the partition, or normalises its float16
+        rows a slice at a time: copies up to a quarter of ``memory`` (the group's float16 rows take
+        another quarter, products and torch the rest). A memory knob only: the values are the same."""
+        return self.held_bytes(parts) <= memory // HOLD_SHARE
+
 
 def read_partitions(work: Path, index: PartitionIndex, lo: int, hi: int, parts: frozenset[str],
                     carry: Sequence[str]) -> list[PartitionData]:
@@ -392,7 +399,9 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
     rows_all, cols_all = [], []
     datas = read_partitions(spec.work, PartitionIndex(spec.work / INDEX_DIR), lo, hi, sel.partition_parts, carry)
     release_arrow_memory()
-    for data in datas:
+    datas.reverse()
+    while datas:
+        data = datas.pop()  # a partition's rows are dropped once it is done, not when the group is
         res = sel.partition(data, spec.shared)
         rows_all.append(data.rows)
         cols_all.append(res.columns)

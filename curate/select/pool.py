@@ -16,10 +16,20 @@ def embedding_matrix(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.nd
     column's chunks are converted one at a time into the result (never combined into a copy of the
     column), and every step is per row, so the values do not depend on how the rows are chunked.
     """
+    mat = np.empty((len(col), col.type.list_size), np.float32)
+    return mat, _convert(col, mat)
+
+
+def embedding_mask(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The valid mask of :func:`embedding_matrix` without keeping the matrix (a few rows at a time)."""
+    return _convert(col, None)
+
+
+def _convert(col: pa.ChunkedArray | pa.Array, mat: np.ndarray | None) -> np.ndarray:
+    """Normalise ``col``'s rows :data:`NORMALISE_ROWS` at a time, into ``mat`` when given; the mask."""
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
-    d = col.type.list_size
-    mat = np.empty((len(col), d), np.float32)
     ok = np.empty(len(col), bool)
+    scratch = None
     n = 0
     for c in chunks:
         m = len(c)
@@ -29,11 +39,15 @@ def embedding_matrix(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.nd
         valid = c.is_valid().to_numpy(zero_copy_only=False) if c.null_count else None
         for a in range(0, m, NORMALISE_ROWS):
             b = min(m, a + NORMALISE_ROWS)
-            out = mat[n + a : n + b]
+            if mat is not None:
+                out = mat[n + a : n + b]
+            else:
+                scratch = np.empty((NORMALISE_ROWS, raw.shape[1]), np.float32) if scratch is None else scratch
+                out = scratch[: b - a]
             out[:] = raw[a:b]
             _, ok[n + a : n + b] = _normalise(out, None if valid is None else valid[a:b])
         n += m
-    return mat, ok
+    return ok
 
 
 def raw_matrix(col: pa.FixedSizeListArray) -> np.ndarray:

@@ -32,7 +32,7 @@ from curate.schemas import (
     check_version,
 )
 from curate.select.base import Pool
-from curate.select.pool import embedding_matrix
+from curate.select.pool import embedding_mask, embedding_matrix
 
 BLOCK_ROWS = 1 << 16  # rows per block: the unit of per-row arithmetic, of pass-1 tasks and of table writes
 READ_BATCH_ROWS = 1 << 14  # rows decoded at a time when reading a row group of the embedding tables
@@ -179,30 +179,40 @@ class PoolSource:
         """Pickled for tasks without the cached row group."""
         return {k: v for k, v in self.__dict__.items() if k != "_last_group"}
 
-    def chunk(self, start: int, stop: int, parts: Iterable[str], ids: bool = True) -> Pool:
+    def chunk(self, start: int, stop: int, parts: Iterable[str], ids: bool = True,
+              by_rows: Iterable[str] = ()) -> Pool:
         """Rows ``[start, stop)`` as a :class:`Pool`: ids (unless ``ids`` is False), and the normalised
-        matrices ``parts`` asks for."""
+        matrices ``parts`` asks for (only the valid masks of those in ``by_rows``: see :meth:`Pool.rows`)."""
         parts = set(parts)
         cols = self.require(parts, ids)
         if not cols:  # nothing to read (a method that needs only the row numbers)
             return Pool(ids=None, meta=dict(self.meta), n_rows=stop - start)
         table = self.read(start, stop, cols)
-        return pool_from_table(table, parts, self.meta, ids)
+        return pool_from_table(table, parts, self.meta, ids, frozenset(by_rows))
 
 
 def pool_from_table(table: pa.Table, parts: set[str], meta: dict[str, Any] | None = None,
-                    ids: bool = True) -> Pool:
-    """A :class:`Pool` from rows of an embedding table (matrices L2-normalised, with validity masks)."""
+                    ids: bool = True, by_rows: frozenset[str] = frozenset()) -> Pool:
+    """A :class:`Pool` from rows of an embedding table (matrices L2-normalised, with validity masks).
+
+    The float16 columns stay as read (a chunk per row group, never combined into a copy); parts in
+    ``by_rows`` get their masks only, and are read through :meth:`Pool.rows`."""
     pool = Pool(ids=table.select(list(ID_COLUMNS)) if ids else None, meta=dict(meta or {}),
                 n_rows=None if ids else table.num_rows)
     for col in ("image_emb", "text_emb"):
         if col in table.column_names:
             c = table.column(col)
-            pool.raw[col] = c.combine_chunks() if c.num_chunks != 1 else c.chunk(0)
-    if "image" in parts:  # from the combined column above: no second copy of the block's halves
-        pool.image, pool.image_ok = embedding_matrix(pool.raw["image_emb"])
+            pool.raw[col] = c.chunk(0) if c.num_chunks == 1 else c
+    for part in ("image", "text"):
+        if part in parts:
+            col = pool.raw[f"{part}_emb"]
+            if part in by_rows:
+                setattr(pool, f"{part}_ok", embedding_mask(col))
+            else:
+                mat, ok = embedding_matrix(col)
+                setattr(pool, part, mat)
+                setattr(pool, f"{part}_ok", ok)
     if "text" in parts:
-        pool.text, pool.text_ok = embedding_matrix(pool.raw["text_emb"])
         pool.text_present = table.column("text_emb").is_valid().to_numpy(zero_copy_only=False)
     if "clip_score" in parts:
         pool.clip_score = table.column("clip_score").to_numpy(zero_copy_only=False).astype(np.float32)

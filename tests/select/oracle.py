@@ -122,19 +122,17 @@ def block_means(img: np.ndarray, txt: np.ndarray, rows: np.ndarray) -> tuple[np.
 
 
 def kmeans_class_text(txt: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Normalised mean caption per cluster (float64 sums per pool block, in block order)."""
+    """Normalised mean caption per cluster (float64 sums per pool block, rows added one after another,
+    blocks added in block order)."""
     total = np.zeros((k, txt.shape[1]))
     for s in range(0, len(txt), source.BLOCK_ROWS):
         e = min(len(txt), s + source.BLOCK_ROWS)
         lab = labels[s:e]
         idx = np.flatnonzero(lab >= 0)
-        order = idx[np.argsort(lab[idx], kind="stable")]
-        if len(order):
-            lo = lab[order]
-            starts = np.r_[0, np.flatnonzero(np.diff(lo)) + 1]
-            part = np.zeros_like(total)
-            part[lo[starts]] = np.add.reduceat(txt[s:e][order].astype(np.float64), starts, axis=0)
-            total = total + part
+        part = np.zeros_like(total)
+        for i in idx:  # each caption onto its cluster's sum, in row order
+            part[lab[i]] += txt[s + i].astype(np.float64)
+        total = total + part
     return total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)
 
 

@@ -55,3 +55,22 @@ def test_a_plain_array_and_an_empty_column() -> None:
     assert np.array_equal(mat.view(np.uint32), whole.view(np.uint32)) and np.array_equal(ok, whole_ok)
     empty, eok = embedding_matrix(pa.chunked_array([], type=col.type))
     assert empty.shape == (0, 4) and eok.shape == (0,)
+
+
+def test_mask_alone_and_rows_by_slices_have_the_bits_of_the_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block read by rows (``by_rows``): its valid mask without the matrix, and any slice of rows
+    normalised on demand, equal the whole matrix's mask and rows bit for bit."""
+    from curate.select.base import Pool
+    from curate.select.pool import embedding_mask
+
+    rng = np.random.default_rng(9)
+    col, _, _ = _column(rng, [11, 20, 0, 13, 9], 8)
+    whole, whole_ok = embedding_matrix(col)
+    monkeypatch.setattr(pool, "NORMALISE_ROWS", 5)
+    assert np.array_equal(embedding_mask(col), whole_ok)
+    p = Pool(ids=None, n_rows=len(col), raw={"image_emb": col})
+    for a, b in [(0, 53), (0, 7), (7, 31), (30, 53), (52, 53), (9, 9)]:
+        got = p.rows("image", a, b)
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), whole[a:b].view(np.uint32))
+    p.image = whole  # held: a slice of it
+    assert p.rows("image", 4, 9).base is whole

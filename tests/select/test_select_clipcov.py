@@ -316,3 +316,69 @@ def test_cross_sample_estimates_the_cross_term_from_seeded_members(make_run: Mak
         smp = members[rng.choice(len(members), size=m, replace=False)]
         est.append((mp(pimg[smp], ptxt[members]).sum(0) + mp(pimg[members], ptxt[smp]).sum(1)) / m)
     assert abs(np.mean(est) - exact[members].mean()) < 0.01 * abs(exact[members].mean())
+
+
+def test_sums_carried_across_row_slices_equal_one_reduction() -> None:
+    """Pass 1's pool sums and k-means class sums, carried across slices of rows, have the bits of one
+    reduction over the whole block. Values spread over 30 binary orders of magnitude, so that float64
+    sums of float32 rows round and the order of the additions shows (a slice's own sum added to the
+    carry would differ)."""
+    from curate.select.clipcov import _add_class_rows, _add_rows
+
+    rng = np.random.default_rng(11)
+    n, d, k = 3000, 16, 7
+    x = (rng.normal(size=(n, d)) * 2.0 ** rng.integers(-30, 8, size=(n, d))).astype(np.float32)
+    mask = rng.random(n) > 0.2
+    labels = rng.integers(0, k, size=n)
+    whole = np.add.reduce(x, axis=0, dtype=np.float64, where=mask[:, None])
+    whole_cls = np.zeros((k, d))
+    for i in np.flatnonzero(mask):  # the definition: each row onto its class's sum, in row order
+        whole_cls[labels[i]] += x[i].astype(np.float64)
+    acc, per = np.zeros(d), np.zeros((k, d))
+    naive = np.zeros(d)
+    for a in range(0, n, 97):
+        sl = slice(a, a + 97)
+        acc = _add_rows(acc, x[sl], mask[sl])
+        naive = naive + np.add.reduce(x[sl], axis=0, dtype=np.float64, where=mask[sl, None])
+        _add_class_rows(per, x[sl][mask[sl]], labels[sl][mask[sl]])
+    assert np.array_equal(acc.view(np.uint64), whole.view(np.uint64))
+    assert np.array_equal(per.view(np.uint64), whole_cls.view(np.uint64))
+    assert not np.array_equal(naive, whole)  # the data is one where the order of additions matters
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_row_products_do_not_depend_on_their_block_size(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    """Row dot products (pairs, and one row against all: a mean, a class) give the same bits with blocks
+    of a few rows as with the default blocks. The redundancy sums' blocks depend on the shapes only (a
+    matrix product's last bits may depend on its row count), and give the brute force's values."""
+    import torch
+
+    import curate.select.clipcov as cc
+
+    rng = np.random.default_rng(5)
+    n, d = 2100, 40
+    img, txt = normalise(rng.normal(size=(n, d))), normalise(rng.normal(size=(n, d)))
+    blocks = cc.Blocks(img, txt, "cpu", dtype)
+    mean = torch.from_numpy(normalise(rng.normal(size=(1, d)))).to(blocks.dtype)
+    zero = torch.zeros(n, dtype=torch.int64)
+    cand, picked = np.arange(0, n, 2), rng.choice(n, 150, replace=False)
+
+    def run() -> list[np.ndarray]:
+        return [blocks.rowdot(blocks.img, blocks.txt), blocks.rowdot(blocks.txt, mean, zero),
+                blocks.rowdot(blocks.img, blocks.txt, torch.from_numpy(np.arange(n)[::-1].copy())),
+                blocks.redundancy(cand, picked)]
+
+    default = run()
+    monkeypatch.setattr(cc, "ROWDOT_ROWS", 7)
+    monkeypatch.setattr(cc, "GATHER_ELEMENTS", 300)
+    monkeypatch.setattr(cc, "_SMALL", 0)
+    small = run()
+    for a, b in zip(default[:3], small[:3], strict=True):
+        assert np.array_equal(a.view(np.uint64), b.view(np.uint64))
+    np.testing.assert_allclose(small[3], default[3], rtol=1e-6)
+    # and what they are
+    np.testing.assert_allclose(default[0], (img * txt).sum(1), rtol=1e-5, atol=1e-6)
+    m = mean.double().numpy()[0]
+    np.testing.assert_allclose(default[1], txt @ m, rtol=1e-5, atol=1e-6)
+    want = np.maximum(img[cand] @ txt[picked].T, 0).sum(1) + np.maximum(txt[cand] @ img[picked].T, 0).sum(1)
+    np.testing.assert_allclose(default[3], want, rtol=1e-5, atol=1e-5)

@@ -93,6 +93,26 @@ def test_pipeline_matches_oracle(pool_run: tuple, monkeypatch: pytest.MonkeyPatc
     _compare(res.path, want, run)
 
 
+@pytest.mark.parametrize("opts", [{"dtype": "float64"}, {"partition": "kmeans:6", "dtype": "float64"}],
+                         ids=["zero-shot", "kmeans"])
+def test_clipcov_scans_blocks_by_row_slices_with_the_bits_of_the_oracle(
+        pool_run: tuple, monkeypatch: pytest.MonkeyPatch, opts: dict) -> None:
+    """clipcov's pass 1 reads a block a slice of rows at a time and carries its sums across slices:
+    slices of 48 rows (labels) and 20 rows (sums), which cut blocks of 256 rows unevenly, give the
+    oracle's labels, pool means and k-means class captions, so its scores and picks (in float64, where
+    the last bit of a mean shows)."""
+    import curate.select.clipcov as cc
+    import curate.select.partition as part
+
+    run, centres = pool_run
+    monkeypatch.setattr(source_mod, "BLOCK_ROWS", 256)
+    monkeypatch.setattr(part, "ARGMAX_ROWS", 48)  # the oracle's labels take the same products
+    monkeypatch.setattr(cc, "SUM_ROWS", 20)
+    res = run_selection(run, "clipcov", fraction=0.3, options=opts, seed=2, name=f"rows-{len(opts)}",
+                        class_text=centres)
+    _compare(res.path, oracle_select(run, "clipcov", 510, seed=2, class_text=centres, **opts), run)
+
+
 @pytest.mark.parametrize(("method", "opts"), [("random", {}), ("semdedup", {}), ("clipcov", {}),
                                               ("clipcov", {"variant": "greedy"})])
 def test_tiny_memory_budget_spills_and_gives_the_same_bits(pool_run: tuple, monkeypatch: pytest.MonkeyPatch,
