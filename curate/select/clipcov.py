@@ -291,10 +291,12 @@ def cross_part(img: Rows, txt: Rows, s: int, n: int, r0: int, r1: int,
     dev = img.device if img.held is None else img.held.device
     rows = torch.zeros(r1 - r0, dtype=torch.float64, device=dev)
     cols = torch.zeros(n, dtype=torch.float64, device=dev)
-    for b in range(r0, r1, bs):
-        x = img[s + b : s + min(r1, b + bs)]
-        for i, (c0, c1) in enumerate(tiles):
-            y = held[i] if held is not None else txt[s + c0 : s + c1]
+    # tiles outside, blocks inside: a tile is read (or normalised) once per chunk, not once per block;
+    # every row and column sum still adds its parts in the same order (tiles in order, blocks in order)
+    for i, (c0, c1) in enumerate(tiles):
+        y = held[i] if held is not None else txt[s + c0 : s + c1]
+        for b in range(r0, r1, bs):
+            x = img[s + b : s + min(r1, b + bs)]
             p = mm(x, y)  # p[i, j] = <img_i, txt_j> = M_k[i, j]
             p.clamp_(min=THRESHOLD) if THRESHOLD == 0.0 else p.masked_fill_(p <= THRESHOLD, 0.0)
             # one cast, then two float64 sums: 2x faster on CPU than casting inside each sum (same values)
@@ -335,12 +337,14 @@ class ClassReference:
 
     def take(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows, scores, flags = [], [], []
-        while len(rows) < m and self.count < self.n:
+        taken = 0
+        while taken < m and self.count < self.n:
             # picks up to the next refresh go in one vectorised step
             r = (self.count + 1) % self.period
-            step = min(m - len(rows), self.n - self.count, self.period - r if r else self.period)
+            step = min(m - taken, self.n - self.count, self.period - r if r else self.period)
             j = self.order[self.ptr : self.ptr + step]
             self.ptr += len(j)
+            taken += len(j)
             rows.append(j)
             scores.append(self.score[j])
             self.selected[j] = True

@@ -382,3 +382,28 @@ def test_row_products_do_not_depend_on_their_block_size(monkeypatch: pytest.Monk
     np.testing.assert_allclose(default[1], txt @ m, rtol=1e-5, atol=1e-6)
     want = np.maximum(img[cand] @ txt[picked].T, 0).sum(1) + np.maximum(txt[cand] @ img[picked].T, 0).sum(1)
     np.testing.assert_allclose(default[3], want, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_cursor_takes_the_picks_asked_for() -> None:
+    """take(m) returns the class's next m picks (fewer only when the class runs out), so pass 2 computes
+    a class's sequence only as far as the merge asks; taken in pieces (a first request, then extensions,
+    across a saved and restored state) it is the same sequence as taken whole."""
+    from curate.select.clipcov import Blocks, ClassReference
+
+    rng = np.random.default_rng(6)
+    n, d = 1300, 16
+    img, txt = normalise(rng.normal(size=(n, d))), normalise(rng.normal(size=(n, d)))
+    blocks = Blocks(img, txt, "cpu", "float64")
+    unary = rng.normal(size=n)
+    cross, label = rng.random(n), rng.random(n)
+    whole = ClassReference(blocks, unary, cross, label).take(n + 5)
+    assert len(whole[0]) == n and sorted(whole[0]) == list(range(n))
+    c = ClassReference(blocks, unary, cross, label)
+    parts = [c.take(m) for m in (1, 198, 1, 350)]
+    assert [len(p[0]) for p in parts] == [1, 198, 1, 350]
+    c = ClassReference.restore(blocks, c.state())
+    parts += [c.take(10**6)]
+    for i, dt in enumerate((np.int64, np.float64, bool)):
+        got = np.concatenate([p[i] for p in parts]).astype(dt)
+        assert np.array_equal(got, whole[i])
+    assert np.flatnonzero(whole[2]).tolist() == [198, 398, 598, 798, 998, 1198]  # refreshes after the 199th, …
