@@ -69,7 +69,9 @@ from curate.select.ranking import (
 from curate.select.source import PoolSource
 
 WORK_FORMAT = 2  # 2: partition counts per block are sparse; the partition index
-HOLD_SHARE = 4  # float32 copies of a partition are held up to memory / HOLD_SHARE (PartitionData.holds)
+#: what a pass-2 task holds besides its rows and their copies: libraries (~0.6 GB with torch, measured)
+#: and one product's scratch (≤ 0.2 GB: 2^24 float32 similarities and their float64 cast)
+TASK_OVERHEAD = 800 << 20
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
 SEQ_ENTRY_BYTES = 17  # a pick of a sequence in the merge's window: row (8), score (8), refresh flag (1)
 INDEX_DIR = "index"  # the work folder's partition index (curate.select.partindex)
@@ -358,9 +360,10 @@ class PartitionData:
 
     def holds(self, parts: int, memory: int) -> bool:
         """Whether a selector keeps ``parts`` float32 copies of the partition, or normalises its float16
-        rows a slice at a time: copies up to a quarter of ``memory`` (the group's float16 rows take
-        another quarter, products and torch the rest). A memory knob only: the values are the same."""
-        return self.held_bytes(parts) <= memory // HOLD_SHARE
+        rows a slice at a time. ``memory`` is what a task may hold besides its partitions' float16 rows:
+        its libraries and a product's scratch (:data:`TASK_OVERHEAD`), and copies in what is left. A
+        memory knob only: the values are the same either way."""
+        return self.held_bytes(parts) <= memory - TASK_OVERHEAD
 
 
 def read_partitions(work: Path, index: PartitionIndex, lo: int, hi: int, parts: frozenset[str],
