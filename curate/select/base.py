@@ -188,10 +188,16 @@ class KeepWhere:
 
 @dataclass(frozen=True)
 class MergeSequences:
-    """Decision: merge the partitions' pick sequences (pass 2 cursors) into ``budget`` picks."""
+    """Decision: merge the partitions' pick sequences (pass 2 cursors) into ``budget`` picks.
+
+    ``whole``: pass 2 computes each partition's whole sequence, not about twice its share of the
+    budget. The pass-2 tasks run in parallel; a sequence that runs short is extended during the merge,
+    one partition at a time (a task that reads the partition again), which costs more than the picks
+    when a method's picks are far from proportional to partition size, as ClipCov's reference variant's are."""
 
     budget: int
     reason: str = "budget"
+    whole: bool = False
 
 
 DecisionRule = RankBy | KeepWhere | MergeSequences

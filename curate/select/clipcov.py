@@ -621,7 +621,10 @@ class ClipCov(Selector):
 
     def rule(self, budget: int | None, shared: dict[str, Any]) -> MergeSequences:
         assert budget is not None
-        return MergeSequences(budget)
+        # reference: a class's whole sequence in pass 2 (its refreshes are vectorised and run in parallel
+        # tasks; its picks are far from proportional to class size, so short sequences would be extended
+        # one class at a time in the merge). greedy: picks one at a time, so about twice the class's share
+        return MergeSequences(budget, whole=self.config.variant == "reference")
 
     def info(self, shared: dict[str, Any]) -> dict[str, Any]:
         out = {"partition": self.config.partition if not self.config.classes else "classes",

@@ -69,9 +69,10 @@ from curate.select.ranking import (
 from curate.select.source import PoolSource
 
 WORK_FORMAT = 2  # 2: partition counts per block are sparse; the partition index
-#: what a pass-2 task holds besides its rows and their copies: libraries (~0.6 GB with torch, measured)
-#: and one product's scratch (≤ 0.2 GB: 2^24 float32 similarities and their float64 cast)
-TASK_OVERHEAD = 800 << 20
+#: what a pass-2 task holds besides its rows and their copies: libraries (~0.6 GB with torch, measured),
+#: one product's scratch (≤ 0.2 GB: 2^24 float32 similarities and their float64 cast) and ~40 MB of
+#: small arrays (benchmarks/pass2_memory.py: 800 MiB left a 57k-row class 14 MB above its target)
+TASK_OVERHEAD = 864 << 20
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
 SEQ_ENTRY_BYTES = 17  # a pick of a sequence in the merge's window: row (8), score (8), refresh flag (1)
 INDEX_DIR = "index"  # the work folder's partition index (curate.select.partindex)
@@ -911,7 +912,8 @@ def _short(selector: Selector, source: PoolSource, work: WorkDir, n: int, budget
 
 def _first_requests(sizes: np.ndarray, rule: Any, quotas: np.ndarray | None = None) -> dict[int, int]:
     """How many picks each partition's first sequence holds: twice its share of the budget (>= SEQ_MIN),
-    or exactly its quota under per-partition budgets."""
+    all of its rows when the rule asks for whole sequences, or exactly its quota under per-partition
+    budgets."""
     if not isinstance(rule, MergeSequences):
         return {}
     total = int(sizes.sum())
@@ -919,6 +921,9 @@ def _first_requests(sizes: np.ndarray, rule: Any, quotas: np.ndarray | None = No
     for p in np.flatnonzero(sizes):
         if quotas is not None:
             out[int(p)] = int(min(sizes[p], quotas[p]))
+            continue
+        if rule.whole:
+            out[int(p)] = int(sizes[p])
             continue
         share = -(-2 * rule.budget * int(sizes[p]) // max(total, 1))
         out[int(p)] = int(min(sizes[p], max(SEQ_MIN, share)))

@@ -407,3 +407,19 @@ def test_reference_cursor_takes_the_picks_asked_for() -> None:
         got = np.concatenate([p[i] for p in parts]).astype(dt)
         assert np.array_equal(got, whole[i])
     assert np.flatnonzero(whole[2]).tolist() == [198, 398, 598, 798, 998, 1198]  # refreshes after the 199th, …
+
+
+def test_reference_sequences_are_computed_whole_in_pass_2() -> None:
+    """The reference variant asks pass 2 for each class's whole pick sequence (its picks are far from
+    proportional to class size; extending short sequences is serial, in the merge); greedy asks for
+    about twice each class's share; per-partition quotas are exact."""
+    from curate.select.clipcov import ClipCov, ClipCovConfig
+    from curate.select.pipeline import SEQ_MIN, _first_requests
+
+    sizes = np.array([500, 0, 30, 2000])
+    ref = ClipCov(ClipCovConfig()).rule(100, {})
+    greedy = ClipCov(ClipCovConfig(variant="greedy")).rule(100, {})
+    assert ref.whole and not greedy.whole
+    assert _first_requests(sizes, ref) == {0: 500, 2: 30, 3: 2000}
+    assert _first_requests(sizes, greedy) == {0: 40, 2: SEQ_MIN, 3: 159}  # ⌈2 · 100 · n / 2530⌉
+    assert _first_requests(sizes, ref, np.array([7, 0, 3, 90])) == {0: 7, 2: 3, 3: 90}
