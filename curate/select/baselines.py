@@ -267,7 +267,8 @@ class SemDedupSelector(Selector):
     def partition(self, data: Any, shared: dict[str, Any]) -> PartitionOutput:
         n = len(data)
         order = np.argsort(data.carry["pref"], kind="stable")  # rows are in pool order: ties keep it
-        if data.holds(1, shared.get("memory", DEFAULT_MEMORY)):
+        memory = shared.get("memory", DEFAULT_MEMORY)  # copies up to half of it (10M: tasks 1.10 GB, §4)
+        if data.holds(1, memory, reserve=memory // 2):
             prior = max_prior_similarity(data.matrix("image", order))
         else:
             from curate.select.clipcov import Rows

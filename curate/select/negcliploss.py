@@ -186,7 +186,8 @@ class NegClipLossSelector(ThresholdOrBudget):
 
         dtype = getattr(torch, self.config.dtype)
         dev = shared.get("device", "cpu")
-        if data.holds(2, shared.get("memory", DEFAULT_MEMORY)):
+        memory = shared.get("memory", DEFAULT_MEMORY)  # a batch's copies up to half of it
+        if data.holds(2, memory, reserve=memory // 2):
             img = Rows(torch.from_numpy(data.matrix("image")).to(dev, dtype))
             txt = Rows(torch.from_numpy(data.matrix("text")).to(dev, dtype))
         else:  # a batch larger than the budget: its float16 rows, normalised a tile at a time

@@ -359,12 +359,12 @@ class PartitionData:
         col = next(iter(self.raw.values()))
         return len(self) * col.type.list_size * 4 * parts
 
-    def holds(self, parts: int, memory: int) -> bool:
+    def holds(self, parts: int, memory: int, reserve: int = TASK_OVERHEAD) -> bool:
         """Whether a selector keeps ``parts`` float32 copies of the partition, or normalises its float16
         rows a slice at a time. ``memory`` is what a task may hold besides its partitions' float16 rows:
-        its libraries and a product's scratch (:data:`TASK_OVERHEAD`), and copies in what is left. A
-        memory knob only: the values are the same either way."""
-        return self.held_bytes(parts) <= memory - TASK_OVERHEAD
+        its libraries and a product's scratch (``reserve``; clipcov's measured :data:`TASK_OVERHEAD`),
+        and copies in what is left. A memory knob only: the values are the same either way."""
+        return self.held_bytes(parts) <= memory - reserve
 
 
 def read_partitions(work: Path, index: PartitionIndex, lo: int, hi: int, parts: frozenset[str],
