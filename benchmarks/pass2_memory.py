@@ -54,7 +54,8 @@ def _task(n: int, d: int, memory: int, picks: int, threads: int) -> dict:
     label /= np.linalg.norm(label)
     shared = {"device": "cpu", "seed": 0, "memory": memory, "class_text": label, "text_mean": label[0],
               "image_mean": label[0]}
-    held = data.held_bytes() <= memory // 4 if hasattr(data, "holds") else data.held_bytes() <= memory // 2
+    # the selector's own rule (older checkouts: copies up to half of --memory)
+    held = data.holds(2, memory) if hasattr(data, "holds") else data.held_bytes() <= memory // 2
     sel = ClipCov(ClipCovConfig(partition="kmeans:1"))
     peak = [0]
 
