@@ -49,6 +49,7 @@ DTYPES = ("auto", "float32", "float64", "float16", "bfloat16")
 UPDATE_PERIOD = 200  # class k is refreshed when (c_k + 1) % UPDATE_PERIOD == 0
 W_CROSS, W_EASY, W_LABEL, W_CENTRE = 1.0, 2.0, 0.5, 1.0
 BLOCK_ELEMENTS = 1 << 24  # largest similarity block held at once (64 MiB in float32)
+SUM_ELEMENTS = 1 << 18  # cross terms: a block is thresholded and summed in float64 this many values at a time
 ROWDOT_ROWS = 1 << 13  # rows per product of row-wise dot products (a row's value does not depend on it)
 GATHER_ELEMENTS = 1 << 20  # redundancy: candidate rows gathered (and their products) per block, in elements
 _CHUNK = 2048  # reference variant: picks examined per vectorised step
@@ -291,21 +292,28 @@ def cross_part(img: Rows, txt: Rows, s: int, n: int, r0: int, r1: int,
     dev = img.device if img.held is None else img.held.device
     rows = torch.zeros(r1 - r0, dtype=torch.float64, device=dev)
     cols = torch.zeros(n, dtype=torch.float64, device=dev)
+    per_slice = SUM_ELEMENTS if torch.device(dev).type == "cpu" else BLOCK_ELEMENTS  # a GPU: one per block
     # tiles outside, blocks inside: a tile is read (or normalised) once per chunk, not once per block;
     # every row and column sum still adds its parts in the same order (tiles in order, blocks in order)
     for i, (c0, c1) in enumerate(tiles):
         y = held[i] if held is not None else txt[s + c0 : s + c1]
+        sub = max(1, per_slice // (c1 - c0))  # rows of a block thresholded and summed at once
         for b in range(r0, r1, bs):
             x = img[s + b : s + min(r1, b + bs)]
             p = mm(x, y)  # p[i, j] = <img_i, txt_j> = M_k[i, j]
-            p.clamp_(min=THRESHOLD) if THRESHOLD == 0.0 else p.masked_fill_(p <= THRESHOLD, 0.0)
-            # one cast, then two float64 sums: 2x faster on CPU than casting inside each sum (same values)
-            p = p.double()
-            if i == 0:
-                rows[b - r0 : b - r0 + len(x)] = p.sum(1)  # Σ_i' M⁺[j, i'] for j = b..b+bs
-            else:
-                rows[b - r0 : b - r0 + len(x)] += p.sum(1)
-            cols[c0:c1] += p.sum(0)  # Σ_i M⁺[i, j]
+            # on CPU the float64 copy and its sums run on slices of SUM_ELEMENTS that stay in cache, not
+            # on a float64 copy of the whole block (BENCHMARKS §4, the kernel's rate); the slices depend
+            # only on the class size and the device, so held and lazy rows give the same bits
+            for q0 in range(0, len(x), sub):
+                q = p[q0 : q0 + sub]
+                q.clamp_(min=THRESHOLD) if THRESHOLD == 0.0 else q.masked_fill_(q <= THRESHOLD, 0.0)
+                q = q.double()  # one cast, then two float64 sums: faster on CPU than casting in each sum
+                j0 = b - r0 + q0
+                if i == 0:
+                    rows[j0 : j0 + len(q)] = q.sum(1)  # Σ_i' M⁺[j, i'] for the slice's rows j
+                else:
+                    rows[j0 : j0 + len(q)] += q.sum(1)
+                cols[c0:c1] += q.sum(0)  # Σ_i M⁺[i, j]
     return rows, cols
 
 

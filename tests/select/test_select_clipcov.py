@@ -279,11 +279,40 @@ def test_small_blocks_give_the_same_result(
     ref = select_reference(st, 700)[0]
     gr = select_greedy(st, 300)[0]
     monkeypatch.setattr(cc, "BLOCK_ELEMENTS", 5000)  # blocks of a few rows: n_k × n_k never held
+    monkeypatch.setattr(cc, "SUM_ELEMENTS", 1200)  # and each block summed a row or two at a time
     monkeypatch.setattr(cc, "_SMALL", 0)
     st2 = prepare(img, txt, labels, centres, dtype="float64")
     np.testing.assert_allclose(st2.cross, st.cross, rtol=1e-12)
     np.testing.assert_array_equal(select_reference(st2, 700)[0], ref)
     np.testing.assert_array_equal(select_greedy(st2, 300)[0], gr)
+
+
+@pytest.mark.parametrize("sum_elements", [1 << 18, 700, 1])
+def test_cross_terms_in_tiles_blocks_chunks_and_slices_equal_the_brute_force(
+        monkeypatch: pytest.MonkeyPatch, sum_elements: int) -> None:
+    """r_j by caption tiles, row blocks, chunks and summed slices of every size (down to one row) is the
+    float64 brute force's; held and lazily normalised float16 rows give the same bits at each size."""
+    import curate.select.clipcov as cc
+
+    monkeypatch.setattr(cc, "CROSS_TILE", 300)
+    monkeypatch.setattr(cc, "BLOCK_ELEMENTS", 3000)  # blocks of 10 rows
+    monkeypatch.setattr(cc, "CROSS_CHUNK_ELEMENTS", 40_000)  # several chunks
+    monkeypatch.setattr(cc, "SUM_ELEMENTS", sum_elements)
+    rng = np.random.default_rng(8)
+    n, d = 700, 24
+    raw_i = (rng.normal(size=(n, d)) + 0.3).astype(np.float16)
+    raw_t = (rng.normal(size=(n, d)) + 0.3).astype(np.float16)
+    img, txt = (r / np.linalg.norm(r, axis=1, keepdims=True) for r in (raw_i.astype(float), raw_t.astype(float)))
+    assert len(cc.cross_chunks(n)) > 1 and len(cc.cross_tiles(n)) > 1
+    m = np.maximum(img @ txt.T, 0.0)
+    want = (m.sum(1) + m.sum(0)) / n
+    np.testing.assert_allclose(cc.Blocks(img, txt, "cpu", "float64").cross(0, n), want, rtol=1e-12)
+    from curate.select.pool import normalise_rows
+
+    held = cc.Blocks(normalise_rows(raw_i), normalise_rows(raw_t), "cpu", "float32").cross(0, n)
+    lazy = cc.Blocks.lazy(raw_i, raw_t, "cpu", "float32").cross(0, n)
+    assert np.array_equal(held.view(np.uint64), lazy.view(np.uint64))
+    np.testing.assert_allclose(held, want, rtol=1e-5)
 
 
 def test_cross_sample_estimates_the_cross_term_from_seeded_members(make_run: MakeRun) -> None:

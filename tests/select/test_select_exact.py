@@ -143,11 +143,13 @@ def test_partition_larger_than_the_budget_streams_with_the_same_bits(
         tmp_path, monkeypatch: pytest.MonkeyPatch, method: str, opts: dict) -> None:
     """One class of 1,800 rows × 96 dims (1.3 MiB as float32 pairs) under a 1 MiB budget is read a block
     at a time from its float16 rows; captions come in tiles of 500 (patched down from 65,536 so that
-    tiling runs here). Held, lazy and the oracle agree bit for bit."""
+    tiling runs here), and each block of 32 rows is summed 4 rows at a time. Held, lazy and the oracle
+    agree bit for bit."""
     import curate.select.clipcov as cc
 
     monkeypatch.setattr(cc, "CROSS_TILE", 500)
     monkeypatch.setattr(cc, "BLOCK_ELEMENTS", 1 << 14)
+    monkeypatch.setattr(cc, "SUM_ELEMENTS", 1 << 11)
     rng = np.random.default_rng(4)
     d = 96
     centres = normalise(rng.normal(size=(3, d)))
