@@ -180,6 +180,7 @@ def max_prior_similarity(x: Any) -> np.ndarray:
             later = torch.arange(c0, c1)[None, :] >= torch.arange(b0, b1)[:, None]
             sims.masked_fill_(later, -torch.inf)
             m = sims.max(dim=1).values
+            del sims, later  # before the next tile's product: two tiles are never held at once
             best = m if best is None else torch.maximum(best, m)
         out[b0:b1] = best.numpy()
     return out

@@ -314,6 +314,7 @@ def cross_part(img: Rows, txt: Rows, s: int, n: int, r0: int, r1: int,
                 else:
                     rows[j0 : j0 + len(q)] += q.sum(1)
                 cols[c0:c1] += q.sum(0)  # Σ_i M⁺[i, j]
+            del p, q  # before the next block's product: two blocks are never held at once
     return rows, cols
 
 

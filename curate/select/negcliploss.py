@@ -127,6 +127,7 @@ def batch_lse(img: Any, txt: Any, temperature: float) -> tuple[np.ndarray, np.nd
             z = (x @ y.T).mul_(inv)  # logits <v_i, t_j> / τ
             row[r0:r1] = torch.logaddexp(row[r0:r1], torch.logsumexp(z, dim=1).double())
             col[c0:c1] = torch.logaddexp(col[c0:c1], torch.logsumexp(z, dim=0).double())
+            del z  # before the next tile's product: two tiles are never held at once
     return row.cpu().numpy(), col.cpu().numpy()
 
 

@@ -70,5 +70,10 @@ def _normalise(mat: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, n
 
 def normalise_rows(raw: np.ndarray) -> np.ndarray:
     """Rows (float16 or other floats) as float32, L2-normalised, zero where invalid: per row the same
-    values as :func:`embedding_matrix`."""
-    return _normalise(np.asarray(raw).astype(np.float32), None)[0]
+    values as :func:`embedding_matrix`. The temporaries are :data:`NORMALISE_ROWS` rows, not the matrix."""
+    raw = np.asarray(raw)
+    out = np.empty(raw.shape, np.float32)
+    for a in range(0, len(raw), NORMALISE_ROWS):
+        out[a : a + NORMALISE_ROWS] = raw[a : a + NORMALISE_ROWS]
+        _normalise(out[a : a + NORMALISE_ROWS], None)
+    return out

@@ -74,3 +74,15 @@ def test_mask_alone_and_rows_by_slices_have_the_bits_of_the_matrix(monkeypatch: 
         assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), whole[a:b].view(np.uint32))
     p.image = whole  # held: a slice of it
     assert p.rows("image", 4, 9).base is whole
+
+
+def test_normalise_rows_in_slices_has_the_bits_of_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition's float32 copy (``normalise_rows``) is built a few rows at a time: the same bits as the
+    whole matrix normalised at once, NaN, inf, zero and tiny rows zeroed."""
+    rng = np.random.default_rng(9)
+    _, raw, _ = _column(rng, [40], 16)
+    whole, whole_ok = pool._normalise(raw.astype(np.float32), None)
+    monkeypatch.setattr(pool, "NORMALISE_ROWS", 7)
+    got = pool.normalise_rows(raw)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), whole.view(np.uint32))
+    assert not got[[3, 10, 11, 12]].any() and set(np.flatnonzero(~whole_ok)) == {3, 10, 11, 12}
