@@ -413,6 +413,10 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
             m = first.get(data.index, SEQ_MIN)
             local, scores, flags = res.cursor.take(m)
             _save_sequence(spec.work, data.index, data.rows, res.cursor, local, scores, flags)
+        # before the next partition: its copies never meet this one's (the cursor holds them), and
+        # Arrow hands this partition's rows back to the system for them
+        del data, res
+        release_arrow_memory()
     if rows_all:
         rows = np.concatenate(rows_all)
         order = np.argsort(rows, kind="stable")
