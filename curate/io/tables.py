@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -46,8 +47,24 @@ def write_table(path: str | os.PathLike[str], table: pa.Table, **kwargs: Any) ->
 
 def release_arrow_memory() -> None:
     """Hand Arrow's freed memory back to the system: its allocator keeps what a Parquet decode or write
-    freed (~0.4 GB after a block of 512-d rows), which numpy's allocations cannot reuse."""
+    freed (~0.4 GB after a block of 512-d rows), which numpy's allocations cannot reuse. On glibc the
+    C heap's free pages go back too (``malloc_trim``), so that Arrow's next allocations find them."""
     pa.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 #: Vector columns of the embedding tables: float16 values that neither repeat nor compress, so a

@@ -401,11 +401,13 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
     sel = spec.selector()
     carry = spec.shared.get("carry", ())
     rows_all, cols_all = [], []
-    datas = read_partitions(spec.work, PartitionIndex(spec.work / INDEX_DIR), lo, hi, sel.partition_parts, carry)
-    release_arrow_memory()
-    datas.reverse()
-    while datas:
-        data = datas.pop()  # a partition's rows are dropped once it is done, not when the group is
+    index = PartitionIndex(spec.work / INDEX_DIR)
+    for p in range(lo, hi):  # read one partition at a time: a task holds one partition's rows, not its group's
+        got = read_partitions(spec.work, index, p, p + 1, sel.partition_parts, carry)
+        if not got:
+            continue
+        data = got.pop()
+        release_arrow_memory()  # the pieces the partition was combined from
         res = sel.partition(data, spec.shared)
         rows_all.append(data.rows)
         cols_all.append(res.columns)
@@ -413,8 +415,7 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
             m = first.get(data.index, SEQ_MIN)
             local, scores, flags = res.cursor.take(m)
             _save_sequence(spec.work, data.index, data.rows, res.cursor, local, scores, flags)
-        # before the next partition: its copies never meet this one's (the cursor holds them), and
-        # Arrow hands this partition's rows back to the system for them
+        # before the next partition: its rows and copies never meet this one's (the cursor holds them)
         del data, res
         release_arrow_memory()
     if rows_all:
