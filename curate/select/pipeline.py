@@ -367,32 +367,29 @@ class PartitionData:
         return self.held_bytes(parts) <= memory - reserve
 
 
-def read_partitions(work: Path, index: PartitionIndex, lo: int, hi: int, parts: frozenset[str],
-                    carry: Sequence[str]) -> list[PartitionData]:
-    """Partitions ``lo .. hi-1`` gathered from the shuffle files of the blocks that hold them, rows in
-    pool order."""
-    pieces: dict[int, list[pa.RecordBatch]] = {p: [] for p in range(lo, hi)}
-    for b in index.blocks(lo, hi):
+def read_partition(work: Path, index: PartitionIndex, p: int, parts: frozenset[str],
+                   carry: Sequence[str]) -> PartitionData | None:
+    """Partition ``p`` gathered from the shuffle files of the blocks that hold it, rows in pool order
+    (None when it has no rows)."""
+    got: list[pa.RecordBatch] = []
+    for b in index.blocks(p, p + 1):
         with pa.OSFile(str(work / "sh" / f"b{b:07d}.arrow"), "rb") as src:
             reader = pa.ipc.open_file(src)
             parts_in = np.asarray(json.loads(reader.schema.metadata[b"partitions"]), np.int64)  # ascending
-            i0, i1 = np.searchsorted(parts_in, [lo, hi])
-            for i in range(int(i0), int(i1)):
-                pieces[int(parts_in[i])].append(reader.get_batch(i))
-    out = []
+            i = int(np.searchsorted(parts_in, p))
+            if i < len(parts_in) and parts_in[i] == p:
+                got.append(reader.get_batch(i))
+    if not got:
+        return None
+    t = pa.Table.from_batches(got).combine_chunks()
+    del got
+    data = PartitionData(p, t.column("row").to_numpy())
     raw = {"image": "image_emb", "text": "text_emb"}
-    for p in range(lo, hi):
-        got = pieces.pop(p)  # dropped once combined: the group is held once, plus one partition's copy
-        if not got:
-            continue
-        t = pa.Table.from_batches(got).combine_chunks()
-        data = PartitionData(p, t.column("row").to_numpy())
-        for part in parts:
-            data.raw[raw[part]] = t.column(raw[part]).chunk(0)
-        for k in carry:
-            data.carry[k] = t.column(k).to_numpy(zero_copy_only=False)
-        out.append(data)
-    return out
+    for part in parts:
+        data.raw[raw[part]] = t.column(raw[part]).chunk(0)
+    for k in carry:
+        data.carry[k] = t.column(k).to_numpy(zero_copy_only=False)
+    return data
 
 
 def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> int:
@@ -403,10 +400,9 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
     rows_all, cols_all = [], []
     index = PartitionIndex(spec.work / INDEX_DIR)
     for p in range(lo, hi):  # read one partition at a time: a task holds one partition's rows, not its group's
-        got = read_partitions(spec.work, index, p, p + 1, sel.partition_parts, carry)
-        if not got:
+        data = read_partition(spec.work, index, p, sel.partition_parts, carry)
+        if data is None:
             continue
-        data = got.pop()
         release_arrow_memory()  # the pieces the partition was combined from
         res = sel.partition(data, spec.shared)
         rows_all.append(data.rows)
@@ -460,8 +456,9 @@ def _extend_task(item: tuple[int, int], spec: TaskSpec) -> int:
     """More picks of partition ``p`` (``m`` in all), continuing from its saved cursor."""
     p, m = item
     sel = spec.selector()
-    (data,) = read_partitions(spec.work, PartitionIndex(spec.work / INDEX_DIR), p, p + 1, sel.partition_parts,
-                              spec.shared.get("carry", ()))
+    data = read_partition(spec.work, PartitionIndex(spec.work / INDEX_DIR), p, sel.partition_parts,
+                          spec.shared.get("carry", ()))
+    assert data is not None  # only partitions with rows have sequences to extend
     with np.load(spec.work / "seq" / f"p{p:07d}.npz") as z:
         prev = {k: z[k] for k in ("rows", "scores", "flags")}
         state = {k.removeprefix("state:"): z[k] for k in z.files if k.startswith("state:")}
