@@ -48,9 +48,11 @@ class Totals:
 
 
 def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndarray], spread: np.ndarray,
-                budget: int) -> None:
+                budget: int, sizes: np.ndarray | None = None) -> None:
     """``folder/blocks.npy`` (each partition's blocks, in partition then block order) and
-    ``folder/offsets.npy`` (where each partition's list starts), in slices of at most ``budget`` bytes.
+    ``folder/offsets.npy`` (where each partition's list starts), in slices of at most ``budget`` bytes;
+    with ``sizes`` (rows per partition) also ``folder/sizes.npy``, so that a reader can allocate a
+    partition's rows before it reads them.
 
     ``present_of(b)`` gives block ``b``'s partitions, sorted. It is called once per block: the blocks'
     partitions go into one spool file; each slice maps it a group of blocks at a time (at most a quarter
@@ -103,6 +105,9 @@ def write_index(folder: Path, n_blocks: int, present_of: Callable[[int], np.ndar
                 fh.write(memoryview(buf))  # no copy of the slice
             a = b
     spool.unlink()
+    if sizes is not None:
+        with atomic_path(folder / "sizes.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(sizes, np.int64))
     with atomic_path(folder / "offsets.npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, offsets)
 
@@ -124,6 +129,8 @@ class PartitionIndex:
     def __init__(self, folder: Path) -> None:
         self.offsets = np.load(folder / "offsets.npy", mmap_mode="r")
         self.lists = np.load(folder / "blocks.npy", mmap_mode="r")
+        sizes = folder / "sizes.npy"
+        self.sizes = np.load(sizes, mmap_mode="r") if sizes.exists() else None
 
     @staticmethod
     def exists(folder: Path) -> bool:
@@ -133,3 +140,9 @@ class PartitionIndex:
         """The blocks that hold any of partitions ``lo .. hi-1``, sorted."""
         a, b = int(self.offsets[lo]), int(self.offsets[hi])
         return np.unique(np.asarray(self.lists[a:b]))
+
+    def rows(self, p: int) -> int:
+        """Rows of partition ``p`` (an index written with ``sizes``)."""
+        if self.sizes is None:
+            raise ValueError("this partition index was written without the rows per partition")
+        return int(self.sizes[p]) if p < len(self.sizes) else 0

@@ -68,7 +68,7 @@ from curate.select.ranking import (
 )
 from curate.select.source import PoolSource
 
-WORK_FORMAT = 2  # 2: partition counts per block are sparse; the partition index
+WORK_FORMAT = 3  # 2: partition counts per block are sparse; the partition index. 3: its rows per partition
 #: what a pass-2 task holds besides its rows and their copies: libraries (~0.6 GB with torch, measured),
 #: one product's scratch (≤ 0.2 GB: 2^24 float32 similarities and their float64 cast) and ~40 MB of
 #: small arrays (benchmarks/pass2_memory.py: 800 MiB left a 57k-row class 14 MB above its target)
@@ -370,25 +370,49 @@ class PartitionData:
 def read_partition(work: Path, index: PartitionIndex, p: int, parts: frozenset[str],
                    carry: Sequence[str]) -> PartitionData | None:
     """Partition ``p`` gathered from the shuffle files of the blocks that hold it, rows in pool order
-    (None when it has no rows)."""
-    got: list[pa.RecordBatch] = []
+    (None when it has no rows).
+
+    The rows are copied a piece (one block's rows of the partition) at a time from the memory-mapped
+    file into arrays sized from the index, so the partition is held once, plus one piece's file pages,
+    never twice."""
+    from curate.select.pool import raw_matrix
+
+    n = index.rows(p)
+    if n == 0:
+        return None
+    names = [{"image": "image_emb", "text": "text_emb"}[part] for part in sorted(parts)]
+    rows = np.empty(n, np.int64)
+    emb: dict[str, np.ndarray] = {}
+    kept: dict[str, list[np.ndarray]] = {k: [] for k in carry}
+    at = 0
     for b in index.blocks(p, p + 1):
-        with pa.OSFile(str(work / "sh" / f"b{b:07d}.arrow"), "rb") as src:
+        # memory-mapped: the piece's pages are the file's, and leave the process when the map closes
+        with pa.memory_map(str(work / "sh" / f"b{b:07d}.arrow"), "r") as src:
             reader = pa.ipc.open_file(src)
             parts_in = np.asarray(json.loads(reader.schema.metadata[b"partitions"]), np.int64)  # ascending
             i = int(np.searchsorted(parts_in, p))
-            if i < len(parts_in) and parts_in[i] == p:
-                got.append(reader.get_batch(i))
-    if not got:
-        return None
-    t = pa.Table.from_batches(got).combine_chunks()
-    del got
-    data = PartitionData(p, t.column("row").to_numpy())
-    raw = {"image": "image_emb", "text": "text_emb"}
-    for part in parts:
-        data.raw[raw[part]] = t.column(raw[part]).chunk(0)
+            if i == len(parts_in) or parts_in[i] != p:
+                continue
+            piece = reader.get_batch(i)
+            m = piece.num_rows
+            rows[at : at + m] = piece.column("row").to_numpy()
+            for name in names:
+                values = raw_matrix(piece.column(name))
+                if name not in emb:
+                    emb[name] = np.empty((n, values.shape[1]), values.dtype)
+                emb[name][at : at + m] = values
+                del values
+            for k in carry:  # copied out of the map
+                kept[k].append(piece.column(k).to_numpy(zero_copy_only=False).copy())
+            at += m
+            del piece, reader
+    if at != n:
+        raise RuntimeError(f"partition {p}: the shuffle holds {at} rows, the index {n}")
+    data = PartitionData(p, rows)
+    for name, mat in emb.items():  # wrapped without a copy
+        data.raw[name] = pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1])
     for k in carry:
-        data.carry[k] = t.column(k).to_numpy(zero_copy_only=False)
+        data.carry[k] = np.concatenate(kept[k])
     return data
 
 
@@ -403,7 +427,7 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
         data = read_partition(spec.work, index, p, sel.partition_parts, carry)
         if data is None:
             continue
-        release_arrow_memory()  # the pieces the partition was combined from
+        release_arrow_memory()  # what reading left in the allocators
         res = sel.partition(data, spec.shared)
         rows_all.append(data.rows)
         cols_all.append(res.columns)
@@ -706,7 +730,7 @@ def _partition_stages(selector: Selector, rule: Any, spec: TaskSpec, work: WorkD
             with np.load(work.sums(b)) as z:
                 return z["part:present"] if "part:present" in z.files else np.zeros(0, np.int64)
 
-        write_index(index, n_blocks, present_of, totals.spread, spec.memory // DECISION_SHARE)
+        write_index(index, n_blocks, present_of, totals.spread, spec.memory // DECISION_SHARE, totals.sizes)
     sizes = totals.sizes
     first = _first_requests(sizes, rule, quotas)
     tasks = _partition_tasks(sizes, first, 4 * max(spec.source.dim, 1), spec.memory)

@@ -74,3 +74,42 @@ def test_a_block_without_partitioned_rows_writes_an_empty_shuffle(tmp_path: Path
         reader = pa.ipc.open_file(f)
         assert reader.num_record_batches == 0
         assert json.loads(reader.schema.metadata[b"partitions"]) == []
+
+
+def test_read_partition_gathers_every_block_in_pool_order(tmp_path: Path) -> None:
+    """A partition read from several blocks' shuffle files, copied piece by piece into arrays sized from
+    the index, equals its rows gathered from the blocks at once (rows, float16 values, carried columns)."""
+    from curate.select.partindex import PartitionIndex, Totals, block_counts, write_index
+
+    rng = np.random.default_rng(7)
+    n_blocks, n, d, k = 5, 200, 8, 12
+    (tmp_path / "sh").mkdir()
+    totals, present, ref = Totals(k), [], []
+    for b in range(n_blocks):
+        img = rng.normal(size=(n, d)).astype(np.float16)
+        txt = rng.normal(size=(n, d)).astype(np.float16)
+        chunk = SimpleNamespace(raw={"image_emb": fixed_list(img), "text_emb": fixed_list(txt)})
+        part = rng.integers(0, k, n) if b != 2 else np.full(n, 3)  # block 2 holds partition 3 only
+        part[rng.random(n) < 0.1] = -1
+        eligible = rng.random(n) < 0.9
+        rows = np.arange(b * n, (b + 1) * n, dtype=np.int64)
+        carry = {"pref": rng.random(n)}
+        pl._write_shuffle(tmp_path / "sh" / f"b{b:07d}.arrow", chunk, rows, part, eligible, carry,
+                          frozenset({"image", "text"}))
+        ok = eligible & (part >= 0)
+        totals.add(*block_counts(np.where(ok, part, -1)))
+        present.append(block_counts(np.where(ok, part, -1))[0])
+        ref.append((rows[ok], part[ok], img[ok], txt[ok], carry["pref"][ok]))
+    write_index(tmp_path / "index", n_blocks, present.__getitem__, totals.spread, 1 << 12, totals.sizes)
+    index = PartitionIndex(tmp_path / "index")
+    for p in range(k):
+        data = pl.read_partition(tmp_path, index, p, frozenset({"image", "text"}), ("pref",))
+        want = [tuple(x[r[1] == p] for x in r) for r in ref]
+        np.testing.assert_array_equal(data.rows, np.concatenate([w[0] for w in want]))
+        np.testing.assert_array_equal(data.raw16("image"), np.concatenate([w[2] for w in want]))
+        np.testing.assert_array_equal(data.raw16("text"), np.concatenate([w[3] for w in want]))
+        np.testing.assert_array_equal(data.carry["pref"], np.concatenate([w[4] for w in want]))
+        assert data.raw16("image").dtype == np.float16
+    with pytest.raises(ValueError, match="rows per partition"):
+        write_index(tmp_path / "old", n_blocks, present.__getitem__, totals.spread, 1 << 12)
+        pl.read_partition(tmp_path, PartitionIndex(tmp_path / "old"), 0, frozenset({"image"}), ())
