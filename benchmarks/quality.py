@@ -155,6 +155,10 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
         p = pct(f)
         arms.append(Arm(f"oracle-clean{p}", "static", selection=f"oracle-clean{p}-s{{seed}}",
                         label=f"oracle: random {p}% of the truly clean samples"))
+    if 0.3 in setup.fractions and 0.5 in setup.fractions:  # diagnostics: a method's order, defects removed by truth
+        for m, what in (("clipcov", "ClipCov's (class names)"), ("clip-score", "CLIP-score's")):
+            arms.append(Arm(f"oracle-{m}30", "static", selection=f"oracle-{m}30",
+                            label=f"oracle filter on {what} order: its first 30% of truly clean samples"))
     for f in setup.fractions:  # equal compute: a subset trained for epochs / fraction (as many steps as full)
         p = pct(f)
         for m in ("random", "clip-score", "clipcov"):
@@ -183,7 +187,9 @@ FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup3
              # methods at 50%, and the recipes with k-means partitions
              "clipcov30-sqrt", "clip-score30-sqrt", "negcliploss30-sqrt", "recipe-r2-30", "recipe-r3-30",
              "clipcov50-sqrt", "clip-score50-sqrt", "negcliploss50-sqrt", "recipe-r2-50", "recipe-r3-50",
-             "negcliploss50", "normsim50", "recipe-r1-km30", "recipe-r2-km30", "recipe-r3-km30")
+             "negcliploss50", "normsim50", "recipe-r1-km30", "recipe-r2-km30", "recipe-r3-km30",
+             # what the gap to the oracle is made of: a method's own order with the true defects taken out
+             "oracle-clipcov30", "oracle-clip-score30")
 # Not in FULL_ARMS (run them with --arms): in this world the target (another world's test split) holds all
 # 30 classes, every k-means cluster of the pool is a target cluster, and DataComp's image-based filter keeps
 # the whole pool; so "image-filter" trains on the full pool and "image-filter-and-clip-score30" on exactly
@@ -231,7 +237,17 @@ def selection_plans(
             (f"recipe-r3-km{p}", "combine", f, {"of": (f"clipcov-kmeans{p}", f"negcliploss{p}"), "weights": "1,1",
                                                 "normalize": "z", **by_km}, 0),
         ]
+    if 0.3 in setup.fractions and 0.5 in setup.fractions:  # after the 50% selections they take their order from
+        plans += [(f"oracle-{m}30", "oracle-order", 0.3, {"of": (f"{m}50",)}, 0) for m in ("clipcov", "clip-score")]
+    # --compositions: subsets only scored against the ground truth (no arm trains on them)
+    plans += [("semdedup-eps0.002", "semdedup", None, {"eps": 0.002}, 0),
+              ("clipcov30-proportional", "clipcov", 0.3, {"classes": str(classes), "per_partition": "proportional"}, 0)]
     return plans
+
+
+#: What ``--compositions`` adds to the ground-truth table: can the proxy see duplicates (SemDeDup with a tiny
+#: eps and no budget), and does a budget proportional to the zero-shot classes keep the pool's class mix?
+COMPOSITIONS = ("semdedup-eps0.002", "clipcov30-proportional")
 
 
 def metadata_file(classes: Path) -> Path:
@@ -313,17 +329,47 @@ def write_oracle(run: Path, truth: Any, fraction: float, seed: int, path: Path) 
     from curate.bootstrap.data import load_round_pool
     from curate.io.manifest import build_manifest, write_manifest
 
-    ok = pc.and_(pc.invert(truth.column("mismatched")), pc.invert(truth.column("uninformative")))
-    clean = truth.filter(pc.and_(ok, pc.is_null(truth.column("duplicate_of"))))
     pool = load_round_pool(run).table
     n = int(pool.num_rows * fraction)
-    ids = clean.column("uid").to_numpy(zero_copy_only=False)
+    ids = clean_uids(truth).to_numpy(zero_copy_only=False)
     if n > len(ids):
         raise SystemExit(f"oracle subset of {n} samples needs more than the {len(ids)} clean samples")
     pick = np.sort(np.random.default_rng(seed).choice(len(ids), n, replace=False))
     rows = pool.filter(pc.is_in(pool.column("uid"), value_set=pa.array(ids[pick])))
     write_manifest(path, build_manifest(rows, kind="selection", command="benchmarks/quality.py (oracle-clean)",
                                         params={"fraction": fraction}, seed=seed, pool_size=pool.num_rows))
+
+
+def clean_uids(truth: Any) -> Any:
+    """The uids the ground truth calls clean: no mismatched or uninformative caption, no duplicate."""
+    import pyarrow.compute as pc
+
+    ok = pc.and_(pc.invert(truth.column("mismatched")), pc.invert(truth.column("uninformative")))
+    return truth.filter(pc.and_(ok, pc.is_null(truth.column("duplicate_of")))).column("uid")
+
+
+def write_oracle_order(run: Path, truth: Any, fraction: float, order: str, path: Path) -> None:
+    """The first ``fraction`` of the pool, in the kept order of selection ``order`` (its ``rank``), among
+    the samples the ground truth calls clean: the method's own choice with perfect defect filtering."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from curate.bootstrap.data import load_round_pool
+    from curate.io.manifest import build_manifest, write_manifest
+
+    scores = pq.read_table(run / "selections" / order / "scores.parquet", columns=["uid", "selected", "rank"])
+    clean = pc.is_in(scores.column("uid"), value_set=clean_uids(truth))
+    kept = scores.filter(pc.and_(scores.column("selected"), clean))
+    kept = kept.sort_by("rank")
+    pool = load_round_pool(run).table
+    n = int(pool.num_rows * fraction)
+    if n > kept.num_rows:
+        raise SystemExit(f"{order} keeps {kept.num_rows} clean samples, fewer than the {n} of the subset")
+    ids = kept.column("uid").slice(0, n)
+    rows = pool.filter(pc.is_in(pool.column("uid"), value_set=ids))
+    write_manifest(path, build_manifest(rows, kind="selection", command=f"benchmarks/quality.py (oracle order {order})",
+                                        params={"fraction": fraction, "order": order}, seed=0,
+                                        pool_size=pool.num_rows))
 
 
 def model_config(setup: Setup) -> dict[str, Any]:
@@ -339,7 +385,8 @@ def log(msg: str) -> None:
     print(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def prepare(setup: Setup, seeds: list[int], work: Path, arms: list[Arm]) -> dict[str, Any]:
+def prepare(setup: Setup, seeds: list[int], work: Path, arms: list[Arm],
+            extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """World → proxy embeddings → selections → training/test caches, each skipped when already there."""
     from curate.embed import EmbedConfig, run_embed
     from curate.io.manifest import read_manifest
@@ -375,7 +422,7 @@ def prepare(setup: Setup, seeds: list[int], work: Path, arms: list[Arm]) -> dict
 
     target = work / "target-run"
     plans = selection_plans(setup, seeds, classes, target)
-    needed = needed_selections(arms, plans, seeds)
+    needed = needed_selections(arms, plans, seeds) | set(extra)
     if any(name in needed and "target" in opts for name, _, _, opts, _ in plans):
         prepare_target(setup, work)
     truth = read_truth(train_shards)
@@ -387,6 +434,8 @@ def prepare(setup: Setup, seeds: list[int], work: Path, arms: list[Arm]) -> dict
         path = selection_path(work, name)
         if not path.exists() and method == "oracle-clean":
             write_oracle(run, truth, fraction, seed, path)
+        elif not path.exists() and method == "oracle-order":
+            write_oracle_order(run, truth, fraction, opts["of"][0], path)
         elif not path.exists():
             ts = time.perf_counter()
             opts = dict(opts)
@@ -736,6 +785,12 @@ def render(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, 
             d = paired(res, a, b, seeds)
             if d:
                 lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
+    for a, b in (("oracle-clipcov30", "oracle-clean30"), ("oracle-clipcov30", "clipcov30"),
+                 ("oracle-clip-score30", "oracle-clean30"), ("oracle-clip-score30", "clip-score30"),
+                 ("oracle-clipcov30", "oracle-clip-score30")):
+        d = paired(res, a, b, seeds)
+        if d:
+            lines.append(f"| {a} − {b} | {fmt_pm(d)} | {', '.join(f'{x * 100:+.1f}' for x in d)} |")
     eqc = [f"{m}{pct(f)}-eqc" for f in setup.fractions for m in ("random", "clip-score", "clipcov")]
     for a, b in (("scan", "scan-matched-random"), ("scan-rho0.4", "scan-rho0.4-matched-random"),
                  ("clipcov50+scan", "scan"), ("clipcov50+scan", "clipcov50")):
@@ -886,6 +941,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="results markdown (default benchmarks/results/quality.md; "
                     "quick: WORKDIR/quality.md); the JSON goes next to it")
     ap.add_argument("--fresh", action="store_true", help="discard finished runs in the results JSON")
+    ap.add_argument("--compositions", action="store_true",
+                    help=f"also score {', '.join(COMPOSITIONS)} against the ground truth (no training)")
     ap.add_argument("--no-train", action="store_true",
                     help="train nothing: only regenerate the markdown from the finished runs of the chosen arms")
     ap.add_argument("--summary-json", default=None, help="write the key figures as JSON (benchmarks/run_all.py)")
@@ -914,7 +971,7 @@ def main() -> None:
     out_json = out_md.with_suffix(".json")
 
     res = load_results(out_json, setup, args.fresh)
-    prep = prepare(setup, seeds, work, list(arms.values()))
+    prep = prepare(setup, seeds, work, list(arms.values()), COMPOSITIONS if args.compositions else ())
     stale = changed_selections(res.get("selections", {}), prep["selections"])
     res["selections"] = {**res.get("selections", {}), **prep["selections"]}
     res["world"] = prep["world"]
