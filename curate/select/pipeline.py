@@ -34,6 +34,7 @@ import json
 import shutil
 import struct
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,33 +368,63 @@ class PartitionData:
         return self.held_bytes(parts) <= memory - reserve
 
 
-def read_partition(work: Path, index: PartitionIndex, p: int, parts: frozenset[str],
-                   carry: Sequence[str]) -> PartitionData | None:
+class ShuffleReaders:
+    """The shuffle files a task reads, each opened once: its footer and partition list are parsed when
+    it is first needed and kept (a few KB per file), at most ``cap`` files at a time (least recently
+    used closed first). A task of many small partitions reads every block once per partition, and
+    opening a file costs more than reading a small piece of it."""
+
+    def __init__(self, work: Path, cap: int = 256) -> None:
+        self.work, self.cap = work, cap
+        self._open: OrderedDict[int, tuple[Any, Any, np.ndarray]] = OrderedDict()
+
+    def piece(self, b: int, p: int) -> pa.RecordBatch | None:
+        """Block ``b``'s rows of partition ``p`` (None when the block has none)."""
+        got = self._open.get(b)
+        if got is None:
+            src = pa.OSFile(str(self.work / "sh" / f"b{b:07d}.arrow"), "rb")
+            reader = pa.ipc.open_file(src)
+            got = (src, reader, np.asarray(json.loads(reader.schema.metadata[b"partitions"]), np.int64))
+            self._open[b] = got
+            if len(self._open) > self.cap:
+                self._open.popitem(last=False)[1][0].close()
+        else:
+            self._open.move_to_end(b)
+        _, reader, parts_in = got  # partitions ascending
+        i = int(np.searchsorted(parts_in, p))
+        return reader.get_batch(i) if i < len(parts_in) and parts_in[i] == p else None
+
+    def close(self) -> None:
+        for src, _, _ in self._open.values():
+            src.close()
+        self._open.clear()
+
+
+def read_partition(work: Path, index: PartitionIndex, p: int, parts: frozenset[str], carry: Sequence[str],
+                   readers: ShuffleReaders | None = None) -> PartitionData | None:
     """Partition ``p`` gathered from the shuffle files of the blocks that hold it, rows in pool order
     (None when it has no rows).
 
-    The rows are copied a piece (one block's rows of the partition) at a time from the memory-mapped
-    file into arrays sized from the index, so the partition is held once, plus one piece's file pages,
-    never twice."""
+    The rows are copied a piece (one block's rows of the partition) at a time into arrays sized from
+    the index, so the partition is held once, plus a piece, never twice. ``readers`` keeps the files
+    open across the partitions of a task."""
     from curate.select.pool import raw_matrix
 
     n = index.rows(p)
     if n == 0:
         return None
+    own = readers is None
+    readers = ShuffleReaders(work) if readers is None else readers
     names = [{"image": "image_emb", "text": "text_emb"}[part] for part in sorted(parts)]
     rows = np.empty(n, np.int64)
     emb: dict[str, np.ndarray] = {}
     kept: dict[str, list[np.ndarray]] = {k: [] for k in carry}
     at = 0
-    for b in index.blocks(p, p + 1):
-        # memory-mapped: the piece's pages are the file's, and leave the process when the map closes
-        with pa.memory_map(str(work / "sh" / f"b{b:07d}.arrow"), "r") as src:
-            reader = pa.ipc.open_file(src)
-            parts_in = np.asarray(json.loads(reader.schema.metadata[b"partitions"]), np.int64)  # ascending
-            i = int(np.searchsorted(parts_in, p))
-            if i == len(parts_in) or parts_in[i] != p:
+    try:
+        for b in index.blocks(p, p + 1):
+            piece = readers.piece(int(b), p)
+            if piece is None:
                 continue
-            piece = reader.get_batch(i)
             m = piece.num_rows
             rows[at : at + m] = piece.column("row").to_numpy()
             for name in names:
@@ -402,10 +433,13 @@ def read_partition(work: Path, index: PartitionIndex, p: int, parts: frozenset[s
                     emb[name] = np.empty((n, values.shape[1]), values.dtype)
                 emb[name][at : at + m] = values
                 del values
-            for k in carry:  # copied out of the map
-                kept[k].append(piece.column(k).to_numpy(zero_copy_only=False).copy())
+            for k in carry:
+                kept[k].append(piece.column(k).to_numpy(zero_copy_only=False))
             at += m
-            del piece, reader
+            del piece
+    finally:
+        if own:
+            readers.close()
     if at != n:
         raise RuntimeError(f"partition {p}: the shuffle holds {at} rows, the index {n}")
     data = PartitionData(p, rows)
@@ -423,21 +457,25 @@ def _pass2_task(task: tuple[int, int, int, dict[int, int]], spec: TaskSpec) -> i
     carry = spec.shared.get("carry", ())
     rows_all, cols_all = [], []
     index = PartitionIndex(spec.work / INDEX_DIR)
-    for p in range(lo, hi):  # read one partition at a time: a task holds one partition's rows, not its group's
-        data = read_partition(spec.work, index, p, sel.partition_parts, carry)
-        if data is None:
-            continue
-        release_arrow_memory()  # what reading left in the allocators
-        res = sel.partition(data, spec.shared)
-        rows_all.append(data.rows)
-        cols_all.append(res.columns)
-        if res.cursor is not None:
-            m = first.get(data.index, SEQ_MIN)
-            local, scores, flags = res.cursor.take(m)
-            _save_sequence(spec.work, data.index, data.rows, res.cursor, local, scores, flags)
-        # before the next partition: its rows and copies never meet this one's (the cursor holds them)
-        del data, res
-        release_arrow_memory()
+    readers = ShuffleReaders(spec.work)
+    try:
+        for p in range(lo, hi):  # one partition at a time: a task holds one partition's rows, not its group's
+            data = read_partition(spec.work, index, p, sel.partition_parts, carry, readers)
+            if data is None:
+                continue
+            release_arrow_memory()  # the pieces the partition was copied from
+            res = sel.partition(data, spec.shared)
+            rows_all.append(data.rows)
+            cols_all.append(res.columns)
+            if res.cursor is not None:
+                m = first.get(data.index, SEQ_MIN)
+                local, scores, flags = res.cursor.take(m)
+                _save_sequence(spec.work, data.index, data.rows, res.cursor, local, scores, flags)
+            # before the next partition: its rows and copies never meet this one's (the cursor holds them)
+            del data, res
+            release_arrow_memory()
+    finally:
+        readers.close()
     if rows_all:
         rows = np.concatenate(rows_all)
         order = np.argsort(rows, kind="stable")
