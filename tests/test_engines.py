@@ -185,3 +185,58 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as fh:  # a zombie is dead
         return fh.read().split()[2] != "Z"
+
+
+_SLOW_MAP = '''
+import os, sys, time
+from pathlib import Path
+
+def task(item, out):
+    Path(out, f"{item}.{os.getpid()}").write_text("started")
+    time.sleep(120)
+    return item
+
+if __name__ == "__main__":
+    from curate.engines.devices import process_map
+    try:
+        process_map(task, [0, 1], {"out": sys.argv[1]}, 2)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+'''
+
+
+def test_sigint_to_the_parent_alone_stops_its_task_processes(tmp_path: Path) -> None:
+    """``kill -INT`` (or a scheduler) signals only the command, not its task processes: the command must
+    stop them and exit, not wait for the running tasks to end."""
+    script = tmp_path / "slow_map.py"
+    script.write_text(_SLOW_MAP)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # no terminal group: the signal reaches the parent only
+    try:
+        deadline = time.time() + 120
+        while len(list(out.iterdir())) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        started = list(out.iterdir())
+        assert len(started) == 2, "the task processes did not start"
+        pids = [int(f.suffix[1:]) for f in started]
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
+        assert time.time() - t0 < 30  # the tasks would have slept 120 s
+        assert proc.returncode == 130 and "interrupted" in stdout
+        assert "Traceback" not in stdout and "Error" not in stdout, stdout  # the pool's threads stay quiet
+        time.sleep(0.5)
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+                alive = state not in ("Z", "X")
+            except (ProcessLookupError, FileNotFoundError):
+                alive = False
+            assert not alive, f"task process {pid} still runs"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

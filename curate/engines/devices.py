@@ -287,8 +287,20 @@ def process_map(fn: Any, items: Sequence[Any], shared: dict[str, Any] | None, wo
                 for f in done:
                     f.result()  # raises the task's error
                     progress.advance(1)
-        except BaseException:
-            for f in pending:
-                f.cancel()
+        except BaseException as exc:
+            if isinstance(exc, Exception):  # a task failed: the others end their running tasks
+                for f in pending:
+                    f.cancel()
+            else:  # Ctrl-C, or a signal to this process alone: the broken pool fails every pending future
+                _stop_processes(pool)
             raise
         return [f.result() for f in futures]
+
+
+def _stop_processes(pool: Any) -> None:
+    """Terminate a pool's task processes. A signal sent to this process alone (``kill -INT``, a job
+    scheduler) does not reach them, and leaving the pool would wait for every running task to end.
+    A task's output is written atomically when it ends, so a stopped task is redone on resume."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
