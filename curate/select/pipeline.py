@@ -31,6 +31,7 @@ import hashlib
 import heapq
 import itertools
 import json
+import os
 import shutil
 import struct
 import zipfile
@@ -70,10 +71,12 @@ from curate.select.ranking import (
 from curate.select.source import PoolSource
 
 WORK_FORMAT = 3  # 2: partition counts per block are sparse; the partition index. 3: its rows per partition
-#: what a pass-2 task holds besides its rows and their copies: libraries (~0.6 GB with torch, measured),
-#: one product's scratch (≤ 0.2 GB: 2^24 float32 similarities and their float64 cast) and ~40 MB of
-#: small arrays (benchmarks/pass2_memory.py: 800 MiB left a 57k-row class 14 MB above its target)
+#: what a pass-2 task holds besides its rows and their copies where its resident memory cannot be read:
+#: libraries (~0.6 GB with torch), one product's scratch and small arrays (below)
 TASK_OVERHEAD = 864 << 20
+#: one product's scratch (≤ 0.2 GB: 2^24 float32 similarities and their float64 cast) and ~40 MB of small
+#: arrays (benchmarks/pass2_memory.py: 800 MiB left a 57k-row class 14 MB above its target)
+TASK_SCRATCH = (200 << 20) + (40 << 20)
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
 SEQ_ENTRY_BYTES = 17  # a pick of a sequence in the merge's window: row (8), score (8), refresh flag (1)
 INDEX_DIR = "index"  # the work folder's partition index (curate.select.partindex)
@@ -360,12 +363,43 @@ class PartitionData:
         col = next(iter(self.raw.values()))
         return len(self) * col.type.list_size * 4 * parts
 
-    def holds(self, parts: int, memory: int, reserve: int = TASK_OVERHEAD) -> bool:
+    def raw_bytes(self) -> int:
+        """Bytes of the partition's stored (float16) embeddings."""
+        return sum(len(col) * col.type.list_size * col.type.value_type.bit_width // 8 for col in self.raw.values())
+
+    def holds(self, parts: int, memory: int, reserve: int | None = None) -> bool:
         """Whether a selector keeps ``parts`` float32 copies of the partition, or normalises its float16
         rows a slice at a time. ``memory`` is what a task may hold besides its partitions' float16 rows:
-        its libraries and a product's scratch (``reserve``; clipcov's measured :data:`TASK_OVERHEAD`),
-        and copies in what is left. A memory knob only: the values are the same either way."""
+        what the process holds already, a product's scratch and the copies. ``reserve`` (bytes) is the
+        first two; by default :func:`task_reserve`, measured. A memory knob only: the values are the same
+        either way."""
+        if reserve is None:
+            reserve = task_reserve(self.raw_bytes())
         return self.held_bytes(parts) <= memory - reserve
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux ``/proc/self/statm``); None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def task_reserve(rows_bytes: int = 0) -> int:
+    """What a pass-2 task holds besides its partition's rows (``rows_bytes``, resident already) and their
+    float32 copies: its resident memory now (libraries, allocator pools) less those rows, plus one
+    product's scratch (:data:`TASK_SCRATCH`). Measured, because the libraries' share differs by machine
+    (``import torch`` alone holds 663 MiB on one of ours, BENCHMARKS.md §4); :data:`TASK_OVERHEAD`
+    where it cannot be read."""
+    import torch  # noqa: F401 - the task computes with it: its libraries count before they are loaded
+
+    rss = resident_bytes()
+    if rss is None:
+        return TASK_OVERHEAD
+    return max(0, rss - rows_bytes) + TASK_SCRATCH
 
 
 class ShuffleReaders:
