@@ -117,3 +117,28 @@ def test_read_partition_gathers_every_block_in_pool_order(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="rows per partition"):
         write_index(tmp_path / "old", n_blocks, present.__getitem__, totals.spread, 1 << 12)
         pl.read_partition(tmp_path, PartitionIndex(tmp_path / "old"), 0, frozenset({"image"}), ())
+
+
+def test_the_copies_reserve_is_what_the_task_process_holds_besides_its_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task keeps float32 copies only in what ``--memory`` leaves after its own resident memory (less the
+    partition's float16 rows, which the budget does not count) and the product's scratch."""
+    n, d = 1000, 64
+    emb = fixed_list(np.ones((n, d), np.float16))
+    data = pl.PartitionData(0, np.arange(n), {"image_emb": emb, "text_emb": emb})
+    assert data.raw_bytes() == 2 * n * d * 2
+    copies = data.held_bytes(2)  # image and text as float32
+    assert copies == 2 * n * d * 4
+
+    rss = pl.resident_bytes()  # read from /proc on Linux: this process, torch loaded by the reserve
+    assert rss is not None and rss > 0
+    held = 300 << 20
+    monkeypatch.setattr(pl, "resident_bytes", lambda: held + data.raw_bytes())
+    assert pl.task_reserve(data.raw_bytes()) == held + pl.TASK_SCRATCH
+    budget = held + pl.TASK_SCRATCH + copies
+    assert data.holds(2, budget)  # the copies just fit
+    assert not data.holds(2, budget - 1)  # one byte less: normalised a block at a time
+    monkeypatch.setattr(pl, "resident_bytes", lambda: held + data.raw_bytes() + 1)
+    assert not data.holds(2, budget)  # the process holds a byte more: no room left
+    assert data.holds(2, budget, reserve=budget - copies)  # an explicit reserve is taken as given
+    monkeypatch.setattr(pl, "resident_bytes", lambda: None)  # not Linux: the fixed overhead
+    assert pl.task_reserve(data.raw_bytes()) == pl.TASK_OVERHEAD
