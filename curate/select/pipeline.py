@@ -77,6 +77,7 @@ TASK_OVERHEAD = 864 << 20
 #: one product's scratch (≤ 0.2 GB: 2^24 float32 similarities and their float64 cast) and ~40 MB of small
 #: arrays (benchmarks/pass2_memory.py: 800 MiB left a 57k-row class 14 MB above its target)
 TASK_SCRATCH = (200 << 20) + (40 << 20)
+EMB_COLUMNS = {"image": "image_emb", "text": "text_emb"}  # a part's embedding column in the shuffle files
 SEQ_MIN = 16  # a partition's first pick sequence holds at least this many picks
 SEQ_ENTRY_BYTES = 17  # a pick of a sequence in the merge's window: row (8), score (8), refresh flag (1)
 INDEX_DIR = "index"  # the work folder's partition index (curate.select.partindex)
@@ -265,7 +266,7 @@ def _write_shuffle(path: Path, chunk: Any, rows: np.ndarray, part: np.ndarray, e
     order, pv = src[keep], flat[keep]
     edges = np.r_[0, np.flatnonzero(np.diff(pv)) + 1, len(pv)] if len(pv) else np.zeros(1, np.int64)
     meta = {b"partitions": json.dumps([int(pv[a]) for a in edges[:-1]]).encode()}
-    raw = {"image": "image_emb", "text": "text_emb"}
+    raw = EMB_COLUMNS
 
     def window(a: int, e: int) -> pa.Table:
         cols: dict[str, pa.Array] = {"row": pa.array(rows[order[a:e]]), "partition": pa.array(pv[a:e])}
@@ -356,7 +357,7 @@ class PartitionData:
         """The partition's stored (float16) embeddings, ``(n, d)``, not normalised (no copy)."""
         from curate.select.pool import raw_matrix
 
-        return raw_matrix(self.raw[{"image": "image_emb", "text": "text_emb"}[part]])
+        return raw_matrix(self.raw[EMB_COLUMNS[part]])
 
     def held_bytes(self, parts: int = 2) -> int:
         """Bytes of ``parts`` normalised float32 matrices of the partition."""
@@ -404,13 +405,16 @@ def task_reserve(rows_bytes: int = 0) -> int:
 
 class ShuffleReaders:
     """The shuffle files a task reads, each opened once: its footer and partition list are parsed when
-    it is first needed and kept (a few KB per file), at most ``cap`` files at a time (least recently
-    used closed first). A task of many small partitions reads every block once per partition, and
-    opening a file costs more than reading a small piece of it."""
+    it is first needed and kept, least recently used closed first when more than ``cap`` files or more
+    than ``max_entries`` partition entries (~30 bytes each with the footer) are open. A task of many small
+    partitions reads every block once per partition, and opening a file costs more than reading a small
+    piece of it; the entry budget keeps blocks of very many partitions (√N clusters of a 1B pool) from
+    filling the task's memory."""
 
-    def __init__(self, work: Path, cap: int = 256) -> None:
-        self.work, self.cap = work, cap
+    def __init__(self, work: Path, cap: int = 256, max_entries: int = 1 << 21) -> None:
+        self.work, self.cap, self.max_entries = work, cap, max_entries
         self._open: OrderedDict[int, tuple[Any, Any, np.ndarray]] = OrderedDict()
+        self._entries = 0
 
     def piece(self, b: int, p: int) -> pa.RecordBatch | None:
         """Block ``b``'s rows of partition ``p`` (None when the block has none)."""
@@ -420,8 +424,11 @@ class ShuffleReaders:
             reader = pa.ipc.open_file(src)
             got = (src, reader, np.asarray(json.loads(reader.schema.metadata[b"partitions"]), np.int64))
             self._open[b] = got
-            if len(self._open) > self.cap:
-                self._open.popitem(last=False)[1][0].close()
+            self._entries += len(got[2])
+            while len(self._open) > 1 and (len(self._open) > self.cap or self._entries > self.max_entries):
+                old = self._open.popitem(last=False)[1]
+                old[0].close()
+                self._entries -= len(old[2])
         else:
             self._open.move_to_end(b)
         _, reader, parts_in = got  # partitions ascending
@@ -432,6 +439,7 @@ class ShuffleReaders:
         for src, _, _ in self._open.values():
             src.close()
         self._open.clear()
+        self._entries = 0
 
 
 def read_partition(work: Path, index: PartitionIndex, p: int, parts: frozenset[str], carry: Sequence[str],
@@ -449,7 +457,7 @@ def read_partition(work: Path, index: PartitionIndex, p: int, parts: frozenset[s
         return None
     own = readers is None
     readers = ShuffleReaders(work) if readers is None else readers
-    names = [{"image": "image_emb", "text": "text_emb"}[part] for part in sorted(parts)]
+    names = [EMB_COLUMNS[part] for part in sorted(parts)]
     rows = np.empty(n, np.int64)
     emb: dict[str, np.ndarray] = {}
     kept: dict[str, list[np.ndarray]] = {k: [] for k in carry}

@@ -102,18 +102,21 @@ def test_read_partition_gathers_every_block_in_pool_order(tmp_path: Path) -> Non
         ref.append((rows[ok], part[ok], img[ok], txt[ok], carry["pref"][ok]))
     write_index(tmp_path / "index", n_blocks, present.__getitem__, totals.spread, 1 << 12, totals.sizes)
     index = PartitionIndex(tmp_path / "index")
-    readers = pl.ShuffleReaders(tmp_path, cap=2)  # files kept open across partitions, the oldest closed first
+    readers = pl.ShuffleReaders(tmp_path, cap=3)  # files kept open across partitions, the oldest closed first
+    few = pl.ShuffleReaders(tmp_path, max_entries=k)  # a budget of partition entries: about one file open
     for p in [*range(k), *reversed(range(k))]:
         data = pl.read_partition(tmp_path, index, p, frozenset({"image", "text"}), ("pref",),
-                                 readers if p % 2 else None)
+                                 (None, readers, few)[p % 3])
         want = [tuple(x[r[1] == p] for x in r) for r in ref]
         np.testing.assert_array_equal(data.rows, np.concatenate([w[0] for w in want]))
         np.testing.assert_array_equal(data.raw16("image"), np.concatenate([w[2] for w in want]))
         np.testing.assert_array_equal(data.raw16("text"), np.concatenate([w[3] for w in want]))
         np.testing.assert_array_equal(data.carry["pref"], np.concatenate([w[4] for w in want]))
         assert data.raw16("image").dtype == np.float16
-        assert len(readers._open) <= 2
+        assert len(readers._open) <= 3
+        assert few._entries <= k or len(few._open) == 1
     readers.close()
+    few.close()
     with pytest.raises(ValueError, match="rows per partition"):
         write_index(tmp_path / "old", n_blocks, present.__getitem__, totals.spread, 1 << 12)
         pl.read_partition(tmp_path, PartitionIndex(tmp_path / "old"), 0, frozenset({"image"}), ())
