@@ -975,11 +975,19 @@ def main() -> None:
     stale = changed_selections(res.get("selections", {}), prep["selections"])
     res["selections"] = {**res.get("selections", {}), **prep["selections"]}
     res["world"] = prep["world"]
-    for n in chosen:  # a finished run of a selection that has changed since (e.g. by a change of curate) is redone
+    outdated = []  # runs trained on a selection that has changed since (e.g. by a change of curate)
+    for n in chosen:
         for s in seeds:
             sel = (arms[n].selection or "").replace("{seed}", str(s))
-            if sel in stale and res["runs"].pop(f"{n}/s{s}", None) is not None:
-                log(f"{n} seed {s}: its selection {sel} has changed since it was trained; training it again")
+            if sel in stale and f"{n}/s{s}" in res["runs"]:
+                outdated.append(f"{n}/s{s}")
+    if args.no_train:  # rendering only: keep them in the tables, and say so
+        for key in outdated:
+            log(f"{key}: its selection has changed since it was trained; kept (--no-train), marked in the tables")
+    else:  # redone
+        for key in outdated:
+            res["runs"].pop(key)
+            log(f"{key}: its selection has changed since it was trained; training it again")
     todo = [(n, s) for n in chosen for s in seeds if f"{n}/s{s}" not in res["runs"]]
     log(f"{len(todo)} training runs to do ({len(arms) * len(seeds) - len(todo)} cached in {out_json})")
     if args.no_train:
@@ -1018,7 +1026,11 @@ def main() -> None:
     kept = ""  # hand-written analysis below the marker survives a rerun
     if out_md.exists() and ANALYSIS_MARKER in (text := out_md.read_text()):
         kept = text[text.index(ANALYSIS_MARKER):]
-    out_md.write_text(render(res, setup, seeds, arms, cmd.strip()) + ("\n" + kept if kept else ""))
+    warn = ""
+    if args.no_train and outdated:
+        warn = ("\n> Trained on an earlier selection (their selections have changed since; rerun without "
+                f"`--no-train` to train them again): {', '.join(outdated)}\n")
+    out_md.write_text(render(res, setup, seeds, arms, cmd.strip()) + warn + ("\n" + kept if kept else ""))
     log(f"wrote {out_md} and {out_json} ({(time.perf_counter() - t_start) / 60:.1f} min)")
 
     def mean_acc(name: str) -> float | None:
