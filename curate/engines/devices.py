@@ -96,6 +96,21 @@ def threads_per_process(world: int) -> int:
     return max(1, (os.cpu_count() or 1) // world)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int, when: bool = True) -> Any:
+    """Torch's intra-op threads set to ``n`` inside the block (only ``when``), restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if when and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if when and n != before:
+            torch.set_num_threads(before)
+
+
 class _QueueProgress:
     """A Progress that forwards events to the parent through a queue."""
 

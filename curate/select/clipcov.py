@@ -228,19 +228,16 @@ class Blocks:
 
     def redundancy(self, cand: np.ndarray, picked: np.ndarray) -> np.ndarray:
         """Σ_{j∈picked} (M⁺[i, j] + M⁺[j, i]) for every i in ``cand`` (row indices), block-wise."""
-        t = self.torch
+        from curate.engines.devices import torch_threads
+
         out = np.zeros(len(cand), np.float64)
         if len(cand) == 0 or len(picked) == 0:
             return out
-        threads = t.get_num_threads()
-        small = self.device == "cpu" and threads > 1 and len(cand) * len(picked) <= _SMALL
-        if small:  # thread start-up costs more than these products (torch's results don't depend on it)
-            t.set_num_threads(1)
-        try:
+
+        small = self.device == "cpu" and len(cand) * len(picked) <= _SMALL
+        # thread start-up costs more than these products (torch's results don't depend on it)
+        with torch_threads(1, when=small):
             return self._redundancy(cand, picked, out)
-        finally:
-            if small:
-                t.set_num_threads(threads)
 
     def _redundancy(self, cand: np.ndarray, picked: np.ndarray, out: np.ndarray) -> np.ndarray:
         t = self.torch

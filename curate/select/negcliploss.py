@@ -116,6 +116,8 @@ def batch_lse(img: Any, txt: Any, temperature: float) -> tuple[np.ndarray, np.nd
     The product (``2d`` flops per similarity) stays threaded and dominates the cost."""
     import torch
 
+    from curate.engines.devices import torch_threads
+
     m = len(img)
     cols = [(c, min(m, c + COLUMN_TILE)) for c in range(0, m, COLUMN_TILE)]
     step = max(1, TILE_ELEMENTS // min(m, COLUMN_TILE))
@@ -124,7 +126,6 @@ def batch_lse(img: Any, txt: Any, temperature: float) -> tuple[np.ndarray, np.nd
     col = torch.full((m,), -torch.inf, dtype=torch.float64, device=dev)
     inv = 1.0 / temperature
     held = [txt[c0:c1] for c0, c1 in cols] if len(cols) == 1 or txt.held is not None else None
-    threads = torch.get_num_threads()
     one = dev == "cpu" or getattr(dev, "type", None) == "cpu"
     for r0 in range(0, m, step):
         r1 = min(m, r0 + step)
@@ -132,13 +133,8 @@ def batch_lse(img: Any, txt: Any, temperature: float) -> tuple[np.ndarray, np.nd
         for i, (c0, c1) in enumerate(cols):
             y = held[i] if held is not None else txt[c0:c1]
             z = (x @ y.T).mul_(inv)  # logits <v_i, t_j> / τ
-            if one:  # see the docstring: the product is threaded, the log-sum-exps are not
-                torch.set_num_threads(1)
-            try:
+            with torch_threads(1, when=one):  # see the docstring: the product is threaded, these are not
                 r, c = torch.logsumexp(z, dim=1).double(), torch.logsumexp(z, dim=0).double()
-            finally:
-                if one:
-                    torch.set_num_threads(threads)
             row[r0:r1] = torch.logaddexp(row[r0:r1], r)
             col[c0:c1] = torch.logaddexp(col[c0:c1], c)
             del z, r, c  # before the next tile's product: two tiles are never held at once
