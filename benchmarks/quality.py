@@ -33,6 +33,7 @@ import argparse
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -142,6 +143,19 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
                 label=f"R2 with kmeans:30 partitions, {p}%"),
             Arm(f"recipe-r3-km{p}", "static", selection=f"recipe-r3-km{p}",
                 label=f"R3 with kmeans:30 partitions (ClipCov on kmeans:30 too), {p}%"),
+            # filter, then sample (the README's recipe): negCLIPLoss keeps the top √f of the pool, then an even
+            # draw of f of the pool among those (the draw follows the training seed, as random{p} does)
+            Arm(f"fs{p}", "static", selection=f"fs{p}-s{{seed}}",
+                label=f"filter-then-sample {p}%: random within negCLIPLoss top {pct(cut_of(f))}%"),
+        ]
+    if 0.3 in setup.fractions:  # the recipe's checks at 30%: another cut, and draws with budgets per partition
+        arms += [
+            Arm("fs30-cut70", "static", selection="fs30-cut70-s{seed}",
+                label="filter-then-sample 30%, a wider cut: random within negCLIPLoss top 70%"),
+            Arm("fs30-cls-sqrt", "static", selection="fs30-cls-sqrt-s{seed}",
+                label="filter-then-sample 30%, the draw with --per-partition sqrt (class names)"),
+            Arm("fs30-km-sqrt", "static", selection="fs30-km-sqrt-s{seed}",
+                label="filter-then-sample 30%, the draw with --per-partition sqrt (kmeans:30)"),
         ]
     arms += [
         Arm("image-filter", "static", selection="image-filter", label="DataComp image-based filter (no budget)"),
@@ -189,12 +203,20 @@ FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup3
              "clipcov50-sqrt", "clip-score50-sqrt", "negcliploss50-sqrt", "recipe-r2-50", "recipe-r3-50",
              "negcliploss50", "normsim50", "recipe-r1-km30", "recipe-r2-km30", "recipe-r3-km30",
              # what the gap to the oracle is made of: a method's own order with the true defects taken out
-             "oracle-clipcov30", "oracle-clip-score30")
+             "oracle-clipcov30", "oracle-clip-score30",
+             # filter-then-sample (the recommended recipe), then its checks: another cut, budgets per partition
+             "fs30", "fs50", "fs30-cut70", "fs30-cls-sqrt", "fs30-km-sqrt")
 # Not in FULL_ARMS (run them with --arms): in this world the target (another world's test split) holds all
 # 30 classes, every k-means cluster of the pool is a target cluster, and DataComp's image-based filter keeps
 # the whole pool; so "image-filter" trains on the full pool and "image-filter-and-clip-score30" on exactly
 # clip-score30's subset (same uids, same order), whose training is deterministic: they would repeat those arms.
 QUICK_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan")
+
+
+def cut_of(fraction: float) -> float:
+    """The recipe's filter: the share of the pool negCLIPLoss keeps before the even draw of ``fraction``, √f
+    (two decimals): the filter and the draw each keep the same share (0.3 → 0.55, 0.5 → 0.71)."""
+    return round(math.sqrt(fraction), 2)
 
 
 def selection_plans(
@@ -237,17 +259,31 @@ def selection_plans(
             (f"recipe-r3-km{p}", "combine", f, {"of": (f"clipcov-kmeans{p}", f"negcliploss{p}"), "weights": "1,1",
                                                 "normalize": "z", **by_km}, 0),
         ]
+        cut = f"negcliploss-keep{pct(cut_of(f))}"  # filter, then sample
+        plans.append((cut, "negcliploss", cut_of(f), {}, 0))
+        plans += [(f"fs{p}-s{s}", "random", f, {"within": cut}, s) for s in seeds]
+    if 0.3 in setup.fractions:
+        cut = f"negcliploss-keep{pct(cut_of(0.3))}"
+        plans.append(("negcliploss-keep70", "negcliploss", 0.7, {}, 0))
+        plans += [(f"fs30-cut70-s{s}", "random", 0.3, {"within": "negcliploss-keep70"}, s) for s in seeds]
+        plans += [(f"fs30-cls-sqrt-s{s}", "random", 0.3, {"within": cut, "classes": str(classes),
+                                                           "per_partition": "sqrt"}, s) for s in seeds]
+        plans += [(f"fs30-km-sqrt-s{s}", "random", 0.3, {"within": cut, "partition": "kmeans:30",
+                                                          "per_partition": "sqrt"}, s) for s in seeds]
     if 0.3 in setup.fractions and 0.5 in setup.fractions:  # after the 50% selections they take their order from
         plans += [(f"oracle-{m}30", "oracle-order", 0.3, {"of": (f"{m}50",)}, 0) for m in ("clipcov", "clip-score")]
     # --compositions: subsets only scored against the ground truth (no arm trains on them)
     plans += [("semdedup-eps0.002", "semdedup", None, {"eps": 0.002}, 0),
-              ("clipcov30-proportional", "clipcov", 0.3, {"classes": str(classes), "per_partition": "proportional"}, 0)]
+              ("clipcov30-proportional", "clipcov", 0.3, {"classes": str(classes), "per_partition": "proportional"}, 0),
+              # the recipe with CLIP-score as its filter: does the filter keep the class mix?
+              ("clip-score-keep55", "clip-score", 0.55, {}, 0),
+              ("fs30-clip-score-s0", "random", 0.3, {"within": "clip-score-keep55"}, 0)]
     return plans
 
 
 #: What ``--compositions`` adds to the ground-truth table: can the proxy see duplicates (SemDeDup with a tiny
 #: eps and no budget), and does a budget proportional to the zero-shot classes keep the pool's class mix?
-COMPOSITIONS = ("semdedup-eps0.002", "clipcov30-proportional")
+COMPOSITIONS = ("semdedup-eps0.002", "clipcov30-proportional", "clip-score-keep55", "fs30-clip-score-s0")
 
 
 def metadata_file(classes: Path) -> Path:
@@ -270,6 +306,8 @@ def needed_selections(arms: list[Arm], plans: list[tuple[str, str, float | None,
     for name, _, _, opts, _ in reversed(plans):  # a set operation comes after its parents
         if name in need and "of" in opts:
             need |= set(opts["of"])
+        if name in need and "within" in opts:
+            need.add(opts["within"])
     return need
 
 
@@ -857,10 +895,16 @@ RECIPE_PARTS = {
     "recipe-r1-km{p}": ("negcliploss{p}", "negcliploss{p}-sqrt"),
     "recipe-r2-km{p}": ("negcliploss{p}", "semdedup{p}", "recipe-r2-{p}"),
     "recipe-r3-km{p}": ("clipcov-kmeans{p}", "negcliploss{p}", "recipe-r3-{p}"),
+    # filter-then-sample: its two parts, then every other single method at its budget
+    "fs{p}": ("negcliploss{p}", "random{p}", "semdedup{p}", "clipcov-kmeans{p}", "normsim{p}", "metaclip{p}"),
+    "fs{p}-cut70": ("fs{p}",),
+    "fs{p}-cls-sqrt": ("fs{p}",),
+    "fs{p}-km-sqrt": ("fs{p}",),
 }
 NEW_ARMS = ("negcliploss{p}", "normsim{p}", "metaclip{p}", "clipcov-and-negcliploss{p}",
             "image-filter-and-clip-score{p}", "clipcov{p}-sqrt", "clip-score{p}-sqrt", "negcliploss{p}-sqrt",
-            "recipe-r2-{p}", "recipe-r3-{p}", "recipe-r1-km{p}", "recipe-r2-km{p}", "recipe-r3-km{p}")
+            "recipe-r2-{p}", "recipe-r3-{p}", "recipe-r1-km{p}", "recipe-r2-km{p}", "recipe-r3-km{p}",
+            "fs{p}", "fs{p}-cut70", "fs{p}-cls-sqrt", "fs{p}-km-sqrt")
 
 
 def new_method_tables(res: dict[str, Any], setup: Setup, seeds: list[int], arms: dict[str, Arm]) -> list[str]:

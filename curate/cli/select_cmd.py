@@ -26,6 +26,7 @@ _SEMDEDUP = "semdedup options"
 _NEGCLIP = "negcliploss options"
 _TARGET = "normsim, image-filter options"
 _METACLIP = "metaclip options"
+_RANDOM = "random options"
 _BUDGET = "Budgets"
 _ALGEBRA = "intersect, union, difference, combine (--of required)"
 _ENGINE = "Engine"
@@ -49,6 +50,7 @@ Examples:\n
   curate select --run runs/demo --method clip-score --threshold 0.28\n
   curate select --run runs/demo --method semdedup --eps 0.05 --keep farthest\n
   curate select --run runs/demo --method random --count 1000 --seed 1\n
+  curate select --run runs/demo --method random --fraction 0.3 --within negcliploss-f0.55\n
   curate select --run runs/demo --method negcliploss --fraction 0.3 --repeats 10 --batch-size 32768\n
   curate select --run runs/demo --method normsim --fraction 0.5 --target runs/imagenet-train --norm inf\n
   curate select --run runs/demo --method image-filter --target runs/imagenet-train --clusters 1000\n
@@ -145,6 +147,8 @@ def select(
                                  rich_help_panel=_METACLIP),
     cap: float = typer.Option(None, help="Per-entry cap t (MetaCLIP: 20000 for 400M) instead of a budget.",
                               rich_help_panel=_METACLIP),
+    within: str = typer.Option(None, help="random: draw only among the samples kept by this earlier selection "
+                               "(filter, then sample; see the README's recipe).", rich_help_panel=_RANDOM),
     of: list[str] = typer.Option(None, "--of", metavar="A B [C ...]", help="Selections, space- or comma-separated "
                                  "(set algebra: two or more; difference: A minus all others; combine: their "
                                  "scores).", rich_help_panel=_ALGEBRA),
@@ -184,7 +188,7 @@ def select(
         "of": (*of, *(more_of or ())) if of else None, "kmeans_sample": kmeans_sample,
         "cross_sample": cross_sample, "weights": weights, "columns": tuple(column) if column else None,
         "normalize": normalize, "repeats": repeats, "batch_size": batch_size, "temperature": temperature,
-        "target": target, "norm": norm, "dtype": dtype, "metadata": metadata, "cap": cap,
+        "target": target, "norm": norm, "dtype": dtype, "metadata": metadata, "cap": cap, "within": within,
     }
     if dry_run:
         plan = plan_selection(run, method.value, fraction=fraction, count=count, name=name, seed=seed, options=opts,

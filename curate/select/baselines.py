@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from curate.errors import InputError, UsageError
+from curate.rundir import check_selection_name
 from curate.select.base import (
     DEFAULT_MEMORY,
     BlockScan,
@@ -21,6 +22,7 @@ from curate.select.base import (
     ThresholdOrBudget,
     register,
 )
+from curate.select.manage import input_selection
 from curate.select.partition import argmax_rows, default_kmeans_sample, sample_rows, train_kmeans
 
 _BLOCK_ELEMENTS = 1 << 24
@@ -57,28 +59,69 @@ def block_uniform(seed: int, start: int, n: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RandomConfig(SelectorConfig):
-    """``--method random`` has no options besides ``--seed``."""
+    """Options of ``--method random``.
+
+    Args:
+        within: draw only among the samples kept by this earlier selection of the run (filter, then
+            sample: e.g. a quality filter wider than the budget, then an even draw to the budget).
+    """
+
+    within: str | None = None
+
+    def validate(self) -> None:
+        if self.within is not None:
+            check_selection_name(self.within)
 
 
 @register
 class RandomSelector(Selector):
-    """Uniform random subset: the ``budget`` rows with the largest ``default_rng(seed).random(pool)``."""
+    """Uniform random subset: the ``budget`` rows with the largest ``default_rng(seed).random(pool)``,
+    among all rows or only those kept by the ``--within`` selection."""
 
     name = "random"
-    summary = "uniform random subset (seeded)"
+    summary = "uniform random subset (seeded); --within NAME draws among an earlier selection's samples"
     config_class = RandomConfig
     columns: ClassVar[dict[str, str]] = {"score": "f8"}
     seeded = True
+    config: RandomConfig
+
+    def __init__(self, config: SelectorConfig | None = None) -> None:
+        super().__init__(config)
+        if self.config.within is not None:
+            self.reads_ids = True  # type: ignore[misc]  # the input's rows are checked against the pool's uids
+
+    def option_tags(self) -> list[str]:
+        return [] if self.config.within is None else [f"in-{self.config.within}"]
 
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
-        return {"seed": ctx.seed}
+        shared: dict[str, Any] = {"seed": ctx.seed}
+        if self.config.within is not None:
+            sel = input_selection(ctx.run_root, self.config.within, len(source), "--within")
+            shared["within"] = str(sel.scores)
+            shared["parents"] = [sel.parent(ctx.run_root, kept=(sel.header.get("counts") or {}).get("kept"))]
+        return shared
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
         n = len(chunk)
-        return BlockScan({"score": block_uniform(shared["seed"], start, n)}, np.ones(n, bool), Reasons(n))
+        u = block_uniform(shared["seed"], start, n)  # the same draw with or without --within
+        reasons = Reasons(n)
+        if "within" not in shared:
+            return BlockScan({"score": u}, np.ones(n, bool), reasons)
+        from curate.select.source import read_rows
+
+        t = read_rows(shared["within"], start, start + n, ["uid", "selected"])
+        if not t.column("uid").equals(chunk.ids.column("uid")):
+            raise InputError(f"selection {self.config.within!r} holds uids that are not in this run's embeddings; "
+                             "re-run it")
+        inside = t.column("selected").to_numpy(zero_copy_only=False).astype(bool)
+        reasons.set(~inside, f"not_in:{self.config.within}")
+        return BlockScan({"score": np.where(inside, u, np.nan)}, inside, reasons)
 
     def rule(self, budget: int | None, shared: dict[str, Any]) -> RankBy:
         return RankBy("score", budget)
+
+    def parents(self, shared: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(shared.get("parents", []))
 
 
 @dataclass(frozen=True)
