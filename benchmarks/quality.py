@@ -5,7 +5,8 @@ exact/near duplicates, 5% uninformative captions, a clean class-balanced test sp
 embedded with a *proxy* model (the built-in ``sample`` tiny CLIP, trained on a different world, seed 0),
 the static selections are made from those embeddings (random, clip-score, semdedup, clipcov, negcliploss,
 normsim at the same budgets; DataComp's image-based filter; intersections of those; metaclip from the
-captions, with the class names and their words as metadata), and a tiny CLIP is
+captions, with the class names and their words as metadata; filter-then-sample, the recommended recipe:
+an even draw within negCLIPLoss's top √f), and a tiny CLIP is
 trained from random init on each arm with the reference trainer's round protocol (``curate.trainer.cached``:
 the pool is decoded once into memory). Dynamic arms (SCAN,
 InfoBatch, ClipCov + SCAN) get each round's manifest from ``bootstrap_round`` and hand back per-sample
@@ -18,7 +19,7 @@ Reported: zero-shot top-1 on the clean test split (mean ± std over seeds; a see
 shuffling and the random subsets), sample-epochs seen (and % of full data), the ground-truth
 composition of every static subset and of the sample-epochs each arm trained on.
 
-    python benchmarks/quality.py --quick                   # < 20 min on 2 cores: 1 seed, 5 arms, small pool
+    python benchmarks/quality.py --quick                   # < 20 min on 2 cores: 1 seed, 6 arms, small pool
     python benchmarks/quality.py                           # the BENCHMARKS table: 3 seeds, the FULL_ARMS (hours)
     python benchmarks/quality.py --jobs 2                  # two single-threaded training processes
     python benchmarks/quality.py --no-train                # only regenerate the markdown from the finished runs
@@ -210,7 +211,7 @@ FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup3
 # 30 classes, every k-means cluster of the pool is a target cluster, and DataComp's image-based filter keeps
 # the whole pool; so "image-filter" trains on the full pool and "image-filter-and-clip-score30" on exactly
 # clip-score30's subset (same uids, same order), whose training is deterministic: they would repeat those arms.
-QUICK_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan")
+QUICK_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "fs30")
 
 
 def cut_of(fraction: float) -> float:
@@ -974,7 +975,7 @@ def cpu_model() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
-                    help="1 seed, arms full/random30/clip-score30/clipcov30/scan, 6k pool, 8 epochs (< 20 min)")
+                    help="1 seed, arms full/random30/clip-score30/clipcov30/scan/fs30, 6k pool, 8 epochs (< 20 min)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2; quick: 0)")
     ap.add_argument("--arms", nargs="+", default=None, help="arm names (default: all; see the results file)")
     ap.add_argument("--epochs", type=int, default=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import MakeRun, hex_uid, normalise, read_scores
 
@@ -42,6 +43,95 @@ def test_random_is_seeded_uniform_and_exact(make_run: MakeRun) -> None:
     for s in range(60):
         freq[list(_kept(run_selection(run, "random", count=250, seed=s, name="r", force=True)))] += 1
     assert abs(freq.mean() / 60 - 0.5) < 1e-9 and freq.min() > 10 and freq.max() < 50
+
+
+def test_random_within_draws_evenly_among_an_earlier_selection(make_run: MakeRun,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """--within A: the budget rows with the largest default_rng(seed) values among A's kept rows (brute
+    force), the others pruned as not_in:A; A is the manifest's parent; blocks and task processes do not
+    change a byte."""
+    from curate.select import source as source_mod
+
+    img, txt = _random_world(700)
+    run = make_run(img, txt)
+    a = run_selection(run, "clip-score", fraction=0.6, name="A")
+    inside = read_scores(a.path)["selected"]
+    res = run_selection(run, "random", fraction=0.3, seed=3, options={"within": "A"})
+    assert res.name == "random-in-A-s3-f0.3" and res.kept == 210
+    u = np.random.default_rng(3).random(700)
+    cand = np.flatnonzero(inside)
+    want = cand[np.argsort(-u[cand], kind="stable")[:210]]  # brute force
+    got = read_scores(res.path)
+    assert _kept(res) == set(want)
+    assert res.pruned_by_reason == {"not_in:A": 700 - 420, "budget": 420 - 210}
+    np.testing.assert_array_equal(got["score"][inside], u[inside])  # the plain draw's values, inside A only
+    assert np.isnan(got["score"][~inside]).all()
+    man = read_manifest(res.path / "manifest.parquet")
+    assert [p["name"] for p in man.header["parents"]] == ["A"]
+    assert man.header["parents"][0]["content_hash"] == a.manifest.header["content_hash"]
+    assert man.header["params"]["within"] == "A"
+    plain = set(np.argsort(-u, kind="stable")[:210])
+    assert _kept(res) != plain  # --within changes the draw
+    monkeypatch.setattr(source_mod, "BLOCK_ROWS", 96)  # 8 blocks, 2 task processes: the same bytes
+    two = run_selection(run, "random", fraction=0.3, seed=3, options={"within": "A"}, name="two",
+                        engine="local", engine_options={"workers": 2})
+    assert pq.read_table(two.path / "scores.parquet").equals(pq.read_table(res.path / "scores.parquet"))
+    assert two.header["content_hash"] == res.header["content_hash"]
+
+
+def test_random_within_refuses_what_it_cannot_draw(make_run: MakeRun, tmp_path: Path) -> None:
+    img, txt = _random_world(300)
+    run = make_run(img, txt)
+    run_selection(run, "clip-score", count=100, name="A")
+    with pytest.raises(InputError, match=r"random can rank 100 samples \(not_in:A: 200\) but the budget is 150"):
+        run_selection(run, "random", count=150, options={"within": "A"})
+    with pytest.raises(InputError, match="--within: no selection 'nope'"):
+        run_selection(run, "random", count=10, options={"within": "nope"})
+    with pytest.raises(UsageError, match="bad selection name"):
+        run_selection(run, "random", count=10, options={"within": "../A"})
+    with pytest.raises(UsageError, match="--within does not apply to --method clip-score"):
+        run_selection(run, "clip-score", count=10, options={"within": "A"})
+    other = make_run(*_random_world(200, seed=1))
+    import shutil
+
+    shutil.copytree(run / "selections" / "A", other / "selections" / "A")
+    with pytest.raises(InputError, match="made on a pool of 300 samples, the run has 200"):
+        run_selection(other, "random", count=10, options={"within": "A"})
+    assert not (run / "selections" / "random-in-A-n150").exists()
+
+
+def test_random_within_resumes_after_a_failure_with_the_same_bytes(make_run: MakeRun,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A draw that fails in pass 1 leaves its finished blocks and the earlier selection as they were; the
+    rerun finishes with the bytes of an undisturbed run."""
+    from curate.select import source as source_mod
+    from curate.select.baselines import RandomSelector
+
+    monkeypatch.setattr(source_mod, "BLOCK_ROWS", 64)  # 5 blocks
+    run = make_run(*_random_world(300))
+    run_selection(run, "clip-score", count=200, name="A")
+    kw = {"count": 90, "seed": 4, "options": {"within": "A"}, "name": "draw", "force": True}
+    want = {p.name: p.read_bytes() for p in run_selection(run, "random", **kw).path.iterdir()
+            if p.suffix == ".parquet"}
+    parent = (run / "selections" / "A" / "scores.parquet").read_bytes()
+    real, calls = RandomSelector.scan, {"n": 0}
+
+    def failing(self, *a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected failure")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(RandomSelector, "scan", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_selection(run, "random", **kw)
+    assert (run / "selections" / ".work-draw").is_dir()
+    assert (run / "selections" / "A" / "scores.parquet").read_bytes() == parent
+    calls["n"] = -100
+    again = run_selection(run, "random", **kw)
+    assert {p.name: p.read_bytes() for p in again.path.iterdir() if p.suffix == ".parquet"} == want
+    assert -100 < calls["n"] < -100 + 5  # the blocks finished before the failure were not scanned again
+    assert not (run / "selections" / ".work-draw").exists()
 
 
 def test_methods_that_need_no_ids_do_not_read_them_before_the_output(make_run: MakeRun,

@@ -70,6 +70,9 @@ def test_select_methods_json_and_summary(make_run: MakeRun, capsys: pytest.Captu
         (["--method", "image-filter", "--count", "3", "--target", "/nope"], 2, "takes no --fraction/--count"),
         (["--method", "clip-score", "--count", "3", "--target", "/nope"], 2, "--target does not apply"),
         (["--method", "random", "--count", "3", "--workers", "0"], 2, "--workers must be >= 1"),
+        (["--method", "random", "--count", "3", "--within", "nope"], 3, "--within: no selection 'nope'"),
+        (["--method", "random", "--count", "3", "--within"], 2, "option '--within' requires a value"),
+        (["--method", "clip-score", "--count", "3", "--within", "x"], 2, "--within does not apply"),
     ],
 )
 def test_select_bad_input_one_line_nothing_written(
