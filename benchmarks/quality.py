@@ -978,6 +978,8 @@ def main() -> None:
                     help="1 seed, arms full/random30/clip-score30/clipcov30/scan/fs30, 6k pool, 8 epochs (< 20 min)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2; quick: 0)")
     ap.add_argument("--arms", nargs="+", default=None, help="arm names (default: all; see the results file)")
+    ap.add_argument("--world-seed", type=int, default=None,
+                    help="seed of the synthetic world (default 1; another world needs its own --workdir and --out)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--n-test", type=int, default=None)
@@ -997,6 +999,7 @@ def main() -> None:
     load_start = load_average()
     quick = args.quick
     setup = Setup(
+        world_seed=1 if args.world_seed is None else args.world_seed,
         n_train=args.n_train or (6000 if quick else 20000),
         n_test=args.n_test or (1500 if quick else 3000),
         epochs=args.epochs or (8 if quick else 10),

@@ -312,6 +312,11 @@ class Selector(ABC):
         """Reject options that cannot work on a pool of this size (before the selection is named)."""
         return None
 
+    def input_selections(self) -> list[tuple[str, str]]:
+        """The earlier selections of the run this one reads, as (name, option that names it): checked to
+        exist on this pool before anything runs, ``--dry-run`` included."""
+        return []
+
     def tag(self) -> str:
         """A short string naming the options that replace a budget (e.g. ``t0.3``), for default names."""
         return ""

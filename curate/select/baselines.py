@@ -93,6 +93,9 @@ class RandomSelector(Selector):
     def option_tags(self) -> list[str]:
         return [] if self.config.within is None else [f"in-{self.config.within}"]
 
+    def input_selections(self) -> list[tuple[str, str]]:
+        return [] if self.config.within is None else [(self.config.within, "--within")]
+
     def setup(self, source: Any, ctx: SelectContext) -> dict[str, Any]:
         shared: dict[str, Any] = {"seed": ctx.seed}
         if self.config.within is not None:

@@ -179,6 +179,9 @@ class Combine(ThresholdOrBudget):
             return RankBy("score", None, minimum=self.config.threshold, reason="below_threshold")
         return RankBy("score", budget, info="effective_threshold")
 
+    def input_selections(self) -> list[tuple[str, str]]:
+        return [(name, "") for name in self.config.of or ()]
+
     def info(self, shared: dict[str, Any]) -> dict[str, Any]:
         return {"recipe": self.config.recipe(), "normalize": self.config.normalize}
 

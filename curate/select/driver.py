@@ -28,6 +28,7 @@ from curate.progress import NullProgress, Progress
 from curate.rundir import RunDir, SelectionDraft, check_selection_name
 from curate.schemas import ID_COLUMNS, scores_schema
 from curate.select.base import DEFAULT_MEMORY, SelectContext, get_selector, resolve_budget
+from curate.select.manage import input_selection
 from curate.select.pipeline import (
     PerPartition,
     PipelineResult,
@@ -242,6 +243,12 @@ def _prepare(
     budget = resolve_budget(fraction, count, len(source))
     selector.check_budget(budget)
     selector.check_pool(len(source))
+    inputs = list(selector.input_selections())
+    by = getattr(pp.partitioner, "selection", None) if pp is not None else None
+    if by:
+        inputs.append((by, f"--partition selection:{by}"))
+    for input_name, option in inputs:  # before anything runs (and in --dry-run): they exist, on this pool
+        input_selection(run.root, input_name, len(source), option)
     name = check_selection_name(name or _with_tag(selector.default_name(fraction, count, seed), pp_params))
     params: dict[str, Any] = {"method": method, "fraction": fraction, "count": count, **selector.config.to_dict(),
                               **selector.inputs()}

@@ -130,6 +130,9 @@ class SetOperation(Selector):
     def rule(self, budget: int | None, shared: dict[str, Any]) -> KeepWhere:
         return KeepWhere("keep")
 
+    def input_selections(self) -> list[tuple[str, str]]:
+        return [(name, "") for name in self.config.of or ()]
+
     def check_result(self, kept: int) -> None:
         assert self.config.of is not None
         if kept == 0:

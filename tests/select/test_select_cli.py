@@ -73,6 +73,12 @@ def test_select_methods_json_and_summary(make_run: MakeRun, capsys: pytest.Captu
         (["--method", "random", "--count", "3", "--within", "nope"], 3, "--within: no selection 'nope'"),
         (["--method", "random", "--count", "3", "--within"], 2, "option '--within' requires a value"),
         (["--method", "clip-score", "--count", "3", "--within", "x"], 2, "--within does not apply"),
+        # --dry-run checks the earlier selections a method reads, as the real run does
+        (["--method", "random", "--count", "3", "--within", "nope", "--dry-run"], 3, "--within: no selection 'nope'"),
+        (["--method", "union", "--of", "a", "b", "--dry-run"], 3, "no selection 'a'"),
+        (["--method", "combine", "--of", "a", "b", "--count", "3", "--dry-run"], 3, "no selection 'a'"),
+        (["--method", "clip-score", "--count", "3", "--per-partition", "sqrt", "--partition", "selection:x",
+          "--dry-run"], 3, "--partition selection:x: no selection 'x'"),
     ],
 )
 def test_select_bad_input_one_line_nothing_written(
