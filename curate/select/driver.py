@@ -8,6 +8,7 @@ The same inputs, method, options and seed give byte-identical tables.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -362,7 +363,19 @@ def run_selection(
         finally:
             res.picks.close()
         work.remove()
+    if plan.existing == "replaced":
+        _warn_dependents(run.root, plan.name)
     return _result(plan, selector, res, written, time.perf_counter() - t0)
+
+
+def _warn_dependents(run_root: Path, name: str) -> None:
+    """After ``--force`` replaced selection ``name``: say which selections were computed from the old one."""
+    from curate.select.manage import dependents
+
+    deps = dependents(run_root, name)
+    if deps:
+        logging.getLogger("curate.select").warning(
+            f"selection {name!r} was replaced; made from the old one (re-run them): {', '.join(deps)}")
 
 
 @dataclass

@@ -134,6 +134,21 @@ def test_random_within_resumes_after_a_failure_with_the_same_bytes(make_run: Mak
     assert not (run / "selections" / ".work-draw").exists()
 
 
+def test_replacing_a_selection_others_were_made_from_warns(make_run: MakeRun,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """--force over a selection that a draw (or set operation) was made from replaces it and says which
+    selections came from the old one; a rerun with the same options says nothing."""
+    run = make_run(*_random_world(200))
+    run_selection(run, "clip-score", count=100, name="A")
+    run_selection(run, "random", count=50, options={"within": "A"}, name="D")
+    with caplog.at_level("WARNING", logger="curate"):
+        run_selection(run, "clip-score", count=100, name="A")
+        assert not caplog.records
+        run_selection(run, "clip-score", count=120, name="A", force=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        "selection 'A' was replaced; made from the old one (re-run them): selection 'D'"]
+
+
 def test_methods_that_need_no_ids_do_not_read_them_before_the_output(make_run: MakeRun,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Pass 1 of random reads no column and clip-score only its column; the id columns are read once,
