@@ -22,7 +22,7 @@ from curate.select.base import (
     ThresholdOrBudget,
     register,
 )
-from curate.select.manage import input_selection
+from curate.select.manage import input_rows, input_selection
 from curate.select.partition import argmax_rows, default_kmeans_sample, sample_rows, train_kmeans
 
 _BLOCK_ELEMENTS = 1 << 24
@@ -110,12 +110,8 @@ class RandomSelector(Selector):
         reasons = Reasons(n)
         if "within" not in shared:
             return BlockScan({"score": u}, np.ones(n, bool), reasons)
-        from curate.select.source import read_rows
-
-        t = read_rows(shared["within"], start, start + n, ["uid", "selected"])
-        if not t.column("uid").equals(chunk.ids.column("uid")):
-            raise InputError(f"selection {self.config.within!r} holds uids that are not in this run's embeddings; "
-                             "re-run it")
+        assert self.config.within is not None
+        t = input_rows(self.config.within, shared["within"], start, chunk.ids.column("uid"), ["selected"])
         inside = t.column("selected").to_numpy(zero_copy_only=False).astype(bool)
         reasons.set(~inside, f"not_in:{self.config.within}")
         return BlockScan({"score": np.where(inside, u, np.nan)}, inside, reasons)

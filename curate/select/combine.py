@@ -31,7 +31,7 @@ from curate.select.base import (
     ThresholdOrBudget,
     register,
 )
-from curate.select.manage import input_selection
+from curate.select.manage import input_rows, input_selection
 from curate.select.setops import MAX_INPUTS, split_names
 
 NORMALISE = ("z", "rank")
@@ -149,8 +149,6 @@ class Combine(ThresholdOrBudget):
         return {"scores": tables, "parents": parents, "norms": norms}
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
-        from curate.select.source import read_rows
-
         assert self.config.of is not None
         n = len(chunk)
         uids = chunk.ids.column("uid")
@@ -159,9 +157,7 @@ class Combine(ThresholdOrBudget):
         ok = np.ones(n, bool)
         for name, path, w, norm in zip(self.config.of, shared["scores"], self._weights(), shared["norms"],
                                        strict=True):
-            t = read_rows(path, start, start + n, ["uid", self.config.column_of(name)])
-            if not t.column("uid").equals(uids):
-                raise InputError(f"selection {name!r} holds uids that are not in this run's embeddings; re-run it")
+            t = input_rows(name, path, start, uids, [self.config.column_of(name)])
             v = t.column(1).to_numpy(zero_copy_only=False).astype(np.float64)
             has = np.isfinite(v)
             reasons.set(ok & ~has, f"no_score:{name}")

@@ -44,6 +44,17 @@ class InputSelection:
                 "method": self.header.get("method"), "content_hash": self.header.get("content_hash"), **extra}
 
 
+def input_rows(name: str, scores: str | os.PathLike[str], start: int, uids: Any, columns: list[str]) -> Any:
+    """Rows ``start ..`` of an earlier selection's score table (``uid`` and ``columns``), one per uid of the
+    block (``uids``, a pyarrow array), checked to be the block's samples in the same order."""
+    from curate.select.source import read_rows
+
+    t = read_rows(str(scores), start, start + len(uids), ["uid", *columns])
+    if not t.column("uid").equals(uids):
+        raise InputError(f"selection {name!r} holds uids that are not in this run's embeddings; re-run it")
+    return t
+
+
 def input_selection(run_root: str | os.PathLike[str], name: str, pool_size: int, what: str = "") -> InputSelection:
     """Selection ``name`` of the run, checked to be one of this pool (``pool_size`` rows); one-line errors
     otherwise (``what`` prefixes them, e.g. ``--partition selection:NAME``)."""

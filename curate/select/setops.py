@@ -20,7 +20,7 @@ import numpy as np
 from curate.errors import InputError, UsageError
 from curate.rundir import check_selection_name
 from curate.select.base import BlockScan, KeepWhere, Pool, Reasons, SelectContext, Selector, SelectorConfig, register
-from curate.select.manage import input_selection
+from curate.select.manage import input_rows, input_selection
 
 #: Most selections one operation combines (one ``in_<letter>`` column each).
 MAX_INPUTS = 26
@@ -107,16 +107,12 @@ class SetOperation(Selector):
         return {"parents": parents, "scores": tables}
 
     def scan(self, chunk: Pool, start: int, shared: dict[str, Any]) -> BlockScan:
-        from curate.select.source import read_rows
-
         assert self.config.of is not None
         n = len(chunk)
         uids = chunk.ids.column("uid")
         inside = []
         for name, path in zip(self.config.of, shared["scores"], strict=True):
-            t = read_rows(path, start, start + n, ["uid", "selected"])
-            if not t.column("uid").equals(uids):
-                raise InputError(f"selection {name!r} holds uids that are not in this run's embeddings; re-run it")
+            t = input_rows(name, path, start, uids, ["selected"])
             inside.append(t.column("selected").to_numpy(zero_copy_only=False))
         reasons = Reasons(n)
         keep = self.combine(inside, reasons, self.config.of)
