@@ -98,6 +98,11 @@ def test_random_within_refuses_what_it_cannot_draw(make_run: MakeRun, tmp_path: 
     with pytest.raises(InputError, match="made on a pool of 300 samples, the run has 200"):
         run_selection(other, "random", count=10, options={"within": "A"})
     assert not (run / "selections" / "random-in-A-n150").exists()
+    scores = run / "selections" / "A" / "scores.parquet"  # the same size, other samples (rows reordered)
+    t = pq.read_table(scores)
+    pq.write_table(t.set_column(0, "uid", t.column("uid").take(list(range(299, -1, -1)))), scores)
+    with pytest.raises(InputError, match="selection 'A' holds uids that are not in this run's embeddings"):
+        run_selection(run, "random", count=10, options={"within": "A"})
 
 
 def test_random_within_resumes_after_a_failure_with_the_same_bytes(make_run: MakeRun,
