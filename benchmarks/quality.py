@@ -157,6 +157,10 @@ def all_arms(setup: Setup) -> dict[str, Arm]:
                 label="filter-then-sample 30%, the draw with --per-partition sqrt (class names)"),
             Arm("fs30-km-sqrt", "static", selection="fs30-km-sqrt-s{seed}",
                 label="filter-then-sample 30%, the draw with --per-partition sqrt (kmeans:30)"),
+            # diagnostic: the recipe's filter with its true defects removed, then the same even draw
+            Arm("oracle-fs30", "static", selection="oracle-fs30-s{seed}",
+                label="oracle filter on filter-then-sample: random 30% of the pool among the truly clean samples "
+                      "of negCLIPLoss's top 55%"),
         ]
     arms += [
         Arm("image-filter", "static", selection="image-filter", label="DataComp image-based filter (no budget)"),
@@ -206,7 +210,7 @@ FULL_ARMS = ("full", "random30", "clip-score30", "clipcov30", "scan", "semdedup3
              # what the gap to the oracle is made of: a method's own order with the true defects taken out
              "oracle-clipcov30", "oracle-clip-score30",
              # filter-then-sample (the recommended recipe), then its checks: another cut, budgets per partition
-             "fs30", "fs50", "fs30-cut70", "fs30-cls-sqrt", "fs30-km-sqrt")
+             "fs30", "fs50", "fs30-cut70", "fs30-cls-sqrt", "fs30-km-sqrt", "oracle-fs30")
 # Not in FULL_ARMS (run them with --arms): in this world the target (another world's test split) holds all
 # 30 classes, every k-means cluster of the pool is a target cluster, and DataComp's image-based filter keeps
 # the whole pool; so "image-filter" trains on the full pool and "image-filter-and-clip-score30" on exactly
@@ -271,6 +275,7 @@ def selection_plans(
                                                            "per_partition": "sqrt"}, s) for s in seeds]
         plans += [(f"fs30-km-sqrt-s{s}", "random", 0.3, {"within": cut, "partition": "kmeans:30",
                                                           "per_partition": "sqrt"}, s) for s in seeds]
+        plans += [(f"oracle-fs30-s{s}", "oracle-clean", 0.3, {"within": cut}, s) for s in seeds]
     if 0.3 in setup.fractions and 0.5 in setup.fractions:  # after the 50% selections they take their order from
         plans += [(f"oracle-{m}30", "oracle-order", 0.3, {"of": (f"{m}50",)}, 0) for m in ("clipcov", "clip-score")]
     # --compositions: subsets only scored against the ground truth (no arm trains on them)
@@ -359,9 +364,10 @@ def selection_path(work: Path, name: str) -> Path:
     return work / "run" / "selections" / name / "manifest.parquet"
 
 
-def write_oracle(run: Path, truth: Any, fraction: float, seed: int, path: Path) -> None:
+def write_oracle(run: Path, truth: Any, fraction: float, seed: int, path: Path, within: str | None = None) -> None:
     """A random ``fraction`` of the pool drawn only from samples the ground truth calls clean (an upper bound
-    for defect filtering: no mismatched or uninformative caption, no duplicate)."""
+    for defect filtering: no mismatched or uninformative caption, no duplicate); ``within``: only among
+    those that selection ``within`` of the run kept too (what its filter would give without its defects)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -370,7 +376,13 @@ def write_oracle(run: Path, truth: Any, fraction: float, seed: int, path: Path) 
 
     pool = load_round_pool(run).table
     n = int(pool.num_rows * fraction)
-    ids = clean_uids(truth).to_numpy(zero_copy_only=False)
+    ids = clean_uids(truth)
+    if within is not None:
+        from curate.io.manifest import read_manifest
+
+        kept = read_manifest(selection_path(run.parent, within)).table.column("uid")
+        ids = pc.filter(ids, pc.is_in(ids, value_set=kept.combine_chunks()))
+    ids = ids.to_numpy(zero_copy_only=False)
     if n > len(ids):
         raise SystemExit(f"oracle subset of {n} samples needs more than the {len(ids)} clean samples")
     pick = np.sort(np.random.default_rng(seed).choice(len(ids), n, replace=False))
@@ -472,7 +484,7 @@ def prepare(setup: Setup, seeds: list[int], work: Path, arms: list[Arm],
             continue
         path = selection_path(work, name)
         if not path.exists() and method == "oracle-clean":
-            write_oracle(run, truth, fraction, seed, path)
+            write_oracle(run, truth, fraction, seed, path, opts.get("within"))
         elif not path.exists() and method == "oracle-order":
             write_oracle_order(run, truth, fraction, opts["of"][0], path)
         elif not path.exists():
@@ -901,6 +913,7 @@ RECIPE_PARTS = {
     "fs{p}-cut70": ("fs{p}",),
     "fs{p}-cls-sqrt": ("fs{p}",),
     "fs{p}-km-sqrt": ("fs{p}",),
+    "oracle-fs{p}": ("fs{p}", "oracle-clean{p}"),
 }
 NEW_ARMS = ("negcliploss{p}", "normsim{p}", "metaclip{p}", "clipcov-and-negcliploss{p}",
             "image-filter-and-clip-score{p}", "clipcov{p}-sqrt", "clip-score{p}-sqrt", "negcliploss{p}-sqrt",
