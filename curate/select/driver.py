@@ -29,7 +29,7 @@ from curate.progress import NullProgress, Progress
 from curate.rundir import RunDir, SelectionDraft, check_selection_name
 from curate.schemas import ID_COLUMNS, scores_schema
 from curate.select.base import DEFAULT_MEMORY, SelectContext, get_selector, resolve_budget
-from curate.select.manage import input_selection
+from curate.select.manage import dependents, input_selection
 from curate.select.pipeline import (
     PerPartition,
     PipelineResult,
@@ -370,8 +370,6 @@ def run_selection(
 
 def _warn_dependents(run_root: Path, name: str) -> None:
     """After ``--force`` replaced selection ``name``: say which selections were computed from the old one."""
-    from curate.select.manage import dependents
-
     deps = dependents(run_root, name)
     if deps:
         logging.getLogger("curate.select").warning(

@@ -101,6 +101,22 @@ def write_caption_run(root: Path, captions: Sequence[str | None], n_shards: int 
                      sources=[fingerprint(u) for u in urls])
 
 
+def fail_on_call(monkeypatch: pytest.MonkeyPatch, cls: type, method: str, n: int) -> dict[str, int]:
+    """Make ``cls.method`` raise ``RuntimeError("injected failure")`` on its ``n``-th call; returns the call
+    counter (``{"n": calls}``), which a test may reset (e.g. to -100) to count the calls of a rerun."""
+    real = getattr(cls, method)
+    calls = {"n": 0}
+
+    def failing(self, *a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("injected failure")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(cls, method, failing)
+    return calls
+
+
 @pytest.fixture
 def make_run(tmp_path: Path) -> MakeRun:
     """``make_run(img, txt=None, **kw) -> run folder`` under a fresh tmp dir per call."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import MakeRun, hex_uid, normalise, read_scores
+from conftest import MakeRun, fail_on_call, hex_uid, normalise, read_scores
 
 from curate.errors import InputError, UsageError
 from curate.fs import read_json
@@ -119,15 +119,7 @@ def test_random_within_resumes_after_a_failure_with_the_same_bytes(make_run: Mak
     want = {p.name: p.read_bytes() for p in run_selection(run, "random", **kw).path.iterdir()
             if p.suffix == ".parquet"}
     parent = (run / "selections" / "A" / "scores.parquet").read_bytes()
-    real, calls = RandomSelector.scan, {"n": 0}
-
-    def failing(self, *a, **k):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("injected failure")
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(RandomSelector, "scan", failing)
+    calls = fail_on_call(monkeypatch, RandomSelector, "scan", 3)
     with pytest.raises(RuntimeError, match="injected"):
         run_selection(run, "random", **kw)
     assert (run / "selections" / ".work-draw").is_dir()

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import MakeRun, normalise, read_scores, write_run
+from conftest import MakeRun, fail_on_call, normalise, read_scores, write_run
 
 from curate.cli.app import main
 from curate.errors import InputError, UsageError
@@ -215,17 +215,7 @@ def test_two_processes_and_a_failed_select_give_the_same_tables(
     two = run_selection(pool, method, name=f"{name}-two", engine="local", engine_options={"workers": 2}, **kw)
     assert pq.read_table(two.path / "scores.parquet").equals(pq.read_table(one.path / "scores.parquet"))
     assert two.header["content_hash"] == one.header["content_hash"]
-    cls = NormSimSelector if method == "normsim" else ImageFilterSelector
-    real = cls.scan
-    calls = {"n": 0}
-
-    def failing(self, *a, **k):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("injected failure")
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(cls, "scan", failing)
+    calls = fail_on_call(monkeypatch, NormSimSelector if method == "normsim" else ImageFilterSelector, "scan", 3)
     with pytest.raises(RuntimeError, match="injected"):
         run_selection(pool, method, name=f"{name}-one", force=True, **kw)
     assert {p: (one.path / p).read_bytes() for p in want} == want  # the earlier selection is intact
