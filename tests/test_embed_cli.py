@@ -202,6 +202,11 @@ def _check_finished(run: Path, ref: dict[str, dict], ref_totals: dict, exitcode:
     assert json.loads((run / "stats" / "embed.json").read_text())["totals"] == ref_totals
 
 
+def _finished(run: Path) -> int:
+    """How many embedding tables of a run are under their final name."""
+    return sum(1 for p in (run / "embeddings").glob("*.parquet") if not p.name.startswith("."))
+
+
 def _commands(run: Path) -> int:
     """How many commands run.json records (0 while it does not exist)."""
     try:
@@ -268,11 +273,17 @@ def test_sigkill_at_random_points_resumes_to_identical_tables(tmp_path):
     run = tmp_path / "run0"
     while kills < 10 and attempts < 120:  # the bound only guards against a machine too fast to kill
         attempts += 1
-        # the kill delay is drawn over this attempt's expected work: a resumed run only embeds the shards
-        # left, so a delay drawn over a whole run's time would let most resumed attempts finish first
-        left = max(len(ref) - len(run_tables(run)), 1) / len(ref)
+        done = _finished(run)
         proc = _fork(ctx, [*base, "--workers", str(rng.choice([0, 1, 2]))], run)
-        proc.join(timeout=rng.uniform(0.0, work * left))
+        if done < len(ref) - 1 and rng.random() < 0.7:
+            # most kills follow the work, not the clock: after a random number of further shards is written,
+            # plus a few ms, so they land mid-work whatever a resume's start-up costs on this machine
+            target = rng.randint(done + 1, len(ref) - 1)
+            while proc.is_alive() and _finished(run) < target:
+                time.sleep(0.002)
+            proc.join(timeout=rng.uniform(0.0, 0.05))
+        else:  # the others at a random time of a whole run's work (some runs finish first)
+            proc.join(timeout=rng.uniform(0.0, work))
         if proc.is_alive() and _killpg(proc.pid):  # the embed process and its decode workers die mid-work
             proc.join()
             kills += 1
