@@ -1036,6 +1036,14 @@ def main() -> None:
         proxy=args.proxy or "sample",
     )
     seeds = args.seeds if args.seeds is not None else ([0] if quick else [0, 1, 2])
+    if setup.proxy != "sample":  # a wrong model spec fails here, in one line, not after making the world
+        from curate.errors import CurateError
+        from curate.models import load_model
+
+        try:
+            load_model(setup.proxy, None, device="cpu", precision="fp32")
+        except CurateError as e:
+            sys.exit(f"--proxy {setup.proxy}: {e}")
     known = all_arms(setup)
     chosen = args.arms or list(QUICK_ARMS if quick else FULL_ARMS)
     bad = [a for a in chosen if a not in known]
