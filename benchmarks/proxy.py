@@ -50,10 +50,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     work = out / "world"
-    if not (work / "world.json").exists():
+    params = {"seed": args.world_seed, "n_train": args.n_train, "n_test": args.n_test,
+              "image_size": Setup.image_size}
+    wj = work / "world.json"
+    have = json.loads(wj.read_text()) if wj.exists() else None
+    if have is None or {k: have["params"].get(k, have.get(k)) for k in params} != params:  # as quality.py
         log(f"generating world seed {args.world_seed} ({args.n_train} training samples) in {work}")
         make_sample(work, seed=args.world_seed, n_train=args.n_train, n_test=args.n_test, shard_size=2000,
                     image_size=Setup.image_size)
+        (out / "cache-train.npz").unlink(missing_ok=True)  # decoded from another world
     shards = expand_shards(str(work / "train"))
     setup = Setup(world_seed=args.world_seed, n_train=args.n_train, n_test=args.n_test)
     cfg = model_config(setup)
